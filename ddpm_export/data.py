@@ -1,0 +1,142 @@
+"""Training data, loaded whole into memory as float32 [N, C, H, W] in [-1, 1].
+
+Sources: the sklearn digits (shipped with scikit-learn, no download), a local
+CIFAR-10 ``cifar-10-batches-py`` folder, or a folder of PNG/JPEG images.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CIFAR10_URL_HINT = (
+    "download 'CIFAR-10 python version' (cifar-10-python.tar.gz) from the "
+    "CIFAR-10 page of the University of Toronto (www.cs.toronto.edu/~kriz/cifar.html), "
+    "extract it, and pass the cifar-10-batches-py folder with --data"
+)
+
+
+class DataError(ValueError):
+    """Data that is missing or not in the expected format."""
+
+
+def digits_images(size: int = 16) -> np.ndarray:
+    """The 1797 sklearn digits (8x8, 0..16) resized to size x size: [N, 1, size, size] float32 in [-1, 1]."""
+    from sklearn.datasets import load_digits
+
+    return preprocess_digits(load_digits().images, size)
+
+
+def digits_labels() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return load_digits().target.astype(np.int64)
+
+
+def preprocess_digits(images: np.ndarray, size: int = 16) -> np.ndarray:
+    """[N, 8, 8] values 0..16 -> [N, 1, size, size] float32 in [-1, 1] (bilinear resize)."""
+    from PIL import Image
+
+    images = np.asarray(images, dtype=np.float32) / 16.0
+    if images.shape[-2:] != (size, size):
+        images = np.stack(
+            [
+                np.asarray(Image.fromarray(im, mode="F").resize((size, size), Image.BILINEAR))
+                for im in images
+            ]
+        )
+    return np.clip(images * 2.0 - 1.0, -1.0, 1.0)[:, None].astype(np.float32)
+
+
+def cifar10_images(folder: Optional[str]) -> np.ndarray:
+    """The 50,000 CIFAR-10 training images: [N, 3, 32, 32] float32 in [-1, 1]."""
+    if folder is None:
+        raise DataError(f"CIFAR-10 needs --data PATH: {CIFAR10_URL_HINT}")
+    root = Path(folder)
+    if root.is_dir() and (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    batches = [root / f"data_batch_{i}" for i in range(1, 6)]
+    missing = [b.name for b in batches if not b.is_file()]
+    if missing:
+        raise DataError(
+            f"{root}: no CIFAR-10 training batches ({', '.join(missing)} missing); "
+            f"expected the cifar-10-batches-py folder: {CIFAR10_URL_HINT}"
+        )
+    arrays = []
+    for b in batches:
+        try:
+            with open(b, "rb") as f:
+                d = pickle.load(f, encoding="bytes")
+            arrays.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        except Exception as e:  # pickle raises many kinds on a damaged file
+            raise DataError(
+                f"{b}: not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
+                f"re-extract cifar-10-python.tar.gz"
+            ) from e
+    return np.concatenate(arrays).astype(np.float32) / 127.5 - 1.0
+
+
+def folder_images(folder: str, size: int, channels: int) -> np.ndarray:
+    """Every PNG/JPEG under folder, center-cropped and resized: [N, C, size, size] in [-1, 1]."""
+    from PIL import Image
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{folder}: not a folder; expected a folder of PNG/JPEG images")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(
+            f"{folder}: no images found; expected files ending in {', '.join(IMAGE_SUFFIXES)}"
+        )
+    mode = {1: "L", 3: "RGB"}.get(channels)
+    if mode is None:
+        raise DataError(f"image folders need 1 or 3 channels, the model has {channels}")
+    out = np.empty((len(files), channels, size, size), dtype=np.float32)
+    for i, p in enumerate(files):
+        try:
+            with Image.open(p) as im:
+                im = im.convert(mode)
+                w, h = im.size
+                s = min(w, h)
+                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+                im = im.resize((size, size), Image.BICUBIC)
+                a = np.asarray(im, dtype=np.float32)
+        except Exception as e:
+            raise DataError(f"{p}: cannot read image ({e}); remove it or fix the file") from e
+        out[i] = (a.reshape(size, size, channels).transpose(2, 0, 1) / 127.5) - 1.0
+    return out
+
+
+def _is_cifar_folder(path: Path) -> bool:
+    return (path / "data_batch_1").is_file() or (path / "cifar-10-batches-py").is_dir()
+
+
+def load_images(source: str, data: Optional[str], size: int, channels: int) -> np.ndarray:
+    """Images for training, checked against the model's shape.
+
+    ``data`` None: the preset's own source (``digits``: sklearn; ``cifar10``: an
+    error saying where to get it). ``data`` a path: a cifar-10-batches-py folder,
+    or else a folder of PNG/JPEG images.
+    """
+    if data is None:
+        if source == "digits":
+            x = digits_images(size)
+        elif source == "cifar10":
+            x = cifar10_images(None)
+        else:
+            raise DataError(f"unknown data source {source!r}; expected digits or cifar10")
+    elif Path(data).is_dir() and _is_cifar_folder(Path(data)):
+        x = cifar10_images(data)
+    elif source == "cifar10" and not Path(data).exists():
+        x = cifar10_images(data)  # raises with the download hint
+    else:
+        x = folder_images(data, size, channels)
+    if x.shape[1:] != (channels, size, size):
+        raise DataError(
+            f"data has images of shape {tuple(x.shape[1:])}, the model expects "
+            f"{(channels, size, size)}; pick the preset that matches the data"
+        )
+    return x

@@ -1,0 +1,62 @@
+"""Image grids and PNG writing for samples (NumPy + Pillow, no torch)."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[-1, 1] float [N, C, H, W] -> uint8 [N, H, W, C]."""
+    x = np.clip((np.asarray(x, dtype=np.float64) + 1.0) * 127.5, 0, 255)
+    return np.rint(x).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def make_grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:
+    """uint8 [N, H, W, C] -> one uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C] picture."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(
+            f"make_grid expects uint8 [N, H, W, C], got {images.dtype} {images.shape}"
+        )
+    n, h, w, c = images.shape
+    cols = nrow or max(1, int(math.ceil(math.sqrt(n))))
+    rows = int(math.ceil(n / cols))
+    grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + q * (w + pad)
+        grid[y : y + h, x : x + w] = images[i]
+    return grid
+
+
+def save_png(picture: np.ndarray, path, scale: int = 1) -> None:
+    """Write uint8 [H, W, C] as PNG atomically (temporary file + rename)."""
+    from PIL import Image
+
+    picture = np.asarray(picture)
+    if picture.ndim == 3 and picture.shape[2] == 1:
+        picture = picture[:, :, 0]
+    im = Image.fromarray(picture)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        im.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_grid(x: np.ndarray, path, nrow: Optional[int] = None, scale: int = 1) -> None:
+    """Samples in [-1, 1] float [N, C, H, W] -> one PNG grid."""
+    save_png(make_grid(to_uint8(x), nrow), path, scale)
