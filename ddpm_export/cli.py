@@ -60,11 +60,12 @@ def main():
 @click.option("--sample-every", type=int, default=None, help="Steps between sample grids (0: never).")
 @click.option("--ckpt-every", type=int, default=None, help="Steps between checkpoints.")
 @click.option("--log-every", type=int, default=10, show_default=True, help="Steps between metrics.jsonl lines.")
+@click.option("--dropout", type=float, default=None, help="Override the preset's dropout (cifar10 0.1, digits 0).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(preset, data, out, steps, batch_size, lr, warmup, grad_clip, ema_decay, seed,
-          sample_every, ckpt_every, log_every, device, resume, no_progress):
+          sample_every, ckpt_every, log_every, dropout, device, resume, no_progress):
     """Train a DDPM (Adam, warmup, grad clip, EMA).
 
     Multi-GPU / multi-node: run under torchrun, e.g.
@@ -75,7 +76,8 @@ def train(preset, data, out, steps, batch_size, lr, warmup, grad_clip, ema_decay
     cfg = TrainConfig(preset=preset, out=out or f"runs/{preset}", data=data, steps=steps,
                       batch_size=batch_size, lr=lr, warmup=warmup, grad_clip=grad_clip,
                       ema_decay=ema_decay, seed=seed, sample_every=sample_every,
-                      ckpt_every=ckpt_every, log_every=log_every, device=device, resume=resume)
+                      ckpt_every=ckpt_every, log_every=log_every, dropout=dropout, device=device,
+                      resume=resume)
     summary = run_train(cfg, progress=not no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(
@@ -83,6 +85,137 @@ def train(preset, data, out, steps, batch_size, lr, warmup, grad_clip, ema_decay
             f"{summary['train_seconds'] / 60:.1f} min; checkpoint {summary['checkpoint']}, "
             f"sampling weights {summary['model']}"
         )
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="A .pt from 'ddpm-export train' or 'import' (e.g. engines/digits.pt).")
+@click.option("--out", default="samples.png", show_default=True, help="PNG grid of the samples.")
+@click.option("--num", type=int, default=64, show_default=True, help="Number of images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch", type=int, default=64, show_default=True, help="Images per network call.")
+@click.option("--trajectory", default=None, help="Also write the x0-prediction trajectory "
+              "(paper section 4.3, every 100 steps) of the first batch to this PNG.")
+@click.option("--npz", default=None, help="Also save the float samples [N, C, H, W] to this .npz.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-progress", is_flag=True)
+def sample(checkpoint, out, num, seed, batch, trajectory, npz, device, no_progress):
+    """Sample with the PyTorch reference sampler (all T steps, Algorithm 2)."""
+    import time
+
+    import numpy as np
+
+    from runtime.images import make_grid, save_grid, save_png, to_uint8
+
+    from .checkpoint import load_model
+    from .config import ScheduleConfig
+    from .sampling import sample_images
+
+    model, ckpt = load_model(checkpoint)
+    schedule = ScheduleConfig.from_dict(ckpt["schedule_config"])
+    t0 = time.time()
+    x, traj = sample_images(model, schedule, num, seed=seed, batch_size=batch,
+                            trajectory_every=100 if trajectory else 0,
+                            progress=not no_progress, device=device)
+    dt = time.time() - t0
+    save_grid(x, out, scale=max(1, 64 // model.config.image_size))
+    if npz:
+        _save_npz(npz, samples=x, seed=np.int64(seed), batch=np.int64(batch))
+    if trajectory:
+        rows = min(8, traj[0][1].shape[0])
+        frames = np.stack([to_uint8(a[:rows]) for _, a in traj], axis=1)  # [rows, steps, H, W, C]
+        save_png(make_grid(frames.reshape((-1,) + frames.shape[2:]), nrow=len(traj)), trajectory,
+                 scale=max(1, 64 // model.config.image_size))
+    click.echo(f"wrote {out} ({num} images, {num / dt:.2f} images/s)")
+
+
+def _save_npz(path, **arrays):
+    import numpy as np
+
+    from .checkpoint import atomic_write
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
+@main.command("digits-score")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="Digits checkpoint to sample from (with --num/--seed).")
+@click.option("--samples", default=None, type=click.Path(dir_okay=False),
+              help="Score the 'samples' array of this .npz instead of sampling.")
+@click.option("--num", type=int, default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch", type=int, default=25, show_default=True)
+@click.option("--save", default=None, help="Save the drawn samples to this .npz.")
+@click.option("--json-out", default=None, help="Write the report as JSON here.")
+@click.option("--no-progress", is_flag=True)
+def digits_score(checkpoint, samples, num, seed, batch, save, json_out, no_progress):
+    """Do samples look like digits? A classifier's confident share vs real digits."""
+    import json
+
+    import numpy as np
+
+    from .digits_eval import digits_report, train_digits_classifier
+
+    if (checkpoint is None) == (samples is None):
+        raise click.UsageError("give exactly one of --checkpoint or --samples")
+    if samples:
+        with np.load(samples) as z:
+            x = z["samples"]
+    else:
+        from .checkpoint import load_model
+        from .config import ScheduleConfig
+        from .sampling import sample_images
+
+        model, ckpt = load_model(checkpoint)
+        x, _ = sample_images(model, ScheduleConfig.from_dict(ckpt["schedule_config"]), num,
+                             seed=seed, batch_size=batch, progress=not no_progress)
+        if save:
+            _save_npz(save, samples=x, seed=np.int64(seed), batch=np.int64(batch))
+    report = digits_report(train_digits_classifier(), x)
+    text = json.dumps(report, indent=2)
+    if json_out:
+        from pathlib import Path
+
+        Path(json_out).write_text(text + "\n")
+    click.echo(text)
+
+
+@main.command("import")
+@click.option("--format", "fmt", type=click.Choice(["diffusers", "pesser"]), required=True,
+              help="diffusers: a UNet2DModel folder (config.json + diffusion_pytorch_model."
+              "safetensors or .bin, e.g. google/ddpm-cifar10-32). pesser: a pytorch_diffusion "
+              ".ckpt (e.g. ema_diffusion_cifar10_model/model-790000.ckpt).")
+@click.argument("src", type=click.Path(exists=True))
+@click.option("--out", required=True, help="Checkpoint to write (.pt).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="cifar10", show_default=True,
+              help="pesser only: the model shape (the file carries no config).")
+@click.option("--verify", is_flag=True, help="diffusers only: also run both models and compare (needs diffusers).")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def import_(fmt, src, out, preset, verify, force):
+    """Convert published DDPM weights into a ddpm-export checkpoint.
+
+    \b
+    The official CIFAR-10 model (FID 3.17), after downloading it yourself:
+      ddpm-export import --format diffusers ddpm-cifar10-32/ --out cifar10.pt
+      ddpm-export import --format pesser model-790000.ckpt --out cifar10.pt
+    """
+    from pathlib import Path
+
+    from . import convert
+
+    if Path(out).exists() and not force:
+        raise click.UsageError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    command = " ".join(["ddpm-export"] + sys.argv[1:])
+    if fmt == "diffusers":
+        ckpt = convert.import_diffusers(src, out, verify=verify, command=command)
+    else:
+        ckpt = convert.import_pesser(src, out, preset=preset, command=command)
+    n = sum(v.numel() for v in ckpt["ema"].values())
+    click.echo(f"wrote {out} ({n:,} parameters, schedule {ckpt['schedule_config']['variance_type']})")
 
 
 if __name__ == "__main__":

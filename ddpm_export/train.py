@@ -9,6 +9,7 @@ batch B (up to float summation order), and resume restores that generator.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -46,6 +47,7 @@ class TrainConfig:
     ckpt_every: Optional[int] = None  # steps between checkpoints
     log_every: int = 10  # steps between metrics lines
     num_samples: int = 16  # images in each periodic grid
+    dropout: Optional[float] = None  # override the preset's dropout (None: preset's)
     device: str = "auto"  # auto | cpu | cuda
     resume: bool = False  # continue from out/last.pt
 
@@ -110,11 +112,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
     if cfg.resume and not last.exists():
         raise TrainError(f"--resume: no checkpoint at {last}; start without --resume")
 
+    unet_cfg = preset.unet
+    if cfg.dropout is not None:
+        unet_cfg = dataclasses.replace(unet_cfg, dropout=cfg.dropout)
     images = torch.from_numpy(
-        load_images(preset.data, cfg.data, preset.unet.image_size, preset.unet.in_channels)
+        load_images(preset.data, cfg.data, unet_cfg.image_size, unet_cfg.in_channels)
     )
     diffusion = GaussianDiffusion(preset.schedule)
-    model = UNet(preset.unet).to(device)
+    torch.manual_seed(cfg.seed)  # weight init: the same on every rank
+    model = UNet(unet_cfg).to(device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -126,16 +132,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
 
     if cfg.resume:
         ckpt = load_checkpoint(last)
-        if ckpt.get("model_config") != preset.unet.to_dict():
+        if ckpt.get("model_config") != unet_cfg.to_dict():
             raise CheckpointError(
-                f"{last}: made for another model than preset {cfg.preset!r}; resume with its own preset"
+                f"{last}: made for model {ckpt.get('model_config')}, not for preset "
+                f"{cfg.preset!r} with dropout {unet_cfg.dropout}; resume with the options it was started with"
             )
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         step = int(ckpt["step"])
         gen.set_state(ckpt["rng"]["data"])
-        torch.set_rng_state(ckpt["rng"]["torch"][rank] if rank < len(ckpt["rng"]["torch"]) else ckpt["rng"]["torch"][0])
+        states = ckpt["rng"]["torch"]
+        if len(states) != world:
+            raise TrainError(
+                f"{last} was written by {len(states)} process(es), this run has {world}; "
+                f"resume with the same number of processes to continue exactly"
+            )
+        torch.set_rng_state(states[rank])
         train_seconds = float(ckpt.get("train_state", {}).get("seconds", 0.0))
 
     net: nn.Module = model
@@ -170,7 +183,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
         if not is_main:
             return
         ckpt = {
-            "model_config": preset.unet.to_dict(),
+            "model_config": unet_cfg.to_dict(),
             "schedule_config": preset.schedule.to_dict(),
             "model": model.state_dict(),
             "ema": ema.state_dict(),
@@ -189,7 +202,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
         if not is_main or cfg.num_samples <= 0:
             return
         g = torch.Generator().manual_seed(cfg.seed)
-        shape = (cfg.num_samples, preset.unet.in_channels, preset.unet.image_size, preset.unet.image_size)
+        shape = (cfg.num_samples, unet_cfg.in_channels, unet_cfg.image_size, unet_cfg.image_size)
         x, _ = diffusion.sample(ema, shape, generator=g, device=device)
         save_grid(x.numpy(), out / "samples" / f"step{step:07d}.png", scale=2)
 

@@ -1,0 +1,256 @@
+"""runtime.ddpm: reference numbers, the official float64 formulas, diffusers, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.ddpm import DDPMScheduler, StepOutput
+from runtime.schedule import Schedule, ScheduleConfig
+
+SHAPE = (2, 3, 4, 4)
+DIFFUSERS_VARIANCE = {"fixedlarge": "fixed_large", "fixedsmall": "fixed_small"}
+
+# Tolerance of ours (float64) vs diffusers, per step; u = unit roundoff of the dtype
+# diffusers runs in (2**-24 as shipped; 2**-53 once its float32 tables are swapped
+# for our float64 ones, which isolates the formulas from float32 rounding):
+#   |d x0|   <= K u k0 S0,  S0 = sqrt(1/abar_t)|x_t| + sqrt(1/abar_t - 1)|eps|
+#   |d prev| <= K u (k (c |x0| + |x_t| + |eps| + |z|) + c k0 S0)
+# k0 = 1/(1 - abar_t) and k = 1/min(1 - abar_t, 1 - abar_t/abar_prev, 1 - abar_prev) are
+# the cancellation factors of the "1 - (number near 1)" the step forms from abar (at
+# t = 0 diffusers' float32 1 - abar_0 = 1e-4 keeps ~10 of 24 bits), c = the weight of x0
+# in prev (<= 1). K = 8: diffusers' float32 cumprod of 1000 factors drifts by up to
+# 6.05 ulp (pinned in test_diffusers_schedule_is_a_few_ulp_away) plus O(1) ulp per
+# operation. Measured worst error/bound over both test files: x0 0.45 and prev 0.16 in
+# float32, 0.14 in float64, so the bound is 2x-7x above what is seen, never blanket.
+K = 8
+
+
+def check_against(ours, theirs, s, t, t_prev, c, x, eps, z, u):
+    m = lambda a: float(np.max(np.abs(a)))  # noqa: E731
+    a = s.alphas_cumprod[t]
+    ap = s.alphas_cumprod[t_prev] if t_prev >= 0 else 1.0
+    k0 = 1.0 / (1.0 - a)
+    k = 1.0 / min([1.0 - a, 1.0 - a / ap] + ([1.0 - ap] if ap < 1.0 else []))
+    s0 = m(x) * np.sqrt(1.0 / a) + m(eps) * np.sqrt(1.0 / a - 1.0)
+    tol_x0 = K * u * k0 * s0
+    tol_prev = K * u * (k * (c * m(ours.pred_original_sample) + m(x) + m(eps) + m(z)) + c * k0 * s0)
+    err_x0 = m(ours.pred_original_sample - theirs.pred_original_sample.numpy())
+    err_prev = m(ours.prev_sample - theirs.prev_sample.numpy())
+    assert err_x0 <= tol_x0, f"t={t}: x0 differs by {err_x0:.3g} > {tol_x0:.3g}"
+    assert err_prev <= tol_prev, f"t={t}: prev differs by {err_prev:.3g} > {tol_prev:.3g}"
+
+
+def checked_timesteps(timesteps):
+    """All of a short schedule; for 1000 steps both ends (where 1 - abar is smallest) and every 23rd."""
+    if len(timesteps) <= 100:
+        return list(timesteps)
+    return sorted(set(timesteps[:3]) | set(timesteps[::23]) | set(timesteps[-6:]), reverse=True)
+
+
+def dummy_eps(x, t):
+    """A fixed stand-in for eps_theta: float32 like an engine's output."""
+    return (0.1 * x + 0.3 * np.sin(t / 70.0)).astype(np.float32)
+
+
+def run_loop(sched, seed, shape=(2, 3, 8, 8)):
+    rng = np.random.default_rng(seed)
+    x = sched.init_noise(shape, rng)
+    for t in sched.timesteps:
+        x = sched.step(dummy_eps(x, t), t, x, rng=rng).prev_sample
+    return x
+
+
+# --- schedule and formulas ----------------------------------------------------
+def test_reference_check_values():
+    s = Schedule(ScheduleConfig())
+    assert f"{s.alphas_cumprod[999]:.5g}" == "4.0358e-05"
+    assert f"{s.alphas_cumprod[499]:.3g}" == "0.0786"
+    assert f"{s.posterior_variance[1]:.5g}" == "5.4532e-05"
+
+
+@pytest.mark.parametrize("variance_type", ["fixedlarge", "fixedsmall"])
+def test_all_steps_are_the_official_float64_formulas_bit_for_bit(variance_type):
+    """1000 steps use runtime.schedule's constants, as the PyTorch reference sampler does."""
+    cfg = ScheduleConfig(variance_type=variance_type)
+    s, sched = Schedule(cfg), DDPMScheduler(cfg, dtype=np.float64)
+    np.testing.assert_array_equal(sched.timesteps, np.arange(999, -1, -1))
+    rng = np.random.default_rng(0)
+    for t in [999, 500, 2, 1, 0]:
+        x, eps, z = (rng.standard_normal(SHAPE) for _ in range(3))
+        out = sched.step(eps, t, x, noise=z)
+        x0 = np.clip(s.sqrt_recip_alphas_cumprod[t] * x - s.sqrt_recipm1_alphas_cumprod[t] * eps, -1, 1)
+        mean = s.posterior_mean_coef1[t] * x0 + s.posterior_mean_coef2[t] * x
+        expected = mean + np.exp(0.5 * s.model_log_variance[t]) * z if t > 0 else mean
+        np.testing.assert_array_equal(out.pred_original_sample, x0)
+        np.testing.assert_array_equal(out.prev_sample, expected)
+        assert isinstance(out, StepOutput)
+
+
+def test_strided_steps_use_respaced_betas():
+    cfg = ScheduleConfig(variance_type="fixedlarge", clip_denoised=False)
+    s, sched = Schedule(cfg), DDPMScheduler(cfg, dtype=np.float64)
+    sched.set_timesteps(50)
+    assert sched.timesteps[:3].tolist() == [980, 960, 940] and sched.timesteps[-1] == 0
+    assert sched.timesteps.dtype == np.int64 and len(sched.timesteps) == 50
+    x, z = np.full(SHAPE, 0.5), np.ones(SHAPE)
+    eps = np.zeros(SHAPE)
+    a, ap = s.alphas_cumprod[980], s.alphas_cumprod[960]
+    beta = 1 - a / ap  # improved-diffusion respace.py
+    x0 = x / np.sqrt(a)
+    mean = np.sqrt(ap) * beta / (1 - a) * x0 + np.sqrt(1 - beta) * (1 - ap) / (1 - a) * x
+    out = sched.step(eps, 980, x, noise=z)
+    np.testing.assert_allclose(out.prev_sample, mean + np.sqrt(beta) * z, rtol=1e-13)
+
+
+def test_t0_adds_no_noise_and_draws_none():
+    """diffusers' fixed_large variance at t=0 is beta_0 (1e-4), the official log-variance
+    uses posterior_variance[1] (5.45e-5): neither is ever used, since t = 0 adds no noise."""
+    sched = DDPMScheduler(ScheduleConfig(variance_type="fixedlarge"), dtype=np.float64)
+    rng = np.random.default_rng(0)
+    x, eps = rng.standard_normal(SHAPE), rng.standard_normal(SHAPE)
+    state = rng.bit_generator.state
+    out = sched.step(eps, 0, x, rng=rng)
+    assert rng.bit_generator.state == state
+    np.testing.assert_array_equal(out.prev_sample, sched.step(eps, 0, x, noise=x).prev_sample)
+    # mean = coef_x0 x0 + 0 x_t with coef_x0 = beta_0 / (1 - abar_0) = 1 up to 1e-13
+    # (1 - abar_0 cancels); kept as the official mean, as the reference sampler computes it
+    np.testing.assert_allclose(out.prev_sample, out.pred_original_sample, rtol=1e-12)
+
+
+def test_dtype_and_add_noise():
+    s = Schedule(ScheduleConfig())
+    x0, noise = np.ones(SHAPE, np.float32), np.full(SHAPE, 2.0, np.float32)
+    out = DDPMScheduler().step(x0, 10, x0.astype(np.float64), rng=np.random.default_rng(0))
+    assert out.prev_sample.dtype == np.float32 and out.pred_original_sample.dtype == np.float32
+    xt = DDPMScheduler(dtype=np.float64).add_noise(x0, noise, np.array([0, 999]))
+    assert xt.dtype == np.float64
+    np.testing.assert_allclose(xt[1], s.sqrt_alphas_cumprod[999] + 2 * s.sqrt_one_minus_alphas_cumprod[999])
+    np.testing.assert_allclose(DDPMScheduler(dtype=np.float64).add_noise(x0, noise, 5)[0],
+                               s.sqrt_alphas_cumprod[5] + 2 * s.sqrt_one_minus_alphas_cumprod[5])
+
+
+# --- diffusers ---------------------------------------------------------------
+def test_diffusers_schedule_is_a_few_ulp_away():
+    diffusers = pytest.importorskip("diffusers")
+    d = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    rel = np.abs(d.alphas_cumprod.numpy().astype(np.float64) / Schedule().alphas_cumprod - 1)
+    assert rel.max() <= 6.5 * 2.0**-24  # measured 6.05 ulp (t = 608): float32 cumprod drift
+
+
+@pytest.mark.parametrize("in_float64", [False, True], ids=["diffusers-f32", "diffusers-f64"])
+@pytest.mark.parametrize("steps", [1000, 50, 10])
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("variance_type", ["fixedlarge", "fixedsmall"])
+def test_step_matches_diffusers(variance_type, clip, steps, in_float64):
+    diffusers = pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch")
+    cfg = ScheduleConfig(variance_type=variance_type, clip_denoised=clip)
+    ours = DDPMScheduler(cfg, dtype=np.float64)
+    d = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
+                                variance_type=DIFFUSERS_VARIANCE[variance_type], clip_sample=clip)
+    ours.set_timesteps(steps)
+    d.set_timesteps(steps)
+    np.testing.assert_array_equal(d.timesteps.numpy(), ours.timesteps)
+    tdtype = torch.float64 if in_float64 else torch.float32
+    if in_float64:
+        d.betas = torch.from_numpy(ours.schedule.betas.copy())
+        d.alphas = 1.0 - d.betas
+        d.alphas_cumprod = torch.from_numpy(ours.schedule.alphas_cumprod.copy())
+        d.one = torch.tensor(1.0, dtype=torch.float64)
+    s, ts = ours.schedule, list(ours.timesteps)
+    rng = np.random.default_rng(1)
+    for t in checked_timesteps(ours.timesteps):
+        t_prev = ts[ts.index(t) + 1] if t != ts[-1] else -1
+        # x_t wide enough that x0_hat is clipped at some t; values exact in float32
+        x = (3 * rng.standard_normal(SHAPE)).astype(np.float32)
+        eps = rng.standard_normal(SHAPE).astype(np.float32)
+        # diffusers draws z with randn_tensor(generator): replay that generator for ours
+        z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(int(t)), dtype=tdtype)
+        theirs = d.step(torch.from_numpy(eps).to(tdtype), int(t), torch.from_numpy(x).to(tdtype),
+                        generator=torch.Generator().manual_seed(int(t)))
+        out = ours.step(eps, t, x, noise=z.numpy())
+        a = s.alphas_cumprod[t]
+        ap = s.alphas_cumprod[t_prev] if t_prev >= 0 else 1.0
+        c = np.sqrt(ap) * (1 - a / ap) / (1 - a)
+        u = 2.0**-53 if in_float64 else 2.0**-24
+        check_against(out, theirs, s, int(t), int(t_prev), c, x, eps, z.numpy(), u)
+
+
+# --- full loop ---------------------------------------------------------------
+# Computed once with this code (NumPy 2.4, PCG64). A formula regression moves them by
+# far more than 1e-5 relative; 1e-5 leaves room for libm/NumPy ulp differences.
+@pytest.mark.parametrize(
+    "variance_type, clip, steps, ref_sum, ref_mean_abs",
+    [
+        ("fixedlarge", True, None, -22.80315179959871, 0.6779469312368747),
+        ("fixedsmall", False, 50, -2944.061623096466, 57.0064578106006),  # unclipped: drifts
+        ("fixedlarge", True, 10, -25.889590358361602, 0.6822001176236275),
+    ],
+)
+def test_full_loop_reference_numbers(variance_type, clip, steps, ref_sum, ref_mean_abs):
+    sched = DDPMScheduler(ScheduleConfig(variance_type=variance_type, clip_denoised=clip))
+    sched.set_timesteps(steps)
+    x = run_loop(sched, seed=0).astype(np.float64)
+    assert abs(x.sum() - ref_sum) <= 1e-5 * (1 + abs(ref_sum))
+    assert abs(np.abs(x).mean() - ref_mean_abs) <= 1e-5 * ref_mean_abs
+
+
+def test_fixed_seed_is_reproducible_and_noise_order_is_canonical():
+    sched = DDPMScheduler()
+    sched.set_timesteps(100)
+    first, second = run_loop(sched, seed=7), run_loop(sched, seed=7)
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, run_loop(sched, seed=8))
+    # x_T first, then one float32 z per step with t > 0, in descending t
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 8, 8), dtype=np.float32)
+    zs = {t: rng.standard_normal(x.shape, dtype=np.float32) for t in sched.timesteps if t > 0}
+    for t in sched.timesteps:
+        x = sched.step(dummy_eps(x, t), t, x, noise=zs.get(t)).prev_sample
+    np.testing.assert_array_equal(x, first)
+
+
+# --- errors ------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1001, 0, -1, 2.5, True, "50"])
+def test_bad_step_counts(n):
+    with pytest.raises(ValueError, match=r"num_inference_steps=.*expected an int in \[1, 1000\]"):
+        DDPMScheduler().set_timesteps(n)
+
+
+def test_bad_step_arguments():
+    sched, rng = DDPMScheduler(), np.random.default_rng(0)
+    x = np.zeros(SHAPE, np.float32)
+    sched.set_timesteps(50)
+    with pytest.raises(ValueError, match=r"t=999 is not in this scheduler's timesteps \[980, 960"):
+        sched.step(x, 999, x, rng=rng)
+    for bad_t in (980.0, np.array([980, 960])):
+        with pytest.raises(ValueError, match="single integer timestep"):
+            sched.step(x, bad_t, x, rng=rng)
+    with pytest.raises(ValueError, match=r"eps has shape \(2, 6, 4, 4\) but x_t has shape \(2, 3, 4, 4\)"):
+        sched.step(np.zeros((2, 6, 4, 4)), 980, x, rng=rng)
+    with pytest.raises(ValueError, match="x_t has dtype int64"):
+        sched.step(x, 980, x.astype(np.int64), rng=rng)
+    with pytest.raises(ValueError, match="adds noise: pass rng="):
+        sched.step(x, 980, x)
+    with pytest.raises(ValueError, match="either rng or noise"):
+        sched.step(x, 980, x, rng=rng, noise=x)
+    with pytest.raises(ValueError, match=r"noise has shape \(3,\), expected"):
+        sched.step(x, 980, x, noise=np.zeros(3))
+    with pytest.raises(ValueError, match="numpy.random.Generator.*default_rng"):
+        sched.step(x, 980, x, rng=np.random.RandomState(0))
+    with pytest.raises(ValueError, match="init_noise needs rng"):
+        sched.init_noise(SHAPE, None)
+    with pytest.raises(ValueError, match="dtype=int32 is not supported"):
+        DDPMScheduler(dtype=np.int32)
+
+
+def test_bad_add_noise_arguments():
+    sched, x = DDPMScheduler(), np.zeros(SHAPE)
+    with pytest.raises(ValueError, match=r"t=.*1000.* out of range: expected 0 <= t < 1000"):
+        sched.add_noise(x, x, 1000)
+    with pytest.raises(ValueError, match=r"out of range"):
+        sched.add_noise(x, x, np.array([-1, 3]))
+    with pytest.raises(ValueError, match=r"\[N=2\] ints"):
+        sched.add_noise(x, x, np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="noise has shape"):
+        sched.add_noise(x, x[:1], 3)
