@@ -8,7 +8,6 @@ from runtime.ddpm import DDPMScheduler, StepOutput
 from runtime.schedule import Schedule, ScheduleConfig
 
 SHAPE = (2, 3, 4, 4)
-DIFFUSERS_VARIANCE = {"fixedlarge": "fixed_large", "fixedsmall": "fixed_small"}
 
 # Tolerance of ours (float64) vs diffusers, per step; u = unit roundoff of the dtype
 # diffusers runs in (2**-24 as shipped; 2**-53 once its float32 tables are swapped
@@ -20,8 +19,8 @@ DIFFUSERS_VARIANCE = {"fixedlarge": "fixed_large", "fixedsmall": "fixed_small"}
 # t = 0 diffusers' float32 1 - abar_0 = 1e-4 keeps ~10 of 24 bits), c = the weight of x0
 # in prev (<= 1). K = 8: diffusers' float32 cumprod of 1000 factors drifts by up to
 # 6.05 ulp (pinned in test_diffusers_schedule_is_a_few_ulp_away) plus O(1) ulp per
-# operation. Measured worst error/bound over both test files: x0 0.45 and prev 0.16 in
-# float32, 0.14 in float64, so the bound is 2x-7x above what is seen, never blanket.
+# operation. Measured worst error/bound over both test files: x0 0.50 and prev 0.18 in
+# float32, x0 0.33 and prev 0.13 in float64: the bound sits 2x-8x above what is seen.
 K = 8
 
 
@@ -40,16 +39,10 @@ def check_against(ours, theirs, s, t, t_prev, c, x, eps, z, u):
     assert err_prev <= tol_prev, f"t={t}: prev differs by {err_prev:.3g} > {tol_prev:.3g}"
 
 
-def checked_timesteps(timesteps):
-    """All of a short schedule; for 1000 steps both ends (where 1 - abar is smallest) and every 23rd."""
-    if len(timesteps) <= 100:
-        return list(timesteps)
-    return sorted(set(timesteps[:3]) | set(timesteps[::23]) | set(timesteps[-6:]), reverse=True)
-
-
 def dummy_eps(x, t):
-    """A fixed stand-in for eps_theta: float32 like an engine's output."""
-    return (0.1 * x + 0.3 * np.sin(t / 70.0)).astype(np.float32)
+    """A fixed stand-in for eps_theta, float32 like an engine's output; eps ~ x_t keeps
+    samples in range (few clipped), so the stored numbers depend on every step."""
+    return (0.9 * x + 0.1 * np.sin(t / 70.0)).astype(np.float32)
 
 
 def run_loop(sched, seed, shape=(2, 3, 8, 8)):
@@ -78,7 +71,8 @@ def test_all_steps_are_the_official_float64_formulas_bit_for_bit(variance_type):
     for t in [999, 500, 2, 1, 0]:
         x, eps, z = (rng.standard_normal(SHAPE) for _ in range(3))
         out = sched.step(eps, t, x, noise=z)
-        x0 = np.clip(s.sqrt_recip_alphas_cumprod[t] * x - s.sqrt_recipm1_alphas_cumprod[t] * eps, -1, 1)
+        x0 = s.sqrt_recip_alphas_cumprod[t] * x - s.sqrt_recipm1_alphas_cumprod[t] * eps
+        x0 = np.clip(x0, -1, 1)
         mean = s.posterior_mean_coef1[t] * x0 + s.posterior_mean_coef2[t] * x
         expected = mean + np.exp(0.5 * s.model_log_variance[t]) * z if t > 0 else mean
         np.testing.assert_array_equal(out.pred_original_sample, x0)
@@ -92,8 +86,7 @@ def test_strided_steps_use_respaced_betas():
     sched.set_timesteps(50)
     assert sched.timesteps[:3].tolist() == [980, 960, 940] and sched.timesteps[-1] == 0
     assert sched.timesteps.dtype == np.int64 and len(sched.timesteps) == 50
-    x, z = np.full(SHAPE, 0.5), np.ones(SHAPE)
-    eps = np.zeros(SHAPE)
+    x, eps, z = np.full(SHAPE, 0.5), np.zeros(SHAPE), np.ones(SHAPE)
     a, ap = s.alphas_cumprod[980], s.alphas_cumprod[960]
     beta = 1 - a / ap  # improved-diffusion respace.py
     x0 = x / np.sqrt(a)
@@ -112,21 +105,19 @@ def test_t0_adds_no_noise_and_draws_none():
     out = sched.step(eps, 0, x, rng=rng)
     assert rng.bit_generator.state == state
     np.testing.assert_array_equal(out.prev_sample, sched.step(eps, 0, x, noise=x).prev_sample)
-    # mean = coef_x0 x0 + 0 x_t with coef_x0 = beta_0 / (1 - abar_0) = 1 up to 1e-13
-    # (1 - abar_0 cancels); kept as the official mean, as the reference sampler computes it
+    # the official mean coef_x0 x0 + 0 x_t, coef_x0 = beta_0 / (1 - abar_0) = 1 to 1e-13
     np.testing.assert_allclose(out.prev_sample, out.pred_original_sample, rtol=1e-12)
 
 
 def test_dtype_and_add_noise():
-    s = Schedule(ScheduleConfig())
-    x0, noise = np.ones(SHAPE, np.float32), np.full(SHAPE, 2.0, np.float32)
-    out = DDPMScheduler().step(x0, 10, x0.astype(np.float64), rng=np.random.default_rng(0))
-    assert out.prev_sample.dtype == np.float32 and out.pred_original_sample.dtype == np.float32
-    xt = DDPMScheduler(dtype=np.float64).add_noise(x0, noise, np.array([0, 999]))
+    s, ones = Schedule(), np.ones(SHAPE, np.float32)
+    out = DDPMScheduler().step(ones, 10, ones.astype(np.float64), rng=np.random.default_rng(0))
+    assert out.prev_sample.dtype == out.pred_original_sample.dtype == np.float32
+    xt = DDPMScheduler(dtype=np.float64).add_noise(ones, 2 * ones, np.array([0, 999]))
     assert xt.dtype == np.float64
-    np.testing.assert_allclose(xt[1], s.sqrt_alphas_cumprod[999] + 2 * s.sqrt_one_minus_alphas_cumprod[999])
-    np.testing.assert_allclose(DDPMScheduler(dtype=np.float64).add_noise(x0, noise, 5)[0],
-                               s.sqrt_alphas_cumprod[5] + 2 * s.sqrt_one_minus_alphas_cumprod[5])
+    for t, x in ((999, xt[1]), (5, DDPMScheduler().add_noise(ones, 2 * ones, 5))):
+        expected = s.sqrt_alphas_cumprod[t] + 2 * s.sqrt_one_minus_alphas_cumprod[t]
+        np.testing.assert_allclose(x, np.full(x.shape, expected), rtol=1e-7)
 
 
 # --- diffusers ---------------------------------------------------------------
@@ -144,22 +135,24 @@ def test_diffusers_schedule_is_a_few_ulp_away():
 def test_step_matches_diffusers(variance_type, clip, steps, in_float64):
     diffusers = pytest.importorskip("diffusers")
     torch = pytest.importorskip("torch")
-    cfg = ScheduleConfig(variance_type=variance_type, clip_denoised=clip)
-    ours = DDPMScheduler(cfg, dtype=np.float64)
-    d = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
-                                variance_type=DIFFUSERS_VARIANCE[variance_type], clip_sample=clip)
+    ours = DDPMScheduler(ScheduleConfig(variance_type=variance_type, clip_denoised=clip),
+                         dtype=np.float64)
+    d = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=clip,
+                                variance_type=variance_type.replace("fixed", "fixed_"))
     ours.set_timesteps(steps)
     d.set_timesteps(steps)
     np.testing.assert_array_equal(d.timesteps.numpy(), ours.timesteps)
     tdtype = torch.float64 if in_float64 else torch.float32
-    if in_float64:
+    if in_float64:  # run diffusers' formulas on our float64 tables
         d.betas = torch.from_numpy(ours.schedule.betas.copy())
         d.alphas = 1.0 - d.betas
         d.alphas_cumprod = torch.from_numpy(ours.schedule.alphas_cumprod.copy())
         d.one = torch.tensor(1.0, dtype=torch.float64)
     s, ts = ours.schedule, list(ours.timesteps)
+    # all of a short schedule; of 1000 steps both ends (1 - abar smallest there), every 23rd
+    checked = ts if steps <= 100 else sorted(set(ts[:3] + ts[::23] + ts[-6:]), reverse=True)
     rng = np.random.default_rng(1)
-    for t in checked_timesteps(ours.timesteps):
+    for t in checked:
         t_prev = ts[ts.index(t) + 1] if t != ts[-1] else -1
         # x_t wide enough that x0_hat is clipped at some t; values exact in float32
         x = (3 * rng.standard_normal(SHAPE)).astype(np.float32)
@@ -169,24 +162,20 @@ def test_step_matches_diffusers(variance_type, clip, steps, in_float64):
         theirs = d.step(torch.from_numpy(eps).to(tdtype), int(t), torch.from_numpy(x).to(tdtype),
                         generator=torch.Generator().manual_seed(int(t)))
         out = ours.step(eps, t, x, noise=z.numpy())
-        a = s.alphas_cumprod[t]
-        ap = s.alphas_cumprod[t_prev] if t_prev >= 0 else 1.0
-        c = np.sqrt(ap) * (1 - a / ap) / (1 - a)
+        a, ap = s.alphas_cumprod[t], (s.alphas_cumprod[t_prev] if t_prev >= 0 else 1.0)
         u = 2.0**-53 if in_float64 else 2.0**-24
+        c = np.sqrt(ap) * (1 - a / ap) / (1 - a)
         check_against(out, theirs, s, int(t), int(t_prev), c, x, eps, z.numpy(), u)
 
 
 # --- full loop ---------------------------------------------------------------
 # Computed once with this code (NumPy 2.4, PCG64). A formula regression moves them by
 # far more than 1e-5 relative; 1e-5 leaves room for libm/NumPy ulp differences.
-@pytest.mark.parametrize(
-    "variance_type, clip, steps, ref_sum, ref_mean_abs",
-    [
-        ("fixedlarge", True, None, -22.80315179959871, 0.6779469312368747),
-        ("fixedsmall", False, 50, -2944.061623096466, 57.0064578106006),  # unclipped: drifts
-        ("fixedlarge", True, 10, -25.889590358361602, 0.6822001176236275),
-    ],
-)
+@pytest.mark.parametrize("variance_type, clip, steps, ref_sum, ref_mean_abs", [
+    ("fixedlarge", True, None, -7.077152794925496, 0.3735005535509117),
+    ("fixedsmall", False, 50, 4.662385312927654, 0.3831081770200247),
+    ("fixedlarge", True, 10, -19.269674665294588, 0.5056230344610716),
+])
 def test_full_loop_reference_numbers(variance_type, clip, steps, ref_sum, ref_mean_abs):
     sched = DDPMScheduler(ScheduleConfig(variance_type=variance_type, clip_denoised=clip))
     sched.set_timesteps(steps)
@@ -198,8 +187,8 @@ def test_full_loop_reference_numbers(variance_type, clip, steps, ref_sum, ref_me
 def test_fixed_seed_is_reproducible_and_noise_order_is_canonical():
     sched = DDPMScheduler()
     sched.set_timesteps(100)
-    first, second = run_loop(sched, seed=7), run_loop(sched, seed=7)
-    np.testing.assert_array_equal(first, second)
+    first = run_loop(sched, seed=7)
+    np.testing.assert_array_equal(first, run_loop(sched, seed=7))
     assert not np.array_equal(first, run_loop(sched, seed=8))
     # x_T first, then one float32 z per step with t > 0, in descending t
     rng = np.random.default_rng(7)
@@ -211,46 +200,35 @@ def test_fixed_seed_is_reproducible_and_noise_order_is_canonical():
 
 
 # --- errors ------------------------------------------------------------------
-@pytest.mark.parametrize("n", [1001, 0, -1, 2.5, True, "50"])
-def test_bad_step_counts(n):
-    with pytest.raises(ValueError, match=r"num_inference_steps=.*expected an int in \[1, 1000\]"):
-        DDPMScheduler().set_timesteps(n)
+X, RNG = np.zeros(SHAPE, np.float32), np.random.default_rng(0)
 
 
-def test_bad_step_arguments():
-    sched, rng = DDPMScheduler(), np.random.default_rng(0)
-    x = np.zeros(SHAPE, np.float32)
-    sched.set_timesteps(50)
-    with pytest.raises(ValueError, match=r"t=999 is not in this scheduler's timesteps \[980, 960"):
-        sched.step(x, 999, x, rng=rng)
-    for bad_t in (980.0, np.array([980, 960])):
-        with pytest.raises(ValueError, match="single integer timestep"):
-            sched.step(x, bad_t, x, rng=rng)
-    with pytest.raises(ValueError, match=r"eps has shape \(2, 6, 4, 4\) but x_t has shape \(2, 3, 4, 4\)"):
-        sched.step(np.zeros((2, 6, 4, 4)), 980, x, rng=rng)
-    with pytest.raises(ValueError, match="x_t has dtype int64"):
-        sched.step(x, 980, x.astype(np.int64), rng=rng)
-    with pytest.raises(ValueError, match="adds noise: pass rng="):
-        sched.step(x, 980, x)
-    with pytest.raises(ValueError, match="either rng or noise"):
-        sched.step(x, 980, x, rng=rng, noise=x)
-    with pytest.raises(ValueError, match=r"noise has shape \(3,\), expected"):
-        sched.step(x, 980, x, noise=np.zeros(3))
-    with pytest.raises(ValueError, match="numpy.random.Generator.*default_rng"):
-        sched.step(x, 980, x, rng=np.random.RandomState(0))
-    with pytest.raises(ValueError, match="init_noise needs rng"):
-        sched.init_noise(SHAPE, None)
-    with pytest.raises(ValueError, match="dtype=int32 is not supported"):
-        DDPMScheduler(dtype=np.int32)
+def strided(n=50):
+    sched = DDPMScheduler()
+    sched.set_timesteps(n)
+    return sched
 
 
-def test_bad_add_noise_arguments():
-    sched, x = DDPMScheduler(), np.zeros(SHAPE)
-    with pytest.raises(ValueError, match=r"t=.*1000.* out of range: expected 0 <= t < 1000"):
-        sched.add_noise(x, x, 1000)
-    with pytest.raises(ValueError, match=r"out of range"):
-        sched.add_noise(x, x, np.array([-1, 3]))
-    with pytest.raises(ValueError, match=r"\[N=2\] ints"):
-        sched.add_noise(x, x, np.array([1, 2, 3]))
-    with pytest.raises(ValueError, match="noise has shape"):
-        sched.add_noise(x, x[:1], 3)
+@pytest.mark.parametrize("call, match", [
+    *[(lambda n=n: strided(n), r"num_inference_steps=.*expected an int in \[1, 1000\]")
+      for n in (1001, 0, -1, 2.5, True, "50")],
+    (lambda: strided().step(X, 999, X, rng=RNG), r"t=999 is not in .* timesteps \[980, 960"),
+    (lambda: strided().step(X, 980.0, X, rng=RNG), "single integer timestep"),
+    (lambda: strided().step(X, np.array([980, 960]), X, rng=RNG), "single integer timestep"),
+    (lambda: strided().step(X[:, :2], 980, X, rng=RNG),
+     r"eps has shape \(2, 2, 4, 4\) but x_t has shape \(2, 3, 4, 4\)"),
+    (lambda: strided().step(X, 980, X.astype(np.int64), rng=RNG), "x_t has dtype int64"),
+    (lambda: strided().step(X, 980, X), "t=980 adds noise: pass rng="),
+    (lambda: strided().step(X, 980, X, rng=RNG, noise=X), "either rng or noise"),
+    (lambda: strided().step(X, 980, X, noise=X[0]), r"noise has shape \(3, 4, 4\), expected"),
+    (lambda: strided().step(X, 980, X, rng=np.random.RandomState(0)), "Generator.*default_rng"),
+    (lambda: DDPMScheduler.init_noise(SHAPE, None), "init_noise needs rng"),
+    (lambda: DDPMScheduler(dtype=np.int32), "dtype=int32 is not supported"),
+    (lambda: strided().add_noise(X, X, 1000), r"t=.*1000.* out of range: expected 0 <= t < 1000"),
+    (lambda: strided().add_noise(X, X, np.array([-1, 3])), "out of range"),
+    (lambda: strided().add_noise(X, X, np.array([1, 2, 3])), r"\[N=2\] ints"),
+    (lambda: strided().add_noise(X, X[:1], 3), "noise has shape"),
+])
+def test_errors_say_what_was_received_and_expected(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
