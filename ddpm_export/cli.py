@@ -105,7 +105,7 @@ def sample(checkpoint, out, num, seed, batch, trajectory, npz, device, no_progre
 
     import numpy as np
 
-    from runtime.images import make_grid, save_grid, save_png, to_uint8
+    from runtime.images import save_grid, save_trajectory
 
     from .checkpoint import load_model
     from .config import ScheduleConfig
@@ -122,10 +122,7 @@ def sample(checkpoint, out, num, seed, batch, trajectory, npz, device, no_progre
     if npz:
         _save_npz(npz, samples=x, seed=np.int64(seed), batch=np.int64(batch))
     if trajectory:
-        rows = min(8, traj[0][1].shape[0])
-        frames = np.stack([to_uint8(a[:rows]) for _, a in traj], axis=1)  # [rows, steps, H, W, C]
-        save_png(make_grid(frames.reshape((-1,) + frames.shape[2:]), nrow=len(traj)), trajectory,
-                 scale=max(1, 64 // model.config.image_size))
+        save_trajectory(traj, trajectory, scale=max(1, 64 // model.config.image_size))
     click.echo(f"wrote {out} ({num} images, {num / dt:.2f} images/s)")
 
 
@@ -216,6 +213,51 @@ def import_(fmt, src, out, preset, verify, force):
         ckpt = convert.import_pesser(src, out, preset=preset, command=command)
     n = sum(v.numel() for v in ckpt["ema"].values())
     click.echo(f"wrote {out} ({n:,} parameters, schedule {ckpt['schedule_config']['variance_type']})")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="A .pt from 'ddpm-export train' or 'import'.")
+@click.option("--out", default=None, help="NAME.onnx to write (its manifest goes to NAME.json). "
+              "Default: engines/<checkpoint name>.onnx, or engines/<name>-fp16.onnx with --fp16.")
+@click.option("--fp16", is_flag=True, help="FP16 graph with FP32 islands (GroupNorm statistics, "
+              "softmax, timestep embedding) as explicit Casts, float32 I/O: what TensorRT 11's "
+              "strongly typed builds need.")
+@click.option("--opset", type=int, default=17, show_default=True,
+              help="ONNX opset (13-20); 17 is the highest TensorRT 8.5 (JetPack 5) parses.")
+@click.option("--min-batch", type=int, default=1, show_default=True)
+@click.option("--opt-batch", type=int, default=8, show_default=True)
+@click.option("--max-batch", type=int, default=64, show_default=True)
+@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
+@click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check (checker and "
+              "shape inference always run).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out.")
+def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weights, no_check, force):
+    """Export a checkpoint to ONNX + manifest, checked against PyTorch.
+
+    Inputs x_t float32 [B, C, H, W] and t int32 [B], output eps; dynamic batch.
+    Every export runs onnx.checker, shape inference and an ONNX Runtime parity
+    check at t in {0, 1, 250, 500, 999}, batches 1 and 8 (float32: < 1e-4).
+    """
+    from pathlib import Path
+
+    from .export import export_onnx
+
+    if out is None:
+        stem = Path(checkpoint).stem + ("-fp16" if fp16 else "")
+        out = str(Path("engines") / f"{stem}.onnx")
+    if Path(out).exists() and not force:
+        raise click.UsageError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    m = export_onnx(checkpoint, out, fp16=fp16, opset=opset, batch_range=(min_batch, opt_batch, max_batch),
+                    check=not no_check, command=" ".join(["ddpm-export"] + sys.argv[1:]), weights=weights)
+    par = m["checks"].get("parity") or {}
+    line = f"wrote {out} + {Path(out).with_suffix('.json')} ({m['precision']}, opset {opset})"
+    if par:
+        line += f"; parity vs PyTorch: max abs diff {par['max_abs_diff']:.2e} (limit {par['atol']:g})"
+    fe = m["checks"].get("fp16_error")
+    if fe:
+        line += f"; FP16 eps error vs float32: max {fe['max_abs']:.2e}, mean {fe['mean_abs']:.2e}"
+    click.echo(line)
 
 
 if __name__ == "__main__":

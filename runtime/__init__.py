@@ -1,6 +1,14 @@
 """Lightweight NumPy runtime for sampling from exported DDPM engines.
 
-Imports with neither torch nor tensorrt installed.
+Imports with neither torch nor tensorrt installed::
+
+    import runtime
+    with runtime.load("engines/digits.onnx") as engine:
+        images = engine.sample(16, seed=0, steps=100, method="ddim")  # uint8 [16, H, W, C]
 """
 
+from runtime.api import Engine, load
+from runtime.sampler import METHODS, NonFiniteError, SampleResult
+
 __version__ = "0.1.0"
+__all__ = ["Engine", "load", "METHODS", "NonFiniteError", "SampleResult"]

@@ -60,3 +60,13 @@ def save_png(picture: np.ndarray, path, scale: int = 1) -> None:
 def save_grid(x: np.ndarray, path, nrow: Optional[int] = None, scale: int = 1) -> None:
     """Samples in [-1, 1] float [N, C, H, W] -> one PNG grid."""
     save_png(make_grid(to_uint8(x), nrow), path, scale)
+
+
+def save_trajectory(trajectory, path, rows: int = 8, scale: int = 1) -> None:
+    """Progressive generation (paper fig. 6): one row per image, one column per
+    recorded step. trajectory: [(t, x0_hat float [N, C, H, W])], oldest first."""
+    if not trajectory:
+        raise ValueError("empty trajectory: sample with trajectory frames to record one")
+    rows = min(rows, trajectory[0][1].shape[0])
+    frames = np.stack([to_uint8(np.asarray(a)[:rows]) for _, a in trajectory], axis=1)
+    save_png(make_grid(frames.reshape((-1,) + frames.shape[2:]), nrow=len(trajectory)), path, scale)

@@ -1,0 +1,399 @@
+"""The export contract: one source of truth for export, engine build and runtime.
+
+Input/output names, dtypes, the dynamic batch axis and the batch profile live
+here, and travel with every model as a *manifest* (TensorRT demo
+``model/base_model.py``; nanoGPT's ``model_args``). NumPy/stdlib only, Python 3.8:
+this module imports without torch, onnx, onnxruntime or tensorrt.
+
+Model I/O (every precision; an FP16 graph casts at its edges inside the graph)::
+
+    x_t  float32 [batch, C, H, W]   noisy image
+    t    int32   [batch]            code timestep 0..T-1 (int32, not int64:
+                                    TensorRT 8.x only down-casts int64 inputs)
+    eps  float32 [batch, C, H, W]   predicted noise
+
+Manifest schema (``manifest_version`` 1): a JSON object, embedded in the ONNX
+file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
+``NAME.json`` next to ``NAME.onnx`` (an engine ``NAME.plan`` reads the same
+``NAME.json``). The runtime needs nothing else::
+
+    manifest_version  int   MANIFEST_VERSION
+    precision         str   "fp32" | "fp16" (FP16 graph, FP32 islands, FP32 I/O)
+    image_shape       [C, H, W]
+    schedule          ScheduleConfig.to_dict(): kind, beta_start, beta_end,
+                      num_timesteps (T), variance_type, clip_denoised
+    io                {"inputs": [{"name", "dtype", "shape"}, ...],
+                       "outputs": [...], "batch_axis": "batch"}  == io_spec(image_shape)
+    batch_range       {"min", "opt", "max"}  the engine's optimization profile
+    onnx              {"opset", "exporter", "normalization", "attention"}
+    source            {"checkpoint" (file name), "checkpoint_sha256", "weights"
+                       ("ema" | "model"), "step", "model_config", "provenance"}
+    onnx_sha256       str | null: sha256 of the .onnx file. Null in the embedded
+                      copy (a file cannot hold its own hash); set in the sidecar.
+    checks            {"onnx_checker", "shape_inference", "parity", "fp16_error"}
+                      what the export verified (parity: max abs difference vs
+                      PyTorch through ONNX Runtime CPU, with its tolerance)
+    tools             {"python", "torch", "onnx", "onnxruntime", "ddpm_export", ...}
+    command           str   the command that made the file
+
+Keys not listed (e.g. an ``engine`` section added by an engine build) are kept
+and ignored, so later tools can extend the manifest without a version bump.
+"""
+from __future__ import annotations
+
+import json
+import operator
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from runtime.schedule import ScheduleConfig
+
+INPUT_X = "x_t"
+INPUT_T = "t"
+OUTPUT = "eps"
+X_DTYPE = "float32"
+T_DTYPE = "int32"
+EPS_DTYPE = "float32"
+BATCH_AXIS = "batch"  # name of the dynamic axis 0 of every input and output
+INPUT_NAMES = (INPUT_X, INPUT_T)
+OUTPUT_NAMES = (OUTPUT,)
+PRECISIONS = ("fp32", "fp16")
+
+MANIFEST_KEY = "ddpm_export.manifest"  # ONNX metadata_props key holding the JSON
+MANIFEST_VERSION = 1
+SIDECAR_SUFFIX = ".json"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, unreadable or does not fit this runtime."""
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """The batch sizes an engine accepts (TensorRT optimization profile).
+
+    min 1: single-image sampling must work. opt 8: the size kernels are tuned
+    for, a typical sample grid and the export's parity batch. max 64: a U-Net
+    call at 32x32 is small (~12 GFLOP per image), so large batches are what
+    fill a GPU; 64 keeps the cifar10 model's activations (a few MB per image
+    in FP16, well under 1 GB in all) inside the 8 GB an Orin Nano shares
+    with its CPU, and engine build time (tactics are timed per profile) short.
+    """
+
+    min: int = 1
+    opt: int = 8
+    max: int = 64
+
+    def __post_init__(self) -> None:
+        for k in ("min", "opt", "max"):
+            v = getattr(self, k)
+            try:
+                if isinstance(v, bool):
+                    raise TypeError
+                object.__setattr__(self, k, operator.index(v))  # ints and NumPy ints, not 1.5
+            except TypeError:
+                raise ManifestError(f"batch_range.{k}: received {v!r}, expected an int") from None
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ManifestError(
+                f"batch_range: received min={self.min}, opt={self.opt}, max={self.max}; "
+                f"expected 1 <= min <= opt <= max"
+            )
+
+    def to_dict(self) -> Dict[str, int]:
+        return {"min": self.min, "opt": self.opt, "max": self.max}
+
+    @classmethod
+    def coerce(cls, value: Any) -> "BatchRange":
+        """None (the default), a BatchRange, {"min","opt","max"} or (min, opt, max)."""
+        if value is None:
+            return DEFAULT_BATCH_RANGE
+        if isinstance(value, BatchRange):
+            return value
+        if isinstance(value, Mapping):
+            missing = [k for k in ("min", "opt", "max") if k not in value]
+            if missing:
+                raise ManifestError(f"batch_range: missing {missing}; expected keys min, opt, max")
+            return cls(value["min"], value["opt"], value["max"])
+        if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3:
+            return cls(*value)
+        raise ManifestError(
+            f"batch_range: received {value!r}; expected (min, opt, max), e.g. (1, 8, 64)"
+        )
+
+
+DEFAULT_BATCH_RANGE = BatchRange()
+
+
+def io_spec(image_shape: Sequence[int]) -> Dict[str, Any]:
+    """The I/O section of a manifest for images of shape [C, H, W]."""
+    c, h, w = (int(v) for v in image_shape)
+    img = [BATCH_AXIS, c, h, w]
+    return {
+        "inputs": [
+            {"name": INPUT_X, "dtype": X_DTYPE, "shape": list(img)},
+            {"name": INPUT_T, "dtype": T_DTYPE, "shape": [BATCH_AXIS]},
+        ],
+        "outputs": [{"name": OUTPUT, "dtype": EPS_DTYPE, "shape": list(img)}],
+        "batch_axis": BATCH_AXIS,
+    }
+
+
+def dynamic_axes() -> Dict[str, Dict[int, str]]:
+    """Axis 0 of every input and output is the batch (torch.onnx.export's form)."""
+    return {name: {0: BATCH_AXIS} for name in INPUT_NAMES + OUTPUT_NAMES}
+
+
+def sidecar_path(path: PathLike) -> Path:
+    """NAME.onnx / NAME.plan -> NAME.json (a .json path is returned as is)."""
+    p = Path(path)
+    return p if p.suffix == SIDECAR_SUFFIX else p.with_suffix(SIDECAR_SUFFIX)
+
+
+def manifest_dict(
+    image_shape: Sequence[int],
+    schedule: Mapping[str, Any],
+    precision: str = "fp32",
+    batch_range: Any = None,
+    source: Optional[Mapping[str, Any]] = None,
+    onnx: Optional[Mapping[str, Any]] = None,
+    checks: Optional[Mapping[str, Any]] = None,
+    tools: Optional[Mapping[str, Any]] = None,
+    command: str = "",
+    onnx_sha256: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Assemble and validate a manifest (schema in the module docstring)."""
+    d = {
+        "manifest_version": MANIFEST_VERSION,
+        "precision": precision,
+        "image_shape": [int(v) for v in image_shape],
+        "schedule": dict(schedule),
+        "io": io_spec(image_shape),
+        "batch_range": BatchRange.coerce(batch_range).to_dict(),
+        "onnx": dict(onnx or {}),
+        "source": dict(source or {}),
+        "onnx_sha256": onnx_sha256,
+        "checks": dict(checks or {}),
+        "tools": dict(tools or {}),
+        "command": command,
+    }
+    validate_manifest(d)
+    return d
+
+
+_FIX = "re-export with 'ddpm-export export --checkpoint CKPT' (it writes NAME.onnx and NAME.json)"
+_SCHEDULE_KEYS = ("kind", "beta_start", "beta_end", "num_timesteps", "variance_type", "clip_denoised")
+
+
+def _fail(field: str, received: Any, expected: str, fix: str = _FIX) -> None:
+    raise ManifestError(f"manifest {field}: received {received!r}, expected {expected}; {fix}")
+
+
+def validate_manifest(d: Any) -> Dict[str, Any]:
+    """Check a manifest against this runtime's contract; returns it, raises ManifestError."""
+    if not isinstance(d, Mapping):
+        _fail("(top level)", type(d).__name__, "a JSON object")
+    for key in ("manifest_version", "precision", "image_shape", "schedule", "io",
+                "batch_range", "source", "onnx_sha256", "tools", "command"):
+        if key not in d:
+            _fail(key, "<missing>", "present (see runtime/contract.py for the schema)")
+    v = d["manifest_version"]
+    if v != MANIFEST_VERSION:
+        fix = "upgrade ddpm-export to read it" if isinstance(v, int) and v > MANIFEST_VERSION else _FIX
+        _fail("manifest_version", v, str(MANIFEST_VERSION), fix)
+    if d["precision"] not in PRECISIONS:
+        _fail("precision", d["precision"], f"one of {PRECISIONS}")
+    shape = d["image_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        _fail("image_shape", shape, "[C, H, W] of positive ints")
+    sched = d["schedule"]
+    if not isinstance(sched, Mapping):
+        _fail("schedule", sched, "an object")
+    for key in _SCHEDULE_KEYS:
+        if key not in sched:
+            _fail(f"schedule.{key}", "<missing>", "present")
+    try:
+        ScheduleConfig.from_dict(dict(sched))
+    except (TypeError, ValueError) as e:
+        _fail("schedule", dict(sched), f"a valid ScheduleConfig ({e})")
+    expected_io = io_spec(shape)
+    io = d["io"]
+    if not isinstance(io, Mapping):
+        _fail("io", io, "an object")
+    for side in ("inputs", "outputs"):
+        got, want = io.get(side), expected_io[side]
+        if not isinstance(got, list) or len(got) != len(want):
+            _fail(f"io.{side}", got, f"{len(want)} entries {[w['name'] for w in want]}")
+        for i, (g, w) in enumerate(zip(got, want)):
+            for k in ("name", "dtype", "shape"):
+                if not isinstance(g, Mapping) or g.get(k) != w[k]:
+                    received = g.get(k, "<missing>") if isinstance(g, Mapping) else g
+                    _fail(f"io.{side}[{i}].{k}", received, repr(w[k]))
+    if io.get("batch_axis") != BATCH_AXIS:
+        _fail("io.batch_axis", io.get("batch_axis"), repr(BATCH_AXIS))
+    try:
+        BatchRange.coerce(d["batch_range"])
+    except ManifestError as e:
+        raise ManifestError(f"manifest {e}; {_FIX}") from None
+    src = d["source"]
+    if not isinstance(src, Mapping) or not _is_sha256(src.get("checkpoint_sha256")):
+        got = src.get("checkpoint_sha256", "<missing>") if isinstance(src, Mapping) else src
+        _fail("source.checkpoint_sha256", got, "the 64-hex-digit sha256 of the checkpoint")
+    if d["onnx_sha256"] is not None and not _is_sha256(d["onnx_sha256"]):
+        _fail("onnx_sha256", d["onnx_sha256"], "null or a 64-hex-digit sha256")
+    if not isinstance(d["tools"], Mapping):
+        _fail("tools", d["tools"], "an object of tool versions")
+    if not isinstance(d["command"], str):
+        _fail("command", d["command"], "a string")
+    return dict(d)
+
+
+def _is_sha256(s: Any) -> bool:
+    return isinstance(s, str) and len(s) == 64 and all(c in "0123456789abcdef" for c in s)
+
+
+def write_manifest(path: PathLike, d: Mapping[str, Any]) -> Path:
+    """Validate d and write it as JSON to sidecar_path(path), atomically; returns that path."""
+    validate_manifest(d)
+    out = sidecar_path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(d, indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, str(out))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+def read_manifest(path: PathLike, verify_sha256: bool = True) -> Dict[str, Any]:
+    """The validated manifest of NAME.onnx, NAME.plan or NAME.json.
+
+    Reads the sidecar NAME.json; for an .onnx without one, the manifest embedded
+    in its metadata (onnx_sha256 is then null). With verify_sha256, an .onnx
+    whose bytes do not match the sidecar's onnx_sha256 is refused.
+    """
+    p = Path(path)
+    side = sidecar_path(p)
+    if side.is_file():
+        try:
+            d = json.loads(side.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ManifestError(f"{side}: not valid JSON ({e}); {_FIX}") from None
+        d = _validated(d, side)
+        if verify_sha256 and p.suffix == ".onnx" and p.is_file() and d["onnx_sha256"]:
+            actual = _sha256_file(p)
+            if actual != d["onnx_sha256"]:
+                raise ManifestError(
+                    f"{p}: sha256 {actual[:12]}... does not match {side.name}'s onnx_sha256 "
+                    f"{d['onnx_sha256'][:12]}...: the model and its sidecar come from different "
+                    f"exports; {_FIX}"
+                )
+        return d
+    if p.suffix == ".onnx" and p.is_file():
+        text = read_embedded_manifest(p)
+        if text is None:
+            raise ManifestError(
+                f"{p}: no sidecar {side.name} and no {MANIFEST_KEY!r} in the ONNX metadata; "
+                f"this file was not written by 'ddpm-export export': {_FIX}"
+            )
+        try:
+            return _validated(json.loads(text), p)
+        except ValueError as e:
+            if isinstance(e, ManifestError):
+                raise
+            raise ManifestError(f"{p}: embedded manifest is not valid JSON ({e}); {_FIX}") from None
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file; pass the NAME.onnx/NAME.plan written by export")
+    raise ManifestError(
+        f"{p}: no manifest sidecar {side}; copy the NAME.json written with the model next to it"
+    )
+
+
+def _validated(d: Any, where: Path) -> Dict[str, Any]:
+    try:
+        return validate_manifest(d)
+    except ManifestError as e:
+        raise ManifestError(f"{where}: {e}") from None
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_embedded_manifest(onnx_path: PathLike) -> Optional[str]:
+    """The JSON text under MANIFEST_KEY in an .onnx file's metadata_props, or None.
+
+    A minimal protobuf reader (ModelProto field 14 = metadata_props, entries of
+    key = 1, value = 2): needs neither onnx nor onnxruntime, and skips the graph
+    without parsing it.
+    """
+    import mmap
+
+    with open(onnx_path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return None
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            for field, value in _fields(data, 0, len(data)):
+                if field == 14 and isinstance(value, tuple):
+                    entry = {k: data[s:e] for k, (s, e) in _fields_spans(data, *value)}
+                    if entry.get(1, b"").decode("utf-8", "replace") == MANIFEST_KEY:
+                        return entry.get(2, b"").decode("utf-8")
+    return None
+
+
+def _varint(data: Any, i: int):
+    shift = result = 0
+    while True:
+        if i >= len(data):
+            raise ManifestError("truncated protobuf: the .onnx file is damaged; re-export it")
+        b = data[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, i
+        shift += 7
+
+
+def _fields(data: Any, start: int, end: int):
+    """(field number, value) pairs; length-delimited values as (start, end) spans."""
+    i = start
+    while i < end:
+        tag, i = _varint(data, i)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, i = _varint(data, i)
+        elif wire == 1:
+            value, i = None, i + 8
+        elif wire == 5:
+            value, i = None, i + 4
+        elif wire == 2:
+            n, i = _varint(data, i)
+            value, i = (i, i + n), i + n
+        else:
+            raise ManifestError(f"not an ONNX protobuf (wire type {wire}); re-export the model")
+        if i > end:
+            raise ManifestError("truncated protobuf: the .onnx file is damaged; re-export it")
+        yield field, value
+
+
+def _fields_spans(data: Any, start: int, end: int) -> List:
+    return [(f, v) for f, v in _fields(data, start, end) if isinstance(v, tuple)]

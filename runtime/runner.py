@@ -1,0 +1,99 @@
+"""The one interface every backend implements: ``eps = runner(x_t, t)``.
+
+A runner is a context manager (Polygraphy ``backend/base/runner.py``): entering
+loads the engine, leaving frees it. Before each call it checks the inputs
+against the manifest (shape, dtype, batch range) and says what it received,
+what it expected and how to fix it.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from runtime.contract import INPUT_T, INPUT_X
+
+
+class InputError(ValueError):
+    """An input that does not fit the engine's manifest."""
+
+
+class Runner:
+    """Base class: subclasses implement ``_activate``, ``_infer`` and ``_deactivate``."""
+
+    backend = "base"
+
+    def __init__(self, path: str, manifest: Dict[str, Any]):
+        self.path = str(path)
+        self.manifest = manifest
+        self.image_shape: Tuple[int, int, int] = tuple(int(v) for v in manifest["image_shape"])
+        br = manifest["batch_range"]
+        self.min_batch, self.max_batch = int(br["min"]), int(br["max"])
+        self.is_active = False
+
+    # --- lifecycle -------------------------------------------------------
+    def __enter__(self) -> "Runner":
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    # --- inference -------------------------------------------------------
+    def __call__(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """x_t: float32 [B, C, H, W]; t: int32 [B] (an int is broadcast) -> eps float32 [B, C, H, W]."""
+        if not self.is_active:
+            raise RuntimeError(
+                f"{self.backend} runner for {self.path} is not active; use it as "
+                f"'with runtime.load(path) as runner:' or call runner.__enter__()"
+            )
+        x_t, t = self.check_inputs(x_t, t)
+        return self._infer(x_t, t)
+
+    def check_inputs(self, x_t: Any, t: Any) -> Tuple[np.ndarray, np.ndarray]:
+        x_t = np.asarray(x_t)
+        if x_t.dtype != np.float32:
+            raise InputError(
+                f"input {INPUT_X!r} has dtype {x_t.dtype}, expected float32; use x.astype(np.float32)"
+            )
+        expected = ("B",) + self.image_shape
+        if x_t.ndim != 4 or tuple(x_t.shape[1:]) != self.image_shape:
+            raise InputError(
+                f"input {INPUT_X!r} has shape {tuple(x_t.shape)}, expected {expected} "
+                f"(the engine {self.path} was exported for images of shape {self.image_shape})"
+            )
+        b = x_t.shape[0]
+        if not self.min_batch <= b <= self.max_batch:
+            raise InputError(
+                f"batch {b} is outside the engine's range [{self.min_batch}, {self.max_batch}]; "
+                f"sample in batches within it (--batch) or re-export with another batch range"
+            )
+        t = np.asarray(t)
+        if t.ndim == 0:
+            t = np.full((b,), t, dtype=np.int32)
+        if not np.issubdtype(t.dtype, np.integer) or t.shape != (b,):
+            raise InputError(
+                f"input {INPUT_T!r} has dtype {t.dtype} and shape {t.shape}, expected int32 [{b}] "
+                f"(one integer timestep per image)"
+            )
+        T = int(self.manifest["schedule"]["num_timesteps"])
+        if t.min() < 0 or t.max() >= T:
+            raise InputError(f"timesteps must lie in [0, {T - 1}], got min {t.min()} max {t.max()}")
+        return np.ascontiguousarray(x_t), t.astype(np.int32, copy=False)
+
+    # --- backend hooks ---------------------------------------------------
+    def _activate(self) -> None:
+        raise NotImplementedError
+
+    def _infer(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _deactivate(self) -> None:
+        pass
