@@ -260,5 +260,28 @@ def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weight
     click.echo(line)
 
 
+@main.command()
+@click.option("--steps", type=int, default=10, show_default=True, help="Network calls per timed run.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per cell (median).")
+@click.option("--threads", type=int, default=2, show_default=True, help="Threads for torch and ONNX Runtime alike.")
+@click.option("--batch", "batches", type=int, multiple=True, default=(1, 8), show_default=True)
+@click.option("--digits-engine", default="engines/digits.onnx", show_default=True,
+              help="Engine for the scheduler-overhead row.")
+@click.option("--json-out", default=None, help="Also write the results as JSON.")
+def bench(steps, repeats, threads, batches, digits_engine, json_out):
+    """Benchmark image-steps/s: diffusers eager vs ONNX Runtime vs our runtime loop."""
+    import json
+
+    from .bench import format_table, run_bench
+
+    res = run_bench(batches=batches, steps=steps, repeats=repeats, threads=threads,
+                    digits_onnx=digits_engine)
+    if json_out:
+        from pathlib import Path
+
+        Path(json_out).write_text(json.dumps(res, indent=2) + "\n")
+    click.echo(format_table(res))
+
+
 if __name__ == "__main__":
     main()

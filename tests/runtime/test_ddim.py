@@ -10,28 +10,7 @@ from runtime.schedule import Schedule, ScheduleConfig
 
 SHAPE = (2, 3, 4, 4)
 NO_CLIP = ScheduleConfig(clip_denoised=False)
-# Per-step bound on |ours - diffusers|: the model and K = 8 are derived in test_ddpm.py
-# (float32 cumprod drift <= 6.05 ulp, times the cancellation factors of the step).
-K = 8
-
-
-def check_against(ours, theirs, s, t, t_prev, c, x, eps, z, u):
-    m = lambda a: float(np.max(np.abs(a)))  # noqa: E731
-    a = s.alphas_cumprod[t]
-    ap = s.alphas_cumprod[t_prev] if t_prev >= 0 else 1.0
-    k0 = 1.0 / (1.0 - a)
-    k = 1.0 / min([1.0 - a, 1.0 - a / ap] + ([1.0 - ap] if ap < 1.0 else []))
-    s0 = m(x) * np.sqrt(1.0 / a) + m(eps) * np.sqrt(1.0 / a - 1.0)
-    tol_x0 = K * u * k0 * s0
-    tol_prev = K * u * (k * (c * m(ours.pred_original_sample) + m(x) + m(eps) + m(z)) + c * k0 * s0)
-    err_x0 = m(ours.pred_original_sample - theirs.pred_original_sample.numpy())
-    err_prev = m(ours.prev_sample - theirs.prev_sample.numpy())
-    assert err_x0 <= tol_x0, f"t={t}: x0 differs by {err_x0:.3g} > {tol_x0:.3g}"
-    assert err_prev <= tol_prev, f"t={t}: prev differs by {err_prev:.3g} > {tol_prev:.3g}"
-
-
-def dummy_eps(x, t):
-    return (0.9 * x + 0.1 * np.sin(t / 70.0)).astype(np.float32)
+from scheduler_checks import K, check_against, dummy_eps  # noqa: E402,F401
 
 
 def run_loop(sched, seed, shape=(2, 3, 8, 8), eps_fn=dummy_eps):
