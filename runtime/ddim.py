@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from runtime.ddpm import (
+    clip_unit,
     StepOutput,
     check_dtype,
     check_num_steps,
@@ -123,7 +124,7 @@ class DDIMScheduler:
         x0 = self._sqrt_recip[i] * x_t - self._sqrt_recipm1[i] * eps
         # 2. clip x0_hat (diffusers clip_sample); optionally re-derive eps from it
         if self.config.clip_denoised:
-            x0 = np.clip(x0, -1.0, 1.0)
+            x0 = clip_unit(x0)
             if self.use_clipped_model_output:
                 eps = (x_t - self._sqrt_abar[i] * x0) / self._sqrt_one_minus_abar[i]
         # 3. eq. (12): x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z
