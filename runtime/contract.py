@@ -342,58 +342,39 @@ def _sha256_file(path: Path) -> str:
 def read_embedded_manifest(onnx_path: PathLike) -> Optional[str]:
     """The JSON text under MANIFEST_KEY in an .onnx file's metadata_props, or None.
 
-    A minimal protobuf reader (ModelProto field 14 = metadata_props, entries of
-    key = 1, value = 2): needs neither onnx nor onnxruntime, and skips the graph
-    without parsing it.
+    Read with the ONNX libraries rather than a protobuf parser of our own: the
+    ``onnx`` package when installed (graph weights are not loaded), else ONNX
+    Runtime, which any machine running an .onnx has.
     """
-    import mmap
-
-    with open(onnx_path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return None
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            for field, value in _fields(data, 0, len(data)):
-                if field == 14 and isinstance(value, tuple):
-                    entry = {k: data[s:e] for k, (s, e) in _fields_spans(data, *value)}
-                    if entry.get(1, b"").decode("utf-8", "replace") == MANIFEST_KEY:
-                        return entry.get(2, b"").decode("utf-8")
-    return None
-
-
-def _varint(data: Any, i: int):
-    shift = result = 0
-    while True:
-        if i >= len(data):
-            raise ManifestError("truncated protobuf: the .onnx file is damaged; re-export it")
-        b = data[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, i
-        shift += 7
-
-
-def _fields(data: Any, start: int, end: int):
-    """(field number, value) pairs; length-delimited values as (start, end) spans."""
-    i = start
-    while i < end:
-        tag, i = _varint(data, i)
-        field, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, i = _varint(data, i)
-        elif wire == 1:
-            value, i = None, i + 8
-        elif wire == 5:
-            value, i = None, i + 4
-        elif wire == 2:
-            n, i = _varint(data, i)
-            value, i = (i, i + n), i + n
-        else:
-            raise ManifestError(f"not an ONNX protobuf (wire type {wire}); re-export the model")
-        if i > end:
-            raise ManifestError("truncated protobuf: the .onnx file is damaged; re-export it")
-        yield field, value
-
-
-def _fields_spans(data: Any, start: int, end: int) -> List:
-    return [(f, v) for f, v in _fields(data, start, end) if isinstance(v, tuple)]
+    path = str(onnx_path)
+    try:
+        import onnx  # lazy: optional for the runtime
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        try:
+            model = onnx.load(path, load_external_data=False)
+        except Exception as e:
+            raise ManifestError(
+                f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__}); "
+                f"the file is truncated or not ONNX: {_FIX}"
+            ) from None
+        for prop in model.metadata_props:
+            if prop.key == MANIFEST_KEY:
+                return prop.value
+        return None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ManifestError(
+            f"{path}: no sidecar manifest, and neither onnx nor onnxruntime is installed to read "
+            f"the embedded one; pip install onnxruntime, or copy NAME.json next to the model"
+        ) from None
+    try:
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ManifestError(
+            f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]}); "
+            f"the file is truncated or not ONNX: {_FIX}"
+        ) from None
+    return sess.get_modelmeta().custom_metadata_map.get(MANIFEST_KEY)
