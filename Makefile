@@ -1,14 +1,18 @@
 # Two commands do everything on a fresh machine:
-#   make demo   set up .venv, then sample digits from the shipped model -> samples.png
+#   make demo   set up .venv, then sample 64 digits from the shipped engine with the
+#               NumPy runtime (no torch involved) -> samples.png
 #   make test   set up .venv, then run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# A CPU build of torch: this pin is served from the local disk on our dev/CI
-# machines. Elsewhere, point pip at a CPU wheel index first, e.g.
-#   make setup TORCH_SPEC="torch --index-url <pytorch-cpu-wheel-index>"
-# (an unpinned torch from PyPI is a multi-gigabyte CUDA build).
-TORCH_SPEC ?= torch==2.13.0
+# A CPU build of torch, never the multi-gigabyte CUDA build an unpinned torch
+# pulls from PyPI. Our dev/CI machines serve this exact wheel from local disk;
+# elsewhere name PyTorch's CPU wheel index:
+#   make setup TORCH_INDEX=<url of PyTorch's CPU wheel index>
+# (or TORCH_SPEC=torch for a GPU machine that should get the CUDA build).
+TORCH_SPEC  ?= torch==2.13.0+cpu
+TORCH_INDEX ?=
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
 .PHONY: setup demo test test-slow clean-venv
 
@@ -16,13 +20,12 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
 	$(PY) -m pip install -q -e '.[train,runtime,onnx,test]'
 	touch $@
 
 demo: setup
-	$(VENV)/bin/ddpm-export sample --checkpoint engines/digits.pt --num 64 --seed 0 --out samples.png
+	$(PY) -m runtime.sample --engine engines/digits.onnx --num 64 --seed 0 --out samples.png
 
 test: setup
 	$(PY) -m pytest -q

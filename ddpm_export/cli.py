@@ -127,15 +127,9 @@ def sample(checkpoint, out, num, seed, batch, trajectory, npz, device, no_progre
 
 
 def _save_npz(path, **arrays):
-    import numpy as np
+    from runtime.images import save_npz
 
-    from .checkpoint import atomic_write
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    atomic_write(path, write)
+    save_npz(path, **arrays)
 
 
 @main.command("digits-score")
@@ -161,6 +155,9 @@ def digits_score(checkpoint, samples, num, seed, batch, save, json_out, no_progr
         raise click.UsageError("give exactly one of --checkpoint or --samples")
     if samples:
         with np.load(samples) as z:
+            if "samples" not in z:
+                raise ValueError(f"{samples}: no 'samples' array (has {sorted(z.files)}); expected "
+                                 f"a .npz written by 'ddpm-export sample --npz' or 'digits-score --save'")
             x = z["samples"]
     else:
         from .checkpoint import load_model

@@ -92,6 +92,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(cfg.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device(f"cuda:{local_rank}")  # one GPU per torchrun rank
     if distributed:
         import torch.distributed as dist
 
@@ -137,6 +139,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
                 f"{last}: made for model {ckpt.get('model_config')}, not for preset "
                 f"{cfg.preset!r} with dropout {unet_cfg.dropout}; resume with the options it was started with"
             )
+        old = ckpt.get("train_config", {})
+        changed = [
+            f"{k} {old[k]!r} -> {getattr(cfg, k)!r}"
+            for k in ("batch_size", "lr", "warmup", "grad_clip", "ema_decay", "seed", "data")
+            if k in old and old[k] != getattr(cfg, k)
+        ]
+        if changed:
+            raise TrainError(
+                f"{last}: resuming with other training options ({'; '.join(changed)}) would not "
+                f"continue the same run; pass the options it was started with"
+            )
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -148,7 +161,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
                 f"{last} was written by {len(states)} process(es), this run has {world}; "
                 f"resume with the same number of processes to continue exactly"
             )
-        torch.set_rng_state(states[rank])
+        state = states[rank]
+        if isinstance(state, tuple):
+            torch.set_rng_state(state[0])
+            if device.type == "cuda":
+                torch.cuda.set_rng_state(state[1], device)
+        else:
+            torch.set_rng_state(state)
         train_seconds = float(ckpt.get("train_state", {}).get("seconds", 0.0))
 
     net: nn.Module = model
@@ -170,6 +189,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
 
     def gather_rng():
         state = torch.get_rng_state()
+        if device.type == "cuda":  # dropout on the GPU draws from the CUDA generator
+            state = (state, torch.cuda.get_rng_state(device))
         if not distributed:
             return [state]
         import torch.distributed as dist
@@ -282,6 +303,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
             bar.close()
         if log is not None:
             log.close()
+        if distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
     return {
         "step": step,
         "parameters": n_params,

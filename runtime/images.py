@@ -34,8 +34,35 @@ def make_grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2) -> n
     return grid
 
 
+def require_pillow() -> None:
+    """Fail early, before minutes of sampling, when PNGs cannot be written."""
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "writing PNGs needs Pillow: pip install pillow (or pip install 'ddpm-export[runtime]')"
+        ) from None
+
+
+def save_npz(path, **arrays) -> None:
+    """np.savez_compressed, atomically, to exactly ``path`` (no '.npz' appended)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def save_png(picture: np.ndarray, path, scale: int = 1) -> None:
     """Write uint8 [H, W, C] as PNG atomically (temporary file + rename)."""
+    require_pillow()
     from PIL import Image
 
     picture = np.asarray(picture)
@@ -50,6 +77,7 @@ def save_png(picture: np.ndarray, path, scale: int = 1) -> None:
     os.close(fd)
     try:
         im.save(tmp, format="PNG")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

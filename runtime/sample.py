@@ -46,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return _run(args)
     except KeyboardInterrupt:
-        print("interrupted; nothing written", file=sys.stderr)
+        print("interrupted; no samples PNG written", file=sys.stderr)
         return 130
     except Exception as e:  # one clear line, no traceback (DDPM_EXPORT_DEBUG=1 shows it)
         if os.environ.get("DDPM_EXPORT_DEBUG"):
@@ -58,10 +58,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _run(args) -> int:
     from runtime.api import load
-    from runtime.images import save_grid, save_trajectory
+    from runtime.images import require_pillow, save_grid, save_npz, save_trajectory
 
     if args.num < 1:
         raise ValueError(f"--num {args.num}: expected at least 1")
+    if args.method == "ddpm" and (args.eta != 0.0 or args.spacing != "uniform"):
+        raise ValueError("--eta and --spacing apply to --method ddim only; drop them or add --method ddim")
+    require_pillow()
     engine = load(args.engine, threads=args.threads)
     with engine:
         res = engine.sample_float(
@@ -71,11 +74,12 @@ def _run(args) -> int:
         )
     h = engine.image_shape[1]
     scale = max(1, 64 // h)
-    save_grid(res.images, args.out, scale=scale)
+    # the side outputs first, the samples PNG last: a failure leaves no result-looking grid
     if args.npz:
-        np.savez_compressed(args.npz, samples=res.images, seed=np.int64(args.seed))
+        save_npz(args.npz, samples=res.images, seed=np.int64(args.seed))
     if args.trajectory:
         save_trajectory(res.trajectory, args.trajectory, scale=scale)
+    save_grid(res.images, args.out, scale=scale)
     print(
         f"wrote {args.out}: {args.num} images, {res.network_calls} engine calls in {res.seconds:.2f} s "
         f"= {args.num / res.seconds:.2f} images/s ({res.image_steps / res.seconds:.1f} image-steps/s)"

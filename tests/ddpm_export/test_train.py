@@ -41,9 +41,15 @@ def test_resume_continues_exactly(tmp_path):
     assert ta.keys() == tb.keys()
     unequal = [k for k in ta if not torch.equal(ta[k], tb[k])]
     assert not unequal, f"{len(unequal)} tensors differ after resume, e.g. {unequal[:3]}"
-    # and training did change the weights (the check can fail)
-    fresh = load_checkpoint(tmp_path / "split" / "model.pt")
-    assert "optimizer" not in fresh and fresh["ema"].keys() == a["ema"].keys()
+    # training did change the weights, so the equality above is not trivial
+    from ddpm_export.config import UNetConfig
+    from ddpm_export.unet import UNet
+
+    torch.manual_seed(1)
+    init = UNet(UNetConfig.from_dict(a["model_config"])).state_dict()
+    assert max((a["model"][k] - init[k]).abs().max().item() for k in init) > 1e-4
+    slim = load_checkpoint(tmp_path / "split" / "model.pt")
+    assert "optimizer" not in slim and slim["ema"].keys() == a["ema"].keys()
 
 
 def test_metrics_log_and_outputs(tmp_path):
@@ -66,10 +72,12 @@ def test_refuses_to_overwrite_and_resume_without_checkpoint(tmp_path):
         train(_cfg(tmp_path / "new", resume=True), progress=False)
 
 
-def test_resume_with_another_model_is_refused(tmp_path):
+def test_resume_with_another_model_or_options_is_refused(tmp_path):
     train(_cfg(tmp_path, steps=3), progress=False)
     with pytest.raises(ValueError, match="resume with the options it was started with"):
         train(_cfg(tmp_path, steps=4, resume=True, dropout=0.0), progress=False)
+    with pytest.raises(TrainError, match=r"batch_size 8 -> 16"):
+        train(_cfg(tmp_path, steps=4, resume=True, batch_size=16), progress=False)
 
 
 def test_crash_during_checkpoint_write_keeps_last_good_one(tmp_path, monkeypatch):

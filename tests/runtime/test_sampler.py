@@ -116,9 +116,11 @@ def test_cli_bad_engine_files(tiny_export, tmp_path, capsys, damage):
         data = onnx.read_bytes()
         onnx.write_bytes(data[: len(data) // 3])
         m = json.loads((tmp_path / "m.json").read_text())
+        m["onnx_sha256"] = None  # so loading the graph, not the hash check, is what fails
         (tmp_path / "m.json").write_text(json.dumps(m))
     elif damage == "not_onnx":
         onnx.write_text("hello")
+        (tmp_path / "m.json").unlink()
     elif damage == "shape_mismatch":
         m = json.loads((tmp_path / "m.json").read_text())
         m["image_shape"] = [3, 8, 8]
