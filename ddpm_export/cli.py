@@ -280,5 +280,14 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out):
     click.echo(format_table(res))
 
 
+
+def _register_optional_commands() -> None:
+    from .build import build_command
+
+    main.add_command(build_command)
+
+
+_register_optional_commands()
+
 if __name__ == "__main__":
     main()

@@ -44,7 +44,8 @@ class Engine:
 
     @property
     def batch_range(self) -> Dict[str, int]:
-        return dict(self.manifest["batch_range"])
+        # a TensorRT runner accepts its plan's profile, which may differ from the ONNX export's
+        return dict(getattr(self.runner, "batch_range", None) or self.manifest["batch_range"])
 
     def sample_float(
         self, num: int, seed: int = 0, steps: Optional[int] = None, method: str = "ddpm",
@@ -81,10 +82,9 @@ def load(path, backend: Optional[str] = None, providers: Optional[Sequence[str]]
 
         return Engine(OnnxRuntimeRunner(str(p), manifest, providers=providers, threads=threads))
     if kind == "tensorrt":
-        raise NotImplementedError(
-            f"{path}: the TensorRT backend is not part of this release yet; sample from the "
-            f".onnx export (python -m runtime.sample --engine NAME.onnx)"
-        )
+        from runtime.tensorrt import TensorRTRunner  # providers/threads are ONNX Runtime's
+
+        return Engine(TensorRTRunner(str(p), manifest))
     raise ValueError(
         f"{path}: unknown engine type {p.suffix!r}; expected one of "
         f"{ONNX_SUFFIXES + TRT_SUFFIXES} or backend='onnxruntime'"

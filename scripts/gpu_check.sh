@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One command on a CUDA machine (under 8 minutes on an H100): writes a JSON report.
+#   bash scripts/gpu_check.sh [REPORT.json] [--checkpoint engines/cifar10.pt]
+# Report path default: $OUT/gpu_check.json when $OUT is set (device machines), else ./gpu_check.json.
+# Needs a Python with a CUDA build of torch (plus onnx, onnxruntime, click for the TensorRT part);
+# the TensorRT section runs only when `import tensorrt` works (and polygraphy is installed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPORT="${1:-${OUT:-.}/gpu_check.json}"
+shift || true
+# The first Python whose torch sees a GPU: $PYTHON, then .venv (often a CPU torch), then python3.
+PY=""
+for cand in ${PYTHON:-} .venv/bin/python python3; do
+  if [ -x "$(command -v "$cand" 2>/dev/null)" ] &&
+     "$cand" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    PY="$cand"; break
+  fi
+done
+if [ -z "$PY" ]; then
+  echo "gpu_check: no Python with a CUDA-enabled torch and a visible GPU (set PYTHON=...)" >&2
+  mkdir -p "$(dirname "$REPORT")"
+  printf '{"error": "no Python with CUDA torch and a visible GPU"}\n' > "$REPORT"
+  exit 1
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+echo "gpu_check: $PY ($("$PY" -c 'import torch; print(torch.__version__, torch.version.cuda)'))"
+mkdir -p "$(dirname "$REPORT")"
+# 470 s hard stop; the script itself plans for 420 s and writes the report after every section.
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 470 "$PY" scripts/gpu_check.py --out "$REPORT" --budget 420 "$@"
