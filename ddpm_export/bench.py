@@ -20,14 +20,41 @@ import numpy as np
 
 def _median_rate(fn: Callable[[], int], repeats: int, warmup: int = 1) -> float:
     """Median of image-steps/s over ``repeats`` runs of fn (fn returns its image-steps)."""
+    return _interleaved_rates([fn], repeats, warmup)[0]
+
+
+def _interleaved_rates(fns: List[Callable[[], int]], repeats: int, warmup: int = 1) -> List[float]:
+    """Medians of image-steps/s, the candidates timed round-robin so that the
+    machine's drift (a shared, noisy host) hits all of them alike."""
     for _ in range(warmup):
-        fn()
-    rates = []
+        for fn in fns:
+            fn()
+    rates: List[List[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            n = fn()
+            rates[i].append(n / (time.perf_counter() - t0))
+    return [statistics.median(r) for r in rates]
+
+
+def _loop_overhead(engine, batch: int, steps: int = 200) -> float:
+    """Seconds per step the runtime loop adds around the engine: input checks,
+    scheduler, noise, finiteness check and copies, with a runner that returns
+    instantly (deterministic, unlike the difference of two noisy timings)."""
+    from runtime.sampler import sample
+
+    zeros = np.zeros((batch,) + tuple(engine.image_shape), np.float32)
+
+    def null_runner(x, t):
+        engine.runner.check_inputs(x, t)
+        return zeros
+
+    def run():
+        return sample(null_runner, engine.image_shape, engine.manifest["schedule"], batch,
+                      steps=steps, batch=batch).network_calls
+
+    return 1.0 / _median_rate(run, 3)
 
 
 def _cifar10_export(tmp: Path, seed: int = 0):
@@ -59,7 +86,7 @@ def _diffusers_unet():
     return UNet2DModel(**config_to_diffusers(PRESETS["cifar10"].unet)).eval()
 
 
-def run_bench(batches=(1, 8), steps: int = 10, repeats: int = 3, threads: int = 2,
+def run_bench(batches=(1, 8), steps: int = 10, repeats: int = 5, threads: int = 2,
               digits_onnx: Optional[str] = "engines/digits.onnx") -> Dict[str, object]:
     import onnxruntime as ort
     import torch
@@ -75,7 +102,8 @@ def run_bench(batches=(1, 8), steps: int = 10, repeats: int = 3, threads: int = 
         unet = _diffusers_unet()
         engine = runtime.load(onnx_path, threads=threads)
         engine.__enter__()
-        opts = ort.SessionOptions()
+        opts = ort.SessionOptions()  # the same options the runtime's runner uses
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads
         bare = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(0)
@@ -98,9 +126,11 @@ def run_bench(batches=(1, 8), steps: int = 10, repeats: int = 3, threads: int = 
             def loop():
                 return engine.sample_float(b, seed=0, steps=steps, method="ddpm", batch=b).image_steps
 
-            a_, b_, c_ = (_median_rate(f, repeats) for f in (eager, bare_ort, loop))
+            a_, b_, c_ = _interleaved_rates([eager, bare_ort, loop], repeats)
+            overhead = _loop_overhead(engine, b)
             rows.append({"batch": b, "diffusers_eager": a_, "onnxruntime_bare": b_, "runtime_loop": c_,
-                         "loop_vs_eager": c_ / a_, "loop_vs_bare": c_ / b_})
+                         "loop_vs_eager": c_ / a_, "loop_vs_bare": c_ / b_,
+                         "loop_overhead_s": overhead, "overhead_share": overhead * b_ / b})
         engine.__exit__(None, None, None)
 
     sched_row = None
@@ -124,12 +154,14 @@ def format_table(res: Dict[str, object]) -> str:
     lines = [
         f"image-steps/s, cifar10 architecture (35.7M params, 32x32), {res['threads']} threads, "
         f"median of runs of {res['steps']} steps; torch {res['torch']}, onnxruntime {res['onnxruntime']}",
-        "| batch | (a) diffusers eager | (b) ORT bare session | (c) runtime loop | (c)/(a) | (c)/(b) |",
-        "|---|---|---|---|---|---|",
+        "| batch | (a) diffusers eager | (b) ORT bare session | (c) runtime loop | (c)/(a) | (c)/(b) "
+        "| loop overhead per step |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         lines.append(f"| {r['batch']} | {r['diffusers_eager']:.2f} | {r['onnxruntime_bare']:.2f} | "
-                     f"{r['runtime_loop']:.2f} | {r['loop_vs_eager']:.2f}x | {r['loop_vs_bare']:.3f} |")
+                     f"{r['runtime_loop']:.2f} | {r['loop_vs_eager']:.2f}x | {r['loop_vs_bare']:.3f} | "
+                     f"{r['loop_overhead_s'] * 1e6:.0f} us = {100 * r['overhead_share']:.2f} % of a call |")
     s = res["scheduler"]
     if s:
         lines.append(

@@ -259,7 +259,7 @@ def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weight
 
 @main.command()
 @click.option("--steps", type=int, default=10, show_default=True, help="Network calls per timed run.")
-@click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per cell (median).")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Timed runs per cell (median).")
 @click.option("--threads", type=int, default=2, show_default=True, help="Threads for torch and ONNX Runtime alike.")
 @click.option("--batch", "batches", type=int, multiple=True, default=(1, 8), show_default=True)
 @click.option("--digits-engine", default="engines/digits.onnx", show_default=True,
