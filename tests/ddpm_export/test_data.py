@@ -57,8 +57,8 @@ def test_image_folder(tmp_path):
     x = load_images("cifar10", str(tmp_path), 16, 3)
     assert x.shape == (2, 3, 16, 16)
     assert x[0, 0].mean() == pytest.approx(1.0) and x[0, 2].mean() == pytest.approx(-1.0)
-    with pytest.raises(DataError, match="no images found"):
-        load_images("digits", str(tmp_path / "sub" / ".."/ "empty_dir_missing"), 16, 1)
+    with pytest.raises(DataError, match="missing: not a folder"):
+        load_images("digits", str(tmp_path / "missing"), 16, 1)
 
 
 def test_empty_folder_and_bad_image(tmp_path):
