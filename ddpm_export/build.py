@@ -26,7 +26,6 @@ a plan never overwrites the NAME.json of a different ONNX.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -38,7 +37,15 @@ from typing import Any, Dict, Optional
 
 import click
 
-from runtime.contract import INPUT_T, INPUT_X, BatchRange, ManifestError, read_manifest, write_manifest
+from runtime.contract import (
+    INPUT_T,
+    INPUT_X,
+    BatchRange,
+    ManifestError,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from runtime.tensorrt import (ENGINE_SECTION_VERSION, BackendMissing, DeviceInfo, NoCudaDevice,
                               check_engine_io, parse_version, probe_cuda_device)
 
@@ -258,13 +265,6 @@ def load_backend() -> SimpleNamespace:
                            G_LOGGER=G_LOGGER)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def onnx_from_checkpoint(checkpoint: str, precision: str, force: bool) -> Path:
     """engines/NAME(-fp16).onnx for the checkpoint: reused when it is that export, else made."""
@@ -367,7 +367,7 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
     os.replace(tmp, out)
     manifest["engine"] = engine_section_dict(
         trt_version=pg.version, device=device, mode=mode, profile=profile, cfg=cfg, onnx=onnx,
-        onnx_sha256=manifest.get("onnx_sha256"), plan=out, plan_sha256=_sha256(out),
+        onnx_sha256=manifest.get("onnx_sha256"), plan=out, plan_sha256=sha256_file(out),
         build_seconds=seconds, polygraphy_version=pg.polygraphy,
         native_instancenorm=True if nin is not None else None, command=command)
     write_manifest(out, manifest)

@@ -11,14 +11,14 @@ Layout (``format: ddpm-export/1``)::
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
+from runtime.contract import sha256_file  # noqa: F401  (re-exported for export/convert)
 from runtime.schedule import ScheduleConfig
 
 from .config import UNetConfig
@@ -53,14 +53,6 @@ def save_checkpoint(ckpt: Dict[str, Any], path) -> None:
     ckpt = dict(ckpt)
     ckpt.setdefault("format", FORMAT)
     atomic_write(Path(path), lambda tmp: torch.save(ckpt, tmp))
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:

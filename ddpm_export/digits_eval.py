@@ -8,7 +8,7 @@ histogram. Deterministic: fixed split and fixed seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 

@@ -47,7 +47,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from runtime.schedule import ScheduleConfig
 
@@ -294,7 +294,7 @@ def read_manifest(path: PathLike, verify_sha256: bool = True) -> Dict[str, Any]:
             raise ManifestError(f"{side}: not valid JSON ({e}); {_FIX}") from None
         d = _validated(d, side)
         if verify_sha256 and p.suffix == ".onnx" and p.is_file() and d["onnx_sha256"]:
-            actual = _sha256_file(p)
+            actual = sha256_file(p)
             if actual != d["onnx_sha256"]:
                 raise ManifestError(
                     f"{p}: sha256 {actual[:12]}... does not match {side.name}'s onnx_sha256 "
@@ -329,7 +329,8 @@ def _validated(d: Any, where: Path) -> Dict[str, Any]:
         raise ManifestError(f"{where}: {e}") from None
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (the one copy in the project)."""
     import hashlib
 
     h = hashlib.sha256()

@@ -32,7 +32,6 @@ fails the runner falls back to ``execute_async_v3`` and says why in
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError
+from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError, sha256_file
 from runtime.runner import Runner
 
 # Every TensorRT attribute this module touches, in one place:
@@ -296,13 +295,6 @@ def check_engine_io(engine: Any, trt: Any, image_shape: Tuple[int, int, int]) ->
     return BatchRange(mn[0], opt[0], mx[0])
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 # --- the runner ----------------------------------------------------------------
 class TensorRTRunner(Runner):
@@ -341,7 +333,7 @@ class TensorRTRunner(Runner):
         for note in check_engine_compat(self.engine_info, trt.__version__, self.device, lean):
             warnings.warn(note, RuntimeWarning, stacklevel=3)
         want = self.engine_info.get("plan_sha256")
-        if self.verify_sha256 and want and _sha256(self.path) != want:
+        if self.verify_sha256 and want and sha256_file(self.path) != want:
             raise ManifestError(f"{self.path}: sha256 differs from its NAME.json's engine."
                                 f"plan_sha256: the plan and its manifest come from different "
                                 f"builds; rebuild with 'ddpm-export build'")
