@@ -280,6 +280,45 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out):
     click.echo(format_table(res))
 
 
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="The PyTorch reference: the checkpoint the engines were exported from.")
+@click.option("--engine", "engines", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="NAME.onnx or NAME.plan to check (repeatable).")
+@click.option("--report", default=None, help="Folder for report.json.")
+@click.option("--t-stride", type=int, default=50, show_default=True, help="One-step check every N timesteps (plus T-1).")
+@click.option("--batch", "batches", type=int, multiple=True, default=(1, 3, 8), show_default=True,
+              help="Batch sizes of the one-step check (include some between profile points).")
+@click.option("--trajectory-images", type=int, default=4, show_default=True,
+              help="Images in the full-chain comparison (0: skip it).")
+@click.option("--eps-atol-fp32", type=float, default=1e-4, show_default=True)
+@click.option("--eps-atol-fp16", type=float, default=2e-2, show_default=True)
+@click.option("--final-atol-fp32", type=float, default=1e-3, show_default=True,
+              help="Final-image limit for float32 engines (FP16 chains are reported, not gated).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Compare even if the engine's manifest names another checkpoint.")
+def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, eps_atol_fp32,
+             eps_atol_fp16, final_atol_fp32, seed, force):
+    """Compare engines with the PyTorch reference: one step and one full trajectory.
+
+    Exits non-zero when a check fails, so it can gate a deployment.
+    """
+    import json
+    from pathlib import Path
+
+    from .validate import Thresholds, format_report, validate as run_validate
+
+    th = Thresholds(eps_fp32=eps_atol_fp32, eps_fp16=eps_atol_fp16, final_fp32=final_atol_fp32)
+    rep = run_validate(checkpoint, engines, th, t_stride=t_stride, batches=batches,
+                       trajectory_images=trajectory_images, seed=seed, force=force)
+    if report:
+        out = Path(report)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
+    click.echo(format_report(rep))
+    if not rep["passed"]:
+        raise click.exceptions.Exit(1)
+
 
 def _register_optional_commands() -> None:
     from .build import build_command

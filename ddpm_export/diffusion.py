@@ -83,6 +83,7 @@ class GaussianDiffusion:
         trajectory_every: int = 0,
         progress: bool = False,
         device: Union[str, torch.device] = "cpu",
+        callback: Optional[Callable[[int, torch.Tensor], None]] = None,
     ) -> Tuple[torch.Tensor, List[Tuple[int, torch.Tensor]]]:
         """Ancestral sampling (Algorithm 2), t = T-1 .. 0.
 
@@ -91,6 +92,7 @@ class GaussianDiffusion:
         row t is the z added at step t (row 0 is unused), or a callable t -> z.
         That lets another backend be compared step by step on identical noise.
 
+        ``callback(t, x)`` sees the chain after each step (for drift measurements).
         Returns (x_0 float32 [N, C, H, W] in [-1, 1] when clipping, and the
         trajectory: (t, x0_hat float32) every ``trajectory_every`` steps and at t=0).
         """
@@ -117,10 +119,10 @@ class GaussianDiffusion:
                     x = mean + torch.exp(0.5 * logvar) * z.to(device=device, dtype=torch.float64)
                 else:
                     x = mean  # at t = 0 the posterior mean is the clipped x0_hat
-                if (trajectory_every and t_int % trajectory_every == 0) or (
-                    trajectory_every and t_int == 0
-                ):
+                if trajectory_every and (t_int % trajectory_every == 0 or t_int == 0):
                     trajectory.append((t_int, x0.to(torch.float32).cpu()))
+                if callback is not None:  # callback(t, x_{t-1} float64) after each step
+                    callback(t_int, x)
         finally:
             model.train(was_training)
         return x.to(torch.float32).cpu(), trajectory
