@@ -1,16 +1,13 @@
 """ddpm-export validate on the shipped digits engines (ONNX float32 and FP16)."""
 import json
-import shutil
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from ddpm_export.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 ENG = ROOT / "engines"
-
 
 def test_validate_shipped_digits_engines(tmp_path):
     r = CliRunner().invoke(main, [
@@ -29,13 +26,11 @@ def test_validate_shipped_digits_engines(tmp_path):
     assert len(fp32["trajectory"]["drift"]) == 1000
     assert fp32["trajectory"]["final_max_abs"] < 1e-3
 
-
 def test_validate_fails_on_a_threshold_and_exits_nonzero(tmp_path):
     r = CliRunner().invoke(main, [
         "validate", "--checkpoint", str(ENG / "digits.pt"), "--engine", str(ENG / "digits-fp16.onnx"),
         "--t-stride", "500", "--batch", "2", "--trajectory-images", "0", "--eps-atol-fp16", "1e-7"])
     assert r.exit_code == 1 and "FAIL" in r.output
-
 
 def test_validate_refuses_an_engine_from_another_checkpoint(tmp_path):
     import torch
