@@ -9,6 +9,7 @@ from ddpm_export.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 ENG = ROOT / "engines"
 
+
 def test_validate_shipped_digits_engines(tmp_path):
     r = CliRunner().invoke(main, [
         "validate", "--checkpoint", str(ENG / "digits.pt"), "--engine", str(ENG / "digits.onnx"),
