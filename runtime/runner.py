@@ -29,6 +29,7 @@ class Runner:
         self.image_shape: Tuple[int, int, int] = tuple(int(v) for v in manifest["image_shape"])
         br = manifest["batch_range"]
         self.min_batch, self.max_batch = int(br["min"]), int(br["max"])
+        self.num_timesteps = int(manifest["schedule"]["num_timesteps"])
         self.is_active = False
 
     # --- lifecycle -------------------------------------------------------
@@ -83,7 +84,7 @@ class Runner:
                 f"input {INPUT_T!r} has dtype {t.dtype} and shape {t.shape}, expected int32 [{b}] "
                 f"(one integer timestep per image)"
             )
-        T = int(self.manifest["schedule"]["num_timesteps"])
+        T = self.num_timesteps
         if t.min() < 0 or t.max() >= T:
             raise InputError(f"timesteps must lie in [0, {T - 1}], got min {t.min()} max {t.max()}")
         return np.ascontiguousarray(x_t), t.astype(np.int32, copy=False)

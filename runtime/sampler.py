@@ -75,9 +75,9 @@ def sample(
     timesteps = [int(t) for t in sched.timesteps]
     t_arrays: Dict[int, Dict[int, np.ndarray]] = {}
     out, trajectory = [], []
-    calls = image_steps = 0
     every = max(1, len(timesteps) // trajectory_frames) if trajectory_frames else 0
-    bar = _progress(progress, ((num + batch - 1) // batch) * len(timesteps))
+    n_batches = (num + batch - 1) // batch
+    bar = _progress(progress, n_batches * len(timesteps))
     start = time.perf_counter()
     for b0 in range(0, num, batch):
         n = min(batch, num - b0)
@@ -85,8 +85,6 @@ def sample(
         ts = t_arrays.setdefault(n, {t: np.full((n,), t, dtype=np.int32) for t in timesteps})
         for i, t in enumerate(timesteps):
             eps = runner(x, ts[t])
-            calls += 1
-            image_steps += n
             if not np.isfinite(eps).all():
                 raise NonFiniteError(
                     f"NaN/Inf in the engine's output at step {i + 1}/{len(timesteps)} (t={t}, batch "
@@ -105,7 +103,8 @@ def sample(
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
-    return SampleResult(np.concatenate(out), trajectory, seconds, calls, image_steps)
+    return SampleResult(np.concatenate(out), trajectory, seconds,
+                        n_batches * len(timesteps), num * len(timesteps))
 
 
 def _progress(enabled: bool, total: int):
