@@ -135,7 +135,7 @@ def _save_npz(path, **arrays):
 @main.command("digits-score")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="Digits checkpoint to sample from (with --num/--seed).")
-@click.option("--samples", default=None, type=click.Path(dir_okay=False),
+@click.option("--samples", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Score the 'samples' array of this .npz instead of sampling.")
 @click.option("--num", type=int, default=500, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
