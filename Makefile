@@ -21,7 +21,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
-	$(PY) -m pip install -q -e '.[train,runtime,onnx,test]'
+	$(PY) -m pip install -q -e '.[train,runtime,onnx,eval,test]'
 	touch $@
 
 demo: setup
