@@ -18,10 +18,14 @@ TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
 setup: $(VENV)/.installed
 
+# torch-fidelity (FID/KID/IS) goes in with --no-deps: the only torchvision wheels the registries
+# serve are CUDA builds that cannot load next to the CPU torch; the tests stand in for torchvision
+# (see tests/ddpm_export/test_fidelity.py). On a GPU machine: pip install 'ddpm-export[fid]'.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
 	$(PY) -m pip install -q -e '.[train,runtime,onnx,eval,test]'
+	$(PY) -m pip install -q --no-deps 'torch-fidelity==0.4.0'
 	touch $@
 
 demo: setup

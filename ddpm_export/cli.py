@@ -285,45 +285,99 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out):
               help="The PyTorch reference: the checkpoint the engines were exported from.")
 @click.option("--engine", "engines", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="NAME.onnx or NAME.plan to check (repeatable).")
-@click.option("--report", default=None, help="Folder for report.json.")
+@click.option("--report", default=None, help="Folder for report.json, report.md and the plots "
+              "(eps_error.png, drift.png, progressive.png, samples.png).")
 @click.option("--t-stride", type=int, default=50, show_default=True, help="One-step check every N timesteps (plus T-1).")
-@click.option("--batch", "batches", type=int, multiple=True, default=(1, 3, 8), show_default=True,
-              help="Batch sizes of the one-step check (include some between profile points).")
+@click.option("--batch", "batches", type=int, multiple=True, default=(),
+              help="Batch sizes of the one-step check (repeatable). Default: the engine's profile "
+              "points min/opt/max and the midpoints between them.")
 @click.option("--trajectory-images", type=int, default=4, show_default=True,
-              help="Images in the full-chain comparison (0: skip it).")
-@click.option("--eps-atol-fp32", type=float, default=1e-4, show_default=True)
-@click.option("--eps-atol-fp16", type=float, default=2e-2, show_default=True)
+              help="Images in the full-chain comparison on identical noise (0: skip it).")
+@click.option("--samples", type=int, default=450, show_default=True,
+              help="Samples per engine (and reference) for the distribution level (0: skip it). "
+              "Digits: 450 matches the held-out real set; fewer make the Frechet distance noisier.")
+@click.option("--reference-samples", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Reference samples (.npz with 'samples', e.g. engines/digits_samples.npz) instead "
+              "of drawing them with the PyTorch model.")
+@click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
+              help="Inception weights file for FID/KID (torch-fidelity) on non-digits models.")
+@click.option("--onnx-reference", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Float32 ONNX model that ONNX Runtime runs next to a .plan. Default: the plan's "
+              "source ONNX (or its float32 sibling) when it lies beside the plan.")
+@click.option("--eps-atol-fp32", type=float, default=1e-4, show_default=True,
+              help="Max abs eps error, float32 engines.")
+@click.option("--eps-atol-fp16", type=float, default=2e-2, show_default=True,
+              help="Max abs eps error, FP16 engines.")
 @click.option("--final-atol-fp32", type=float, default=1e-3, show_default=True,
               help="Final-image limit for float32 engines (FP16 chains are reported, not gated).")
+@click.option("--fd-excess", type=float, default=1.0, show_default=True,
+              help="Gate: Frechet(engine, real) - Frechet(reference, real) <= this x the "
+              "real-vs-real floor at the same sample count.")
+@click.option("--confident-ratio", type=float, default=0.9, show_default=True,
+              help="Gate: engine's confident-label share >= this x the reference's.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Compare even if the engine's manifest names another checkpoint.")
-def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, eps_atol_fp32,
-             eps_atol_fp16, final_atol_fp32, seed, force):
-    """Compare engines with the PyTorch reference: one step and one full trajectory.
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, samples, reference_samples,
+             inception_weights, onnx_reference, eps_atol_fp32, eps_atol_fp16, final_atol_fp32, fd_excess,
+             confident_ratio, seed, force, no_progress):
+    """Compare engines with the PyTorch reference on three levels.
 
-    Exits non-zero when a check fails, so it can gate a deployment.
+    \b
+    1. one step: eps error per timestep and batch size (vs PyTorch; a .plan
+       also vs ONNX Runtime float32);
+    2. one trajectory: the 1000-step chain on identical noise, drift per step;
+    3. the distribution: Frechet distance and classifier score of many
+       samples against held-out real digits (digits model), or FID/KID with
+       --inception-weights.
+
+    Prints a pass/fail table; with --report also writes report.json, report.md
+    and plots. Exits 1 when a check fails, so it can gate a deployment.
     """
     import json
     from pathlib import Path
 
     from .validate import Thresholds, format_report, validate as run_validate
 
-    th = Thresholds(eps_fp32=eps_atol_fp32, eps_fp16=eps_atol_fp16, final_fp32=final_atol_fp32)
-    rep = run_validate(checkpoint, engines, th, t_stride=t_stride, batches=batches,
-                       trajectory_images=trajectory_images, seed=seed, force=force)
     if report:
+        from .report_plots import require_matplotlib
+
+        require_matplotlib()  # fail now, not after minutes of sampling
+    if inception_weights:
+        from .fidelity import check_inception_weights
+
+        check_inception_weights(inception_weights)  # names the file and where to get it
+    th = Thresholds(eps_fp32=eps_atol_fp32, eps_fp16=eps_atol_fp16, final_fp32=final_atol_fp32,
+                    fd_excess=fd_excess, confident_ratio=confident_ratio)
+    rep, artifacts = run_validate(
+        checkpoint, engines, th, t_stride=t_stride, batches=batches or None,
+        trajectory_images=trajectory_images, samples=samples, reference_samples_path=reference_samples,
+        inception_weights=inception_weights, onnx_reference=onnx_reference, seed=seed, force=force,
+        progress=not no_progress, log=lambda s: click.echo(s, err=True))
+    table = format_report(rep)
+    if report:
+        from .checkpoint import atomic_write
+        from .report_plots import write_plots
+
         out = Path(report)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
-    click.echo(format_report(rep))
+        atomic_write(out / "report.json", lambda p: Path(p).write_text(json.dumps(rep, indent=2) + "\n"))
+        atomic_write(out / "report.md", lambda p: Path(p).write_text(table + "\n"))
+        for f in write_plots(rep, artifacts, out):
+            click.echo(f"wrote {f}", err=True)
+    click.echo(table)
     if not rep["passed"]:
         raise click.exceptions.Exit(1)
 
 
 def _register_optional_commands() -> None:
     from .build import build_command
+    from .fidelity import fid_command
+    from .sample_many_cmd import sample_many_command
+    from .steps_table import steps_table_command
 
-    main.add_command(build_command)
+    for command in (build_command, fid_command, sample_many_command, steps_table_command):
+        main.add_command(command)
 
 
 _register_optional_commands()

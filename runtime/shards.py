@@ -1,0 +1,336 @@
+"""Many samples for evaluation (FID on 50,000 images) in resumable shards.
+
+    import runtime
+    from runtime.shards import load_shards, sample_shards
+
+    with runtime.load("engines/cifar10.onnx") as engine:
+        sample_shards(engine, "samples/cifar10-50k", 50_000)
+    images = load_shards("samples/cifar10-50k")  # uint8 [50000, 32, 32, 3]
+
+The folder OUT holds::
+
+    run.json          the configuration, written first; a re-run must match it
+    shard-00000.npz   images [0, S): "images" uint8 [n, H, W, C], "index_start",
+    shard-00001.npz   "seed" (the shard's own seed, see below)
+    ...
+
+Why shards: a run of hours is interrupted (Ctrl-C, preemption, a full disk);
+it then loses at most the shard in progress, and the same command run again
+skips every finished shard. Each shard is written atomically (temporary file +
+rename), so a shard file that exists is complete; one that does not load
+(damaged on disk, copied partially) is sampled again, with a warning.
+
+Why a seed per shard: shard k draws from its own ``numpy.random.Generator``
+seeded with ``shard_seed(seed, k)`` (``SeedSequence(seed, spawn_key=(k,))``),
+so its images depend only on the engine, the configuration and k: not on which
+shards already existed nor on the order they were made. A resumed run writes
+the same images as an uninterrupted one, and any shard can be redrawn alone:
+``engine.sample(n, seed=shard_seed(seed, k), batch=batch, ...)``.
+
+NumPy only (tqdm optional, for the progress bar); no torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from runtime.contract import sha256_file
+from runtime.images import save_npz, to_uint8
+from runtime.sampler import make_scheduler
+
+RUN_FILE = "run.json"
+SHARD_PATTERN = "shard-{:05d}.npz"
+FORMAT = "ddpm-export-shards"
+FORMAT_VERSION = 1
+# the keys of run.json's "config" that decide the images; a re-run must match every one
+CONFIG_KEYS = ("engine_sha256", "image_shape", "num", "shard_size", "seed", "batch",
+               "method", "steps", "eta", "spacing")
+_RESTART = ("re-run with that run's options to resume it, or choose another --out "
+            "(or delete {out}) to start a new run")
+
+
+class ShardsError(ValueError):
+    """An output folder that cannot be resumed or read; the message says how to fix it."""
+
+
+def shard_seed(seed: int, k: int) -> int:
+    """The seed of shard k's Generator: independent streams for every (seed, k)."""
+    return int(np.random.SeedSequence(seed, spawn_key=(k,)).generate_state(1, np.uint64)[0])
+
+
+def shard_path(out_dir, k: int) -> Path:
+    return Path(out_dir) / SHARD_PATTERN.format(k)
+
+
+def sample_shards(
+    engine,
+    out_dir,
+    num: int,
+    shard_size: int = 1000,
+    seed: int = 0,
+    batch: Optional[int] = None,
+    method: str = "ddpm",
+    steps: Optional[int] = None,
+    eta: float = 0.0,
+    spacing: str = "uniform",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_shard: Optional[Callable[[int, Path], None]] = None,
+) -> Dict[str, Any]:
+    """Write ``num`` uint8 samples of ``engine`` (a runtime.Engine) to out_dir in shards.
+
+    Shard k holds images [k*shard_size, min(num, (k+1)*shard_size)). Finished
+    shards of an earlier run with the same configuration are kept; a different
+    configuration in out_dir is refused (ShardsError). ``batch`` None means
+    min(shard_size, the engine's max batch); it is part of the configuration
+    because it decides which noise each image gets. Shows a progress bar over
+    images (with tqdm and ``progress``), else logs one line per shard; logs a
+    final throughput line. ``on_shard(k, path)`` runs after each shard is written.
+
+    Returns a summary: out, num, shards, sampled, skipped, redone (damaged
+    shards sampled again), images_sampled, seconds (wall time of sampling and
+    writing, so throughput is end to end), images_per_s,
+    image_steps_per_s, config.
+    """
+    out = Path(out_dir)
+    config = _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing)
+    n_shards = -(-num // shard_size)
+    _open_run(out, config, engine, n_shards)
+
+    hwc = _hwc(config["image_shape"])
+    todo: List[int] = []
+    redone = 0
+    for k in range(n_shards):
+        p = shard_path(out, k)
+        if not p.exists():
+            todo.append(k)
+            continue
+        problem = _read_shard(p, k, config, hwc)[1]
+        if problem:
+            log(f"warning: {p} {problem}; sampling it again")
+            todo.append(k)
+            redone += 1
+    skipped = n_shards - len(todo)
+    if skipped:
+        log(f"{out}: {skipped} of {n_shards} shards already done, {len(todo)} to sample")
+
+    n_steps = config["steps"]
+    bar = _progress_bar(progress and bool(todo), num, num - sum(_shard_len(config, k) for k in todo))
+
+    def on_step(i, t, x, x0):  # one bar update per finished batch
+        if i == n_steps - 1:
+            bar.update(x.shape[0])
+
+    images_sampled = image_steps = 0
+    start = time.perf_counter()
+    try:
+        for k in todo:
+            n = _shard_len(config, k)
+            t0 = time.perf_counter()
+            res = engine.sample_float(n, seed=shard_seed(seed, k), steps=config["steps"],
+                                      method=method, eta=eta, spacing=spacing,
+                                      batch=config["batch"], callback=on_step if bar is not None else None)
+            p = shard_path(out, k)
+            save_npz(p, images=to_uint8(res.images), index_start=np.int64(k * shard_size),
+                     seed=np.uint64(shard_seed(seed, k)))
+            images_sampled += n
+            image_steps += res.image_steps
+            if bar is None:
+                dt = time.perf_counter() - t0
+                log(f"shard {k + 1}/{n_shards} (images {k * shard_size}-{k * shard_size + n - 1}): "
+                    f"{dt:.1f} s, {n / dt:.1f} images/s")
+            if on_shard is not None:
+                on_shard(k, p)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - start
+
+    summary = {
+        "out": str(out), "num": num, "shards": n_shards, "sampled": len(todo),
+        "skipped": skipped, "redone": redone, "images_sampled": images_sampled,
+        "seconds": seconds,
+        "images_per_s": images_sampled / seconds if images_sampled else 0.0,
+        "image_steps_per_s": image_steps / seconds if images_sampled else 0.0,
+        "config": config,
+    }
+    if todo:
+        log(f"{out}: sampled {images_sampled} images ({len(todo)} shards, {skipped} already done) "
+            f"in {seconds:.1f} s = {summary['images_per_s']:.2f} images/s "
+            f"({summary['image_steps_per_s']:.1f} image-steps/s, {n_steps} steps); "
+            f"all {num} images are there")
+    else:
+        log(f"{out}: nothing to do, all {n_shards} shards ({num} images) were already there")
+    return summary
+
+
+def load_shards(out_dir) -> np.ndarray:
+    """All images of a finished sample_shards run, in order: uint8 [num, H, W, C]."""
+    out = Path(out_dir)
+    config = _read_run(out)["config"]
+    n_shards = -(-config["num"] // config["shard_size"])
+    hwc = _hwc(config["image_shape"])
+    missing = [k for k in range(n_shards) if not shard_path(out, k).is_file()]
+    if missing:
+        names = ", ".join(shard_path(out, k).name for k in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise ShardsError(
+            f"{out}: {len(missing)} of {n_shards} shards missing ({names}): the run did not finish; "
+            f"run the same sample-many command again to sample only those"
+        )
+    parts = []
+    for k in range(n_shards):
+        images, problem = _read_shard(shard_path(out, k), k, config, hwc)
+        if problem:
+            raise ShardsError(
+                f"{shard_path(out, k)} {problem}; run the same sample-many command again: "
+                f"it samples damaged shards again"
+            )
+        parts.append(images)
+    return np.concatenate(parts)
+
+
+def write_merged(out_dir, path) -> int:
+    """All images in one .npz under ``arr_0`` (uint8 [N, H, W, C], the layout of
+    OpenAI's guided-diffusion evaluator and of np.savez(path, x)); returns N."""
+    images = load_shards(out_dir)
+    save_npz(path, arr_0=images)
+    return int(images.shape[0])
+
+
+# --- configuration and run.json ------------------------------------------------
+
+def _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing) -> Dict[str, Any]:
+    """Checked, resolved configuration (None defaults made explicit, so that
+    --steps 50 and the DDIM default compare equal)."""
+    for name, value, least in (("num", num, 1), ("shard_size", shard_size, 1), ("seed", seed, 0)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) = {value!r}: expected an int >= {least}")
+    max_batch = int(engine.runner.max_batch)
+    if batch is None:
+        batch = min(shard_size, max_batch)
+    if batch < 1 or batch > max_batch:
+        raise ValueError(f"batch (--batch) = {batch}: expected 1 to {max_batch}, the engine's max "
+                         f"batch; leave it out for min(shard size, {max_batch})")
+    if method == "ddpm" and (eta != 0.0 or spacing != "uniform"):
+        raise ValueError("eta and spacing apply to method ddim only; drop them or use --method ddim")
+    sched = make_scheduler(engine.manifest["schedule"], method, steps, eta, spacing)
+    return {
+        "engine_sha256": sha256_file(engine.runner.path),
+        "image_shape": [int(v) for v in engine.image_shape],
+        "num": int(num), "shard_size": int(shard_size), "seed": int(seed), "batch": int(batch),
+        "method": method, "steps": int(sched.num_inference_steps),
+        "eta": float(eta), "spacing": spacing,
+    }
+
+
+def _open_run(out: Path, config: Dict[str, Any], engine, n_shards: int) -> None:
+    """Check out against an earlier run, or start a new one by writing run.json."""
+    if out.exists() and not out.is_dir():
+        raise ShardsError(f"{out}: exists and is not a folder; --out takes a folder (created if missing)")
+    if (out / RUN_FILE).is_file():
+        run = _read_run(out)
+        old = run["config"]
+        diffs = [f"{k} {config.get(k)!r} asked, {old.get(k)!r} in its {RUN_FILE}" for k in CONFIG_KEYS
+                 if k != "engine_sha256" and config.get(k) != old.get(k)]
+        if config["engine_sha256"] != old["engine_sha256"]:
+            diffs.insert(0, f"engine {engine.runner.path} (sha256 {config['engine_sha256'][:12]}...) asked, "
+                            f"{run.get('engine', {}).get('path')} (sha256 {old['engine_sha256'][:12]}...) "
+                            f"in its {RUN_FILE}")
+        if diffs:
+            raise ShardsError(f"{out} holds a different run ({'; '.join(diffs)}): "
+                              + _RESTART.format(out=out))
+        return
+    if out.is_dir() and any(out.glob("shard-*.npz")):
+        raise ShardsError(f"{out}: holds shard files but no {RUN_FILE}, so what made them is unknown; "
+                          f"choose another --out or delete {out}")
+    manifest = engine.manifest
+    _write_json(out / RUN_FILE, {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "config": config,
+        "engine": {"path": str(engine.runner.path), "backend": getattr(engine.runner, "backend", None),
+                   "precision": manifest.get("precision"), "onnx_sha256": manifest.get("onnx_sha256"),
+                   "checkpoint_sha256": (manifest.get("source") or {}).get("checkpoint_sha256")},
+        "shards": n_shards,
+        "layout": "shard-NNNNN.npz: images uint8 [n, H, W, C] = images [k*shard_size, ...), "
+                  "index_start, seed = SeedSequence(seed, spawn_key=(k,)).generate_state(1, uint64)[0]",
+    })
+
+
+def _read_run(out: Path) -> Dict[str, Any]:
+    if not out.is_dir():
+        raise ShardsError(f"{out}: no such folder; expected the --out folder of a sample-many run")
+    run = out / RUN_FILE
+    if not run.is_file():
+        what = "is empty" if not any(out.iterdir()) else f"has no {RUN_FILE}"
+        raise ShardsError(f"{out} {what}: not a sample-many output folder; write one with "
+                          f"'python -m runtime.sample_many --engine E --num N --out {out}'")
+    try:
+        d = json.loads(run.read_text(encoding="utf-8"))
+        config = d["config"]
+        missing = [k for k in CONFIG_KEYS if k not in config]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ShardsError(f"{run}: unreadable ({type(e).__name__}: {e}); choose another --out or "
+                          f"delete {out}") from None
+    if d.get("format") != FORMAT or missing:
+        raise ShardsError(f"{run}: not a {FORMAT} run file (format {d.get('format')!r}, missing "
+                          f"{missing}); choose another --out or delete {out}")
+    return d
+
+
+def _write_json(path: Path, d: Dict[str, Any]) -> None:
+    """JSON to exactly path, atomically (like runtime.images.save_npz)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(d, indent=2, allow_nan=False) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, str(path))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --- shards ----------------------------------------------------------------------
+
+def _hwc(image_shape) -> Tuple[int, int, int]:
+    c, h, w = (int(v) for v in image_shape)
+    return h, w, c
+
+
+def _shard_len(config: Dict[str, Any], k: int) -> int:
+    return min(config["shard_size"], config["num"] - k * config["shard_size"])
+
+
+def _read_shard(path: Path, k: int, config: Dict[str, Any], hwc) -> Tuple[Optional[np.ndarray], Optional[str]]:
+    """(images, None) for a good shard k, else (None, what is wrong with it)."""
+    want = (_shard_len(config, k),) + tuple(hwc)
+    try:
+        with np.load(path) as z:
+            images, start, seed = z["images"], int(z["index_start"]), int(z["seed"])
+    except Exception as e:  # truncated zip, bad CRC, missing key, not an npz at all
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return None, f"is unreadable ({type(e).__name__}{': ' + first if first else ''})"
+    if images.dtype != np.uint8 or images.shape != want:
+        return None, f"holds {images.dtype} {images.shape}, expected uint8 {want}"
+    if start != k * config["shard_size"] or seed != shard_seed(config["seed"], k):
+        return None, (f"has index_start {start} and seed {seed}, expected "
+                      f"{k * config['shard_size']} and {shard_seed(config['seed'], k)}")
+    return images, None
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm  # optional: the runtime needs only NumPy
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc="sample-many", unit="img", dynamic_ncols=True)
