@@ -51,8 +51,8 @@ def preprocess_digits(images: np.ndarray, size: int = 16) -> np.ndarray:
     return np.clip(images * 2.0 - 1.0, -1.0, 1.0)[:, None].astype(np.float32)
 
 
-def cifar10_images(folder: Optional[str]) -> np.ndarray:
-    """The 50,000 CIFAR-10 training images: [N, 3, 32, 32] float32 in [-1, 1]."""
+def cifar10_uint8(folder: Optional[str]) -> np.ndarray:
+    """The 50,000 CIFAR-10 training images as stored: [N, 3, 32, 32] uint8."""
     if folder is None:
         raise DataError(f"CIFAR-10 needs --data PATH: {CIFAR10_URL_HINT}")
     root = Path(folder)
@@ -76,7 +76,12 @@ def cifar10_images(folder: Optional[str]) -> np.ndarray:
                 f"{b}: not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
                 f"re-extract cifar-10-python.tar.gz"
             ) from e
-    return np.concatenate(arrays).astype(np.float32) / 127.5 - 1.0
+    return np.concatenate(arrays)
+
+
+def cifar10_images(folder: Optional[str]) -> np.ndarray:
+    """The 50,000 CIFAR-10 training images: [N, 3, 32, 32] float32 in [-1, 1]."""
+    return cifar10_uint8(folder).astype(np.float32) / 127.5 - 1.0
 
 
 def folder_images(folder: str, size: int, channels: int) -> np.ndarray:

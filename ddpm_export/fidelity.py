@@ -216,37 +216,14 @@ def _is_cifar10_folder(root: Path) -> bool:
 
 
 def cifar10_train_uint8(folder: Union[str, Path]) -> np.ndarray:
-    """The 50,000 CIFAR-10 training images as uint8 [N, 32, 32, 3].
+    """The 50,000 CIFAR-10 training images as uint8 [N, 32, 32, 3] (data.cifar10_uint8's files and checks)."""
+    from .data import DataError, cifar10_uint8
 
-    The same files and checks as data.cifar10_images, read as uint8 directly
-    (cifar10_images returns float32 in [-1, 1]: 600 MB for the set).
-    """
-    import pickle
-
-    from .data import CIFAR10_URL_HINT
-
-    root = Path(folder)
-    if (root / "cifar-10-batches-py").is_dir():
-        root = root / "cifar-10-batches-py"
-    batches = [root / f"data_batch_{i}" for i in range(1, 6)]
-    missing = [b.name for b in batches if not b.is_file()]
-    if missing:
-        raise FidelityError(
-            f"{root}: no CIFAR-10 training batches ({', '.join(missing)} missing); "
-            f"expected the cifar-10-batches-py folder: {CIFAR10_URL_HINT}"
-        )
-    arrays = []
-    for b in batches:
-        try:
-            with open(b, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
-            arrays.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        except Exception as e:  # pickle raises many kinds on a damaged file
-            raise FidelityError(
-                f"{b}: not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
-                f"re-extract cifar-10-python.tar.gz"
-            ) from e
-    return np.ascontiguousarray(np.concatenate(arrays).transpose(0, 2, 3, 1))
+    try:
+        x = cifar10_uint8(str(folder))
+    except DataError as e:
+        raise FidelityError(str(e)) from e
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
 def _is_shards_folder(root: Path) -> bool:

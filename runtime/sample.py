@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -25,12 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=64, help="number of images (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the numpy Generator (default 0)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write (default samples.png)")
-    p.add_argument("--method", choices=METHODS, default="ddpm", help="ddpm (ancestral) or ddim (default ddpm)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (default: all T for ddpm, 50 for ddim; <= T)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0: deterministic)")
-    p.add_argument("--spacing", choices=("uniform", "quadratic"), default="uniform",
-                   help="DDIM timestep spacing (default uniform)")
+    add_method_args(p)
     p.add_argument("--batch", type=int, default=None,
                    help="images per engine call (default: min(num, the engine's max batch))")
     p.add_argument("--trajectory", default=None,
@@ -41,12 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    """--method/--steps/--eta/--spacing, shared with runtime.sample_many."""
+    p.add_argument("--method", choices=METHODS, default="ddpm", help="ddpm (ancestral) or ddim (default ddpm)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: all T for ddpm, 50 for ddim; <= T)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0: deterministic)")
+    p.add_argument("--spacing", choices=("uniform", "quadratic"), default="uniform",
+                   help="DDIM timestep spacing (default uniform)")
+
+
+def cli_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, interrupted: str) -> int:
+    """Run a command: one clear error line and exit 1 instead of a traceback, 130 on Ctrl-C."""
     try:
-        return _run(args)
+        return run(args)
     except KeyboardInterrupt:
-        print("interrupted; no samples PNG written", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
     except Exception as e:  # one clear line, no traceback (DDPM_EXPORT_DEBUG=1 shows it)
         if os.environ.get("DDPM_EXPORT_DEBUG"):
@@ -54,6 +59,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return cli_main(_run, build_parser().parse_args(argv), "interrupted; no samples PNG written")
 
 
 def _run(args) -> int:

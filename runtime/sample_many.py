@@ -7,11 +7,10 @@ Needs NumPy and the engine's backend; no torch.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import List, Optional
 
-from runtime.sampler import METHODS
+from runtime.sample import add_method_args, cli_main
 
 INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
 
@@ -36,12 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None,
                    help="images per engine call (default: min(shard size, the engine's max batch)); "
                    "part of the configuration: it decides which noise each image gets")
-    p.add_argument("--method", choices=METHODS, default="ddpm", help="ddpm (ancestral) or ddim (default ddpm)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (default: all T for ddpm, 50 for ddim; <= T)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0: deterministic)")
-    p.add_argument("--spacing", choices=("uniform", "quadratic"), default="uniform",
-                   help="DDIM timestep spacing (default uniform)")
+    add_method_args(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--npz", default=None,
                    help="when all shards are done, also write every image to this one .npz "
@@ -51,18 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 130
-    except Exception as e:  # one clear line, no traceback (DDPM_EXPORT_DEBUG=1 shows it)
-        if os.environ.get("DDPM_EXPORT_DEBUG"):
-            raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
+    return cli_main(_run, build_parser().parse_args(argv), INTERRUPTED)
 
 
 def _run(args) -> int:
