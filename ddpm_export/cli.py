@@ -154,11 +154,9 @@ def digits_score(checkpoint, samples, num, seed, batch, save, json_out, no_progr
     if (checkpoint is None) == (samples is None):
         raise click.UsageError("give exactly one of --checkpoint or --samples")
     if samples:
-        with np.load(samples) as z:
-            if "samples" not in z:
-                raise ValueError(f"{samples}: no 'samples' array (has {sorted(z.files)}); expected "
-                                 f"a .npz written by 'ddpm-export sample --npz' or 'digits-score --save'")
-            x = z["samples"]
+        from .sampling import load_samples_npz
+
+        x = load_samples_npz(samples)
     else:
         from .checkpoint import load_model
         from .config import ScheduleConfig

@@ -38,6 +38,17 @@ def _gray_or_rgb(grid: np.ndarray) -> Tuple[np.ndarray, Dict[str, Any]]:
     return (grid[..., 0], {"cmap": "gray", "vmin": 0, "vmax": 255}) if grid.shape[-1] == 1 else (grid, {})
 
 
+def _finish_log_plot(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
 def plot_eps_error(report: Dict[str, Any], path: Path) -> None:
     plt = require_matplotlib()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -49,14 +60,8 @@ def plot_eps_error(report: Dict[str, Any], path: Path) -> None:
         ax.plot(ts, [by_t[t] for t in ts], marker="o", ms=3, label=f"{e['name']} ({e['precision']})")
         lim = e["checks"]["eps_max_abs"]["limit"]
         ax.axhline(lim, ls=":", lw=1, color=ax.lines[-1].get_color())
-    ax.set_yscale("log")
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel("max |eps_engine - eps_pytorch|")
-    ax.set_title("one step: eps error vs t (worst batch; dotted: limit)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
-    plt.close(fig)
+    _finish_log_plot(plt, fig, ax, path, "timestep t", "max |eps_engine - eps_pytorch|",
+                     "one step: eps error vs t (worst batch; dotted: limit)")
 
 
 def plot_drift(report: Dict[str, Any], path: Path) -> None:
@@ -69,14 +74,8 @@ def plot_drift(report: Dict[str, Any], path: Path) -> None:
         T = traj["drift"][0]["t"] + 1
         ax.plot([T - d["t"] for d in traj["drift"]], [max(d["max_abs"], 1e-12) for d in traj["drift"]],
                 label=f"{e['name']} ({e['precision']})")
-    ax.set_yscale("log")
-    ax.set_xlabel("sampling step (t = T-1 ... 0)")
-    ax.set_ylabel("max |x_engine - x_reference|")
-    ax.set_title("one trajectory on identical noise: drift along the chain")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
-    plt.close(fig)
+    _finish_log_plot(plt, fig, ax, path, "sampling step (t = T-1 ... 0)", "max |x_engine - x_reference|",
+                     "one trajectory on identical noise: drift along the chain")
 
 
 def plot_samples(sets: Dict[str, np.ndarray], path: Path, num: int = 64) -> None:

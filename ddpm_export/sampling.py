@@ -16,6 +16,15 @@ from runtime.schedule import ScheduleConfig
 from .diffusion import GaussianDiffusion
 
 
+def load_samples_npz(path) -> np.ndarray:
+    """The float samples [N, C, H, W] of a .npz from 'digits-score --save' or 'sample --npz'."""
+    with np.load(path) as z:
+        if "samples" not in z:
+            raise ValueError(f"{path}: no 'samples' array (has {sorted(z.files)}); expected a .npz "
+                             f"written by 'ddpm-export sample --npz' or 'digits-score --save'")
+        return z["samples"]
+
+
 def batch_seed(seed: int, index: int) -> int:
     return int(seed) * 100003 + int(index)
 

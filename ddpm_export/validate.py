@@ -157,18 +157,14 @@ def read_precision(onnx_path: Path) -> Optional[str]:
 def reference_samples(model, schedule: ScheduleConfig, num: int, seed: int, path: Optional[str],
                       progress: bool) -> np.ndarray:
     """The reference side of the distribution level: a stored .npz or fresh PyTorch samples."""
+    from .sampling import load_samples_npz, sample_images
+
     if path:
-        with np.load(path) as z:
-            if "samples" not in z:
-                raise ValueError(f"{path}: no 'samples' array (has {sorted(z.files)}); expected a .npz "
-                                 f"from 'ddpm-export digits-score --save' or 'ddpm-export sample --npz'")
-            x = z["samples"]
+        x = load_samples_npz(path)
         if len(x) < num:
             raise ValueError(f"{path} holds {len(x)} reference samples, fewer than --samples {num}; "
                              f"lower --samples or omit --reference-samples to draw them")
         return x[:num].astype(np.float32)
-    from .sampling import sample_images
-
     x, _ = sample_images(model, schedule, num, seed=seed, batch_size=min(num, 64), progress=progress)
     return x
 
