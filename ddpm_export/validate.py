@@ -301,7 +301,7 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
 def _fmt(check: Optional[Dict[str, Any]], fmt: str = ".2e") -> str:
     if check is None:
         return "-"
-    lim = "report only" if check["limit"] is None else format(check["limit"], "g")
+    lim = "report only" if check["limit"] is None else format(check["limit"], ".3g")
     return f"{format(check['value'], fmt)} ({lim})"
 
 
