@@ -18,6 +18,7 @@ from ddpm_export import build as B  # noqa: E402
 from runtime import contract  # noqa: E402
 from runtime import tensorrt as rt  # noqa: E402
 from runtime.contract import BatchRange  # noqa: E402
+from trt_fakes import FakeEngine  # noqa: E402
 
 SHA = "cd" * 32
 DEVICE = rt.DeviceInfo(0, "NVIDIA H100 80GB HBM3", (9, 0), driver_version=12080)
@@ -157,29 +158,12 @@ def _fake_backend(trt_version, calls, fail_parse=False):
 
     prof = calls.setdefault("profile_shapes", {})
 
-    class Engine:
-        num_io_tensors = 3
-        tensors = {"x_t": ("in", "f32", (-1, 3, 32, 32)), "t": ("in", "i32", (-1,)),
-                   "eps": ("out", "f32", (-1, 3, 32, 32))}
-
-        def get_tensor_name(self, i):
-            return list(self.tensors)[i]
-
-        def get_tensor_mode(self, n):
-            return self.tensors[n][0]
-
-        def get_tensor_dtype(self, n):
-            return self.tensors[n][1]
-
-        def get_tensor_shape(self, n):
-            return self.tensors[n][2]
-
-        def get_tensor_profile_shape(self, n, i):
-            return prof["x_t"]
+    io = {"x_t": ("in", "f32", (-1, 3, 32, 32)), "t": ("in", "i32", (-1,)),
+          "eps": ("out", "f32", (-1, 3, 32, 32))}
 
     def engine_from_network(net, cfg, save_timing_cache=None):
         calls["engine"] = (net, cfg, save_timing_cache)
-        return lambda: Engine()
+        return lambda: FakeEngine(io, prof["x_t"])  # the profile the build set
 
     def save(engine, path):
         calls["save"] = path

@@ -5,7 +5,6 @@ runtime libraries: every attribute the runner touches (TRT_API) is looked up
 in them, not in a mock. Checks that could reach TensorRT's deserializer run in
 a subprocess: without a GPU it segfaults (shared/DEPLOYMENT.md).
 """
-import json
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from runtime import contract
 from runtime import tensorrt as rt
 from runtime.contract import BatchRange, ManifestError
+from trt_fakes import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 SHA = "ab" * 32
@@ -206,43 +206,20 @@ def test_compat_compute_capability_and_device_name():
         rt.check_engine_compat(hw, "10.3.0", rt.DeviceInfo(0, "Tesla T4", (7, 5)))
 
 
-class _FakeEngine:
-    """Control-flow stand-in for ICudaEngine, answering with the real lean enums."""
-
-    def __init__(self, trt, tensors, profile=((1, 3, 32, 32), (8, 3, 32, 32), (64, 3, 32, 32))):
-        self.t, self.tensors, self.profile = trt, tensors, profile
-        self.num_io_tensors = len(tensors)
-
-    def get_tensor_name(self, i):
-        return list(self.tensors)[i]
-
-    def get_tensor_mode(self, n):
-        return self.tensors[n][0]
-
-    def get_tensor_dtype(self, n):
-        return self.tensors[n][1]
-
-    def get_tensor_shape(self, n):
-        return self.tensors[n][2]
-
-    def get_tensor_profile_shape(self, n, i):
-        return self.profile
-
-
 def test_check_engine_io():
     trt = _lean()
     M, D = trt.TensorIOMode, trt.DataType
     good = {"x_t": (M.INPUT, D.FLOAT, (-1, 3, 32, 32)), "t": (M.INPUT, D.INT32, (-1,)),
             "eps": (M.OUTPUT, D.FLOAT, (-1, 3, 32, 32))}
-    assert rt.check_engine_io(_FakeEngine(trt, good), trt, (3, 32, 32)) == BatchRange(1, 8, 64)
+    assert rt.check_engine_io(FakeEngine(good), trt, (3, 32, 32)) == BatchRange(1, 8, 64)
     bad = dict(good, t=(M.INPUT, D.FLOAT, (-1,)))
     with pytest.raises(rt.EngineMismatch, match="'t' is .*expected .*int32"):
-        rt.check_engine_io(_FakeEngine(trt, bad), trt, (3, 32, 32))
+        rt.check_engine_io(FakeEngine(bad), trt, (3, 32, 32))
     with pytest.raises(rt.EngineMismatch, match=r"shape \(-1, 3, 32, 32\)"):
-        rt.check_engine_io(_FakeEngine(trt, good), trt, (1, 16, 16))
+        rt.check_engine_io(FakeEngine(good), trt, (1, 16, 16))
     renamed = {("x" if k == "x_t" else k): v for k, v in good.items()}
     with pytest.raises(rt.EngineMismatch, match="I/O tensors"):
-        rt.check_engine_io(_FakeEngine(trt, renamed), trt, (3, 32, 32))
+        rt.check_engine_io(FakeEngine(renamed), trt, (3, 32, 32))
 
 
 # --- the runner before activation, and the order of its checks ----------------------
