@@ -30,6 +30,7 @@ import numpy as np
 from .data import digits_images, digits_labels
 
 HIDDEN = (256, 32)
+FLOOR = "real (held-out, floor)"  # the name of the real-vs-real row in digits_distribution
 
 
 @dataclass
@@ -140,33 +141,28 @@ def digits_distribution(clf: DigitsClassifier, sets: Mapping[str, np.ndarray], n
     """
     if not sets:
         raise ValueError("digits_distribution needs at least one sample set")
+    if reference is not None and reference not in sets:
+        raise ValueError(f"reference {reference!r} is not one of the sets {sorted(sets)}")
     n_max = min([len(clf.real_a)] + [len(v) for v in sets.values()])
     n = n_max if n is None else min(int(n), n_max)
     if n < 10:
         raise ValueError(f"a Frechet distance needs at least 10 images per set, got {n}")
     real_b = clf.features(clf.real_b)
     p_real = clf.proba(clf.real_b)
+    named = {FLOOR: clf.real_a[:n], **{k: v[:n] for k, v in sets.items()}}
+    feats = {name: clf.features(images) for name, images in named.items()}
     rows: Dict[str, Dict[str, object]] = {}
-    feats: Dict[str, np.ndarray] = {}
-    for name, images in [("real (held-out, floor)", clf.real_a[:n])] + [(k, v[:n]) for k, v in sets.items()]:
-        f = clf.features(images)
-        feats[name] = f
+    for name, images in named.items():
         p = clf.proba(images)
         hist = np.bincount(p.argmax(axis=1), minlength=10) / len(p)
         rows[name] = {
-            "n": int(len(f)),
-            "frechet_to_real": frechet_distance(f, real_b),
+            "n": int(len(images)),
+            "frechet_to_real": frechet_distance(feats[name], real_b),
             "confident_share": confident_share(p, threshold),
             "class_min_share": float(hist.min()),
             "class_histogram": [float(h) for h in hist],
         }
         if reference is not None and name in sets and name != reference:
-            rows[name]["frechet_to_reference"] = None  # filled below once the reference exists
-    if reference is not None:
-        if reference not in sets:
-            raise ValueError(f"reference {reference!r} is not one of the sets {sorted(sets)}")
-        for name, row in rows.items():
-            if "frechet_to_reference" in row:
-                row["frechet_to_reference"] = frechet_distance(feats[name], feats[reference])
+            rows[name]["frechet_to_reference"] = frechet_distance(feats[name], feats[reference])
     return {"n": n, "real_reference_n": int(len(real_b)), "classifier_test_accuracy": clf.test_accuracy,
             "real_confident_share": confident_share(p_real, threshold), "sets": rows}

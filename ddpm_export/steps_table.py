@@ -23,7 +23,7 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
                 log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
     import runtime
 
-    from .digits_eval import digits_distribution, train_digits_classifier
+    from .digits_eval import FLOOR, digits_distribution, train_digits_classifier
     from .validate import DIGITS_SHAPE
 
     clf = train_digits_classifier()
@@ -41,7 +41,7 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
                 rows.append({"method": method, "steps": n_steps, "seconds": res.seconds,
                              "images_per_s": num / res.seconds, "frechet_to_real": row["frechet_to_real"],
                              "confident_share": row["confident_share"], "class_min_share": row["class_min_share"]})
-                floor = d["sets"]["real (held-out, floor)"]["frechet_to_real"]
+                floor = d["sets"][FLOOR]["frechet_to_real"]
                 log(f"  Frechet {row['frechet_to_real']:.2f} (floor {floor:.2f}), {res.seconds:.1f} s")
         batch = min(num, engine.runner.max_batch)
         backend = engine.runner.backend
