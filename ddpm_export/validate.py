@@ -206,8 +206,15 @@ def distribution_level(image_shape: Tuple[int, ...], reference: np.ndarray, engi
         return {"method": "torch-fidelity FID/KID of each engine's samples against the reference samples "
                           "(reported, not gated: no real-vs-real floor without the training data)",
                 "n": int(len(reference)), "sets": sets, "checks": {}}
-    return {"skipped": f"no distribution metric for images of shape {list(image_shape)} without "
-                       f"Inception weights: pass --inception-weights PATH (FID/KID via torch-fidelity)"}
+    return {"skipped": distribution_skip_reason(image_shape, inception_weights)}
+
+
+def distribution_skip_reason(image_shape: Tuple[int, ...], inception_weights: Optional[str]) -> Optional[str]:
+    """Why the distribution level cannot run (None when it can): known before any sampling."""
+    if tuple(image_shape) == DIGITS_SHAPE or inception_weights:
+        return None
+    return (f"no distribution metric for images of shape {list(image_shape)} without Inception "
+            f"weights: pass --inception-weights PATH (FID/KID via torch-fidelity)")
 
 
 def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = Thresholds(),
@@ -249,6 +256,11 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
                 f"comparing anyway because of --force")
         opened.append((path, engine, _open_onnx_reference(path, m, onnx_reference)))
     engine_samples: Dict[str, np.ndarray] = {}
+    skip = distribution_skip_reason(model_shape, inception_weights) if samples else None
+    if skip:  # say so now, and draw no samples that nothing could score
+        log(f"distribution level skipped: {skip}")
+        report["distribution"] = {"skipped": skip}
+        samples = 0
     for path, engine, onnx_ref in opened:
         name = _engine_name(path, engines)
         m = engine.manifest

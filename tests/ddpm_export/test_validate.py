@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from ddpm_export.cli import main
 from ddpm_export.digits_eval import frechet_distance, train_digits_classifier
-from ddpm_export.validate import Thresholds, _open_onnx_reference, distribution_level, profile_batches
+from ddpm_export.validate import (Thresholds, _open_onnx_reference, distribution_level,
+                                  distribution_skip_reason, profile_batches)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENG = ROOT / "engines"
@@ -150,6 +151,10 @@ def test_distribution_level_says_when_it_is_skipped():
     x = np.zeros((20, 3, 32, 32), np.float32)
     rep = distribution_level((3, 32, 32), x, {"e": x}, Thresholds())
     assert "--inception-weights" in rep["skipped"]
+    # validate asks before drawing any sample: digits and models with Inception weights are scored
+    assert distribution_skip_reason((3, 32, 32), None) == rep["skipped"]
+    assert distribution_skip_reason((1, 16, 16), None) is None
+    assert distribution_skip_reason((3, 32, 32), "weights.pth") is None
 
 
 def test_digits_classifier_splits_are_disjoint_and_held_out():
