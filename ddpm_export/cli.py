@@ -285,13 +285,13 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out):
               help="NAME.onnx or NAME.plan to check (repeatable).")
 @click.option("--report", default=None, help="Folder for report.json, report.md and the plots "
               "(eps_error.png, drift.png, progressive.png, samples.png).")
-@click.option("--t-stride", type=int, default=50, show_default=True, help="One-step check every N timesteps (plus T-1).")
+@click.option("--t-stride", type=click.IntRange(min=1), default=50, show_default=True, help="One-step check every N timesteps (plus T-1).")
 @click.option("--batch", "batches", type=int, multiple=True, default=(),
               help="Batch sizes of the one-step check (repeatable). Default: the engine's profile "
               "points min/opt/max and the midpoints between them.")
-@click.option("--trajectory-images", type=int, default=4, show_default=True,
+@click.option("--trajectory-images", type=click.IntRange(min=0), default=4, show_default=True,
               help="Images in the full-chain comparison on identical noise (0: skip it).")
-@click.option("--samples", type=int, default=450, show_default=True,
+@click.option("--samples", type=click.IntRange(min=0), default=450, show_default=True,
               help="Samples per engine (and reference) for the distribution level (0: skip it). "
               "Digits: 450 matches the held-out real set; fewer make the Frechet distance noisier.")
 @click.option("--reference-samples", default=None, type=click.Path(exists=True, dir_okay=False),

@@ -73,7 +73,7 @@ def _int_list(ctx, param, value: str) -> List[int]:
 @click.command("steps-table")
 @click.option("--engine", required=True, type=click.Path(exists=True, dir_okay=False),
               help="A digits engine (.onnx or .plan).")
-@click.option("--samples", "num", type=int, default=450, show_default=True,
+@click.option("--samples", "num", type=click.IntRange(min=10), default=450, show_default=True,
               help="Samples per row (450 = the held-out real set; fewer make the distance noisier).")
 @click.option("--steps", default=",".join(map(str, DEFAULT_STEPS)), show_default=True, callback=_int_list,
               help="Comma-separated step counts.")
