@@ -20,7 +20,7 @@ setup: $(VENV)/.installed
 
 # torch-fidelity (FID/KID/IS) goes in with --no-deps: the only torchvision wheels the registries
 # serve are CUDA builds that cannot load next to the CPU torch; the tests stand in for torchvision
-# (see tests/ddpm_export/test_fidelity.py). On a GPU machine: pip install 'ddpm-export[fid]'.
+# (see tests/ddpm_export/evaluation/test_fidelity.py). On a GPU machine: pip install 'ddpm-export[fid]'.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'

@@ -8,7 +8,7 @@ Imports with neither torch nor tensorrt installed::
 """
 
 from runtime.api import Engine, load
-from runtime.sampler import METHODS, NonFiniteError, SampleResult
+from runtime.loop import METHODS, NonFiniteError, SampleResult
 
 __version__ = "0.1.0"
 __all__ = ["Engine", "load", "METHODS", "NonFiniteError", "SampleResult"]

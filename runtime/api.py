@@ -16,9 +16,9 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from runtime.contract import read_manifest
-from runtime.images import to_uint8
-from runtime.runner import Runner
-from runtime.sampler import SampleResult, StepCallback, sample
+from runtime.io import to_uint8
+from runtime.backends.base import Runner
+from runtime.loop import SampleResult, StepCallback, sample
 
 ONNX_SUFFIXES = (".onnx",)
 TRT_SUFFIXES = (".plan", ".engine", ".trt")
@@ -52,7 +52,7 @@ class Engine:
         eta: float = 0.0, spacing: str = "uniform", batch: Optional[int] = None,
         callback: Optional[StepCallback] = None, trajectory_frames: int = 0, progress: bool = False,
     ) -> SampleResult:
-        """Float samples [num, C, H, W] in [-1, 1] plus timing; see runtime.sampler.sample."""
+        """Float samples [num, C, H, W] in [-1, 1] plus timing; see runtime.loop.sample."""
         if batch is None:
             batch = min(num, self.runner.max_batch)
         self.runner.__enter__()
@@ -78,11 +78,11 @@ def load(path, backend: Optional[str] = None, providers: Optional[Sequence[str]]
     kind = backend or ("onnxruntime" if p.suffix in ONNX_SUFFIXES else
                        "tensorrt" if p.suffix in TRT_SUFFIXES else None)
     if kind == "onnxruntime":
-        from runtime.onnxrt import OnnxRuntimeRunner
+        from runtime.backends.onnxrt import OnnxRuntimeRunner
 
         return Engine(OnnxRuntimeRunner(str(p), manifest, providers=providers, threads=threads))
     if kind == "tensorrt":
-        from runtime.tensorrt import TensorRTRunner  # providers/threads are ONNX Runtime's
+        from runtime.backends.tensorrt import TensorRTRunner  # providers/threads are ONNX Runtime's
 
         return Engine(TensorRTRunner(str(p), manifest))
     raise ValueError(

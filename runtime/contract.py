@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
-from runtime.schedule import ScheduleConfig
+from runtime.schedulers.schedule import ScheduleConfig
 
 INPUT_X = "x_t"
 INPUT_T = "t"

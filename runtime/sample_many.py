@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from runtime.sample import add_method_args, cli_main
+from runtime.cli_args import add_method_args, cli_main
 
 INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
 

@@ -41,8 +41,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from runtime.contract import sha256_file
-from runtime.images import save_npz, to_uint8
-from runtime.sampler import make_scheduler
+from runtime.io import save_npz, to_uint8
+from runtime.loop import make_scheduler
 
 RUN_FILE = "run.json"
 SHARD_PATTERN = "shard-{:05d}.npz"
@@ -284,7 +284,7 @@ def _read_run(out: Path) -> Dict[str, Any]:
 
 
 def _write_json(path: Path, d: Dict[str, Any]) -> None:
-    """JSON to exactly path, atomically (like runtime.images.save_npz)."""
+    """JSON to exactly path, atomically (like runtime.io.save_npz)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
     try:

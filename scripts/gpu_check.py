@@ -80,11 +80,11 @@ def main() -> int:
 
     import torch
 
-    from ddpm_export.checkpoint import build_model, load_checkpoint, save_checkpoint
-    from ddpm_export.config import PRESETS
-    from ddpm_export.export_fp16 import Fp16EpsModel
-    from ddpm_export.unet import UNet
-    from runtime.schedule import Schedule, ScheduleConfig
+    from ddpm_export.model.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from ddpm_export.model.config import PRESETS
+    from ddpm_export.export.fp16 import Fp16EpsModel
+    from ddpm_export.model.unet import UNet
+    from runtime.schedulers.schedule import Schedule, ScheduleConfig
 
     dev = torch.device("cuda")
     report["device"] = {"name": torch.cuda.get_device_name(0),
@@ -177,7 +177,7 @@ def main() -> int:
 
     @section(report, "host", deadline)
     def _host():
-        from runtime.ddpm import DDPMScheduler
+        from runtime.schedulers.ddpm import DDPMScheduler
 
         sch = DDPMScheduler(sched_cfg)
         sch.set_timesteps()
@@ -212,8 +212,8 @@ def main() -> int:
         except Exception as e:
             return {"skipped": f"tensorrt not importable: {type(e).__name__}: {e}"}
         import runtime
-        from ddpm_export.build import BuildConfig, build_engine, export_precision
-        from ddpm_export.export import export_onnx
+        from ddpm_export.export.tensorrt import BuildConfig, build_engine, export_precision
+        from ddpm_export.export.onnx_export import export_onnx
 
         res = {"tensorrt": trt.__version__}
         prec = export_precision(trt.__version__, True)

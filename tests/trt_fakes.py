@@ -2,7 +2,7 @@
 
 It answers the I/O questions our code asks (names, modes, dtypes, shapes, profile);
 the enum values come from whatever ``trt`` module the test uses. Never evidence
-that TensorRT works: the real-binding checks are in tests/runtime/test_tensorrt.py.
+that TensorRT works: the real-binding checks are in tests/runtime/backends/test_tensorrt.py.
 """
 
 

@@ -5,11 +5,11 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
     torch = pytest.importorskip("torch")
-    from ddpm_export.checkpoint import save_checkpoint
-    from ddpm_export.config import PRESETS
-    from ddpm_export.export import export_onnx
-    from ddpm_export.unet import UNet
-    from runtime.schedule import ScheduleConfig
+    from ddpm_export.model.checkpoint import save_checkpoint
+    from ddpm_export.model.config import PRESETS
+    from ddpm_export.export.onnx_export import export_onnx
+    from ddpm_export.model.unet import UNet
+    from runtime.schedulers.schedule import ScheduleConfig
 
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)

@@ -267,7 +267,7 @@ def test_cli_as_a_module_in_a_subprocess(tmp_path):
 def test_click_command(tmp_path, monkeypatch, reference):
     from click.testing import CliRunner
 
-    from ddpm_export.sample_many_cmd import sample_many_command
+    from ddpm_export.cli.sample_many import sample_many_command
 
     out = str(tmp_path / "out")
     r = CliRunner().invoke(sample_many_command, CLI_ARGS + ["--out", out, "--no-progress"])

@@ -26,9 +26,9 @@ def test_manifest_points_at_the_shipped_checkpoint(name):
 
 def test_runtime_reproduces_the_reference_for_the_digits_model():
     torch = pytest.importorskip("torch")
-    from ddpm_export.checkpoint import load_model
-    from ddpm_export.diffusion import GaussianDiffusion
-    from runtime.schedule import ScheduleConfig
+    from ddpm_export.model.checkpoint import load_model
+    from ddpm_export.model.diffusion import GaussianDiffusion
+    from runtime.schedulers.schedule import ScheduleConfig
 
     n, seed = 4, 11
     with runtime.load(ENGINES / "digits.onnx") as engine:

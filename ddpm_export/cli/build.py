@@ -1,0 +1,75 @@
+"""``ddpm-export build``: the click command around :func:`ddpm_export.export.tensorrt.build_engine`."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ddpm_export.export.tensorrt import BuildConfig, BuildError, build_engine
+from runtime.backends.tensorrt import BackendMissing, NoCudaDevice
+from runtime.contract import ManifestError
+
+
+@click.command("build", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--onnx", default=None, type=click.Path(dir_okay=False),
+              help="The export to build (NAME.onnx with its NAME.json). Without it, --checkpoint "
+              "is exported first (FP16 graph for TensorRT >= 10 with --fp16, else float32).")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="A .pt from 'ddpm-export train' or 'import'; exported to "
+              "engines/NAME(-fp16).onnx unless that export already exists.")
+@click.option("--out", default=None, help="NAME.plan to write; its manifest goes to NAME.json. "
+              "Default: the ONNX's name with .plan (the two share NAME.json).")
+@click.option("--fp16", is_flag=True, help="FP16 engine: the FP16 builder flag on TensorRT "
+              "8.5-10 with a float32 export; a strongly typed build of the FP16 export on "
+              "TensorRT >= 10 (required on 11, which has no FP16 flag).")
+@click.option("--min-batch", type=click.IntRange(min=1), default=None,
+              help="Profile min batch. Default: the export's (1).")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=None,
+              help="Batch the kernels are tuned for. Default: the export's (8).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Profile max batch. Default: the export's (64: fills a desktop GPU at "
+              "32x32 and keeps an Orin Nano's shared 8 GB comfortable).")
+@click.option("--static-batch", type=click.IntRange(min=1), default=None,
+              help="One batch size N (min = opt = max = N): the runtime replays a CUDA graph; "
+              "smaller batches are padded.")
+@click.option("--timing-cache", default=None, type=click.Path(dir_okay=False),
+              help="Tactic timing cache: read if present, updated after the build (speeds up "
+              "rebuilds; use one per GPU model).")
+@click.option("--builder-opt-level", type=click.IntRange(0, 5), default=None,
+              help="0-5; default TensorRT's (3). Lower builds faster (useful on a Jetson), "
+              "higher searches longer. TensorRT >= 8.6.")
+@click.option("--version-compatible", is_flag=True,
+              help="Plan runs on later TensorRT versions and on the lean runtime "
+              "(tensorrt-lean wheels); may be slower. TensorRT >= 8.6.")
+@click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), default=None,
+              help="Builder workspace limit in MB. Default: TensorRT's (the GPU's memory); "
+              "on an 8 GB Orin Nano try 1024.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out.")
+def build_command(**kw):
+    """Build a TensorRT engine (NAME.plan + NAME.json) from an ONNX export.
+
+    \b
+    Desktop/server (x86-64, CUDA 12):
+      pip install tensorrt-cu12 polygraphy     # TensorRT from NVIDIA's index
+      ddpm-export export --checkpoint engines/cifar10.pt --fp16
+      ddpm-export build --fp16 --onnx engines/cifar10-fp16.onnx
+      python -m runtime.sample --engine engines/cifar10-fp16.plan
+    Jetson (JetPack 5.1: TensorRT 8.5; 6.0: 8.6; 6.1/6.2: 10.3):
+      TensorRT comes with JetPack (python3-libnvinfer); pip install polygraphy
+      ddpm-export build --fp16 --checkpoint engines/cifar10.pt --workspace 1024
+    \b
+    Build on the machine that runs the plan: a plan runs only on the TensorRT
+    version and GPU architecture that built it (unless --version-compatible),
+    and NAME.json records both; the runtime checks them before loading.
+    """
+    cfg = BuildConfig(**kw)
+    try:
+        m = build_engine(cfg, command=" ".join(["ddpm-export"] + sys.argv[1:]),
+                         log=lambda s: click.echo(s, err=True))
+    except (BuildError, BackendMissing, NoCudaDevice, ManifestError) as e:
+        raise click.ClickException(str(e)) from None
+    e = m["engine"]
+    click.echo(f"wrote {e['plan']} + its NAME.json: TensorRT {e['tensorrt_version']}, "
+               f"{e['precision_mode']}, batch {e['profiles'][0]}, {e['device_name']} "
+               f"(compute capability {e['compute_capability']}), {e['build_seconds']} s")
+

@@ -1,0 +1,384 @@
+"""The ``ddpm-export`` command line (click).
+
+Library code raises; this module turns any error into one line on stderr and a
+non-zero exit. Set DDPM_EXPORT_DEBUG=1 to see the traceback instead.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ddpm_export.model.config import PRESETS
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted; the last checkpoint written is intact", err=True)
+            sys.exit(130)
+        except Exception as e:  # one clear line, no traceback
+            if os.environ.get("DDPM_EXPORT_DEBUG"):
+                raise
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            click.echo(f"error: {msg}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ddpm-export")
+def main():
+    """DDPM from PyTorch training to ONNX and FP16 TensorRT engines.
+
+    \b
+    Typical flow:
+      ddpm-export train --preset digits --out runs/digits
+      ddpm-export sample --checkpoint runs/digits/model.pt --out samples.png
+    """
+
+
+@main.command()
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="digits", show_default=True,
+              help="Model shape, schedule and training defaults (cifar10 = the paper's 35.7M model).")
+@click.option("--data", default=None, help="cifar-10-batches-py folder or a folder of PNG/JPEG "
+              "images. Default: the preset's own data (digits: sklearn, no download).")
+@click.option("--out", default=None, help="Run folder for last.pt, model.pt, metrics.jsonl and "
+              "samples/. Default: runs/PRESET.")
+@click.option("--steps", type=int, default=None, help="Total optimizer steps. Default: the preset's "
+              "(digits 3000, cifar10 800000).")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch (split across torchrun ranks).")
+@click.option("--lr", type=float, default=2e-4, show_default=True, help="Adam learning rate after warmup.")
+@click.option("--warmup", type=int, default=None, help="Linear LR warmup steps. Default: the preset's (digits 200, cifar10 5000).")
+@click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Global-norm gradient clip.")
+@click.option("--ema-decay", type=float, default=0.9999, show_default=True, help="EMA decay (warmed up as min(decay, (1+s)/(10+s))); export uses the EMA weights.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sample-every", type=int, default=None, help="Steps between sample grids (0: never).")
+@click.option("--ckpt-every", type=int, default=None, help="Steps between checkpoints.")
+@click.option("--log-every", type=int, default=10, show_default=True, help="Steps between metrics.jsonl lines.")
+@click.option("--dropout", type=float, default=None, help="Override the preset's dropout (cifar10 0.1, digits 0).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(preset, data, out, steps, batch_size, lr, warmup, grad_clip, ema_decay, seed,
+          sample_every, ckpt_every, log_every, dropout, device, resume, no_progress):
+    """Train a DDPM (Adam, warmup, grad clip, EMA).
+
+    Multi-GPU / multi-node: run under torchrun, e.g.
+    torchrun --nproc_per_node 8 -m ddpm_export.cli.main train --preset cifar10 --data DIR
+    """
+    from ddpm_export.training.train import TrainConfig, train as run_train
+
+    cfg = TrainConfig(preset=preset, out=out or f"runs/{preset}", data=data, steps=steps,
+                      batch_size=batch_size, lr=lr, warmup=warmup, grad_clip=grad_clip,
+                      ema_decay=ema_decay, seed=seed, sample_every=sample_every,
+                      ckpt_every=ckpt_every, log_every=log_every, dropout=dropout, device=device,
+                      resume=resume)
+    summary = run_train(cfg, progress=not no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(
+            f"trained {summary['step']} steps ({summary['parameters']:,} parameters) in "
+            f"{summary['train_seconds'] / 60:.1f} min; checkpoint {summary['checkpoint']}, "
+            f"sampling weights {summary['model']}"
+        )
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="A .pt from 'ddpm-export train' or 'import' (e.g. engines/digits.pt).")
+@click.option("--out", default="samples.png", show_default=True, help="PNG grid of the samples.")
+@click.option("--num", type=int, default=64, show_default=True, help="Number of images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch", type=int, default=64, show_default=True, help="Images per network call.")
+@click.option("--trajectory", default=None, help="Also write the x0-prediction trajectory "
+              "(paper section 4.3, every 100 steps) of the first batch to this PNG.")
+@click.option("--npz", default=None, help="Also save the float samples [N, C, H, W] to this .npz.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-progress", is_flag=True)
+def sample(checkpoint, out, num, seed, batch, trajectory, npz, device, no_progress):
+    """Sample with the PyTorch reference sampler (all T steps, Algorithm 2)."""
+    import time
+
+    import numpy as np
+
+    from runtime.io import save_grid, save_trajectory
+
+    from ddpm_export.model.checkpoint import load_model
+    from ddpm_export.model.config import ScheduleConfig
+    from ddpm_export.model.reference_sampler import sample_images
+
+    model, ckpt = load_model(checkpoint)
+    schedule = ScheduleConfig.from_dict(ckpt["schedule_config"])
+    t0 = time.time()
+    x, traj = sample_images(model, schedule, num, seed=seed, batch_size=batch,
+                            trajectory_every=100 if trajectory else 0,
+                            progress=not no_progress, device=device)
+    dt = time.time() - t0
+    save_grid(x, out, scale=max(1, 64 // model.config.image_size))
+    if npz:
+        _save_npz(npz, samples=x, seed=np.int64(seed), batch=np.int64(batch))
+    if trajectory:
+        save_trajectory(traj, trajectory, scale=max(1, 64 // model.config.image_size))
+    click.echo(f"wrote {out} ({num} images, {num / dt:.2f} images/s)")
+
+
+def _save_npz(path, **arrays):
+    from runtime.io import save_npz
+
+    save_npz(path, **arrays)
+
+
+@main.command("digits-score")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="Digits checkpoint to sample from (with --num/--seed).")
+@click.option("--samples", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Score the 'samples' array of this .npz instead of sampling.")
+@click.option("--num", type=int, default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch", type=int, default=25, show_default=True)
+@click.option("--save", default=None, help="Save the drawn samples to this .npz.")
+@click.option("--json-out", default=None, help="Write the report as JSON here.")
+@click.option("--no-progress", is_flag=True)
+def digits_score(checkpoint, samples, num, seed, batch, save, json_out, no_progress):
+    """Do samples look like digits? A classifier's confident share vs real digits."""
+    import json
+
+    import numpy as np
+
+    from ddpm_export.evaluation.digits import digits_report, train_digits_classifier
+
+    if (checkpoint is None) == (samples is None):
+        raise click.UsageError("give exactly one of --checkpoint or --samples")
+    if samples:
+        from ddpm_export.model.reference_sampler import load_samples_npz
+
+        x = load_samples_npz(samples)
+    else:
+        from ddpm_export.model.checkpoint import load_model
+        from ddpm_export.model.config import ScheduleConfig
+        from ddpm_export.model.reference_sampler import sample_images
+
+        model, ckpt = load_model(checkpoint)
+        x, _ = sample_images(model, ScheduleConfig.from_dict(ckpt["schedule_config"]), num,
+                             seed=seed, batch_size=batch, progress=not no_progress)
+        if save:
+            _save_npz(save, samples=x, seed=np.int64(seed), batch=np.int64(batch))
+    report = digits_report(train_digits_classifier(), x)
+    text = json.dumps(report, indent=2)
+    if json_out:
+        from pathlib import Path
+
+        Path(json_out).write_text(text + "\n")
+    click.echo(text)
+
+
+@main.command("import")
+@click.option("--format", "fmt", type=click.Choice(["diffusers", "pesser"]), required=True,
+              help="diffusers: a UNet2DModel folder (config.json + diffusion_pytorch_model."
+              "safetensors or .bin, e.g. google/ddpm-cifar10-32). pesser: a pytorch_diffusion "
+              ".ckpt (e.g. ema_diffusion_cifar10_model/model-790000.ckpt).")
+@click.argument("src", type=click.Path(exists=True))
+@click.option("--out", required=True, help="Checkpoint to write (.pt).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="cifar10", show_default=True,
+              help="pesser only: the model shape (the file carries no config).")
+@click.option("--verify", is_flag=True, help="diffusers only: also run both models and compare (needs diffusers).")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def import_(fmt, src, out, preset, verify, force):
+    """Convert published DDPM weights into a ddpm-export checkpoint.
+
+    \b
+    The official CIFAR-10 model (FID 3.17), after downloading it yourself:
+      ddpm-export import --format diffusers ddpm-cifar10-32/ --out cifar10.pt
+      ddpm-export import --format pesser model-790000.ckpt --out cifar10.pt
+    """
+    from pathlib import Path
+
+    from ddpm_export import weights
+
+    if Path(out).exists() and not force:
+        raise click.UsageError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    command = " ".join(["ddpm-export"] + sys.argv[1:])
+    if fmt == "diffusers":
+        ckpt = weights.import_diffusers(src, out, verify=verify, command=command)
+    else:
+        ckpt = weights.import_pesser(src, out, preset=preset, command=command)
+    n = sum(v.numel() for v in ckpt["ema"].values())
+    click.echo(f"wrote {out} ({n:,} parameters, schedule {ckpt['schedule_config']['variance_type']})")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="A .pt from 'ddpm-export train' or 'import'.")
+@click.option("--out", default=None, help="NAME.onnx to write (its manifest goes to NAME.json). "
+              "Default: engines/<checkpoint name>.onnx, or engines/<name>-fp16.onnx with --fp16.")
+@click.option("--fp16", is_flag=True, help="FP16 graph with FP32 islands (GroupNorm statistics, "
+              "softmax, timestep embedding) as explicit Casts, float32 I/O: what TensorRT 11's "
+              "strongly typed builds need.")
+@click.option("--opset", type=int, default=17, show_default=True,
+              help="ONNX opset (13-20); 17 is the highest TensorRT 8.5 (JetPack 5) parses.")
+@click.option("--min-batch", type=int, default=1, show_default=True)
+@click.option("--opt-batch", type=int, default=8, show_default=True)
+@click.option("--max-batch", type=int, default=64, show_default=True)
+@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
+@click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check (checker and "
+              "shape inference always run).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out.")
+def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weights, no_check, force):
+    """Export a checkpoint to ONNX + manifest, checked against PyTorch.
+
+    Inputs x_t float32 [B, C, H, W] and t int32 [B], output eps; dynamic batch.
+    Every export runs onnx.checker, shape inference and an ONNX Runtime parity
+    check at t in {0, 1, 250, 500, 999}, batches 1 and 8 (float32: < 1e-4).
+    """
+    from pathlib import Path
+
+    from ddpm_export.export.onnx_export import export_onnx
+
+    if out is None:
+        stem = Path(checkpoint).stem + ("-fp16" if fp16 else "")
+        out = str(Path("engines") / f"{stem}.onnx")
+    if Path(out).exists() and not force:
+        raise click.UsageError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    m = export_onnx(checkpoint, out, fp16=fp16, opset=opset, batch_range=(min_batch, opt_batch, max_batch),
+                    check=not no_check, command=" ".join(["ddpm-export"] + sys.argv[1:]), weights=weights)
+    par = m["checks"].get("parity") or {}
+    line = f"wrote {out} + {Path(out).with_suffix('.json')} ({m['precision']}, opset {opset})"
+    if par:
+        line += f"; parity vs PyTorch: max abs diff {par['max_abs_diff']:.2e} (limit {par['atol']:g})"
+    fe = m["checks"].get("fp16_error")
+    if fe:
+        line += f"; FP16 eps error vs float32: max {fe['max_abs']:.2e}, mean {fe['mean_abs']:.2e}"
+    click.echo(line)
+
+
+@main.command()
+@click.option("--steps", type=int, default=10, show_default=True, help="Network calls per timed run.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Timed runs per cell (median).")
+@click.option("--threads", type=int, default=2, show_default=True, help="Threads for torch and ONNX Runtime alike.")
+@click.option("--batch", "batches", type=int, multiple=True, default=(1, 8), show_default=True)
+@click.option("--digits-engine", default="engines/digits.onnx", show_default=True,
+              help="Engine for the scheduler-overhead row.")
+@click.option("--json-out", default=None, help="Also write the results as JSON.")
+def bench(steps, repeats, threads, batches, digits_engine, json_out):
+    """Benchmark image-steps/s: diffusers eager vs ONNX Runtime vs our runtime loop."""
+    import json
+
+    from ddpm_export.evaluation.bench import format_table, run_bench
+
+    res = run_bench(batches=batches, steps=steps, repeats=repeats, threads=threads,
+                    digits_onnx=digits_engine)
+    if json_out:
+        from pathlib import Path
+
+        Path(json_out).write_text(json.dumps(res, indent=2) + "\n")
+    click.echo(format_table(res))
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="The PyTorch reference: the checkpoint the engines were exported from.")
+@click.option("--engine", "engines", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="NAME.onnx or NAME.plan to check (repeatable).")
+@click.option("--report", default=None, help="Folder for report.json, report.md and the plots "
+              "(eps_error.png, drift.png, progressive.png, samples.png).")
+@click.option("--t-stride", type=click.IntRange(min=1), default=50, show_default=True, help="One-step check every N timesteps (plus T-1).")
+@click.option("--batch", "batches", type=int, multiple=True, default=(),
+              help="Batch sizes of the one-step check (repeatable). Default: the engine's profile "
+              "points min/opt/max and the midpoints between them.")
+@click.option("--trajectory-images", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Images in the full-chain comparison on identical noise (0: skip it).")
+@click.option("--samples", type=click.IntRange(min=0), default=450, show_default=True,
+              help="Samples per engine (and reference) for the distribution level (0: skip it). "
+              "Digits: 450 matches the held-out real set; fewer make the Frechet distance noisier.")
+@click.option("--reference-samples", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Reference samples (.npz with 'samples', e.g. engines/digits_samples.npz) instead "
+              "of drawing them with the PyTorch model.")
+@click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
+              help="Inception weights file for FID/KID (torch-fidelity) on non-digits models.")
+@click.option("--onnx-reference", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Float32 ONNX model that ONNX Runtime runs next to a .plan. Default: the plan's "
+              "source ONNX (or its float32 sibling) when it lies beside the plan.")
+@click.option("--eps-atol-fp32", type=float, default=1e-4, show_default=True,
+              help="Max abs eps error, float32 engines.")
+@click.option("--eps-atol-fp16", type=float, default=2e-2, show_default=True,
+              help="Max abs eps error, FP16 engines.")
+@click.option("--final-atol-fp32", type=float, default=1e-3, show_default=True,
+              help="Final-image limit for float32 engines (FP16 chains are reported, not gated).")
+@click.option("--fd-excess", type=float, default=1.0, show_default=True,
+              help="Gate: Frechet(engine, real) - Frechet(reference, real) <= this x the "
+              "real-vs-real floor at the same sample count.")
+@click.option("--confident-ratio", type=float, default=0.9, show_default=True,
+              help="Gate: engine's confident-label share >= this x the reference's.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Compare even if the engine's manifest names another checkpoint.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, samples, reference_samples,
+             inception_weights, onnx_reference, eps_atol_fp32, eps_atol_fp16, final_atol_fp32, fd_excess,
+             confident_ratio, seed, force, no_progress):
+    """Compare engines with the PyTorch reference on three levels.
+
+    \b
+    1. one step: eps error per timestep and batch size (vs PyTorch; a .plan
+       also vs ONNX Runtime float32);
+    2. one trajectory: the 1000-step chain on identical noise, drift per step;
+    3. the distribution: Frechet distance and classifier score of many
+       samples against held-out real digits (digits model), or FID/KID with
+       --inception-weights.
+
+    Prints a pass/fail table; with --report also writes report.json, report.md
+    and plots. Exits 1 when a check fails, so it can gate a deployment.
+    """
+    import json
+    from pathlib import Path
+
+    from ddpm_export.evaluation.validate import Thresholds, format_report, validate as run_validate
+
+    if report:
+        from ddpm_export.evaluation.plots import require_matplotlib
+
+        require_matplotlib()  # fail now, not after minutes of sampling
+    if inception_weights:
+        from ddpm_export.evaluation.fidelity import check_inception_weights
+
+        check_inception_weights(inception_weights)  # names the file and where to get it
+    th = Thresholds(eps_fp32=eps_atol_fp32, eps_fp16=eps_atol_fp16, final_fp32=final_atol_fp32,
+                    fd_excess=fd_excess, confident_ratio=confident_ratio)
+    rep, artifacts = run_validate(
+        checkpoint, engines, th, t_stride=t_stride, batches=batches or None,
+        trajectory_images=trajectory_images, samples=samples, reference_samples_path=reference_samples,
+        inception_weights=inception_weights, onnx_reference=onnx_reference, seed=seed, force=force,
+        progress=not no_progress, log=lambda s: click.echo(s, err=True))
+    table = format_report(rep)
+    if report:
+        from ddpm_export.model.checkpoint import atomic_write
+        from ddpm_export.evaluation.plots import write_plots
+
+        out = Path(report)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "report.json", lambda p: Path(p).write_text(json.dumps(rep, indent=2) + "\n"))
+        atomic_write(out / "report.md", lambda p: Path(p).write_text(table + "\n"))
+        for f in write_plots(rep, artifacts, out):
+            click.echo(f"wrote {f}", err=True)
+    click.echo(table)
+    if not rep["passed"]:
+        raise click.exceptions.Exit(1)
+
+
+def _register_optional_commands() -> None:
+    from ddpm_export.cli.build import build_command
+    from ddpm_export.cli.fid import fid_command
+    from ddpm_export.cli.sample_many import sample_many_command
+    from ddpm_export.cli.steps_table import steps_table_command
+
+    for command in (build_command, fid_command, sample_many_command, steps_table_command):
+        main.add_command(command)
+
+
+_register_optional_commands()
+
+if __name__ == "__main__":
+    main()

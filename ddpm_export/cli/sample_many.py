@@ -1,0 +1,73 @@
+"""``ddpm-export sample-many``: N samples (e.g. 50,000 for FID) into resumable shards.
+
+The same as ``python -m runtime.sample_many`` (runtime/shards.py does the work).
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from runtime.loop import METHODS
+
+INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
+
+
+@click.command("sample-many", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--engine", required=True, type=click.Path(dir_okay=False),
+              help="NAME.onnx or NAME.plan (its NAME.json beside it).")
+@click.option("--num", type=click.IntRange(min=1), required=True, help="Number of images, e.g. 50000.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder (created if missing): run.json + shard-NNNNN.npz.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Images per shard file: the most an interruption loses.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Run seed; shard k uses SeedSequence(seed, spawn_key=(k,)).")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Images per engine call. Default: min(shard size, the engine's max batch). "
+              "Part of the configuration: it decides which noise each image gets.")
+@click.option("--method", type=click.Choice(METHODS), default="ddpm", show_default=True,
+              help="ddpm (ancestral) or ddim.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Sampling steps. Default: all T for ddpm, 50 for ddim.")
+@click.option("--eta", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="DDIM eta (0: deterministic).")
+@click.option("--spacing", type=click.Choice(["uniform", "quadratic"]), default="uniform",
+              show_default=True, help="DDIM timestep spacing.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--npz", default=None, type=click.Path(dir_okay=False),
+              help="When all shards are done, also write every image to this one .npz "
+              "(key arr_0, uint8 [N, H, W, C], as OpenAI's guided-diffusion evaluator reads).")
+@click.option("--no-progress", is_flag=True, help="No progress bar: one line per shard instead.")
+def sample_many_command(engine, num, out, shard_size, seed, batch, method, steps, eta, spacing,
+                        threads, npz, no_progress):
+    """Sample N images from an engine into resumable shards (for FID on 50k).
+
+    \b
+    Writes OUT/shard-NNNNN.npz (uint8 [n, H, W, C] under 'images'), each
+    atomically, and OUT/run.json (the configuration). Interrupt it at any time:
+    the same command run again skips finished shards and gives identical
+    images. A different configuration in OUT is refused.
+    \b
+      ddpm-export sample-many --engine engines/cifar10.onnx --num 50000 --out samples/c10
+    Read the result: runtime.shards.load_shards("samples/c10") -> uint8 [50000, 32, 32, 3]
+    """
+    from runtime.api import load
+    from runtime.shards import sample_shards, write_merged
+
+    if method == "ddpm" and (eta != 0.0 or spacing != "uniform"):
+        raise click.UsageError("--eta and --spacing apply to --method ddim only; drop them or add --method ddim")
+    try:
+        with load(engine, threads=threads) as e:
+            sample_shards(e, out, num, shard_size=shard_size, seed=seed, batch=batch, method=method,
+                          steps=steps, eta=eta, spacing=spacing, progress=not no_progress,
+                          log=click.echo)
+        if npz:
+            n = write_merged(out, npz)
+            click.echo(f"wrote {npz}: {n} images (arr_0, uint8 [N, H, W, C])")
+    except KeyboardInterrupt:
+        click.echo(INTERRUPTED, err=True)
+        sys.exit(130)
+    except (ValueError, OSError, ImportError) as e:  # ShardsError, ManifestError: ValueErrors
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise click.ClickException(msg) from None

@@ -1,0 +1,169 @@
+"""Do samples of the digits model look like digits? A classifier's opinion.
+
+A small MLP (256 -> 32 -> 10) trained on half of the sklearn digits (same 16x16
+[-1, 1] preprocessing as training) does two jobs:
+
+* classifier score: the share of samples it labels with probability >= 0.9
+  next to the same share for held-out real digits, and the class histogram
+  (class coverage);
+* feature extractor: its 32 last-hidden-layer activations play the role
+  Inception's pool3 features play in FID. ``digits_distribution`` reports the
+  Frechet distance of each sample set to held-out real digits, with the
+  real-vs-real floor at the same sample count.
+
+The held-out half is split again: ``real_b`` is the reference every set is
+compared with; ``real_a`` (never seen by the classifier, disjoint from
+``real_b``) gives the floor. Deterministic: fixed splits and seeds.
+
+A Frechet distance is biased upwards by a term that shrinks with the sample
+count, so distances are comparable only at equal counts: every set is cut to
+the same n here, and the real-vs-real distance at that n (the floor) is the
+scale of that bias and of the sampling noise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+
+from ddpm_export.training.data import digits_images, digits_labels
+
+HIDDEN = (256, 32)
+DIGITS_SHAPE = (1, 16, 16)  # C, H, W of the digits model: what the classifier scores
+FLOOR = "real (held-out, floor)"  # the name of the real-vs-real row in digits_distribution
+
+
+@dataclass
+class DigitsClassifier:
+    model: object  # sklearn MLPClassifier
+    x_test: np.ndarray  # held-out real digits [N, 256] in [-1, 1] (real_a then real_b)
+    y_test: np.ndarray
+    test_accuracy: float
+
+    @property
+    def real_a(self) -> np.ndarray:
+        return self.x_test[: len(self.x_test) // 2]
+
+    @property
+    def real_b(self) -> np.ndarray:
+        return self.x_test[len(self.x_test) // 2:]
+
+    def _flat(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+        if x.shape[1] != self.x_test.shape[1]:
+            raise ValueError(
+                f"the digits classifier expects 16x16 single-channel images ({self.x_test.shape[1]} "
+                f"pixels), got {x.shape[1]} pixels per image; it only judges the digits model"
+            )
+        return x
+
+    def proba(self, images: np.ndarray) -> np.ndarray:
+        """images [N, 1, 16, 16] (or [N, 256]) in [-1, 1] -> [N, 10] probabilities."""
+        return self.model.predict_proba(self._flat(images))
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """images [N, 1, 16, 16] in [-1, 1] -> [N, 32] last-hidden-layer activations (ReLU)."""
+        h = self._flat(images)
+        for w, b in zip(self.model.coefs_[:-1], self.model.intercepts_[:-1]):
+            h = np.maximum(h @ w + b, 0.0)
+        return h
+
+
+def train_digits_classifier(size: int = 16, seed: int = 0) -> DigitsClassifier:
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    x = digits_images(size).reshape(-1, size * size).astype(np.float64)
+    y = digits_labels()
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.5, random_state=seed, stratify=y)
+    clf = MLPClassifier(hidden_layer_sizes=HIDDEN, alpha=1e-3, max_iter=400, random_state=seed)
+    clf.fit(x_tr, y_tr)
+    acc = float((clf.predict(x_te) == y_te).mean())
+    return DigitsClassifier(clf, x_te, y_te, acc)
+
+
+def confident_share(proba: np.ndarray, threshold: float = 0.9) -> float:
+    return float((proba.max(axis=1) >= threshold).mean())
+
+
+def digits_report(clf: DigitsClassifier, samples: np.ndarray, threshold: float = 0.9) -> Dict[str, object]:
+    """Compare samples [N, 1, 16, 16] in [-1, 1] with held-out real digits."""
+    p_s = clf.proba(samples)
+    p_r = clf.proba(clf.x_test)
+    hist = np.bincount(p_s.argmax(axis=1), minlength=10) / len(samples)
+    real_share = confident_share(p_r, threshold)
+    sample_share = confident_share(p_s, threshold)
+    return {
+        "num_samples": int(len(samples)),
+        "classifier_test_accuracy": clf.test_accuracy,
+        "real_confident_share": real_share,
+        "sample_confident_share": sample_share,
+        "ratio": sample_share / real_share if real_share else float("nan"),
+        "class_histogram": [float(h) for h in hist],
+    }
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a [N, D] and b [M, D].
+
+    ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), the formula of FID
+    (Heusel et al. 2017); like pytorch-fid, a near-singular product is
+    regularised with 1e-6 on the diagonal.
+    """
+    import warnings
+
+    from scipy import linalg
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"need two feature sets [N>=2, D] of equal D, got {a.shape} and {b.shape}")
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    with warnings.catch_warnings():  # singular products are handled just below
+        warnings.simplefilter("ignore")
+        covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(covmean).all():
+        off = np.eye(len(s1)) * 1e-6
+        covmean = linalg.sqrtm((s1 + off) @ (s2 + off))
+    covmean = np.real(covmean)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def digits_distribution(clf: DigitsClassifier, sets: Mapping[str, np.ndarray], n: Optional[int] = None,
+                        reference: Optional[str] = None,
+                        threshold: float = 0.9) -> Dict[str, object]:
+    """Frechet distances and classifier scores of sample sets against held-out real digits.
+
+    sets: name -> images [N, 1, 16, 16] in [-1, 1]. Every set (and the real
+    floor set real_a) is cut to the same n (default: the smallest set, at most
+    len(real_a)) and compared with real_b. With ``reference`` naming one of
+    the sets, each other set's distance to it is reported too.
+    """
+    if not sets:
+        raise ValueError("digits_distribution needs at least one sample set")
+    if reference is not None and reference not in sets:
+        raise ValueError(f"reference {reference!r} is not one of the sets {sorted(sets)}")
+    n_max = min([len(clf.real_a)] + [len(v) for v in sets.values()])
+    n = n_max if n is None else min(int(n), n_max)
+    if n < 10:
+        raise ValueError(f"a Frechet distance needs at least 10 images per set, got {n}")
+    real_b = clf.features(clf.real_b)
+    p_real = clf.proba(clf.real_b)
+    named = {FLOOR: clf.real_a[:n], **{k: v[:n] for k, v in sets.items()}}
+    feats = {name: clf.features(images) for name, images in named.items()}
+    rows: Dict[str, Dict[str, object]] = {}
+    for name, images in named.items():
+        p = clf.proba(images)
+        hist = np.bincount(p.argmax(axis=1), minlength=10) / len(p)
+        rows[name] = {
+            "n": int(len(images)),
+            "frechet_to_real": frechet_distance(feats[name], real_b),
+            "confident_share": confident_share(p, threshold),
+            "class_min_share": float(hist.min()),
+            "class_histogram": [float(h) for h in hist],
+        }
+        if reference is not None and name in sets and name != reference:
+            rows[name]["frechet_to_reference"] = frechet_distance(feats[name], feats[reference])
+    return {"n": n, "real_reference_n": int(len(real_b)), "classifier_test_accuracy": clf.test_accuracy,
+            "real_confident_share": confident_share(p_real, threshold), "sets": rows}

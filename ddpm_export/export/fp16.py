@@ -1,0 +1,169 @@
+"""FP16 export: a half-precision copy of the U-Net with FP32 islands, and its error table.
+
+TensorRT 11 builds only *strongly typed* networks: the precision of every layer
+comes from the ONNX graph, so FP16 has to be in the graph itself, with the parts
+that need float32 written as explicit Cast nodes. We get those Casts by
+exporting a PyTorch model whose islands call ``.float()`` / ``.half()``
+(converting an exported FP32 graph afterwards yields graphs ONNX Runtime
+refuses to load, see shared/DEPLOYMENT.md). FP32 islands:
+
+- GroupNorm (statistics and affine): normalization is the main FP16 error
+  source in diffusion U-Nets (mean/variance over H*W*C/G values).
+- attention softmax: exp of large logits overflows in FP16.
+- the timestep embedding and its MLP: ``t * freqs`` reaches ~1000 and loses
+  its fractional part in FP16 (the MLP is [N, 4ch]: float32 costs nothing).
+
+Everything else (Conv, Gemm, MatMul, SiLU, residual adds) runs in FP16. The
+graph's inputs and output stay float32 (Casts at the edges, inside the graph),
+so the runtime feeds the same arrays to every precision.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime.contract import INPUT_T, INPUT_X
+
+from ddpm_export.export.ort import ort_session
+from ddpm_export.model.unet import AttnBlock, TimeEmbedding, UNet
+
+
+class Fp32GroupNorm(nn.Module):
+    """A float32 copy of a GroupNorm, run on a float32 cast of its input."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.norm = copy.deepcopy(norm).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.float()).to(x.dtype)
+
+
+class Fp32TimeEmbedding(nn.Module):
+    """A float32 copy of the timestep embedding + MLP; output cast to out_dtype."""
+
+    def __init__(self, temb: TimeEmbedding, out_dtype: torch.dtype = torch.float16):
+        super().__init__()
+        self.temb = copy.deepcopy(temb).float()
+        self.out_dtype = out_dtype
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.temb(t).to(self.out_dtype)
+
+
+class Fp32SoftmaxAttnBlock(AttnBlock):
+    """AttnBlock whose softmax runs in float32 (same forward, same parameters)."""
+
+    def softmax(self, attn: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(attn.float(), dim=-1).to(attn.dtype)
+
+
+class Fp16EpsModel(nn.Module):
+    """float32 x_t [N, C, H, W], int t [N] -> float32 eps; FP16 inside, FP32 islands."""
+
+    def __init__(self, model: UNet):
+        super().__init__()
+        self.model = make_fp16_unet(model)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x_t.to(torch.float16), t).to(torch.float32)
+
+
+def make_fp16_unet(model: UNet) -> UNet:
+    """A half-precision copy of model with FP32 islands; model itself is untouched."""
+    if not isinstance(model, UNet):
+        raise TypeError(f"expected a ddpm_export.model.unet.UNet, received {type(model).__name__}")
+    half = copy.deepcopy(model).eval()
+    islands = set()
+    # Islands are copied from the float32 original, never from rounded halves.
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.GroupNorm):
+            wrapper = Fp32GroupNorm(mod)
+            _set_submodule(half, name, wrapper)
+            islands.add(id(wrapper))
+    half.temb = Fp32TimeEmbedding(model.temb)
+    islands.add(id(half.temb))
+    for mod in half.modules():
+        if type(mod) is AttnBlock:
+            mod.__class__ = Fp32SoftmaxAttnBlock
+    _half_outside(half, islands)
+    half.eval()
+    return half
+
+
+def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, leaf = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, leaf, new)
+
+
+def _half_outside(module: nn.Module, islands: set) -> None:
+    if id(module) in islands:
+        return
+    for p in module.parameters(recurse=False):
+        p.data = p.data.half()
+    for b_name, b in module.named_buffers(recurse=False):
+        if b.is_floating_point():
+            setattr(module, b_name, b.half())
+    for child in module.children():
+        _half_outside(child, islands)
+
+
+FP16_TABLE_BATCH = 4  # images per timestep in the error table
+
+
+def fp16_timesteps(num_timesteps: int, step: int = 50) -> List[int]:
+    """0, step, 2*step, ... below T, plus T-1 (the first step of sampling)."""
+    ts = list(range(0, int(num_timesteps), int(step)))
+    if ts[-1] != num_timesteps - 1:
+        ts.append(int(num_timesteps) - 1)
+    return ts
+
+
+def fp16_error_table(
+    onnx_path: Any,
+    model: UNet,
+    timesteps: Optional[Sequence[int]] = None,
+    batch: int = FP16_TABLE_BATCH,
+    seed: int = 0,
+    backend: str = "onnxruntime",
+    num_timesteps: int = 1000,
+) -> List[Dict[str, Any]]:
+    """Per-timestep eps error of an FP16 model against the float32 PyTorch model.
+
+    backend "onnxruntime": the FP16 ONNX graph at onnx_path on ONNX Runtime CPU.
+    backend "torch": PyTorch half precision on CPU with the same FP32 islands
+    (onnx_path unused). timesteps default: fp16_timesteps(num_timesteps). Inputs: x_t ~ N(0, 1) float32 [batch, C, H, W] (seeded),
+    the same for every t. Rows: {"t", "max_abs", "mean_abs", "ref_rms"}.
+    """
+    if backend not in ("onnxruntime", "torch"):
+        raise ValueError(f"backend must be 'onnxruntime' or 'torch', received {backend!r}")
+    cfg = model.config
+    if timesteps is None:
+        timesteps = fp16_timesteps(num_timesteps)
+    ref = copy.deepcopy(model).eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+    if backend == "onnxruntime":
+        sess = ort_session(onnx_path)
+        run = lambda t: sess.run(None, {INPUT_X: x.numpy(), INPUT_T: t.numpy()})[0]  # noqa: E731
+    else:
+        fp16 = Fp16EpsModel(model).eval()
+        run = lambda t: fp16(x, t).numpy()  # noqa: E731
+    rows = []
+    with torch.no_grad():
+        for t_val in timesteps:
+            t = torch.full((batch,), int(t_val), dtype=torch.int32)
+            want = ref(x, t).numpy().astype(np.float64)
+            err = np.abs(run(t).astype(np.float64) - want)
+            rows.append({
+                "t": int(t_val),
+                "max_abs": float(err.max()),
+                "mean_abs": float(err.mean()),
+                "ref_rms": float(np.sqrt(np.mean(want ** 2))),
+            })
+    return rows

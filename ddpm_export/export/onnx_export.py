@@ -1,0 +1,369 @@
+"""Export a checkpoint to ONNX for TensorRT 8.5 through 11, checked and with its manifest.
+
+Exporter and opset (why the graph looks the way it does):
+
+- The legacy TorchScript exporter, ``torch.onnx.export(..., dynamo=False)``
+  (torch 2.13 still has it; dynamo=True is the default). It lowers GroupNorm to
+  Reshape + InstanceNormalization + Reshape + Mul/Add (at every opset), which
+  TensorRT 8.5+ parses; the dynamo exporter emits GroupNormalization, which
+  TensorRT parses only from 10.9 (and opset-21 GroupNormalization fails before
+  that). With opset >= 17 newer TensorRT maps InstanceNormalization onto its
+  native normalization layer.
+- Default opset 17: the highest TensorRT 8.5 (JetPack 5) supports. 13 is the
+  lowest allowed (Softmax over the last axis only, Unsqueeze/Slice axes as
+  inputs); 20 is the legacy exporter's highest.
+- Attention is the U-Net's own Conv 1x1 + MatMul + Softmax(axis=-1) + MatMul,
+  plain ops every TensorRT version parses and fuses; no fused attention op.
+- Constant subgraphs the exporter leaves behind (the pads of Downsample's
+  F.pad, built with a step -1 Slice it cannot fold) are folded here, so Pad
+  gets a constant ``pads`` as older TensorRT parsers want.
+- t is an int32 input (TensorRT 8.x only down-casts int64); the graph casts it
+  to float32 for the embedding.
+
+Every export runs onnx.checker (full check), strict shape inference, an I/O check
+against runtime.contract and, unless check=False, parity against PyTorch
+through ONNX Runtime CPU. The file is written to a temporary name and renamed
+only after all checks pass; then the sidecar NAME.json is written.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import io
+import json
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime import contract
+from runtime.contract import BatchRange
+
+from ddpm_export.model.checkpoint import atomic_write, build_model, load_checkpoint, sha256_file
+from ddpm_export.export import ExportError
+from ddpm_export.export.fp16 import FP16_TABLE_BATCH, Fp16EpsModel, fp16_error_table, fp16_timesteps
+from ddpm_export.model.unet import UNet
+from ddpm_export.export.ort import ort_session
+
+__all__ = ["export_onnx", "torch_to_onnx", "check_parity", "fp16_error_table", "ExportError"]
+
+DEFAULT_OPSET = 17
+SUPPORTED_OPSETS = range(13, 21)
+PARITY_TIMESTEPS = (0, 1, 250, 500, 999)
+PARITY_ATOL = 1e-4  # float32 graph vs float32 PyTorch, max abs over all eps values
+FP16_ATOL = 2e-2  # FP16 graph vs float32 PyTorch, max abs (eps is ~N(0, 1))
+EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript)"
+_TRACE_BATCH = 2  # not 1: the tracer must not specialize on a singleton batch
+_FOLD_MAX_ELEMENTS = 4096  # fold shape arithmetic, never copy weights into Constants
+
+
+class EpsModel(nn.Module):
+    """float32 x_t [N, C, H, W], int t [N] -> float32 eps [N, C, H, W] (an eval copy)."""
+
+    def __init__(self, model: UNet):
+        super().__init__()
+        self.model = copy.deepcopy(model).eval()
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x_t, t)
+
+
+def export_onnx(
+    checkpoint_path: Any,
+    out_path: Any,
+    fp16: bool = False,
+    opset: int = DEFAULT_OPSET,
+    batch_range: Any = None,
+    check: bool = True,
+    command: Optional[str] = None,
+    weights: str = "ema",
+    parity_atol: Optional[float] = None,
+) -> Dict[str, Any]:
+    """Export a checkpoint to out_path (NAME.onnx) + NAME.json; returns the manifest.
+
+    fp16: FP16 graph with FP32 islands and FP32 I/O (see export_fp16).
+    batch_range: None (contract.DEFAULT_BATCH_RANGE), (min, opt, max) or BatchRange.
+    check: run the ONNX Runtime parity check (checker and shape inference always run).
+    parity_atol: max abs eps difference allowed vs float32 PyTorch
+    (default PARITY_ATOL, or FP16_ATOL with fp16). Raises ExportError on failure,
+    leaving no file at out_path.
+    """
+    out = Path(out_path)
+    if out.suffix != ".onnx":
+        raise ValueError(f"out_path {str(out)!r} must end in .onnx (the manifest goes to NAME.json)")
+    _check_opset(opset)
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', received {weights!r}")
+    batch = BatchRange.coerce(batch_range)
+    atol = parity_atol if parity_atol is not None else (FP16_ATOL if fp16 else PARITY_ATOL)
+    if not atol > 0:
+        raise ValueError(f"parity_atol must be > 0, received {atol!r}")
+    ckpt = load_checkpoint(checkpoint_path)
+    model, config, schedule = build_model(ckpt, checkpoint_path, weights)
+    key = weights if weights in ckpt else ("ema" if "ema" in ckpt else "model")
+    source = {
+        "checkpoint": Path(checkpoint_path).name,
+        "checkpoint_sha256": sha256_file(checkpoint_path),
+        "weights": key,
+        "step": ckpt.get("step"),
+        "model_config": config.to_dict(),
+        "provenance": _jsonable(ckpt.get("provenance")),
+    }
+    if command is None:
+        command = (f"ddpm_export.export.onnx_export.export_onnx({str(checkpoint_path)!r}, {str(out)!r}, "
+                   f"fp16={fp16}, opset={opset}, batch_range={tuple(batch.to_dict().values())})")
+    precision = "fp16" if fp16 else "fp32"
+    image_shape = (config.in_channels, config.image_size, config.image_size)
+    T = int(schedule.num_timesteps)
+
+    proto = _export_proto(model, fp16, opset)
+    checks: Dict[str, Any] = {"onnx_checker": True, "shape_inference": True,
+                              "parity": None, "fp16_error": None}
+    if check:
+        blob = proto.SerializeToString()
+        checks["parity"] = check_parity(blob, model, batches=sorted({batch.min, batch.opt}),
+                                        atol=atol, num_timesteps=T)
+        if not checks["parity"]["passed"]:
+            diff = checks["parity"]["max_abs_diff"]
+            raise ExportError(
+                f"{precision} ONNX export of {checkpoint_path} failed parity: max abs eps "
+                f"difference {'non-finite' if diff is None else format(diff, '.3g')} "
+                f"vs float32 PyTorch exceeds {atol:g} "
+                f"(ONNX Runtime CPU); nothing was written to {out}"
+            )
+        if fp16:
+            rows = fp16_error_table(blob, model, fp16_timesteps(T), num_timesteps=T)
+            checks["fp16_error"] = {
+                "backend": checks["parity"]["backend"], "reference": "PyTorch float32",
+                "batch": FP16_TABLE_BATCH, "rows": rows,
+                "max_abs": max(r["max_abs"] for r in rows),
+                "mean_abs": float(np.mean([r["mean_abs"] for r in rows])),
+            }
+    manifest = contract.manifest_dict(
+        image_shape, schedule.to_dict(), precision=precision, batch_range=batch,
+        source=source, checks=checks, tools=_tools(), command=command,
+        onnx={"opset": opset, "exporter": EXPORTER,
+              "normalization": "GroupNorm as Reshape+InstanceNormalization+Reshape+Mul+Add",
+              "attention": "Conv1x1 + MatMul + Softmax(axis=-1) + MatMul",
+              "fp32_islands": ["GroupNorm", "softmax", "timestep embedding"] if fp16 else []},
+    )
+    # Embedded copy: onnx_sha256 is null (a file cannot hold its own hash).
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = contract.MANIFEST_KEY, json.dumps(manifest, allow_nan=False)
+    data = proto.SerializeToString()
+    manifest["onnx_sha256"] = hashlib.sha256(data).hexdigest()
+    atomic_write(out, lambda tmp: (Path(tmp).write_bytes(data), os.chmod(tmp, 0o644)))
+    contract.write_manifest(out, manifest)
+    return manifest
+
+
+def torch_to_onnx(model: UNet, out_path: Any, fp16: bool = False, opset: int = DEFAULT_OPSET) -> None:
+    """Write model's graph alone (no checks beyond checker/shape inference, no manifest).
+
+    model is never modified: export works on an eval-mode copy, so neither its
+    weights nor its training flag change (torch.onnx.export restores the flag of
+    the module it is given, which here is the copy).
+    """
+    import onnx
+
+    onnx.save(_export_proto(model, fp16, opset), str(out_path))
+
+
+def _check_opset(opset: Any) -> None:
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
+        raise ValueError(
+            f"opset {opset!r} is not supported; expected {SUPPORTED_OPSETS.start}.."
+            f"{SUPPORTED_OPSETS.stop - 1} (17, the default, is the highest TensorRT 8.5 parses)"
+        )
+
+
+def _export_proto(model: UNet, fp16: bool, opset: int):
+    import onnx
+
+    _check_opset(opset)
+    if not isinstance(model, UNet):
+        raise TypeError(f"expected a ddpm_export.model.unet.UNet, received {type(model).__name__}")
+    cfg = model.config
+    image_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    wrapper = (Fp16EpsModel(model) if fp16 else EpsModel(model)).eval()
+    x = torch.randn(_TRACE_BATCH, *image_shape)
+    t = torch.arange(_TRACE_BATCH, dtype=torch.int32)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # GroupNorm's batch-size sanity check is traced as a constant: harmless.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
+                                module="torch.nn.functional")
+        # AttnBlock's 1/sqrt(C) is traced as a constant: C is static.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
+                                module=r"ddpm_export\.unet")
+        # The step -1 Slice that fold_constants() folds instead.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        # The legacy exporter is deprecated upstream, and chosen here on purpose.
+        warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                message="You are using the legacy TorchScript")
+        warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                message="The feature will be removed")
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper, (x, t), buf, **_legacy_exporter(), opset_version=opset,
+                input_names=list(contract.INPUT_NAMES),
+                output_names=list(contract.OUTPUT_NAMES),
+                dynamic_axes=contract.dynamic_axes(), do_constant_folding=True,
+            )
+    proto = onnx.load_from_string(buf.getvalue())
+    fold_constants(proto)
+    check_graph(proto, image_shape)
+    return proto
+
+
+def _legacy_exporter() -> Dict[str, Any]:
+    """torch.onnx.export's keyword for the TorchScript exporter (torch < 2.5 has no other)."""
+    params = inspect.signature(torch.onnx.export).parameters
+    if "dynamo" in params:
+        return {"dynamo": False}
+    return {}
+
+
+def fold_constants(proto) -> int:
+    """Replace nodes whose inputs are all constants by Constant nodes; returns how many.
+
+    Identity nodes are kept: the exporter uses them to share equal weights.
+    """
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    values: Dict[str, np.ndarray] = {}  # small constants only: weights stay where they are
+
+    def value(name: str) -> np.ndarray:
+        return values[name] if name in values else numpy_helper.to_array(inits[name])
+
+    new_nodes, folded = [], 0
+    for node in g.node:
+        if node.op_type == "Constant":
+            values[node.output[0]] = ReferenceEvaluator(node).run(None, {})[0]
+        elif (node.op_type != "Identity" and node.input and node.domain in ("", "ai.onnx")
+              and all(i == "" or i in values or i in inits for i in node.input)):
+            outs = [np.asarray(v) for v in
+                    ReferenceEvaluator(node).run(None, {i: value(i) for i in node.input if i})]
+            if all(v.size <= _FOLD_MAX_ELEMENTS for v in outs):
+                for name, val in zip(node.output, outs):
+                    values[name] = val
+                    new_nodes.append(helper.make_node(
+                        "Constant", [], [name], name=f"{node.name}_folded",
+                        value=numpy_helper.from_array(val, name)))
+                folded += 1
+                continue
+        new_nodes.append(node)
+    # drop constants nothing reads any more
+    while True:
+        used = {i for n in new_nodes for i in n.input} | {o.name for o in g.output}
+        kept = [n for n in new_nodes if n.op_type != "Constant" or n.output[0] in used]
+        if len(kept) == len(new_nodes):
+            break
+        new_nodes = kept
+    del g.node[:]
+    g.node.extend(new_nodes)
+    return folded
+
+
+def check_graph(proto, image_shape: Sequence[int]) -> None:
+    """onnx.checker (full), strict shape inference, and the I/O of runtime.contract."""
+    import onnx
+    from onnx import helper
+
+    onnx.checker.check_model(proto, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    spec = contract.io_spec(image_shape)
+    for kind, got_list in (("inputs", inferred.graph.input), ("outputs", inferred.graph.output)):
+        got = {v.name: v for v in got_list}
+        for want in spec[kind]:
+            v = got.get(want["name"])
+            if v is None:
+                raise ExportError(f"exported graph has no {kind[:-1]} {want['name']!r} "
+                                  f"(has {sorted(got)}); expected the contract's {spec[kind]}")
+            tt = v.type.tensor_type
+            dtype = str(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+            dims = [d.dim_param or d.dim_value for d in tt.shape.dim]
+            if dtype != want["dtype"] or dims != want["shape"]:
+                raise ExportError(f"exported {kind[:-1]} {want['name']!r}: received {dtype} "
+                                  f"{dims}, expected {want['dtype']} {want['shape']}")
+
+
+def check_parity(
+    onnx_model: Any,
+    model: UNet,
+    batches: Sequence[int] = (1, 8),
+    timesteps: Sequence[int] = PARITY_TIMESTEPS,
+    atol: float = PARITY_ATOL,
+    seed: int = 0,
+    num_timesteps: int = 1000,
+) -> Dict[str, Any]:
+    """Max abs eps difference of an ONNX model (path or bytes) on ONNX Runtime CPU vs model.
+
+    Batch 1 runs each t alone; a larger batch runs once with the t values
+    mixed across its rows (catches per-row timestep mix-ups). Inputs:
+    x_t ~ N(0, 1) float32 (seeded), t int32 (clipped to T-1).
+    """
+    sess = ort_session(onnx_model)  # says what to install when onnxruntime is missing
+    import onnxruntime as ort
+
+    ts = sorted({min(int(t), num_timesteps - 1) for t in timesteps})
+    ref = copy.deepcopy(model).eval()
+    cfg = ref.config
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    with torch.no_grad():
+        for b in batches:
+            t_sets = [[t] for t in ts] if b == 1 else [[ts[i % len(ts)] for i in range(b)]]
+            for t_list in t_sets:
+                x = torch.randn(b, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+                t = torch.tensor(t_list, dtype=torch.int32)
+                want = ref(x, t).numpy()
+                got = sess.run(None, {contract.INPUT_X: x.numpy(), contract.INPUT_T: t.numpy()})[0]
+                if got.shape != want.shape or got.dtype != np.float32:
+                    raise ExportError(f"ONNX Runtime returned {got.dtype} {got.shape}, "
+                                      f"expected float32 {want.shape}")
+                diff = np.abs(got.astype(np.float64) - want.astype(np.float64)).max()
+                worst = max(worst, float(diff) if np.isfinite(diff) else float("inf"))
+    return {"backend": f"onnxruntime {ort.__version__} CPU", "reference": "PyTorch float32",
+            "batches": [int(b) for b in batches], "timesteps": ts,
+            "max_abs_diff": worst if np.isfinite(worst) else None,
+            "atol": float(atol), "passed": bool(worst < atol)}
+
+
+def _tools() -> Dict[str, Optional[str]]:
+    import onnx
+
+    from ddpm_export import __version__
+
+    try:
+        import onnxruntime
+
+        ort_version: Optional[str] = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": ort_version, "numpy": np.__version__,
+            "ddpm_export": __version__}
+
+
+def _jsonable(obj: Any) -> Any:
+    """obj with anything JSON cannot hold turned into its str()."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else str(obj)
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return str(obj)

@@ -1,0 +1,373 @@
+"""``ddpm-export build``: an ONNX export -> a TensorRT plan + its manifest.
+
+The TensorRT part is Polygraphy's loaders (``NetworkFromOnnxPath``,
+``CreateConfig``, ``EngineFromNetwork``, ``SaveEngine``), which hide most API
+differences between TensorRT 8.5 and 11; this module decides what to ask them
+for and checks everything around them:
+
+precision (``precision_mode``), by TensorRT version and the export's graph:
+
+    TensorRT      --fp16 with                   build
+    8.5 - 9.x     the float32 graph             FP16 builder flag (weakly typed)
+    10.x          the FP16 graph (FP32 islands) strongly typed
+    10.x          the float32 graph             FP16 builder flag (still there in 10)
+    >= 11         the FP16 graph                strongly typed (11 has no FP16 flag)
+    any           no --fp16, float32 graph      float32
+    >= 10         no --fp16, FP16 graph         strongly typed (the graph's types)
+
+With ``--checkpoint`` instead of ``--onnx`` the export is made first, in the
+precision the table wants (``export_precision``).
+
+The plan's manifest is the export's manifest plus an ``engine`` section
+(``engine_section_dict``); the runtime checks that section against the running
+TensorRT and GPU before deserializing (runtime/backends/tensorrt/). The default
+``--out`` is the ONNX's name with ``.plan``, so plan and ONNX share NAME.json;
+a plan never overwrites the NAME.json of a different ONNX.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, Optional
+
+
+
+from runtime.contract import (
+    INPUT_T,
+    INPUT_X,
+    BatchRange,
+    ManifestError,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+from runtime.backends.tensorrt import (ENGINE_SECTION_VERSION, BackendMissing, DeviceInfo,
+                                       check_engine_io, parse_version, probe_cuda_device)
+
+MIN_TRT = (8, 5)  # JetPack 5; the name-based I/O API (set_input_shape, execute_async_v3)
+FEATURE_MIN = {"builder_opt_level": (8, 6), "version_compatible": (8, 6)}
+STRONGLY_TYPED_MIN = (10, 0)
+NO_FP16_FLAG = (11, 0)
+_INSTALL_BUILD = (
+    "desktop/server: pip install tensorrt-cu12 (tensorrt-cu13 for CUDA 13; from NVIDIA's index, "
+    "pypi.nvidia.com) polygraphy; Jetson: TensorRT comes with JetPack (sudo apt install "
+    "python3-libnvinfer python3-libnvinfer-dev; use the system python3 or a venv made with "
+    "--system-site-packages), then pip install polygraphy. The lean runtime wheels "
+    "(tensorrt-lean-*) run plans but cannot build them"
+)
+
+
+class BuildError(RuntimeError):
+    """A build that cannot start or failed; nothing was written to --out."""
+
+
+@dataclass
+class BuildConfig:
+    """What to build; the CLI options mirror these fields."""
+
+    onnx: Optional[str] = None  # NAME.onnx (+ NAME.json) to build; None: export checkpoint first
+    checkpoint: Optional[str] = None  # used only without onnx
+    out: Optional[str] = None  # NAME.plan; None: the ONNX's path with .plan
+    fp16: bool = False  # FP16 engine (builder flag or strongly typed, see precision_mode)
+    min_batch: Optional[int] = None  # None: the export's batch_range (1 / 8 / 64 by default)
+    opt_batch: Optional[int] = None
+    max_batch: Optional[int] = None
+    static_batch: Optional[int] = None  # min = opt = max = N; the runtime then uses a CUDA graph
+    timing_cache: Optional[str] = None  # read if it exists, written after the build
+    builder_opt_level: Optional[int] = None  # 0..5; None: TensorRT's default (3)
+    version_compatible: bool = False  # runs on later TensorRT and on the lean runtime (>= 8.6)
+    workspace_mb: Optional[int] = None  # None: TensorRT's default (the GPU's memory)
+    force: bool = False  # overwrite an existing --out (and re-export from --checkpoint)
+
+
+# --- pure decisions (unit-tested) ---------------------------------------------
+def resolve_profile(export_range: Any, min_batch: Optional[int] = None,
+                    opt_batch: Optional[int] = None, max_batch: Optional[int] = None,
+                    static_batch: Optional[int] = None) -> BatchRange:
+    """The engine's batch profile: --static-batch N, else the export's range with overrides."""
+    if static_batch is not None:
+        given = {k: v for k, v in (("--min-batch", min_batch), ("--opt-batch", opt_batch),
+                                   ("--max-batch", max_batch)) if v is not None}
+        if given:
+            raise BuildError(f"--static-batch {static_batch} sets min = opt = max; drop "
+                             f"{', '.join(given)}")
+        return _range(static_batch, static_batch, static_batch)
+    base = BatchRange.coerce(export_range)
+    mn = base.min if min_batch is None else min_batch
+    mx = base.max if max_batch is None else max_batch
+    opt = base.opt if opt_batch is None else opt_batch
+    if opt_batch is None:  # keep the export's opt when it fits the new range, else clamp
+        opt = min(max(opt, mn), mx)
+    return _range(mn, opt, mx)
+
+
+def _range(mn: int, opt: int, mx: int) -> BatchRange:
+    try:
+        return BatchRange(mn, opt, mx)
+    except ManifestError as e:
+        msg = str(e).replace("batch_range: ", "")
+        raise BuildError(f"batch profile: {msg} (--min-batch/--opt-batch/--max-batch)") from None
+
+
+def precision_mode(trt_version: str, fp16: bool, onnx_precision: str) -> str:
+    """'fp32', 'fp16_builder_flag' or 'strongly_typed' (table in the module docstring)."""
+    v = parse_version(trt_version)[:2]
+    if onnx_precision == "fp16":
+        if v < STRONGLY_TYPED_MIN:
+            raise BuildError(
+                f"TensorRT {trt_version} cannot build the FP16 graph (strongly typed networks "
+                f"need TensorRT >= 10): build the float32 export with --fp16 (FP16 builder flag), "
+                f"or pass --checkpoint and let build export the right graph")
+        return "strongly_typed"
+    if onnx_precision != "fp32":
+        raise BuildError(f"export precision {onnx_precision!r}: expected 'fp32' or 'fp16'")
+    if not fp16:
+        return "fp32"
+    if v >= NO_FP16_FLAG:
+        raise BuildError(
+            f"TensorRT {trt_version} has no FP16 builder flag (removed in 11): build the FP16 "
+            f"export ('ddpm-export export --fp16', then --onnx NAME-fp16.onnx), or pass "
+            f"--checkpoint and let build export it")
+    return "fp16_builder_flag"
+
+
+def export_precision(trt_version: str, fp16: bool) -> str:
+    """The graph to export for a --checkpoint build: FP16 graph where builds are strongly typed."""
+    return "fp16" if fp16 and parse_version(trt_version)[:2] >= STRONGLY_TYPED_MIN else "fp32"
+
+
+def check_config(cfg: BuildConfig, trt_version: Optional[str] = None) -> None:
+    """Argument checks that need no GPU; with trt_version also what that TensorRT supports."""
+    if bool(cfg.onnx) == bool(cfg.checkpoint):
+        raise BuildError("pass exactly one of --onnx NAME.onnx (an export) or --checkpoint CKPT "
+                         "(exported first)")
+    if cfg.out is not None and Path(cfg.out).suffix not in (".plan", ".engine"):
+        raise BuildError(f"--out {cfg.out}: expected a NAME.plan (its manifest goes to NAME.json)")
+    if cfg.builder_opt_level is not None and not 0 <= cfg.builder_opt_level <= 5:
+        raise BuildError(f"--builder-opt-level {cfg.builder_opt_level}: expected 0..5 "
+                         f"(TensorRT's default is 3)")
+    if cfg.static_batch is not None:
+        resolve_profile(None, cfg.min_batch, cfg.opt_batch, cfg.max_batch, cfg.static_batch)
+    if cfg.workspace_mb is not None and cfg.workspace_mb < 1:
+        raise BuildError(f"--workspace {cfg.workspace_mb}: expected a positive number of MB")
+    if trt_version is None:
+        return
+    v = parse_version(trt_version)[:2]
+    if v < MIN_TRT:
+        raise BuildError(f"TensorRT {trt_version} is too old: this project needs >= 8.5 "
+                         f"(JetPack 5.1); upgrade TensorRT (or JetPack)")
+    for field, flag in (("builder_opt_level", "--builder-opt-level"),
+                        ("version_compatible", "--version-compatible")):
+        val = getattr(cfg, field)
+        if val not in (None, False) and v < FEATURE_MIN[field]:
+            raise BuildError(f"{flag} needs TensorRT >= 8.6; this is {trt_version} (JetPack 5): "
+                             f"drop {flag}")
+
+
+def check_out_path(out: Path, onnx: Path, force: bool) -> None:
+    """A plan reads NAME.json: refuse to overwrite the sidecar of a *different* NAME.onnx."""
+    twin = out.with_suffix(".onnx")
+    if twin.exists() and twin.resolve() != onnx.resolve():
+        raise BuildError(
+            f"{out.with_suffix('.json')} is the manifest of {twin}, a different export than "
+            f"{onnx}, and {out} would share it: choose another --out, e.g. "
+            f"{onnx.with_suffix('.plan')}")
+    if out.exists() and not force:
+        raise BuildError(f"{out} exists; pass --force to overwrite it or choose another --out")
+
+
+def engine_section_dict(*, trt_version: str, device: DeviceInfo, mode: str, profile: BatchRange,
+                        cfg: BuildConfig, onnx: Path, onnx_sha256: Optional[str], plan: Path,
+                        plan_sha256: str, build_seconds: float, polygraphy_version: str,
+                        native_instancenorm: Optional[bool], command: str) -> Dict[str, Any]:
+    """The manifest's ``engine`` section (checked by runtime.backends.tensorrt.compat.engine_section)."""
+    return {
+        "section_version": ENGINE_SECTION_VERSION,
+        "format": "tensorrt-plan",
+        "plan": plan.name,
+        "plan_sha256": plan_sha256,
+        "tensorrt_version": str(trt_version),
+        "device_name": device.name,
+        "compute_capability": device.cc,
+        "cuda_driver_version": device.driver_version,
+        "precision": "fp32" if mode == "fp32" else "fp16",
+        "precision_mode": mode,
+        "profiles": [profile.to_dict()],
+        "static_batch": cfg.static_batch,
+        "version_compatible": bool(cfg.version_compatible),
+        "hardware_compatibility": "none",
+        "onnx": onnx.name,
+        "onnx_sha256": onnx_sha256,
+        "native_instancenorm": native_instancenorm,
+        "builder_optimization_level": cfg.builder_opt_level,
+        "workspace_mb": cfg.workspace_mb,
+        "timing_cache": Path(cfg.timing_cache).name if cfg.timing_cache else None,
+        "polygraphy": polygraphy_version,
+        "build_seconds": round(float(build_seconds), 1),
+        "command": command,
+    }
+
+
+_NODE = re.compile(r"[Ii]n node\b.*")
+_MEMORY = re.compile(r"workspace|out of memory|outofmemory|insufficient memory|"
+                     r"cudaErrorMemoryAllocation|requested amount of gpu memory", re.I)
+
+
+def explain_failure(log_text: str, onnx: Path, trt_version: str, cfg: BuildConfig,
+                    profile: BatchRange, log_path: Path) -> str:
+    """One message from Polygraphy's build log: parse error (with the node), memory, or other."""
+    errors = [ln.strip() for ln in log_text.splitlines()
+              if ln.lstrip().startswith(("[E]", "[!]")) or "ERROR" in ln]
+    for ln in errors:
+        m = _NODE.search(ln)
+        if m:
+            return (f"TensorRT {trt_version} cannot parse {onnx}: {m.group(0)[:300]}. An operator "
+                    f"TensorRT does not support usually means this TensorRT is older than the "
+                    f"export needs: re-export with --opset 17 (the default; TensorRT 8.5 / JetPack "
+                    f"5) or upgrade TensorRT; full log {log_path}")
+    for ln in errors:
+        if _MEMORY.search(ln):
+            ws = f"{cfg.workspace_mb} MB" if cfg.workspace_mb else "TensorRT's default"
+            return (f"TensorRT {trt_version} ran out of memory building the engine ({ln[:200]}): "
+                    f"raise --workspace (now {ws}), lower --max-batch (now {profile.max}) or "
+                    f"close other GPU programs; full log {log_path}")
+    last = errors[-1][:300] if errors else "no error in the log"
+    return f"TensorRT {trt_version} build of {onnx} failed: {last}; full log {log_path}"
+
+
+# --- the build ----------------------------------------------------------------
+def load_backend() -> SimpleNamespace:
+    """tensorrt + Polygraphy's loaders; BackendMissing says what to install."""
+    try:
+        import tensorrt as trt  # the full library: the lean runtime cannot build
+    except (ImportError, OSError) as e:
+        raise BackendMissing(f"building needs TensorRT, which is not installed "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__}). "
+                             f"{_INSTALL_BUILD}") from e
+    try:
+        import polygraphy
+        from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, NetworkFromOnnxPath,
+                                            Profile, SaveEngine)
+        from polygraphy.exception import PolygraphyException
+        from polygraphy.logger import G_LOGGER
+    except ImportError as e:
+        raise BackendMissing("building needs Polygraphy: pip install polygraphy (or "
+                             "'ddpm-export[trt]')") from e
+    return SimpleNamespace(trt=trt, version=trt.__version__, polygraphy=polygraphy.__version__,
+                           NetworkFromOnnxPath=NetworkFromOnnxPath, CreateConfig=CreateConfig,
+                           EngineFromNetwork=EngineFromNetwork, SaveEngine=SaveEngine,
+                           Profile=Profile, PolygraphyException=PolygraphyException,
+                           G_LOGGER=G_LOGGER)
+
+
+
+def onnx_from_checkpoint(checkpoint: str, precision: str, force: bool) -> Path:
+    """engines/NAME(-fp16).onnx for the checkpoint: reused when it is that export, else made."""
+    from ddpm_export.model.checkpoint import sha256_file
+
+    out = Path("engines") / f"{Path(checkpoint).stem}{'-fp16' if precision == 'fp16' else ''}.onnx"
+    if out.exists() and not force:
+        try:
+            m = read_manifest(out)
+        except (ManifestError, OSError):
+            m = None
+        if (m and m["precision"] == precision
+                and m["source"].get("checkpoint_sha256") == sha256_file(checkpoint)):
+            return out
+        raise BuildError(f"{out} exists but is not the {precision} export of {checkpoint}; pass "
+                         f"--force to re-export it, or --onnx to build it as it is")
+    from ddpm_export.export.onnx_export import export_onnx  # torch: only for this path
+
+    export_onnx(checkpoint, out, fp16=precision == "fp16",
+                command=f"ddpm-export build --checkpoint {checkpoint} (export step)")
+    return out
+
+
+def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, Any]:
+    """Build cfg.out from cfg.onnx (or cfg.checkpoint); returns the plan's manifest."""
+    check_config(cfg)
+    pg = load_backend()
+    device = probe_cuda_device()
+    check_config(cfg, pg.version)
+    if cfg.onnx:
+        onnx = Path(cfg.onnx)
+        if not onnx.is_file():
+            raise BuildError(f"--onnx {onnx}: no such file; export one with 'ddpm-export export'")
+    else:
+        onnx = onnx_from_checkpoint(cfg.checkpoint, export_precision(pg.version, cfg.fp16), cfg.force)
+    manifest = read_manifest(onnx)  # refuses an ONNX whose bytes differ from its NAME.json
+    mode = precision_mode(pg.version, cfg.fp16, manifest["precision"])
+    profile = resolve_profile(manifest["batch_range"], cfg.min_batch, cfg.opt_batch,
+                              cfg.max_batch, cfg.static_batch)
+    out = Path(cfg.out) if cfg.out else onnx.with_suffix(".plan")
+    check_out_path(out, onnx, cfg.force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_path = out.with_suffix(".build.log")
+    tmp = out.with_name(f".{out.name}.tmp")
+    log(f"building {out} from {onnx}: TensorRT {pg.version}, {mode}, batch "
+        f"{profile.min}/{profile.opt}/{profile.max}, on {device.name} ({device.cc})")
+
+    trt = pg.trt
+    c, h, w = manifest["image_shape"]
+    flags = []
+    nin = getattr(getattr(trt, "OnnxParserFlag", None), "NATIVE_INSTANCENORM", None)
+    if nin is not None:  # 8.6+: TensorRT's own normalization layer instead of the plugin
+        flags.append(nin)
+    net_kw: Dict[str, Any] = {"flags": flags} if flags else {}
+    if mode == "strongly_typed":
+        net_kw["strongly_typed"] = True
+    prof = pg.Profile()
+    prof.add(INPUT_X, min=(profile.min, c, h, w), opt=(profile.opt, c, h, w), max=(profile.max, c, h, w))
+    prof.add(INPUT_T, min=(profile.min,), opt=(profile.opt,), max=(profile.max,))
+    cfg_kw: Dict[str, Any] = {"profiles": [prof]}
+    if mode == "fp16_builder_flag":
+        cfg_kw["fp16"] = True
+    if cfg.timing_cache:
+        cfg_kw["load_timing_cache"] = cfg.timing_cache
+    if cfg.builder_opt_level is not None:
+        cfg_kw["builder_optimization_level"] = cfg.builder_opt_level
+    if cfg.version_compatible:
+        cfg_kw["version_compatible"] = True
+    if cfg.workspace_mb:
+        cfg_kw["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: cfg.workspace_mb << 20}
+
+    own_log = not pg.G_LOGGER.log_file
+    if own_log:  # TensorRT's errors reach this file through Polygraphy's logger (explain_failure)
+        pg.G_LOGGER.log_file = str(log_path)
+    else:  # the caller's own Polygraphy log: read that one, never reopen (truncate) it
+        log_path = Path(pg.G_LOGGER.log_file)
+    t0, saved = time.time(), False
+    try:
+        network = pg.NetworkFromOnnxPath(str(onnx), **net_kw)
+        config = pg.CreateConfig(**cfg_kw)
+        engine = pg.EngineFromNetwork(network, config, save_timing_cache=cfg.timing_cache)()
+        got = check_engine_io(engine, trt, (c, h, w))
+        if got != profile:
+            raise BuildError(f"the built engine's profile {got.to_dict()} is not the requested "
+                             f"{profile.to_dict()}")
+        pg.SaveEngine(engine, str(tmp))()
+        saved = True
+    except pg.PolygraphyException:
+        if own_log:
+            pg.G_LOGGER.log_file = None  # closes (flushes) our log file
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        raise BuildError(explain_failure(text, onnx, pg.version, cfg, profile, log_path)) from None
+    finally:
+        if own_log:
+            pg.G_LOGGER.log_file = None
+        if not saved and tmp.exists():
+            tmp.unlink()
+    seconds = time.time() - t0
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)
+    manifest["engine"] = engine_section_dict(
+        trt_version=pg.version, device=device, mode=mode, profile=profile, cfg=cfg, onnx=onnx,
+        onnx_sha256=manifest.get("onnx_sha256"), plan=out, plan_sha256=sha256_file(out),
+        build_seconds=seconds, polygraphy_version=pg.polygraphy,
+        native_instancenorm=True if nin is not None else None, command=command)
+    write_manifest(out, manifest)
+    return manifest

@@ -1,0 +1,144 @@
+"""The PyTorch reference diffusion: forward process, L_simple, ancestral sampling.
+
+Kept plain and close to the paper (Ho et al. 2020, Algorithms 1 and 2) and the
+official ``diffusion_utils_2.py``: every other backend is validated against it.
+Schedule constants come from ``runtime.schedulers.schedule`` (float64); the step math runs
+in float64, the model in float32.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime.schedulers.schedule import Schedule, ScheduleConfig
+
+NoiseSource = Union[torch.Tensor, Callable[[int], torch.Tensor], None]
+
+
+def _extract(a: np.ndarray, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Gather float64 constants a[t] -> [N, 1, 1, 1] float64 on t's device."""
+    out = torch.from_numpy(a).to(t.device)[t.long()]
+    return out.reshape(-1, *([1] * (ndim - 1)))
+
+
+class GaussianDiffusion:
+    def __init__(self, config: ScheduleConfig = ScheduleConfig()):
+        self.config = config
+        self.schedule = Schedule(config)
+        self.num_timesteps = self.schedule.num_timesteps
+
+    # --- forward process -------------------------------------------------
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (eq. 4); same dtype as x0."""
+        s = self.schedule
+        a = _extract(s.sqrt_alphas_cumprod, t, x0.ndim).to(x0.dtype)
+        b = _extract(s.sqrt_one_minus_alphas_cumprod, t, x0.ndim).to(x0.dtype)
+        return a * x0 + b * noise
+
+    def loss(
+        self,
+        model: nn.Module,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> torch.Tensor:
+        """L_simple = mean((eps - eps_theta(x_t, t))^2) (eq. 14), a scalar."""
+        x_t = self.q_sample(x0, t, noise)
+        return torch.mean((noise - model(x_t, t)) ** 2)
+
+    # --- reverse process -------------------------------------------------
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        s = self.schedule
+        x0 = (
+            _extract(s.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
+            - _extract(s.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps
+        )
+        return x0.clamp(-1.0, 1.0) if self.config.clip_denoised else x0
+
+    def p_mean_logvar(
+        self, model: nn.Module, x_t: torch.Tensor, t: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean, log-variance and x0_hat of p(x_{t-1} | x_t), all float64."""
+        s = self.schedule
+        x_t = x_t.to(torch.float64)
+        eps = model(x_t.to(torch.float32), t.to(torch.int64)).to(torch.float64)
+        x0 = self.predict_x0(x_t, t, eps)
+        mean = (
+            _extract(s.posterior_mean_coef1, t, x_t.ndim) * x0
+            + _extract(s.posterior_mean_coef2, t, x_t.ndim) * x_t
+        )
+        return mean, _extract(s.model_log_variance, t, x_t.ndim), x0
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: nn.Module,
+        shape: Sequence[int],
+        generator: Optional[torch.Generator] = None,
+        x_T: Optional[torch.Tensor] = None,
+        noise: NoiseSource = None,
+        trajectory_every: int = 0,
+        progress: bool = False,
+        device: Union[str, torch.device] = "cpu",
+        callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+    ) -> Tuple[torch.Tensor, List[Tuple[int, torch.Tensor]]]:
+        """Ancestral sampling (Algorithm 2), t = T-1 .. 0.
+
+        shape: [N, C, H, W]. Randomness comes from ``generator`` unless given:
+        ``x_T`` ([N, C, H, W]) and ``noise``, either a tensor [T, N, C, H, W] whose
+        row t is the z added at step t (row 0 is unused), or a callable t -> z.
+        That lets another backend be compared step by step on identical noise.
+
+        ``callback(t, x)`` sees the chain after each step (for drift measurements).
+        Returns (x_0 float32 [N, C, H, W] in [-1, 1] when clipping, and the
+        trajectory: (t, x0_hat float32) every ``trajectory_every`` steps and at t=0).
+        """
+        shape = tuple(int(s) for s in shape)
+        if x_T is None:
+            x_T = torch.randn(shape, generator=generator, dtype=torch.float32)
+        if tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
+        x = x_T.to(device=device, dtype=torch.float64)
+        trajectory: List[Tuple[int, torch.Tensor]] = []
+        steps = range(self.num_timesteps - 1, -1, -1)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="sampling (reference)", unit="step")
+        was_training = model.training
+        model.eval()
+        try:
+            for t_int in steps:
+                t = torch.full((shape[0],), t_int, dtype=torch.int64, device=device)
+                mean, logvar, x0 = self.p_mean_logvar(model, x, t)
+                if t_int > 0:
+                    z = self._noise(noise, t_int, shape, generator)
+                    x = mean + torch.exp(0.5 * logvar) * z.to(device=device, dtype=torch.float64)
+                else:
+                    x = mean  # at t = 0 the posterior mean is the clipped x0_hat
+                if trajectory_every and (t_int % trajectory_every == 0 or t_int == 0):
+                    trajectory.append((t_int, x0.to(torch.float32).cpu()))
+                if callback is not None:  # callback(t, x_{t-1} float64) after each step
+                    callback(t_int, x)
+        finally:
+            model.train(was_training)
+        return x.to(torch.float32).cpu(), trajectory
+
+    @staticmethod
+    def _noise(noise: NoiseSource, t: int, shape: Tuple[int, ...], generator) -> torch.Tensor:
+        if noise is None:
+            return torch.randn(shape, generator=generator, dtype=torch.float32)
+        z = noise(t) if callable(noise) else noise[t]
+        z = torch.as_tensor(z)
+        if tuple(z.shape) != shape:
+            raise ValueError(f"noise for t={t} has shape {tuple(z.shape)}, expected {shape}")
+        return z
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float [N, C, H, W] -> uint8 [N, H, W, C]."""
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()

@@ -1,0 +1,89 @@
+"""Batched sampling with the PyTorch reference, reproducible batch by batch.
+
+Batch i of a run with seed s draws all its randomness from
+``torch.Generator().manual_seed(s * 100003 + i)``, so any one batch can be
+regenerated alone (the tests regenerate batch 0 of the shipped digits samples).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from runtime.schedulers.schedule import ScheduleConfig
+
+from ddpm_export.model.diffusion import GaussianDiffusion
+
+
+def load_samples_npz(path) -> np.ndarray:
+    """The float samples [N, C, H, W] of a .npz from 'digits-score --save' or 'sample --npz'."""
+    with np.load(path) as z:
+        if "samples" not in z:
+            raise ValueError(f"{path}: no 'samples' array (has {sorted(z.files)}); expected a .npz "
+                             f"written by 'ddpm-export sample --npz' or 'digits-score --save'")
+        return z["samples"]
+
+
+def batch_seed(seed: int, index: int) -> int:
+    return int(seed) * 100003 + int(index)
+
+
+def sample_images(
+    model: torch.nn.Module,
+    schedule: ScheduleConfig,
+    num: int,
+    seed: int = 0,
+    batch_size: int = 25,
+    first_batch: int = 0,
+    num_batches: Optional[int] = None,
+    trajectory_every: int = 0,
+    progress: bool = True,
+    device: str = "cpu",
+) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
+    """Draw ``num`` images [num, C, H, W] float32 in [-1, 1].
+
+    Returns the images and, when ``trajectory_every`` > 0, the x0-prediction
+    trajectory of the first batch [(t, [b, C, H, W])].
+    """
+    if num < 1 or batch_size < 1:
+        raise ValueError(f"need num >= 1 and batch_size >= 1, got num={num}, batch_size={batch_size}")
+    cfg = model.config
+    diffusion = GaussianDiffusion(schedule)
+    n_batches = (num + batch_size - 1) // batch_size
+    last = n_batches if num_batches is None else min(n_batches, first_batch + num_batches)
+    out, trajectory = [], []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=(last - first_batch) * diffusion.num_timesteps, desc="sampling", unit="step")
+    model = model.to(device).eval()
+    for i in range(first_batch, last):
+        n = min(batch_size, num - i * batch_size)
+        g = torch.Generator().manual_seed(batch_seed(seed, i))
+        shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
+        x, traj = diffusion.sample(
+            _Counting(model, bar), shape, generator=g, device=device,
+            trajectory_every=trajectory_every if i == first_batch else 0,
+        )
+        out.append(x.numpy())
+        if traj:
+            trajectory = [(t, a.numpy()) for t, a in traj]
+    if bar is not None:
+        bar.close()
+    return np.concatenate(out), trajectory
+
+
+class _Counting(torch.nn.Module):
+    """Wraps the model to tick the progress bar once per network call."""
+
+    def __init__(self, model, bar):
+        super().__init__()
+        self.model, self.bar = model, bar
+        self.config = model.config
+
+    def forward(self, x, t):
+        if self.bar is not None:
+            self.bar.update(1)
+        return self.model(x, t)

@@ -1,0 +1,667 @@
+"""Import diffusers ``UNet2DModel`` weights into ddpm-export checkpoints.
+
+The diffusers copy of the paper's CIFAR-10 model (``google/ddpm-cifar10-32``) is a
+folder with ``config.json`` + ``diffusion_pytorch_model.safetensors`` (or ``.bin``),
+and a ``scheduler_config.json`` beside them (or in a ``scheduler/`` sibling folder in
+the pipeline layout). :func:`import_diffusers` reads it; :func:`config_from_diffusers`,
+:func:`schedule_from_diffusers` and :func:`diffusers_to_ours` translate the pieces, and
+:func:`config_to_diffusers` / :func:`ours_to_diffusers` go the other way.
+
+Name mapping (see REFERENCE.md): ``time_embedding.linear_{1,2}`` <-> ``temb.dense.{0,1}``,
+``conv_norm_out`` <-> ``norm_out``, ``down_blocks.i.resnets.j`` <-> ``down.i.block.j``
+(``time_emb_proj`` <-> ``temb_proj``, ``conv_shortcut`` <-> ``nin_shortcut``),
+``*.attentions.j.{group_norm,to_q,to_k,to_v,to_out.0}`` <-> ``*.attn.j.{norm,q,k,v,proj_out}``
+(diffusers Linear ``[C, C]`` <-> our 1x1 Conv2d ``[C, C, 1, 1]``),
+``down_blocks.i.downsamplers.0.conv`` <-> ``down.i.downsample.conv``,
+``mid_block.{resnets.0,attentions.0,resnets.1}`` <-> ``mid.{block_1,attn_1,block_2}``,
+``up_blocks.(L-1-i)`` <-> ``up.i`` (diffusers counts up blocks from the lowest
+resolution, we index them by resolution level), ``upsamplers.0.conv`` <-> ``upsample.conv``.
+The attention names of diffusers <= 0.13 (``query``, ``key``, ``value``, ``proj_attn``)
+are read too.
+
+diffusers itself is only needed for ``import_diffusers(..., verify=True)``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from runtime.schedulers.schedule import ScheduleConfig
+
+from ddpm_export.model.checkpoint import sha256_file
+from ddpm_export.model.config import UNetConfig
+from ddpm_export.weights.common import (
+    StateDict,
+    _as_schedule,
+    _check_tensors,
+    _first_line,
+    _load_torch_file,
+    _to_float32,
+    _validate,
+    _write_checkpoint,
+)
+from ddpm_export.model.unet import UNet
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+CONFIG_FILE = "config.json"
+SCHEDULER_FILE = "scheduler_config.json"
+
+# ---------------------------------------------------------------------------
+# state_dict name mapping
+# ---------------------------------------------------------------------------
+
+_RES_TO_OURS = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "time_emb_proj": "temb_proj",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "conv_shortcut": "nin_shortcut",
+}
+_RES_TO_DIFFUSERS = {v: k for k, v in _RES_TO_OURS.items()}
+_ATTN_TO_OURS = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+    # diffusers <= 0.13 (AttentionBlock); from_pretrained renames them the same way
+    "query": "q",
+    "key": "k",
+    "value": "v",
+    "proj_attn": "proj_out",
+}
+_ATTN_TO_DIFFUSERS = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+_LINEAR_ATTN = ("q", "k", "v", "proj_out")  # Linear [C, C] in diffusers, 1x1 Conv2d in ours
+_TOP_TO_OURS = {
+    "time_embedding.linear_1": "temb.dense.0",
+    "time_embedding.linear_2": "temb.dense.1",
+    "conv_in": "conv_in",
+    "conv_out": "conv_out",
+    "conv_norm_out": "norm_out",
+}
+_TOP_TO_DIFFUSERS = {v: k for k, v in _TOP_TO_OURS.items()}
+_MID_TO_OURS = {"resnets.0": "block_1", "resnets.1": "block_2", "attentions.0": "attn_1"}
+_MID_TO_DIFFUSERS = {v: k for k, v in _MID_TO_OURS.items()}
+
+_D_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)\.(weight|bias)$")
+_D_SAMPLE = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(downsamplers|upsamplers)\.0\.conv\.(weight|bias)$")
+_D_MID = re.compile(r"^mid_block\.(resnets\.\d+|attentions\.\d+)\.(.+)\.(weight|bias)$")
+_D_TOP = re.compile(r"^(.+)\.(weight|bias)$")
+
+_O_BLOCK = re.compile(r"^(down|up)\.(\d+)\.(block|attn)\.(\d+)\.(.+)\.(weight|bias)$")
+_O_SAMPLE = re.compile(r"^(down|up)\.(\d+)\.(downsample|upsample)\.conv\.(weight|bias)$")
+_O_MID = re.compile(r"^mid\.(block_1|block_2|attn_1)\.(.+)\.(weight|bias)$")
+
+
+def _count_levels(keys, prefix: str) -> int:
+    idx = set()
+    pat = re.compile(r"^" + re.escape(prefix) + r"\.(\d+)\.")
+    for k in keys:
+        m = pat.match(k)
+        if m:
+            idx.add(int(m.group(1)))
+    if not idx:
+        raise ValueError(f"state_dict has no '{prefix}.N.*' parameters: not a DDPM U-Net state_dict")
+    if idx != set(range(len(idx))):
+        raise ValueError(f"state_dict '{prefix}' indices {sorted(idx)} are not 0..N-1")
+    return len(idx)
+
+
+def _put(out: Dict[str, Any], key: str, value, src_key: str, seen: Dict[str, str]) -> None:
+    if key in out:
+        raise ValueError(
+            f"state_dict keys {seen[key]!r} and {src_key!r} both map to {key!r} "
+            f"(old and new attention names mixed?)"
+        )
+    seen[key] = src_key
+    out[key] = value
+
+
+def _unknown(keys: List[str], what: str) -> ValueError:
+    return ValueError(
+        f"{len(keys)} {what} parameter(s) have no counterpart in the DDPM U-Net "
+        f"(e.g. {keys[0]!r}); the model is not a plain DDPM UNet2DModel "
+        f"(class embeddings, other block types?)"
+    )
+
+
+def diffusers_to_ours(state_dict: Dict[str, Any], num_levels: Optional[int] = None) -> Dict[str, Any]:
+    """Rename a diffusers ``UNet2DModel`` state_dict to ours (pesser's names).
+
+    ``num_levels`` (the number of resolution levels, ``len(block_out_channels)``) is
+    read off the keys when omitted. Values are not copied; attention q/k/v/proj_out
+    weights are reshaped from ``[C, C]`` to ``[C, C, 1, 1]`` (a view).
+    Raises ValueError for keys that have no counterpart.
+    """
+    keys = list(state_dict)
+    L = num_levels if num_levels is not None else _count_levels(keys, "down_blocks")
+    out: Dict[str, Any] = {}
+    seen: Dict[str, str] = {}
+    unknown: List[str] = []
+    for k in keys:
+        v = state_dict[k]
+        m = _D_BLOCK.match(k)
+        if m:
+            side, i, kind, j, name, wb = m.groups()
+            level = int(i) if side == "down_blocks" else L - 1 - int(i)
+            table = _RES_TO_OURS if kind == "resnets" else _ATTN_TO_OURS
+            if name not in table or not 0 <= level < L:
+                unknown.append(k)
+                continue
+            ours_name = table[name]
+            if kind == "attentions" and ours_name in _LINEAR_ATTN and wb == "weight" and v.dim() == 2:
+                v = v.reshape(v.shape[0], v.shape[1], 1, 1)
+            stem = "down" if side == "down_blocks" else "up"
+            sub = "block" if kind == "resnets" else "attn"
+            _put(out, f"{stem}.{level}.{sub}.{j}.{ours_name}.{wb}", v, k, seen)
+            continue
+        m = _D_SAMPLE.match(k)
+        if m:
+            side, i, kind, wb = m.groups()
+            if (side == "down_blocks") != (kind == "downsamplers"):
+                unknown.append(k)
+                continue
+            level = int(i) if side == "down_blocks" else L - 1 - int(i)
+            if not 0 <= level < L:
+                unknown.append(k)
+                continue
+            stem, sub = ("down", "downsample") if side == "down_blocks" else ("up", "upsample")
+            _put(out, f"{stem}.{level}.{sub}.conv.{wb}", v, k, seen)
+            continue
+        m = _D_MID.match(k)
+        if m:
+            part, name, wb = m.groups()
+            table = _ATTN_TO_OURS if part.startswith("attentions") else _RES_TO_OURS
+            if part not in _MID_TO_OURS or name not in table:
+                unknown.append(k)
+                continue
+            ours_name = table[name]
+            if part.startswith("attentions") and ours_name in _LINEAR_ATTN and wb == "weight" and v.dim() == 2:
+                v = v.reshape(v.shape[0], v.shape[1], 1, 1)
+            _put(out, f"mid.{_MID_TO_OURS[part]}.{ours_name}.{wb}", v, k, seen)
+            continue
+        m = _D_TOP.match(k)
+        if m and m.group(1) in _TOP_TO_OURS:
+            _put(out, f"{_TOP_TO_OURS[m.group(1)]}.{m.group(2)}", v, k, seen)
+            continue
+        unknown.append(k)
+    if unknown:
+        raise _unknown(unknown, "diffusers")
+    return out
+
+
+def ours_to_diffusers(state_dict: Dict[str, Any], num_levels: Optional[int] = None) -> Dict[str, Any]:
+    """The inverse of :func:`diffusers_to_ours`: our names -> diffusers ``UNet2DModel`` names.
+
+    Attention q/k/v/proj_out weights are squeezed from ``[C, C, 1, 1]`` to ``[C, C]``.
+    The result loads into ``UNet2DModel(**config_to_diffusers(cfg))`` strictly.
+    """
+    keys = list(state_dict)
+    L = num_levels if num_levels is not None else _count_levels(keys, "down")
+    out: Dict[str, Any] = {}
+    seen: Dict[str, str] = {}
+    unknown: List[str] = []
+    for k in keys:
+        v = state_dict[k]
+        m = _O_BLOCK.match(k)
+        if m:
+            side, i, kind, j, name, wb = m.groups()
+            level = int(i)
+            table = _RES_TO_DIFFUSERS if kind == "block" else _ATTN_TO_DIFFUSERS
+            if name not in table or not 0 <= level < L:
+                unknown.append(k)
+                continue
+            if kind == "attn" and name in _LINEAR_ATTN and wb == "weight" and v.dim() == 4:
+                v = v.reshape(v.shape[0], v.shape[1])
+            stem = "down_blocks" if side == "down" else "up_blocks"
+            idx = level if side == "down" else L - 1 - level
+            sub = "resnets" if kind == "block" else "attentions"
+            _put(out, f"{stem}.{idx}.{sub}.{j}.{table[name]}.{wb}", v, k, seen)
+            continue
+        m = _O_SAMPLE.match(k)
+        if m:
+            side, i, kind, wb = m.groups()
+            level = int(i)
+            if (side == "down") != (kind == "downsample") or not 0 <= level < L:
+                unknown.append(k)
+                continue
+            if side == "down":
+                _put(out, f"down_blocks.{level}.downsamplers.0.conv.{wb}", v, k, seen)
+            else:
+                _put(out, f"up_blocks.{L - 1 - level}.upsamplers.0.conv.{wb}", v, k, seen)
+            continue
+        m = _O_MID.match(k)
+        if m:
+            part, name, wb = m.groups()
+            table = _ATTN_TO_DIFFUSERS if part == "attn_1" else _RES_TO_DIFFUSERS
+            if name not in table:
+                unknown.append(k)
+                continue
+            if part == "attn_1" and name in _LINEAR_ATTN and wb == "weight" and v.dim() == 4:
+                v = v.reshape(v.shape[0], v.shape[1])
+            _put(out, f"mid_block.{_MID_TO_DIFFUSERS[part]}.{table[name]}.{wb}", v, k, seen)
+            continue
+        m = _D_TOP.match(k)
+        if m and m.group(1) in _TOP_TO_DIFFUSERS:
+            _put(out, f"{_TOP_TO_DIFFUSERS[m.group(1)]}.{m.group(2)}", v, k, seen)
+            continue
+        unknown.append(k)
+    if unknown:
+        raise _unknown(unknown, "ddpm-export")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------
+
+# UNet2DModel.__init__ defaults (diffusers 0.42): a key missing from config.json
+# means diffusers builds the model with this value.
+DIFFUSERS_UNET_DEFAULTS: Dict[str, Any] = {
+    "sample_size": None,
+    "in_channels": 3,
+    "out_channels": 3,
+    "center_input_sample": False,
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "freq_shift": 0,
+    "flip_sin_to_cos": True,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+    "mid_block_type": "UNetMidBlock2D",
+    "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [224, 448, 672, 896],
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "downsample_padding": 1,
+    "downsample_type": "conv",
+    "upsample_type": "conv",
+    "dropout": 0.0,
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+    "attn_norm_num_groups": None,
+    "norm_eps": 1e-5,
+    "resnet_time_scale_shift": "default",
+    "add_attention": True,
+    "class_embed_type": None,
+    "num_class_embeds": None,
+    "num_train_timesteps": None,
+}
+
+_DOWN_TYPES = ("DownBlock2D", "AttnDownBlock2D")
+_UP_TYPES = ("UpBlock2D", "AttnUpBlock2D")
+
+
+def config_from_diffusers(
+    config_json: Dict[str, Any], image_size: Optional[int] = None, source: str = "config.json"
+) -> UNetConfig:
+    """Translate a diffusers ``UNet2DModel`` config into our :class:`UNetConfig`.
+
+    Raises ValueError, listing every setting our U-Net cannot express (several heads,
+    cos-first or shifted sinusoids, padded downsampling, scale-shift norm, class
+    embeddings, other block types...). ``image_size`` overrides (or supplies a missing)
+    ``sample_size``; it only decides which levels are "attention resolutions".
+    ``source`` names the file in the messages.
+    """
+    if not isinstance(config_json, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(config_json).__name__}")
+    cls = config_json.get("_class_name", "UNet2DModel")
+    if cls != "UNet2DModel":
+        raise ValueError(
+            f"{source}: _class_name is {cls!r}; only diffusers UNet2DModel configs can be imported "
+            f"(point SRC at the folder holding the UNet2DModel config.json, e.g. the 'unet/' folder)"
+        )
+    unknown = sorted(
+        k for k in config_json
+        if not k.startswith("_") and k not in DIFFUSERS_UNET_DEFAULTS and config_json[k] not in (None, False)
+    )
+    c = dict(DIFFUSERS_UNET_DEFAULTS)
+    c.update({k: v for k, v in config_json.items() if not k.startswith("_")})
+
+    problems: List[str] = []
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            problems.append(msg)
+
+    if unknown:
+        problems.append(f"unknown settings {unknown} (newer diffusers?); cannot tell whether they change the model")
+    need(c["time_embedding_type"] == "positional",
+         f"time_embedding_type={c['time_embedding_type']!r} (only 'positional' sinusoids)")
+    need(c["flip_sin_to_cos"] is False, f"flip_sin_to_cos={c['flip_sin_to_cos']!r} (ours is sin first: needs false)")
+    need(c["freq_shift"] == 1, f"freq_shift={c['freq_shift']!r} (ours divides by half-1: needs 1)")
+    need(c["downsample_padding"] == 0,
+         f"downsample_padding={c['downsample_padding']!r} (ours pads right/bottom by 1, TF 'SAME': needs 0)")
+    need(c["downsample_type"] == "conv", f"downsample_type={c['downsample_type']!r} (needs 'conv')")
+    need(c["upsample_type"] == "conv", f"upsample_type={c['upsample_type']!r} (needs 'conv')")
+    need(c["act_fn"] in ("silu", "swish"), f"act_fn={c['act_fn']!r} (ours is swish/silu)")
+    need(c["out_channels"] == c["in_channels"],
+         f"out_channels={c['out_channels']!r} != in_channels={c['in_channels']!r} (ours predicts eps only)")
+    need(not c["center_input_sample"], "center_input_sample=true (ours takes inputs already in [-1, 1])")
+    need(c["resnet_time_scale_shift"] == "default",
+         f"resnet_time_scale_shift={c['resnet_time_scale_shift']!r} (ours adds the time embedding: needs 'default')")
+    need(c["class_embed_type"] is None and c["num_class_embeds"] is None,
+         "class embeddings (class_embed_type/num_class_embeds): ours is unconditional")
+    need(c["mid_block_type"] == "UNetMidBlock2D", f"mid_block_type={c['mid_block_type']!r} (needs 'UNetMidBlock2D')")
+    need(c["add_attention"] is True, "add_attention=false (ours has attention in the middle block)")
+    need(c["mid_block_scale_factor"] == 1, f"mid_block_scale_factor={c['mid_block_scale_factor']!r} (needs 1)")
+
+    boc = list(c["block_out_channels"] or [])
+    down = list(c["down_block_types"] or [])
+    up = list(c["up_block_types"] or [])
+    L = len(boc)
+    ch = int(boc[0]) if boc else 0
+    need(L >= 1 and all(isinstance(b, int) and b > 0 for b in boc), f"block_out_channels={boc!r}")
+    ch_mult: Tuple[int, ...] = ()
+    if L >= 1 and ch > 0:
+        bad = [b for b in boc if not isinstance(b, int) or b % ch]
+        need(not bad, f"block_out_channels={boc!r}: each must be a multiple of the first (ours: ch * ch_mult)")
+        if not bad:
+            ch_mult = tuple(b // ch for b in boc)
+    need(len(down) == L and len(up) == L,
+         f"{len(down)} down / {len(up)} up block types for {L} block_out_channels")
+    need(all(t in _DOWN_TYPES for t in down), f"down_block_types={down!r} (only {list(_DOWN_TYPES)})")
+    need(all(t in _UP_TYPES for t in up), f"up_block_types={up!r} (only {list(_UP_TYPES)})")
+    attn_levels = [i for i, t in enumerate(down) if t == "AttnDownBlock2D"]
+    if len(down) == L and len(up) == L:
+        up_attn = sorted(L - 1 - i for i, t in enumerate(up) if t == "AttnUpBlock2D")
+        need(up_attn == attn_levels,
+             f"attention on the way down at levels {attn_levels} but up_block_types {up!r} put it at "
+             f"levels {up_attn} on the way up (ours mirrors them: up_blocks[L-1-i] is Attn iff down_blocks[i] is)")
+    hd = c["attention_head_dim"]
+    if hd is not None:
+        attn_channels = sorted({boc[i] for i in attn_levels if i < L} | ({boc[-1]} if boc else set()))
+        need(all(hd == ch_ for ch_ in attn_channels),
+             f"attention_head_dim={hd!r} gives several heads on {attn_channels} channels "
+             f"(ours is single-head: needs null)")
+    groups = c["norm_num_groups"]
+    need(isinstance(groups, int) and groups > 0, f"norm_num_groups={groups!r} (needs an int)")
+    need(c["attn_norm_num_groups"] in (None, groups),
+         f"attn_norm_num_groups={c['attn_norm_num_groups']!r} != norm_num_groups={groups!r}")
+    need(c["time_embedding_dim"] in (None, 4 * ch),
+         f"time_embedding_dim={c['time_embedding_dim']!r} (ours is 4 * block_out_channels[0] = {4 * ch})")
+    lpb = c["layers_per_block"]
+    need(isinstance(lpb, int) and lpb >= 1, f"layers_per_block={lpb!r}")
+
+    size = image_size if image_size is not None else c["sample_size"]
+    if isinstance(size, (list, tuple)):
+        need(len(size) == 2 and size[0] == size[1], f"sample_size={size!r} (ours is square)")
+        size = size[0] if size else None
+    if size is None:
+        problems.append("sample_size is null: pass image_size=... (it decides the attention resolutions)")
+    elif not isinstance(size, int) or size <= 0:
+        problems.append(f"sample_size={size!r}")
+
+    if problems:
+        raise ValueError(
+            f"{source}: this diffusers UNet2DModel cannot be expressed by the ddpm-export U-Net:\n  - "
+            + "\n  - ".join(problems)
+        )
+    dropout = float(c.get("dropout") or 0.0)
+    try:
+        return UNetConfig(
+            image_size=int(size),
+            in_channels=int(c["in_channels"]),
+            ch=ch,
+            ch_mult=ch_mult,
+            num_res_blocks=int(lpb),
+            attn_resolutions=tuple(int(size) // 2 ** i for i in attn_levels),
+            dropout=dropout,
+            num_groups=int(groups),
+            norm_eps=float(c["norm_eps"]),
+        )
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
+
+
+def config_to_diffusers(cfg: UNetConfig) -> Dict[str, Any]:
+    """``UNet2DModel(**config_to_diffusers(cfg))`` is the diffusers twin of ``UNet(cfg)``."""
+    L = len(cfg.ch_mult)
+    res = [cfg.image_size // 2 ** i for i in range(L)]
+    attn = [r in cfg.attn_resolutions for r in res]
+    return {
+        "sample_size": cfg.image_size,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.in_channels,
+        "block_out_channels": [cfg.ch * m for m in cfg.ch_mult],
+        "layers_per_block": cfg.num_res_blocks,
+        "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+        "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+        "attention_head_dim": None,
+        "norm_num_groups": cfg.num_groups,
+        "norm_eps": cfg.norm_eps,
+        "act_fn": "silu",
+        "flip_sin_to_cos": False,
+        "freq_shift": 1,
+        "downsample_padding": 0,
+        "time_embedding_type": "positional",
+        "dropout": cfg.dropout,
+    }
+
+
+_VARIANCE = {
+    "fixed_large": "fixedlarge",
+    "fixed_large_log": "fixedlarge",
+    "fixed_small": "fixedsmall",
+    "fixed_small_log": "fixedsmall",
+}
+
+
+def schedule_from_diffusers(sched_json: Dict[str, Any], source: str = SCHEDULER_FILE) -> ScheduleConfig:
+    """Translate a diffusers scheduler config (DDPMScheduler, DDIMScheduler...) to ScheduleConfig.
+
+    ``variance_type`` missing means DDPMScheduler's default ``fixed_small``; schedulers
+    without the notion (DDIM, PNDM) get our default (fixedlarge, the paper's CIFAR-10).
+    """
+    if not isinstance(sched_json, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(sched_json).__name__}")
+    s = sched_json
+    problems: List[str] = []
+    schedule = s.get("beta_schedule", "linear")
+    if schedule != "linear":
+        problems.append(f"beta_schedule={schedule!r} (only 'linear')")
+    if s.get("trained_betas") is not None:
+        problems.append("trained_betas is set (only the linear schedule)")
+    pred = s.get("prediction_type", "epsilon")
+    if pred != "epsilon":
+        problems.append(f"prediction_type={pred!r} (ours predicts 'epsilon')")
+    if s.get("thresholding", False):
+        problems.append("thresholding=true (ours clips x0_hat to [-1, 1])")
+    if s.get("rescale_betas_zero_snr", False):
+        problems.append("rescale_betas_zero_snr=true")
+    clip = bool(s.get("clip_sample", True))
+    if clip and float(s.get("clip_sample_range", 1.0)) != 1.0:
+        problems.append(f"clip_sample_range={s.get('clip_sample_range')!r} (ours clips to [-1, 1])")
+    if "variance_type" in s:
+        vt = s["variance_type"]
+    elif s.get("_class_name", "DDPMScheduler") == "DDPMScheduler":
+        vt = "fixed_small"  # DDPMScheduler's default
+    else:
+        vt = "fixed_large"
+    if vt not in _VARIANCE:
+        problems.append(f"variance_type={vt!r} (only {sorted(_VARIANCE)}; learned variances are not supported)")
+    if problems:
+        raise ValueError(f"{source}: this scheduler cannot be expressed by ddpm-export:\n  - " + "\n  - ".join(problems))
+    try:
+        return ScheduleConfig(
+            kind="linear",
+            beta_start=float(s.get("beta_start", 1e-4)),
+            beta_end=float(s.get("beta_end", 0.02)),
+            num_timesteps=int(s.get("num_train_timesteps", 1000)),
+            variance_type=_VARIANCE[vt],
+            clip_denoised=clip,
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {e}") from e
+
+
+# ---------------------------------------------------------------------------
+# file reading
+# ---------------------------------------------------------------------------
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read as JSON ({type(e).__name__}: {e}); re-download it") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}; re-download it")
+    return d
+
+
+def _read_weights(path: Path) -> StateDict:
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:  # pragma: no cover - safetensors is a train extra
+            raise ValueError(f"{path}: reading .safetensors needs the 'safetensors' package "
+                             f"(pip install safetensors)") from e
+        try:
+            sd = load_file(str(path), device="cpu")
+        except Exception as e:
+            raise ValueError(
+                f"{path}: cannot be read as safetensors ({type(e).__name__}: {_first_line(e)}); "
+                f"the file is truncated or corrupt: re-download it (or use diffusion_pytorch_model.bin)"
+            ) from e
+    else:
+        sd = _load_torch_file(path)
+    return _check_tensors(sd, path, "re-download it")
+
+
+def _locate_diffusers(src: Path) -> Tuple[Path, Path, Optional[Path]]:
+    """-> (unet folder, weights file, scheduler_config.json or None)."""
+    if src.is_file():
+        if src.name == CONFIG_FILE or src.name.startswith("diffusion_pytorch_model"):
+            src = src.parent
+        else:
+            raise ValueError(
+                f"{src}: expected a diffusers folder (config.json + diffusion_pytorch_model.safetensors), "
+                f"got a file; for a pesser .ckpt use --format pesser"
+            )
+    if not src.is_dir():
+        raise ValueError(f"{src}: no such folder; pass the diffusers model folder "
+                         f"(e.g. a download of google/ddpm-cifar10-32)")
+    if (src / CONFIG_FILE).is_file():
+        unet_dir = src
+    elif (src / "unet" / CONFIG_FILE).is_file():
+        unet_dir = src / "unet"
+    else:
+        raise ValueError(
+            f"{src}: no {CONFIG_FILE} in it or in {src / 'unet'}; expected a diffusers UNet2DModel folder "
+            f"(config.json + diffusion_pytorch_model.safetensors or .bin), e.g. "
+            f"'huggingface-cli download google/ddpm-cifar10-32 --local-dir {src}'"
+        )
+    weights = next((unet_dir / w for w in WEIGHT_FILES if (unet_dir / w).is_file()), None)
+    if weights is None:
+        present = sorted(p.name for p in unet_dir.iterdir())
+        raise ValueError(
+            f"{unet_dir}: no weights file; expected {' or '.join(WEIGHT_FILES)} beside {CONFIG_FILE} "
+            f"(found {present}); download the weights too (fp16 variants and sharded files are not read)"
+        )
+    candidates = [unet_dir / SCHEDULER_FILE, src / "scheduler" / SCHEDULER_FILE]
+    if unet_dir.name == "unet":
+        candidates += [unet_dir.parent / "scheduler" / SCHEDULER_FILE, unet_dir.parent / SCHEDULER_FILE]
+    sched = next((p for p in candidates if p.is_file()), None)
+    return unet_dir, weights, sched
+
+
+# ---------------------------------------------------------------------------
+# importer
+# ---------------------------------------------------------------------------
+
+def import_diffusers(
+    src_dir,
+    out_path,
+    schedule_config: Union[ScheduleConfig, Dict[str, Any], None] = None,
+    *,
+    image_size: Optional[int] = None,
+    verify: bool = False,
+    verify_tol: float = 1e-4,
+    command: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Convert a diffusers ``UNet2DModel`` folder into a ddpm-export checkpoint at ``out_path``.
+
+    ``src_dir``: the folder with ``config.json`` + ``diffusion_pytorch_model.safetensors``
+    (preferred) or ``.bin`` (``google/ddpm-cifar10-32`` has them at its root), a pipeline
+    folder with a ``unet/`` subfolder, or that ``unet/`` folder. The schedule comes from
+    ``schedule_config`` if given, else from the ``scheduler_config.json`` found beside
+    the weights (or in ``scheduler/``), else the default ScheduleConfig (with a warning).
+    ``verify=True`` (needs diffusers) also runs both models on random inputs and raises
+    if they differ by more than ``verify_tol``. Returns the checkpoint dict written.
+    """
+    src = Path(src_dir)
+    unet_dir, weights_path, sched_path = _locate_diffusers(src)
+    config_path = unet_dir / CONFIG_FILE
+    config_json = _read_json(config_path)
+    cfg = config_from_diffusers(config_json, image_size=image_size, source=str(config_path))
+
+    raw = _read_weights(weights_path)
+    try:
+        state = _to_float32(diffusers_to_ours(raw, num_levels=len(cfg.ch_mult)))
+    except ValueError as e:
+        raise ValueError(f"{weights_path}: {e}") from e
+    _validate(cfg, state, weights_path, f"{config_path} and {weights_path.name} disagree: re-download both")
+
+    notes: Dict[str, Any] = {}
+    if schedule_config is not None:
+        sched = _as_schedule(schedule_config)
+        notes["schedule_source"] = "given"
+    elif sched_path is not None:
+        sched = schedule_from_diffusers(_read_json(sched_path), source=str(sched_path))
+        notes["schedule_source"] = str(sched_path)
+    else:
+        sched = ScheduleConfig()
+        notes["schedule_source"] = "default (no scheduler_config.json found)"
+        warnings.warn(
+            f"{src}: no {SCHEDULER_FILE} found; using the default schedule "
+            f"(linear 1e-4..0.02, T=1000, fixedlarge, clip); pass schedule_config to choose",
+            stacklevel=2,
+        )
+
+    if verify:
+        notes["verified_max_abs_diff"] = _verify_against_diffusers(config_json, cfg, state, verify_tol, weights_path)
+
+    provenance = {
+        "command": command or f"ddpm_export.weights.import_diffusers({str(src)!r}, {str(out_path)!r})",
+        "source": str(src),
+        "format": "diffusers",
+        "source_sha256": sha256_file(weights_path),
+        "weights_file": str(weights_path),
+        "config_file": str(config_path),
+        "source_config": {k: v for k, v in config_json.items()},
+        **notes,
+    }
+    return _write_checkpoint(out_path, cfg, sched, state, provenance)
+
+
+def _verify_against_diffusers(config_json, cfg: UNetConfig, state: StateDict,
+                              tol: float, path: Path) -> float:
+    try:
+        from diffusers import UNet2DModel
+    except ImportError as e:
+        raise ValueError("verify=True needs the 'diffusers' package (pip install diffusers)") from e
+    theirs = UNet2DModel.from_config({k: v for k, v in config_json.items()}).eval()
+    # modern names (from_pretrained would rename the old attention names the same way)
+    theirs.load_state_dict(_to_float32(ours_to_diffusers(state, len(cfg.ch_mult))), strict=True)
+    ours = UNet(cfg).eval()
+    ours.load_state_dict(state)
+    g = torch.Generator().manual_seed(0)
+    n = cfg.image_size
+    x = torch.randn(2, cfg.in_channels, n, n, generator=g)
+    t = torch.tensor([0, 999])
+    with torch.no_grad():
+        diff = (ours(x, t) - theirs(x, t).sample).abs().max().item()
+    if not diff <= tol:
+        raise ValueError(
+            f"{path}: the imported model differs from diffusers' by {diff:.3g} (> {tol:g}); "
+            f"the conversion is wrong for this config: please report it"
+        )
+    return diff
+

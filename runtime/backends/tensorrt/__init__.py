@@ -1,0 +1,19 @@
+"""TensorRT backend: CUDA probe (``cuda``), compatibility policy (``compat``), runner (``runner``).
+
+The names below are re-exported for convenience; import from the submodules in
+code that patches them.
+"""
+from runtime.backends.tensorrt.compat import (ENGINE_SECTION_VERSION, LEAN_MODULES, EngineMismatch,
+                                              check_engine_compat, check_engine_io, engine_section,
+                                              import_tensorrt, parse_version)
+from runtime.backends.tensorrt.cuda import (CUDART_API, CUDART_PROPS, BackendMissing, DeviceInfo,
+                                            NoCudaDevice, _cudart, import_polygraphy_cuda,
+                                            probe_cuda_device)
+from runtime.backends.tensorrt.runner import TRT_API, TensorRTRunner
+
+__all__ = [
+    "BackendMissing", "CUDART_API", "CUDART_PROPS", "DeviceInfo", "ENGINE_SECTION_VERSION",
+    "EngineMismatch", "LEAN_MODULES", "NoCudaDevice", "TRT_API", "TensorRTRunner", "_cudart",
+    "check_engine_compat", "check_engine_io", "engine_section", "import_polygraphy_cuda",
+    "import_tensorrt", "parse_version", "probe_cuda_device",
+]

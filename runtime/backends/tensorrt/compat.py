@@ -1,0 +1,139 @@
+"""TensorRT compatibility policy: which plan runs with which TensorRT and GPU.
+
+Reads the ``engine`` section that ``ddpm-export build`` writes into a plan's
+manifest and decides, before any TensorRT call, whether this machine can run
+the plan; also checks a deserialized engine's I/O against the export contract.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Tuple
+
+from runtime.backends.tensorrt.cuda import BackendMissing, DeviceInfo
+from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError
+
+LEAN_MODULES = ("tensorrt_lean", "tensorrt_lean_bindings")  # TRT 10 pip name, 11.x wheel name
+ENGINE_SECTION_VERSION = 1
+_INSTALL = (
+    "desktop/server: pip install tensorrt-cu12 (tensorrt-cu13 for CUDA 13; the wheels come from "
+    "NVIDIA's index, pypi.nvidia.com); Jetson: TensorRT comes with JetPack (sudo apt install "
+    "python3-libnvinfer; use the system python3 or a venv made with --system-site-packages)"
+)
+
+
+
+class EngineMismatch(RuntimeError):
+    """A plan that cannot run with this TensorRT or on this GPU."""
+
+
+def import_tensorrt(allow_lean: bool = False) -> Tuple[Any, bool]:
+    """(module, is_lean): ``tensorrt``, else with allow_lean the lean runtime."""
+    errors = []
+    for name in ("tensorrt",) + (LEAN_MODULES if allow_lean else ()):
+        try:
+            return __import__(name), name != "tensorrt"
+        except (ImportError, OSError) as e:  # OSError: bindings without libnvinfer
+            errors.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    lean = ("; this plan is version-compatible, so the lean runtime also runs it: pip install "
+            "tensorrt-lean-cu12-libs tensorrt-lean-cu12-bindings") if allow_lean else ""
+    raise BackendMissing(f"TensorRT is not installed ({'; '.join(errors)}). {_INSTALL}{lean}")
+
+
+# --- manifest engine section and compatibility --------------------------------
+def parse_version(v: Any) -> Tuple[int, ...]:
+    """'10.3.0.30' -> (10, 3, 0); raises ValueError for anything else."""
+    parts = str(v).split(".")
+    try:
+        nums = tuple(int(p) for p in parts[:3])
+    except ValueError:
+        raise ValueError(f"version {v!r}: expected MAJOR.MINOR[.PATCH], e.g. '10.3.0'") from None
+    return nums + (0,) * (3 - len(nums))
+
+
+def engine_section(manifest: Mapping[str, Any]) -> Dict[str, Any]:
+    """The validated ``engine`` section of a plan's manifest (ManifestError if absent/bad)."""
+    fix = "rebuild the plan with 'ddpm-export build' (it writes the engine section into NAME.json)"
+    e = manifest.get("engine")
+    if not isinstance(e, Mapping):
+        raise ManifestError(f"manifest has no 'engine' section: this NAME.json describes an ONNX "
+                            f"export, not a TensorRT plan; {fix}")
+    for key, typ in (("tensorrt_version", str), ("compute_capability", str), ("device_name", str),
+                     ("precision", str), ("version_compatible", bool), ("profiles", list)):
+        if not isinstance(e.get(key), typ):
+            raise ManifestError(f"manifest engine.{key}: received {e.get(key, '<missing>')!r}, "
+                                f"expected a {typ.__name__}; {fix}")
+    try:
+        parse_version(e["tensorrt_version"])
+        parse_version(e["compute_capability"])
+        if len(e["profiles"]) != 1:
+            raise ValueError(f"profiles: received {len(e['profiles'])}, expected exactly 1")
+        BatchRange.coerce(e["profiles"][0])
+    except (ValueError, ManifestError) as err:
+        raise ManifestError(f"manifest engine section: {err}; {fix}") from None
+    return dict(e)
+
+
+def check_engine_compat(engine: Mapping[str, Any], trt_version: str, device: DeviceInfo,
+                        lean: bool = False) -> List[str]:
+    """Raise EngineMismatch when the plan cannot run here; return warnings for what may be slow."""
+    built, running = parse_version(engine["tensorrt_version"]), parse_version(trt_version)
+    b, r = ".".join(map(str, built)), ".".join(map(str, running))
+    vc = bool(engine["version_compatible"])
+    rebuild = "rebuild it on this machine with 'ddpm-export build'"
+    if lean and not vc:
+        raise EngineMismatch(
+            f"the plan was built without --version-compatible, and only TensorRT's lean runtime "
+            f"({r}) is installed, which runs version-compatible plans only: install TensorRT {b} "
+            f"({_INSTALL}) or {rebuild} --version-compatible")
+    if vc and running[:2] < built[:2]:
+        raise EngineMismatch(
+            f"the plan was built with TensorRT {b}; version-compatible plans run on that version "
+            f"or later, and this is TensorRT {r}: upgrade TensorRT or {rebuild}")
+    if not vc and running != built:
+        raise EngineMismatch(
+            f"the plan was built with TensorRT {b} and this is TensorRT {r}: a plan runs only on "
+            f"the TensorRT version that built it; {rebuild} (or build with --version-compatible)")
+    want = parse_version(engine["compute_capability"])[:2]
+    got = device.compute_capability
+    hw = engine.get("hardware_compatibility") or "none"
+    if hw == "ampere_plus":
+        if got < (8, 0):
+            raise EngineMismatch(
+                f"the plan is hardware-compatible for Ampere and newer (compute capability >= 8.0); "
+                f"this GPU, {device.name}, has {device.cc}: {rebuild}")
+    elif tuple(got) != tuple(want):
+        raise EngineMismatch(
+            f"the plan was built for compute capability {want[0]}.{want[1]} "
+            f"({engine['device_name']}); this GPU, {device.name}, has {device.cc}: TensorRT plans "
+            f"are specific to the GPU architecture; {rebuild}")
+    notes = []
+    if engine["device_name"] != device.name:
+        notes.append(
+            f"the plan was built on {engine['device_name']} and runs on {device.name} (compute "
+            f"capability {device.cc} both): it works, but its kernels were timed on the other GPU; "
+            f"rebuild here for best speed")
+    return notes
+
+
+def check_engine_io(engine: Any, trt: Any, image_shape: Tuple[int, int, int]) -> BatchRange:
+    """The deserialized engine's I/O must be the contract's; returns its batch profile."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    want = {INPUT_X: (trt.TensorIOMode.INPUT, trt.DataType.FLOAT, "float32"),
+            INPUT_T: (trt.TensorIOMode.INPUT, trt.DataType.INT32, "int32"),
+            OUTPUT: (trt.TensorIOMode.OUTPUT, trt.DataType.FLOAT, "float32")}
+    fix = "the plan and its NAME.json do not belong together: rebuild with 'ddpm-export build'"
+    if sorted(names) != sorted(want):
+        raise EngineMismatch(f"engine I/O tensors {names}, expected {sorted(want)}; {fix}")
+    for name, (mode, dtype, dname) in want.items():
+        got_mode, got_dtype = engine.get_tensor_mode(name), engine.get_tensor_dtype(name)
+        if got_mode != mode or got_dtype != dtype:
+            raise EngineMismatch(f"engine tensor {name!r} is {got_mode} {got_dtype}, expected "
+                                 f"{mode} {dname}; {fix}")
+    dims = tuple(engine.get_tensor_shape(INPUT_X))
+    if len(dims) != 4 or tuple(dims[1:]) != tuple(image_shape):
+        raise EngineMismatch(f"engine input {INPUT_X!r} has shape {dims}, expected "
+                             f"(batch, {', '.join(map(str, image_shape))}); {fix}")
+    mn, opt, mx = (tuple(s) for s in engine.get_tensor_profile_shape(INPUT_X, 0))
+    return BatchRange(mn[0], opt[0], mx[0])
+
+
+

@@ -1,0 +1,175 @@
+"""ddpm-export validate on the shipped digits engines (ONNX float32 and FP16).
+
+The first test is CI's validation run: its report (report.json, report.md and
+the plots) is kept in reports/validate-digits/ as the test artifact.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ddpm_export.cli.main import main
+from ddpm_export.evaluation.digits import frechet_distance, train_digits_classifier
+from ddpm_export.evaluation.validate import (Thresholds, _open_onnx_reference, distribution_level,
+                                  distribution_skip_reason, profile_batches)
+
+ROOT = Path(__file__).resolve().parents[3]
+ENG = ROOT / "engines"
+ARTIFACT = ROOT / "reports" / "validate-digits"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_validate_shipped_digits_engines_all_three_levels():
+    shutil.rmtree(ARTIFACT, ignore_errors=True)
+    # 100 samples per set keep CI within minutes; the README's figures use the default 450
+    r = CliRunner().invoke(main, [
+        "validate", "--checkpoint", str(ENG / "digits.pt"), "--engine", str(ENG / "digits.onnx"),
+        "--engine", str(ENG / "digits-fp16.onnx"), "--report", str(ARTIFACT), "--t-stride", "100",
+        "--trajectory-images", "2", "--samples", "100",
+        "--reference-samples", str(ENG / "digits_samples.npz"), "--no-progress"])
+    print("\n" + r.output)
+    assert r.exit_code == 0, r.output
+    rep = json.loads((ARTIFACT / "report.json").read_text())
+    fp32, fp16 = rep["engines"]
+    assert fp32["precision"] == "fp32" and fp16["precision"] == "fp16"
+    # default batches: the profile points 1/8/64 of the manifest and the midpoints 4 and 36
+    assert sorted({row["batch"] for row in fp32["one_step"]}) == [1, 4, 8, 36, 64]
+    assert len(fp32["one_step"]) == 5 * 11  # t = 0, 100, ..., 900, 999 at five batch sizes
+    assert fp32["checks"]["eps_max_abs"]["value"] < 1e-4
+    # FP16 rounding is visible but bounded; float32 sits orders of magnitude below it
+    assert 1e-5 < fp16["checks"]["eps_max_abs"]["value"] < 2e-2
+    assert len(fp32["trajectory"]["drift"]) == 1000
+    assert fp32["trajectory"]["final_max_abs"] < 1e-3
+    dist = rep["distribution"]
+    assert dist["n"] == 100 and set(dist["sets"]) == {
+        "real (held-out, floor)", "reference", "digits.onnx", "digits-fp16.onnx"}
+    for e in (fp32, fp16):
+        assert e["checks"]["distribution_frechet_excess"]["passed"] is True
+        assert e["checks"]["distribution_confident_ratio"]["passed"] is True
+    assert "Frechet to real" in (ARTIFACT / "report.md").read_text()
+    for name in ("eps_error.png", "drift.png", "progressive.png", "samples.png"):
+        assert (ARTIFACT / name).read_bytes()[:8] == PNG_MAGIC, name
+
+
+def test_validate_fails_on_a_threshold_and_exits_nonzero():
+    r = CliRunner().invoke(main, [
+        "validate", "--checkpoint", str(ENG / "digits.pt"), "--engine", str(ENG / "digits-fp16.onnx"),
+        "--t-stride", "500", "--batch", "2", "--trajectory-images", "0", "--samples", "0",
+        "--eps-atol-fp16", "1e-7"])
+    assert r.exit_code == 1 and "FAIL" in r.output
+
+
+def test_validate_refuses_an_engine_from_another_checkpoint(tmp_path):
+    import torch
+
+    ck = torch.load(ENG / "digits.pt", weights_only=False)
+    ck["provenance"] = {**ck.get("provenance", {}), "note": "a copy"}
+    torch.save(ck, tmp_path / "other.pt")
+    r = CliRunner().invoke(main, ["validate", "--checkpoint", str(tmp_path / "other.pt"),
+                                  "--engine", str(ENG / "digits.onnx"), "--trajectory-images", "0"])
+    assert r.exit_code == 1 and "was not made from" in r.output and "--force" in r.output
+    r = CliRunner().invoke(main, ["validate", "--checkpoint", str(tmp_path / "other.pt"), "--force",
+                                  "--engine", str(ENG / "digits.onnx"), "--t-stride", "999",
+                                  "--batch", "1", "--trajectory-images", "0", "--samples", "0"])
+    assert r.exit_code == 0 and "WARNING" in r.output and "names another checkpoint" in r.output
+
+
+def test_validate_refuses_an_engine_of_another_image_shape(tmp_path):
+    shutil.copy(ENG / "digits.onnx", tmp_path / "digits.onnx")
+    m = json.loads((ENG / "digits.json").read_text())
+    m["image_shape"] = [3, 32, 32]  # a consistent manifest of a 3x32x32 model
+    for io in m["io"]["inputs"][:1] + m["io"]["outputs"]:
+        io["shape"] = ["batch", 3, 32, 32]
+    (tmp_path / "digits.json").write_text(json.dumps(m))
+    r = CliRunner().invoke(main, ["validate", "--checkpoint", str(ENG / "digits.pt"),
+                                  "--engine", str(tmp_path / "digits.onnx"), "--samples", "0"])
+    assert r.exit_code == 1 and "image shape" in r.output and "[3, 32, 32]" in r.output
+
+
+def test_validate_names_the_missing_inception_weights_file(tmp_path):
+    r = CliRunner().invoke(main, ["validate", "--checkpoint", str(ENG / "digits.pt"),
+                                  "--engine", str(ENG / "digits.onnx"),
+                                  "--inception-weights", str(tmp_path / "nope.pth")])
+    assert r.exit_code != 0 and "weights-inception-2015-12-05-6726825d.pth" in r.output
+
+
+def test_profile_batches_are_the_profile_points_and_midpoints():
+    assert profile_batches({"min": 1, "opt": 8, "max": 64}) == [1, 4, 8, 36, 64]
+    assert profile_batches({"min": 4, "opt": 4, "max": 4}) == [4]
+
+
+def test_a_plan_is_also_compared_with_its_float32_onnx():
+    # a plan built from digits-fp16.onnx: the ONNX Runtime reference is its float32 sibling
+    manifest = json.loads((ENG / "digits-fp16.json").read_text())
+    manifest["engine"] = {"onnx": "digits-fp16.onnx"}
+    ref = _open_onnx_reference(str(ENG / "digits-fp16.plan"), manifest, None)
+    assert ref is not None and ref.manifest["precision"] == "fp32"
+    assert Path(ref.runner.path).name == "digits.onnx"
+    assert _open_onnx_reference(str(ENG / "digits.onnx"), manifest, None) is None
+    with pytest.raises(ValueError, match="give the float32 ONNX"):
+        _open_onnx_reference(str(ENG / "x.plan"), manifest, str(ENG / "digits-fp16.onnx"))
+
+
+def test_frechet_distance_matches_the_closed_form_for_gaussians():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((20000, 2))
+    b = rng.standard_normal((20000, 2)) * 2.0 + np.array([1.0, 0.0])
+    # N(0, I) vs N((1, 0), 4I): |mu|^2 + tr(I + 4I - 2 * 2I) = 1 + 2 = 3
+    assert abs(frechet_distance(a, b) - 3.0) < 0.1
+    assert abs(frechet_distance(a, a)) < 1e-8
+    with pytest.raises(ValueError, match="equal D"):
+        frechet_distance(a, b[:, :1])
+
+
+@pytest.fixture(scope="module")
+def shipped_samples():
+    with np.load(ENG / "digits_samples.npz") as z:
+        return z["samples"]
+
+
+def test_distribution_gate_passes_good_samples_and_fails_damaged_ones(shipped_samples):
+    ref, good = shipped_samples[:250], shipped_samples[250:]
+    rng = np.random.default_rng(0)
+    damaged = {  # what broken engines produce: washed-out images, noise
+        "dim": (good * 0.6).astype(np.float32),
+        "noisy": np.clip(good + 0.5 * rng.standard_normal(good.shape), -1, 1).astype(np.float32),
+    }
+    rep = distribution_level((1, 16, 16), ref, {"good": good, **damaged}, Thresholds())
+    print({k: round(v["frechet_to_real"], 2) for k, v in rep["sets"].items()})
+    assert rep["checks"]["good"]["frechet_excess"]["passed"] is True
+    for name in damaged:
+        assert rep["checks"][name]["frechet_excess"]["passed"] is False, name
+    # the floor: held-out real digits are closer to real digits than any model's samples
+    floor = rep["sets"]["real (held-out, floor)"]["frechet_to_real"]
+    assert 0 < floor < rep["sets"]["good"]["frechet_to_real"]
+
+
+def test_distribution_level_says_when_it_is_skipped():
+    x = np.zeros((20, 3, 32, 32), np.float32)
+    rep = distribution_level((3, 32, 32), x, {"e": x}, Thresholds())
+    assert "--inception-weights" in rep["skipped"]
+    # validate asks before drawing any sample: digits and models with Inception weights are scored
+    assert distribution_skip_reason((3, 32, 32), None) == rep["skipped"]
+    assert distribution_skip_reason((1, 16, 16), None) is None
+    assert distribution_skip_reason((3, 32, 32), "weights.pth") is None
+
+
+def test_digits_classifier_splits_are_disjoint_and_held_out():
+    clf = train_digits_classifier()
+    a, b = clf.real_a, clf.real_b
+    assert len(a) + len(b) == len(clf.x_test) and min(len(a), len(b)) >= 440
+    assert not (a[:, None, :] == b[None, :, :]).all(-1).any()
+
+
+def test_steps_table_command_runs_and_rejects_bad_steps(tmp_path):
+    r = CliRunner().invoke(main, ["steps-table", "--engine", str(ENG / "digits.onnx"), "--samples", "12",
+                                  "--steps", "2,4", "--json", str(tmp_path / "t.json"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [(x["method"], x["steps"]) for x in rows] == [("ddim", 2), ("ddim", 4), ("ddpm", 2), ("ddpm", 4)]
+    assert all(x["frechet_to_real"] > 0 and x["seconds"] > 0 for x in rows)
+    r = CliRunner().invoke(main, ["steps-table", "--engine", str(ENG / "digits.onnx"), "--steps", "0,x"])
+    assert r.exit_code == 2 and "comma-separated" in r.output

@@ -1,0 +1,252 @@
+"""ONNX export: contract I/O, parity through ONNX Runtime, manifest, FP16 islands, errors."""
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from ddpm_export.model.checkpoint import CheckpointError, save_checkpoint, sha256_file  # noqa: E402
+from ddpm_export.model.config import PRESETS  # noqa: E402
+from ddpm_export.export.onnx_export import (  # noqa: E402
+    FP16_ATOL,
+    ExportError,
+    export_onnx,
+    ort_session,
+    torch_to_onnx,
+)
+from ddpm_export.model.unet import AttnBlock, ResnetBlock, UNet  # noqa: E402
+from runtime import contract  # noqa: E402
+from runtime.schedulers.schedule import ScheduleConfig  # noqa: E402
+
+CFG = PRESETS["tiny"].unet
+
+
+def _tiny_model(seed=0):
+    """The tiny U-Net with its near-zero-initialized layers and GroupNorm affines made non-trivial."""
+    torch.manual_seed(seed)
+    m = UNet(CFG)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, ResnetBlock):
+                torch.nn.init.xavier_uniform_(mod.conv2.weight)
+            elif isinstance(mod, AttnBlock):
+                torch.nn.init.xavier_uniform_(mod.proj_out.weight)
+            elif isinstance(mod, torch.nn.GroupNorm):
+                mod.weight.add_(0.2 * torch.randn_like(mod.weight))
+                mod.bias.add_(0.2 * torch.randn_like(mod.bias))
+        torch.nn.init.xavier_uniform_(m.conv_out.weight)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("export")
+    model = _tiny_model()
+    ckpt = d / "tiny.pt"
+    save_checkpoint({"model_config": CFG.to_dict(), "schedule_config": ScheduleConfig().to_dict(),
+                     "ema": model.state_dict(), "step": 20,
+                     "provenance": {"command": "ddpm-export train --preset tiny", "seed": 0}}, ckpt)
+    return d, ckpt, model
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny):
+    d, ckpt, model = tiny
+    out = d / "engines" / "tiny.onnx"
+    man = export_onnx(ckpt, out, command="ddpm-export export --checkpoint tiny.pt")
+    return out, man, model
+
+
+@pytest.fixture(scope="module")
+def fp16(tiny):
+    d, ckpt, model = tiny
+    out = d / "engines" / "tiny_fp16.onnx"
+    return out, export_onnx(ckpt, out, fp16=True), model
+
+
+def _run(path, x, t):
+    return ort_session(path).run(None, {"x_t": x.numpy(), "t": t.numpy()})[0]
+
+
+def _elem_types(proto):
+    """name -> ONNX elem type of every tensor in the graph (after shape inference)."""
+    g = onnx.shape_inference.infer_shapes(proto).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
+    types.update({i.name: i.data_type for i in g.initializer})
+    for n in g.node:
+        if n.op_type == "Constant":
+            types[n.output[0]] = n.attribute[0].t.data_type
+    return types
+
+
+def test_float32_export_follows_the_contract(fp32):
+    path, man, _ = fp32
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version == 17
+    ins = {v.name: v.type.tensor_type for v in proto.graph.input}
+    assert list(ins) == ["x_t", "t"] and [o.name for o in proto.graph.output] == ["eps"]
+    assert ins["x_t"].elem_type == onnx.TensorProto.FLOAT
+    assert ins["t"].elem_type == onnx.TensorProto.INT32
+    out = proto.graph.output[0].type.tensor_type
+    assert out.elem_type == onnx.TensorProto.FLOAT
+    for tt in (ins["x_t"], ins["t"], out):
+        assert tt.shape.dim[0].dim_param == contract.BATCH_AXIS
+    assert [d.dim_value for d in out.shape.dim[1:]] == [1, 8, 8]
+    ops = Counter(n.op_type for n in proto.graph.node)
+    # GroupNorm as InstanceNormalization (TensorRT 8.5+), never GroupNormalization (10.9+)
+    assert ops["InstanceNormalization"] > 0 and ops["GroupNormalization"] == 0
+    assert ops["Softmax"] > 0 and ops["Dropout"] == 0
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    for n in proto.graph.node:
+        if n.op_type == "Pad":  # pads folded to a constant for older TensorRT parsers
+            assert producers[n.input[1]].op_type == "Constant"
+    p = man["checks"]["parity"]
+    assert p["passed"] and p["max_abs_diff"] < 1e-4 and p["batches"] == [1, 8]
+    assert p["timesteps"] == [0, 1, 250, 500, 999]
+
+
+def test_float32_parity_at_batches_1_3_8(fp32):
+    path, _, model = fp32
+    sess = ort_session(path)
+    g = torch.Generator().manual_seed(1)
+    for b in (1, 3, 8):
+        x = torch.randn(b, 1, 8, 8, generator=g)
+        t = torch.randint(0, 1000, (b,), generator=g, dtype=torch.int32)
+        got = sess.run(None, {"x_t": x.numpy(), "t": t.numpy()})[0]
+        with torch.no_grad():
+            want = model(x, t).numpy()
+        assert got.shape == (b, 1, 8, 8) and got.dtype == np.float32
+        assert np.abs(got - want).max() < 1e-4
+
+
+def test_t_is_int32_and_int64_is_refused(fp32):
+    path, _, model = fp32
+    x = torch.randn(2, 1, 8, 8)
+    t = torch.tensor([5, 999], dtype=torch.int32)
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(path, x, t), model(x, t).numpy(), atol=1e-4, rtol=0)
+    with pytest.raises(Exception, match="(?i)int64|type"):
+        _run(path, x, t.long())
+
+
+def test_manifest_embedded_equals_sidecar_and_hashes_match(fp32, tiny):
+    path, man, _ = fp32
+    _, ckpt, _ = tiny
+    side = json.loads(path.with_suffix(".json").read_text())
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    embedded = json.loads(meta[contract.MANIFEST_KEY])
+    assert embedded["onnx_sha256"] is None  # a file cannot hold its own hash
+    assert side["onnx_sha256"] == sha256_file(path) == man["onnx_sha256"]
+    assert {**embedded, "onnx_sha256": side["onnx_sha256"]} == side == man
+    assert json.loads(contract.read_embedded_manifest(path)) == embedded
+    assert contract.read_manifest(path) == side
+    src = side["source"]
+    assert src["checkpoint_sha256"] == sha256_file(ckpt) and src["weights"] == "ema"
+    assert src["step"] == 20 and src["provenance"]["command"] == "ddpm-export train --preset tiny"
+    assert side["schedule"] == ScheduleConfig().to_dict() and side["image_shape"] == [1, 8, 8]
+    assert side["precision"] == "fp32" and side["batch_range"] == {"min": 1, "opt": 8, "max": 64}
+    assert side["command"] == "ddpm-export export --checkpoint tiny.pt"
+    assert side["tools"]["torch"] == torch.__version__ and side["tools"]["onnxruntime"]
+    assert side["onnx"]["opset"] == 17
+
+
+def test_fp16_graph_has_fp32_islands_as_casts(fp16):
+    path, man, _ = fp16
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    g = proto.graph
+    # float32 I/O, cast at the edges inside the graph
+    assert [v.type.tensor_type.elem_type for v in g.input] == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT32]
+    assert g.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    casts = Counter(a.i for n in g.node if n.op_type == "Cast" for a in n.attribute if a.name == "to")
+    assert casts[onnx.TensorProto.FLOAT16] > 0 and casts[onnx.TensorProto.FLOAT] > 0
+    types = _elem_types(proto)
+    F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    seen = Counter()
+    for n in g.node:
+        if n.op_type == "Conv":  # data and weights in FP16
+            assert types[n.input[0]] == F16 and types[n.input[1]] == F16, n.name
+        elif n.op_type in ("InstanceNormalization", "Softmax", "Sin", "Cos"):
+            assert types[n.input[0]] == F32, n.name  # the FP32 islands
+        elif n.op_type == "MatMul":
+            assert types[n.input[0]] == F16, n.name
+        seen[n.op_type] += 1
+    assert seen["Conv"] > 0 and seen["InstanceNormalization"] > 0 and seen["Softmax"] > 0
+    assert man["precision"] == "fp16" and man["onnx"]["fp32_islands"]
+
+
+def test_fp16_runs_in_onnxruntime_within_bound(fp16):
+    path, man, model = fp16
+    fe = man["checks"]["fp16_error"]
+    assert [r["t"] for r in fe["rows"]] == list(range(0, 1000, 50)) + [999]
+    # stated bound: max |eps_fp16 - eps_fp32| < FP16_ATOL (0.02; measured ~4e-3 here)
+    assert 0 < fe["max_abs"] < FP16_ATOL and fe["mean_abs"] < 2e-3
+    assert man["checks"]["parity"]["passed"] and man["checks"]["parity"]["atol"] == FP16_ATOL
+    x = torch.randn(3, 1, 8, 8)
+    t = torch.tensor([0, 500, 999], dtype=torch.int32)
+    got = _run(path, x, t)
+    with torch.no_grad():
+        err = np.abs(got - model(x, t).numpy()).max()
+    assert got.dtype == np.float32 and 1e-6 < err < FP16_ATOL  # really FP16, and close
+
+
+def test_export_leaves_the_torch_model_untouched(tmp_path):
+    model = _tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for fp16 in (False, True):
+        torch_to_onnx(model, tmp_path / "m.onnx", fp16=fp16)
+        assert not any(m.training for m in model.modules())  # still eval: dropout stays off
+        for k, v in model.state_dict().items():
+            assert v.dtype == torch.float32 and torch.equal(v, before[k]), k
+    model.train()  # a training-mode model stays in training mode, its graph has no dropout
+    torch_to_onnx(model, tmp_path / "t.onnx")
+    assert all(m.training for m in model.modules())
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700], dtype=torch.int32)
+    with torch.no_grad():
+        want = model.eval()(x, t).numpy()
+    np.testing.assert_allclose(_run(tmp_path / "t.onnx", x, t), want, atol=1e-4, rtol=0)
+
+
+def test_parity_failure_raises_and_writes_nothing(tiny, tmp_path):
+    _, ckpt, _ = tiny
+    out = tmp_path / "out" / "bad.onnx"
+    out.parent.mkdir()
+    with pytest.raises(ExportError, match="failed parity.*nothing was written"):
+        export_onnx(ckpt, out, fp16=True, parity_atol=1e-6)  # FP16 can't match 1e-6
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert list(out.parent.iterdir()) == []  # no temporary files left behind
+
+
+def test_no_check_still_validates_graph_and_records_batch_range(tiny, tmp_path):
+    _, ckpt, _ = tiny
+    man = export_onnx(ckpt, tmp_path / "m.onnx", check=False, batch_range=(1, 4, 16), opset=13)
+    assert man["checks"]["parity"] is None and man["checks"]["onnx_checker"]
+    assert man["batch_range"] == {"min": 1, "opt": 4, "max": 16} and man["onnx"]["opset"] == 13
+    assert contract.read_manifest(tmp_path / "m.onnx")["batch_range"]["max"] == 16
+    assert "export_onnx(" in man["command"]  # no command given: the API call is recorded
+
+
+def test_bad_arguments_raise_clear_errors(tiny, tmp_path):
+    _, ckpt, _ = tiny
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        export_onnx(tmp_path / "missing.pt", tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match=r"must end in \.onnx"):
+        export_onnx(ckpt, tmp_path / "m.plan")
+    for bad in (12, 21, "17"):
+        with pytest.raises(ValueError, match="opset .* is not supported; expected 13..20"):
+            export_onnx(ckpt, tmp_path / "m.onnx", opset=bad)
+    with pytest.raises(ValueError, match="1 <= min <= opt <= max"):
+        export_onnx(ckpt, tmp_path / "m.onnx", batch_range=(8, 1, 64))
+    with pytest.raises(ValueError, match="weights must be 'ema' or 'model'"):
+        export_onnx(ckpt, tmp_path / "m.onnx", weights="raw")
+    with pytest.raises(TypeError, match="expected a ddpm_export.model.unet.UNet"):
+        torch_to_onnx(torch.nn.Linear(2, 2), tmp_path / "m.onnx")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a ddpm-export checkpoint"):
+        export_onnx(tmp_path / "foreign.pt", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,0 +1,71 @@
+import pickle
+
+import numpy as np
+import pytest
+
+from ddpm_export.training.data import DataError, digits_images, load_images, preprocess_digits
+
+
+def test_digits_images_scaled_and_resized():
+    x = digits_images(16)
+    assert x.shape == (1797, 1, 16, 16) and x.dtype == np.float32
+    assert x.min() == -1.0 and x.max() == 1.0
+
+
+def test_preprocess_keeps_8x8_values():
+    im = np.zeros((1, 8, 8))
+    im[0, 2, 3] = 16
+    x = preprocess_digits(im, 8)
+    assert x[0, 0, 2, 3] == 1.0 and x[0, 0, 0, 0] == -1.0
+
+
+def _write_fake_cifar(root, n=10):
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        with open(root / f"data_batch_{i}", "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [0] * n}, f)
+
+
+def test_cifar_folder_loads(tmp_path):
+    _write_fake_cifar(tmp_path / "cifar-10-batches-py")
+    x = load_images("cifar10", str(tmp_path), 32, 3)  # the parent folder is accepted too
+    assert x.shape == (50, 3, 32, 32) and -1 <= x.min() and x.max() <= 1
+
+
+def test_cifar_missing_says_where_to_get_it(tmp_path):
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz"):
+        load_images("cifar10", None, 32, 3)
+    with pytest.raises(DataError, match="data_batch_1"):
+        load_images("cifar10", str(tmp_path / "nowhere"), 32, 3)
+
+
+def test_corrupt_cifar_batch(tmp_path):
+    root = tmp_path / "c"
+    _write_fake_cifar(root)
+    (root / "data_batch_3").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="data_batch_3: not a CIFAR-10 python batch"):
+        load_images("cifar10", str(root), 32, 3)
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "a.png")
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "sub" / "b.jpg")
+    x = load_images("cifar10", str(tmp_path), 16, 3)
+    assert x.shape == (2, 3, 16, 16)
+    assert x[0, 0].mean() == pytest.approx(1.0) and x[0, 2].mean() == pytest.approx(-1.0)
+    with pytest.raises(DataError, match="missing: not a folder"):
+        load_images("digits", str(tmp_path / "missing"), 16, 1)
+
+
+def test_empty_folder_and_bad_image(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        load_images("digits", str(tmp_path / "empty"), 16, 1)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="x.png: cannot read image"):
+        load_images("digits", str(tmp_path / "bad"), 16, 1)
