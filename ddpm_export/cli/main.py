@@ -313,13 +313,21 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out):
               "real-vs-real floor at the same sample count.")
 @click.option("--confident-ratio", type=float, default=0.9, show_default=True,
               help="Gate: engine's confident-label share >= this x the reference's.")
+@click.option("--likelihood-images", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Held-out digits for the likelihood level (0: skip it).")
+@click.option("--likelihood-t-samples", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Timesteps per image of the likelihood level's estimate (0: every timestep).")
+@click.option("--nll-atol", type=float, default=1e-3, show_default=True,
+              help="Gate: |mean paired bits/dim difference engine - reference|. Measured on the digits "
+              "engines (8 images, 50 timesteps): float32 ~1e-7, FP16 ~1e-4; the bound is insensitive "
+              "to small eps errors, so this is a coarse check only.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Compare even if the engine's manifest names another checkpoint.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, samples, reference_samples,
              inception_weights, onnx_reference, eps_atol_fp32, eps_atol_fp16, final_atol_fp32, fd_excess,
-             confident_ratio, seed, force, no_progress):
-    """Compare engines with the PyTorch reference on three levels.
+             confident_ratio, likelihood_images, likelihood_t_samples, nll_atol, seed, force, no_progress):
+    """Compare engines with the PyTorch reference on four levels.
 
     \b
     1. one step: eps error per timestep and batch size (vs PyTorch; a .plan
@@ -327,7 +335,9 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
     2. one trajectory: the 1000-step chain on identical noise, drift per step;
     3. the distribution: Frechet distance and classifier score of many
        samples against held-out real digits (digits model), or FID/KID with
-       --inception-weights.
+       --inception-weights;
+    4. the likelihood: bits/dim of each engine and the reference on the
+       same held-out digits and noise (paired), and the difference.
 
     Prints a pass/fail table; with --report also writes report.json, report.md
     and plots. Exits 1 when a check fails, so it can gate a deployment.
@@ -346,12 +356,13 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
 
         check_inception_weights(inception_weights)  # names the file and where to get it
     th = Thresholds(eps_fp32=eps_atol_fp32, eps_fp16=eps_atol_fp16, final_fp32=final_atol_fp32,
-                    fd_excess=fd_excess, confident_ratio=confident_ratio)
+                    fd_excess=fd_excess, confident_ratio=confident_ratio, nll_bpd=nll_atol)
     rep, artifacts = run_validate(
         checkpoint, engines, th, t_stride=t_stride, batches=batches or None,
         trajectory_images=trajectory_images, samples=samples, reference_samples_path=reference_samples,
         inception_weights=inception_weights, onnx_reference=onnx_reference, seed=seed, force=force,
-        progress=not no_progress, log=lambda s: click.echo(s, err=True))
+        progress=not no_progress, log=lambda s: click.echo(s, err=True), likelihood_images=likelihood_images,
+        likelihood_t_samples=likelihood_t_samples or None)
     table = format_report(rep)
     if report:
         from ddpm_export.model.checkpoint import atomic_write
@@ -371,10 +382,11 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
 def _register_optional_commands() -> None:
     from ddpm_export.cli.build import build_command
     from ddpm_export.cli.fid import fid_command
+    from ddpm_export.cli.nll import nll_command
     from ddpm_export.cli.sample_many import sample_many_command
     from ddpm_export.cli.steps_table import steps_table_command
 
-    for command in (build_command, fid_command, sample_many_command, steps_table_command):
+    for command in (build_command, fid_command, nll_command, sample_many_command, steps_table_command):
         main.add_command(command)
 
 

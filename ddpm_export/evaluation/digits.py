@@ -70,13 +70,19 @@ class DigitsClassifier:
         return h
 
 
-def train_digits_classifier(size: int = 16, seed: int = 0) -> DigitsClassifier:
+def digits_split(size: int = 16, seed: int = 0):
+    """(x_train, x_test, y_train, y_test): the classifier's half of the digits and the held-out
+    half it never trains on; x [N, size * size] float64 in [-1, 1]."""
     from sklearn.model_selection import train_test_split
-    from sklearn.neural_network import MLPClassifier
 
     x = digits_images(size).reshape(-1, size * size).astype(np.float64)
-    y = digits_labels()
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.5, random_state=seed, stratify=y)
+    return train_test_split(x, digits_labels(), test_size=0.5, random_state=seed, stratify=digits_labels())
+
+
+def train_digits_classifier(size: int = 16, seed: int = 0) -> DigitsClassifier:
+    from sklearn.neural_network import MLPClassifier
+
+    x_tr, x_te, y_tr, y_te = digits_split(size, seed)
     clf = MLPClassifier(hidden_layer_sizes=HIDDEN, alpha=1e-3, max_iter=400, random_state=seed)
     clf.fit(x_tr, y_tr)
     acc = float((clf.predict(x_te) == y_te).mean())

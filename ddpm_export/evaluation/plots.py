@@ -4,7 +4,12 @@
 * drift.png: max |x_engine - x_reference| along the 1000-step chain;
 * samples.png: sample grids side by side (reference, then each engine);
 * progressive.png: x0 predictions along the chain on identical noise, the
-  reference's row above each engine's (the paper's Figure 6 layout).
+  reference's row above each engine's (the paper's Figure 6 layout);
+* likelihood.png: bits/dim per image of each engine and the reference on the same
+  images and noise, and each engine's paired difference from the reference.
+
+``plot_rate_distortion`` draws the paper's Figure 5 (rate and distortion against
+reverse-process steps, distortion against rate) for ``ddpm-export nll``.
 """
 from __future__ import annotations
 
@@ -116,6 +121,59 @@ def plot_progressive(frames: Dict[str, List[Tuple[int, np.ndarray]]], path: Path
     plt.close(fig)
 
 
+def plot_rate_distortion(curves: Dict[str, Dict[str, Any]], path: Path, title: str = "") -> None:
+    """curves: name -> ``likelihood.rate_distortion`` output; three panels as in the paper's Figure 5."""
+    plt = require_matplotlib()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for name, rd in curves.items():
+        T = len(rd["t"])
+        steps = T - np.asarray(rd["t"])  # reverse-process steps taken: 0 at x_T, T - 1 at x_1
+        axes[0].plot(steps, rd["distortion_rmse"], label=name)
+        axes[1].plot(steps, rd["rate_bpd"], label=name)
+        axes[2].plot(rd["rate_bpd"], rd["distortion_rmse"], label=name)
+    for ax, (xl, yl) in zip(axes, [("reverse process steps (T - t)", "distortion (RMSE, [0, 255])"),
+                                   ("reverse process steps (T - t)", "rate (bits/dim)"),
+                                   ("rate (bits/dim)", "distortion (RMSE, [0, 255])")]):
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.grid(True, alpha=0.3)
+    if len(curves) > 1:
+        axes[2].legend(fontsize=8)
+    fig.suptitle(title or "rate-distortion along the reverse process (x_t ~ q(x_t | x_0))", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_likelihood(level: Dict[str, Any], path: Path) -> None:
+    """validate's likelihood level: bits/dim per image per set, and paired differences."""
+    plt = require_matplotlib()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    sets = level["sets"]
+    for i, (name, row) in enumerate(sets.items()):
+        y = row["per_image_bpd"]
+        a.plot(np.full(len(y), i) + np.linspace(-0.15, 0.15, len(y)), y, "o", ms=3)
+    a.set_xticks(range(len(sets)))
+    a.set_xticklabels(list(sets), fontsize=8)
+    a.set_ylabel("bits/dim")
+    a.set_title("bound per image (same images and noise)", fontsize=9)
+    for name, row in sets.items():
+        if "per_image_diff" in row:
+            b.plot(np.abs(row["per_image_diff"]) + 1e-12, "o-", ms=3, label=name)
+    lim = level.get("limit")
+    if lim is not None:
+        b.axhline(lim, ls=":", color="k", lw=1, label=f"limit on |mean difference| ({lim:g})")
+    b.set_yscale("log")
+    b.set_xlabel("image")
+    b.set_ylabel("|engine - reference| (bits/dim)")
+    b.set_title("paired difference from the PyTorch reference", fontsize=9)
+    b.legend(fontsize=8)
+    for ax in (a, b):
+        ax.grid(True, alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)
+
+
 def write_plots(report: Dict[str, Any], artifacts: Dict[str, Any], out: Path) -> List[Path]:
     """All plots the report's data allows; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -127,6 +185,9 @@ def write_plots(report: Dict[str, Any], artifacts: Dict[str, Any], out: Path) ->
     if artifacts.get("frames"):
         written.append(out / "progressive.png")
         plot_progressive(artifacts["frames"], written[-1])
+    if (report.get("likelihood") or {}).get("sets"):
+        written.append(out / "likelihood.png")
+        plot_likelihood(report["likelihood"], written[-1])
     if artifacts.get("samples"):
         written.append(out / "samples.png")
         plot_samples(artifacts["samples"], written[-1])

@@ -20,6 +20,13 @@ at the same sample count) and a confident-label share; the gate is that an
 engine is not measurably further from real digits than the reference is.
 Other image shapes use FID/KID through torch-fidelity when given Inception
 weights (ddpm_export.evaluation.fidelity), and otherwise say that this level was skipped.
+
+Level 4, the likelihood: the variational bound in bits/dim
+(ddpm_export.evaluation.likelihood) of each engine and of the PyTorch model on the
+same held-out digits with the same timesteps and noise, so the paired difference
+shows the engine's numerics rather than Monte Carlo noise. It is a coarse check (an
+eps error enters the bound only through its product with the model's own error),
+reported with a loose gate; the one-step level is the sensitive one.
 """
 from __future__ import annotations
 
@@ -53,6 +60,8 @@ class Thresholds:
     fd_excess: Optional[float] = 1.0
     # confident-label share of the engine's samples >= confident_ratio * the reference's
     confident_ratio: Optional[float] = 0.9
+    # likelihood: |mean paired bits/dim difference engine - reference| (ddpm-export validate --help)
+    nll_bpd: Optional[float] = 1e-3
 
 
 def profile_batches(batch_range: Dict[str, int]) -> List[int]:
@@ -222,6 +231,7 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
              samples: int = 0, reference_samples_path: Optional[str] = None,
              inception_weights: Optional[str] = None, onnx_reference: Optional[str] = None,
              seed: int = 0, force: bool = False, progress: bool = False,
+             likelihood_images: int = 0, likelihood_t_samples: Optional[int] = 50,
              log: Callable[[str], None] = lambda s: None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Compare each engine with the checkpoint's PyTorch model.
 
@@ -304,10 +314,50 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
         artifacts["samples"] = {"reference": ref, **engine_samples}
         for e in report["engines"]:
             e["checks"].update({f"distribution_{k}": v for k, v in dist.get("checks", {}).get(e["name"], {}).items()})
+    if likelihood_images:
+        report["likelihood"] = lik = likelihood_level(
+            model, schedule, [(_engine_name(p, engines), e) for p, e, _ in opened], likelihood_images,
+            likelihood_t_samples, seed, thresholds.nll_bpd, log)
+        for e in report["engines"]:
+            if e["name"] in lik.get("checks", {}):
+                e["checks"]["likelihood_bpd_diff"] = lik["checks"][e["name"]]
     for e in report["engines"]:
         e["passed"] = all(c["passed"] is not False for c in e["checks"].values())
     report["passed"] = all(e["passed"] for e in report["engines"])
     return report, artifacts
+
+
+def likelihood_level(model, schedule: ScheduleConfig, engines: Sequence[Tuple[str, Any]], num: int,
+                     t_samples: Optional[int], seed: int, limit: Optional[float],
+                     log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+    """Bits/dim of the reference and each (name, engine) on the first ``num`` held-out digits,
+    paired (same timesteps and noise); {skipped: reason} for models other than digits."""
+    from ddpm_export.evaluation.likelihood import compute_bound, from_uint8
+    from ddpm_export.evaluation.likelihood_data import load_test_images
+    from ddpm_export.evaluation.likelihood_reference import reference_bound
+
+    shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
+    if shape != DIGITS_SHAPE:
+        return {"skipped": f"no held-out test images for shape {list(shape)}; score them with "
+                           f"'ddpm-export nll --engine E --checkpoint C --data FOLDER'"}
+    x0 = from_uint8(load_test_images("digits", shape, num)[0])
+    how = f"{t_samples} timesteps per image" if t_samples else "every timestep"
+    log(f"likelihood: reference on {num} held-out digits, {how}")
+    ref = reference_bound(model, x0, schedule, t_samples=t_samples, batch=num, seed=seed)
+    sets = {"reference": {**ref.summary(), "per_image_bpd": ref.total.tolist()}}
+    checks = {}
+    for name, engine in engines:
+        log(f"likelihood: {name}")
+        with engine:
+            b = compute_bound(engine, x0, schedule, t_samples=t_samples,
+                              batch=min(num, int(engine.batch_range["max"])), seed=seed)
+        d = b.total - ref.total
+        sets[name] = {**b.summary(), "per_image_bpd": b.total.tolist(), "per_image_diff": d.tolist(),
+                      "diff_mean": float(d.mean()), "diff_max_abs": float(np.abs(d).max())}
+        checks[name] = {"value": float(d.mean()), "limit": limit,
+                        "passed": None if limit is None else bool(abs(d.mean()) <= limit)}
+    return {"num_images": num, "t_samples": t_samples, "seed": seed, "limit": limit,
+            "data": "held-out digits (uint8)", "sets": sets, "checks": checks}
 
 
 def _fmt(check: Optional[Dict[str, Any]], fmt: str = ".2e") -> str:
@@ -315,6 +365,22 @@ def _fmt(check: Optional[Dict[str, Any]], fmt: str = ".2e") -> str:
         return "-"
     lim = "report only" if check["limit"] is None else format(check["limit"], ".3g")
     return f"{format(check['value'], fmt)} ({lim})"
+
+
+def format_likelihood(lik: Optional[Dict[str, Any]]) -> List[str]:
+    if not lik:
+        return []
+    if "skipped" in lik:
+        return ["", f"Likelihood level skipped: {lik['skipped']}"]
+    how = f"{lik['t_samples']} timesteps per image" if lik["t_samples"] else "every timestep"
+    lines = ["", f"Likelihood (bits/dim, {lik['num_images']} held-out digits, {how}, same noise for every set):",
+             "| set | bits/dim +- s.e. over images | mean diff vs reference (limit) | max abs diff per image |",
+             "|---|---|---|---|"]
+    for name, row in lik["sets"].items():
+        c = lik["checks"].get(name)
+        lines.append(f"| {name} | {row['bits_per_dim']:.4f} +- {row['se_over_images']:.4f} "
+                     f"| {_fmt(c, '+.2e')} | {'-' if c is None else format(row['diff_max_abs'], '.2e')} |")
+    return lines
 
 
 def format_report(report: Dict[str, Any]) -> str:
@@ -342,5 +408,6 @@ def format_report(report: Dict[str, Any]) -> str:
         lines += ["", "Distribution (torch-fidelity, engine vs reference samples):"]
         for name, row in dist["sets"].items():
             lines.append(f"  {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
+    lines += format_likelihood(report.get("likelihood"))
     return "\n".join(lines)
 

@@ -49,6 +49,51 @@ class GaussianDiffusion:
         x_t = self.q_sample(x0, t, noise)
         return torch.mean((noise - model(x_t, t)) ** 2)
 
+    # --- the variational bound (official diffusion_utils_2.py) ----------------
+    def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) per image, bits/dim (``_prior_bpd``)."""
+        s = self.schedule
+        t = torch.full((x0.shape[0],), self.num_timesteps - 1, dtype=torch.int64)
+        mean = _extract(s.sqrt_alphas_cumprod, t, x0.ndim) * x0.to(torch.float64)
+        logvar = torch.log(1.0 - _extract(s.alphas_cumprod, t, x0.ndim)).expand_as(mean)
+        zero = torch.zeros_like(mean)
+        return _normal_kl(mean, logvar, zero, zero).flatten(1).mean(1) / np.log(2.0)
+
+    def vb_terms_bpd(self, model: nn.Module, x0: torch.Tensor, x_t: torch.Tensor,
+                     t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(bits/dim [N], x0_hat) of ``_vb_terms_bpd``: -log p(x_0 | x_1) where t == 0, else
+        KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)); x0 on the 256-bin grid of [-1, 1]."""
+        s = self.schedule
+        x0, x_t = x0.to(torch.float64), x_t.to(torch.float64)
+        mean, logvar, x0_hat = self.p_mean_logvar(model, x_t, t)
+        true_mean = (_extract(s.posterior_mean_coef1, t, x_t.ndim) * x0
+                     + _extract(s.posterior_mean_coef2, t, x_t.ndim) * x_t)
+        clipped = np.log(np.append(s.posterior_variance[1], s.posterior_variance[1:]))
+        true_logvar = _extract(clipped, t, x_t.ndim)
+        kl = _normal_kl(true_mean, true_logvar, mean, logvar).flatten(1).mean(1) / np.log(2.0)
+        nll = -_discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar.expand_as(x0))
+        return torch.where(t == 0, nll.flatten(1).mean(1) / np.log(2.0), kl), x0_hat
+
+    @torch.no_grad()
+    def calc_bpd(self, model: nn.Module, x0: torch.Tensor, timesteps: torch.Tensor,
+                 noise: Callable[[int], torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The bound of ``calc_bpd_loop`` on given draws: timesteps [N, K] (column k is one x_t per
+        image) and noise(k) -> [N, C, H, W]. Returns (terms [N, K] bits/dim, mse of x0_hat
+        [N, K], prior [N]); the total is prior + T / K x terms.sum(1)."""
+        was_training = model.training
+        model.eval()
+        terms, mse = [], []
+        try:
+            for k in range(timesteps.shape[1]):
+                t = timesteps[:, k].long()
+                x_t = self.q_sample(x0.to(torch.float64), t, torch.as_tensor(noise(k)).to(torch.float64))
+                term, x0_hat = self.vb_terms_bpd(model, x0, x_t, t)
+                terms.append(term)
+                mse.append(((x0_hat - x0.to(torch.float64)) ** 2).flatten(1).mean(1))
+        finally:
+            model.train(was_training)
+        return torch.stack(terms, 1), torch.stack(mse, 1), self.prior_bpd(x0)
+
     # --- reverse process -------------------------------------------------
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         s = self.schedule
@@ -136,6 +181,26 @@ class GaussianDiffusion:
         if tuple(z.shape) != shape:
             raise ValueError(f"noise for t={t} has shape {tuple(z.shape)}, expected {shape}")
         return z
+
+
+def _normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL of two diagonal Gaussians per element, nats (official ``normal_kl``)."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _discretized_gaussian_log_likelihood(x, means, log_scales):
+    """log P(256-bin of x) under N(means, e^(2 log_scales)), nats (official definition, with its
+    tanh approximation of the normal CDF, open edge bins and the 1e-12 floor)."""
+    def cdf(v):
+        return 0.5 * (1.0 + torch.tanh(np.sqrt(2.0 / np.pi) * (v + 0.044715 * v ** 3)))
+
+    inv_std = torch.exp(-log_scales)
+    plus, minus = cdf(inv_std * (x - means + 1.0 / 255.0)), cdf(inv_std * (x - means - 1.0 / 255.0))
+    low = torch.log(plus.clamp(min=1e-12))
+    high = torch.log((1.0 - minus).clamp(min=1e-12))
+    mid = torch.log((plus - minus).clamp(min=1e-12))
+    return torch.where(x < -0.999, low, torch.where(x > 0.999, high, mid))
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -65,18 +65,30 @@ def cifar10_uint8(folder: Optional[str]) -> np.ndarray:
             f"{root}: no CIFAR-10 training batches ({', '.join(missing)} missing); "
             f"expected the cifar-10-batches-py folder: {CIFAR10_URL_HINT}"
         )
-    arrays = []
-    for b in batches:
-        try:
-            with open(b, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
-            arrays.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        except Exception as e:  # pickle raises many kinds on a damaged file
-            raise DataError(
-                f"{b}: not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
-                f"re-extract cifar-10-python.tar.gz"
-            ) from e
-    return np.concatenate(arrays)
+    return np.concatenate([_cifar10_batch(b) for b in batches])
+
+
+def cifar10_test_uint8(folder: str) -> np.ndarray:
+    """The 10,000 CIFAR-10 test images (``test_batch``) as stored: [N, 3, 32, 32] uint8."""
+    root = Path(folder)
+    if root.is_dir() and (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    if not (root / "test_batch").is_file():
+        raise DataError(f"{root}: no CIFAR-10 test batch (test_batch missing); expected the "
+                        f"cifar-10-batches-py folder: {CIFAR10_URL_HINT}")
+    return _cifar10_batch(root / "test_batch")
+
+
+def _cifar10_batch(path: Path) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    except Exception as e:  # pickle raises many kinds on a damaged file
+        raise DataError(
+            f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
+            f"re-extract cifar-10-python.tar.gz"
+        ) from e
 
 
 def cifar10_images(folder: Optional[str]) -> np.ndarray:
