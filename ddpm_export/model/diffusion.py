@@ -1,4 +1,4 @@
-"""The PyTorch reference diffusion: forward process, L_simple, ancestral sampling.
+"""The PyTorch reference diffusion: forward process, L_simple, ancestral sampling, the bound L_vlb.
 
 Kept plain and close to the paper (Ho et al. 2020, Algorithms 1 and 2) and the
 official ``diffusion_utils_2.py``: every other backend is validated against it.
