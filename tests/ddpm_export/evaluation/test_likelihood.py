@@ -21,6 +21,17 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EPS_PARITY = 1e-4  # the export's ONNX-vs-PyTorch limit on max |eps| (export_onnx's parity check)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The PyTorch reference runs batch-4..8 calls of small models: one thread is as fast as two on
+    free cores and 50x faster when the 2 shared cores are oversubscribed (OpenMP barriers spin)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def agreement_tolerance(schedule: ScheduleConfig, ref: L.Bound, delta: float) -> np.ndarray:
     """Per-image bound on |bits/dim(eps + d) - bits/dim(eps)| for any eps change with max |d| <= delta.
 
