@@ -41,6 +41,18 @@ class RequestError(ValueError):
     """A request this sampler refuses; the message goes back to the client."""
 
 
+class Cancelled(Exception):
+    """The client went away (or Triton cancelled the request): stop sampling for it."""
+
+
+def _stop_if_cancelled(request):
+    """A step callback for runtime.loop.sample: no work for a request nobody waits for."""
+    def callback(i, t, x, x0):
+        if request.is_cancelled():
+            raise Cancelled(f"request cancelled at step {i + 1} (t={t})")
+    return callback
+
+
 class BLSRunner:
     """eps = runner(x_t, t) by a BLS call to the U-Net model in the same server."""
 
@@ -82,6 +94,7 @@ class TritonPythonModel:
         check_numpy()
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.name = args["model_name"]
         self.mode = params["mode"]
         self.max_num = int(params["max_num"])
         self.max_batch = int(params["max_batch"])
@@ -130,9 +143,14 @@ class TritonPythonModel:
                 # the batch runtime.load(engine).sample uses by default, so images match it
                 result = sample(self.runner, self.image_shape, self.manifest["schedule"], s["num"],
                                 seed=s["seed"], steps=s["steps"], method=s["method"], eta=s["eta"],
-                                batch=min(s["num"], self.max_batch))
+                                batch=min(s["num"], self.max_batch),
+                                callback=_stop_if_cancelled(request))
                 images = to_uint8(result.images)
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("images", images)]))
+            except Cancelled as e:
+                pb_utils.Logger.log_info(f"{self.name}: {e}")
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.CANCELLED)))
             except (RequestError, ValueError) as e:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))))
             except Exception as e:  # the server keeps serving; the client learns what failed
