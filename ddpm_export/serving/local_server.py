@@ -25,6 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from ddpm_export.serving.triton_repo import built_dir
+
 
 class ServerUnavailable(RuntimeError):
     """The tritonserver binary is not installed or cannot start on this platform."""
@@ -84,9 +86,7 @@ def numpy1_backend_env(cache_dir=None) -> Optional[Path]:
     site = env_dir / "lib" / f"python{ver}" / "site-packages"
     if (site / "ddpm_parent_env.pth").is_file():
         return env_dir
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=str(root), prefix=".triton-backend-"))
-    try:
+    with built_dir(env_dir, prefix=".triton-backend-") as tmp:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp)], check=True,
                        capture_output=True, timeout=120)
         tsite = tmp / "lib" / f"python{ver}" / "site-packages"
@@ -96,16 +96,10 @@ def numpy1_backend_env(cache_dir=None) -> Optional[Path]:
             raise ServerUnavailable(f"could not install numpy<2 for Triton's Python backend into "
                                     f"{tmp}: {r.stderr.strip()[-800:]}")
         paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-        (tsite / "ddpm_parent_env.pth").write_text("\n".join(paths) + "\n")
-        if env_dir.exists():
-            shutil.rmtree(env_dir)
-        os.replace(tmp, env_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    # a venv records its own path; it was built under a temporary name
-    cfg = env_dir / "pyvenv.cfg"
-    cfg.write_text(cfg.read_text().replace(str(tmp), str(env_dir)))
+        # a venv records its own path; it is built under a temporary name
+        cfg = tmp / "pyvenv.cfg"
+        cfg.write_text(cfg.read_text().replace(str(tmp), str(env_dir)))
+        (tsite / "ddpm_parent_env.pth").write_text("\n".join(paths) + "\n")  # written last: "done"
     return env_dir
 
 

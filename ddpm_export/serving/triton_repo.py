@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -37,6 +38,22 @@ PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 # its output (2 x C*H*W*4 bytes), the float64 uint8 conversion (C*H*W*8) and the
 # uint8 result; the U-Net's activations are per batch and bounded by max_batch.
 BYTES_PER_IMAGE_FACTOR = 4 * 2 + 8 + 1
+
+
+@contextmanager
+def built_dir(dest: Path, prefix: str):
+    """Yield a fresh temp folder beside dest; on success it replaces dest, on failure it is removed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=str(dest.parent), prefix=prefix))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 class RepositoryError(ValueError):
@@ -216,9 +233,7 @@ def write_repository(cfg: RepositoryConfig) -> Dict[str, Any]:
     out = Path(cfg.out)
     if out.exists() and not cfg.force:
         raise RepositoryError(f"{out} exists; pass --force to replace it, or another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=str(out.parent), prefix=f".{out.name}."))
-    try:
+    with built_dir(out, prefix=f".{out.name}.") as tmp:
         models: List[str] = []
         if cfg.mode == "bls":
             kind = "python" if cfg.unet_backend == "python" else (
@@ -250,13 +265,6 @@ def write_repository(cfg: RepositoryConfig) -> Dict[str, Any]:
         (tmp / sampler_name / "config.pbtxt").write_text(config_text(sampler_config(
             sampler_name, cfg.mode, name, engine_file, max_batch, n_max, cfg.instances)))
         models.append(sampler_name)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"out": str(out), "models": models, "mode": cfg.mode, "max_batch": max_batch,
             "max_num": n_max, "image_shape": list(manifest["image_shape"]),
             "num_timesteps": int(manifest["schedule"]["num_timesteps"])}
