@@ -85,6 +85,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", default="engines/digits.onnx")
     ap.add_argument("--instances", type=int, default=2, help="model instances per model")
+    ap.add_argument("--bls-sampler-instances", type=int, default=None,
+                    help="bls sampler instances (default --instances); more give larger U-Net batches")
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--settings", default="ddim20,ddpm1000")
     ap.add_argument("--requests", default="ddim20=32,ddpm1000=4",
@@ -100,7 +102,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_repository(RepositoryConfig(engine=a.engine, out=str(tmp / "repo"), mode="bls", name="unet",
-                                          unet_backend="python", instances=a.instances))
+                                          unet_backend="python", instances=a.instances,
+                                          sampler_instances=a.bls_sampler_instances))
         write_repository(RepositoryConfig(engine=a.engine, out=str(tmp / "ip"), mode="inprocess", name="ip",
                                           instances=a.instances))
         (tmp / "ip" / "ip_sampler").rename(tmp / "repo" / "ip_sampler")
@@ -134,8 +137,9 @@ def main(argv=None):
                         rows.append(row)
                         print(json.dumps(row), file=sys.stderr, flush=True)
                         if a.out:
-                            Path(a.out).write_text(json.dumps({"rows": rows, "instances": a.instances,
-                                                               "engine": a.engine}, indent=2))
+                            Path(a.out).write_text(json.dumps(
+                                {"rows": rows, "instances": a.instances, "engine": a.engine,
+                                 "bls_sampler_instances": a.bls_sampler_instances}, indent=2))
     print(table(rows))
 
 

@@ -67,6 +67,7 @@ class RepositoryConfig:
     name: Optional[str] = None
     max_batch: Optional[int] = None
     instances: int = 1
+    sampler_instances: Optional[int] = None  # None: instances
     mode: str = "bls"
     unet_backend: str = "native"
     max_memory_mb: int = 1024
@@ -210,8 +211,10 @@ def write_repository(cfg: RepositoryConfig) -> Dict[str, Any]:
         raise RepositoryError(f"mode {cfg.mode!r} is unknown; expected one of {MODES}")
     if cfg.unet_backend not in UNET_BACKENDS:
         raise RepositoryError(f"unet_backend {cfg.unet_backend!r} is unknown; expected one of {UNET_BACKENDS}")
-    if cfg.instances < 1:
-        raise RepositoryError(f"instances {cfg.instances}: expected >= 1")
+    sampler_instances = cfg.instances if cfg.sampler_instances is None else cfg.sampler_instances
+    if cfg.instances < 1 or sampler_instances < 1:
+        raise RepositoryError(f"instances {cfg.instances}, sampler_instances {sampler_instances}: "
+                              f"expected >= 1 each")
     engine = Path(cfg.engine)
     if not engine.is_file():
         raise RepositoryError(f"{engine}: no such engine; expected NAME.onnx (ddpm-export export) "
@@ -263,7 +266,7 @@ def write_repository(cfg: RepositoryConfig) -> Dict[str, Any]:
             _write_manifest_copy(manifest, d / "model.json")
         n_max = max_images(manifest, cfg.max_memory_mb)
         (tmp / sampler_name / "config.pbtxt").write_text(config_text(sampler_config(
-            sampler_name, cfg.mode, name, engine_file, max_batch, n_max, cfg.instances)))
+            sampler_name, cfg.mode, name, engine_file, max_batch, n_max, sampler_instances)))
         models.append(sampler_name)
     return {"out": str(out), "models": models, "mode": cfg.mode, "max_batch": max_batch,
             "max_num": n_max, "image_shape": list(manifest["image_shape"]),

@@ -18,7 +18,8 @@ def _config(repo, model):
 
 def test_onnx_bls_repository_uses_the_onnxruntime_backend(tmp_path):
     repo = tmp_path / "repo"
-    s = write_repository(RepositoryConfig(engine=str(DIGITS), out=str(repo), mode="bls", max_batch=16))
+    s = write_repository(RepositoryConfig(engine=str(DIGITS), out=str(repo), mode="bls", max_batch=16,
+                                          instances=2, sampler_instances=5))
     assert s["models"] == ["digits", "digits_sampler"]
     assert (repo / "digits" / "1" / "model.onnx").read_bytes() == DIGITS.read_bytes()
     unet = _config(repo, "digits")
@@ -26,9 +27,10 @@ def test_onnx_bls_repository_uses_the_onnxruntime_backend(tmp_path):
     assert [(i.name, list(i.dims)) for i in unet.input] == [("x_t", [1, 16, 16]), ("t", [1])]
     assert unet.input[1].HasField("reshape") and list(unet.input[1].reshape.shape) == []
     assert [(o.name, list(o.dims)) for o in unet.output] == [("eps", [1, 16, 16])]
-    assert unet.HasField("dynamic_batching")
+    assert unet.HasField("dynamic_batching") and unet.instance_group[0].count == 2
     sampler = _config(repo, "digits_sampler")
     assert sampler.backend == "python" and sampler.max_batch_size == 0
+    assert sampler.instance_group[0].count == 5
     params = {k: v.string_value for k, v in sampler.parameters.items()}
     assert params["mode"] == "bls" and params["unet_model"] == "digits" and params["max_batch"] == "16"
     d = repo / "digits_sampler" / "1"
