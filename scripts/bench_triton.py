@@ -144,12 +144,13 @@ def main(argv=None):
 
 
 def table(rows):
+    """The Markdown table of rows (as written to --out)."""
     out = ["| setting | clients | requests x rounds | mode | images/s (min-max) | p50 (s) | p95 (s) | ms/step (p50) |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['setting']} | {r['concurrency']} | {r['requests']} x {r['rounds']} | {r['mode']} | "
-                   f"{r['images_per_s']:.2f} ({r['images_per_s_min']:.2f}-{r['images_per_s_max']:.2f}) | "
-                   f"{r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['per_step_ms']:.1f} |")
+                   f"{r['images_per_s']:.3g} ({r['images_per_s_min']:.3g}-{r['images_per_s_max']:.3g}) | "
+                   f"{r['p50_s']:.3g} | {r['p95_s']:.3g} | {r['per_step_ms']:.3g} |")
     return "\n".join(out)
 
 
