@@ -93,6 +93,8 @@ def main(argv=None):
                     help="requests per (setting, concurrency); at least the concurrency")
     ap.add_argument("--modes", default="bare,inprocess,bls")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    ap.add_argument("--bare-threads", type=int, default=None,
+                    help="ONNX Runtime intra-op threads for 'bare' (default: ONNX Runtime's)")
     ap.add_argument("--out", default=None, help="JSON file for the raw numbers")
     a = ap.parse_args(argv)
     conc = [int(c) for c in a.concurrency.split(",")]
@@ -108,7 +110,7 @@ def main(argv=None):
                                           instances=a.instances))
         (tmp / "ip" / "ip_sampler").rename(tmp / "repo" / "ip_sampler")
         with LocalTritonServer(tmp / "repo", exit_timeout=5, log_path=tmp / "server.log") as server, \
-                runtime.load(a.engine) as engine:
+                runtime.load(a.engine, threads=a.bare_threads) as engine:
             engine.sample(1, seed=0, method="ddim", steps=2)  # warm-up
             for model in ("unet_sampler", "ip_sampler"):
                 triton_caller(server.http_url, model, "ddim", 2)(0)
@@ -130,6 +132,7 @@ def main(argv=None):
                             ips[mode].append(n / wall)
                     for mode in modes:
                         row = {"setting": setting, "mode": mode, "concurrency": c, "requests": n,
+                               "bare_threads": a.bare_threads,
                                "rounds": a.rounds, "images_per_s": statistics.median(ips[mode]),
                                "images_per_s_min": min(ips[mode]), "images_per_s_max": max(ips[mode]),
                                "p50_s": _pct(lat[mode], 50), "p95_s": _pct(lat[mode], 95),
