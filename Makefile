@@ -26,6 +26,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
 	$(PY) -m pip install -q -e '.[train,runtime,onnx,eval,test]'
 	$(PY) -m pip install -q --no-deps 'torch-fidelity==0.4.0'
+	# A real Triton server for tests/ddpm_export/serving: nvidia-pytriton ships the tritonserver
+	# binary with the Python backend. --no-deps: it pins numpy<2 (its backend stub's), which would
+	# pull the project back to NumPy 1; the stub gets a small numpy<2 environment instead.
+	$(PY) -m pip install -q --no-deps 'nvidia-pytriton>=0.5'
+	$(PY) -c "from ddpm_export.serving.local_server import numpy1_backend_env as e; e()"
 	touch $@
 
 demo: setup

@@ -1,0 +1,1 @@
+"""Serving: a Triton Inference Server model repository from an engine (``ddpm-export triton``)."""

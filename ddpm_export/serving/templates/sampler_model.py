@@ -1,0 +1,163 @@
+"""Triton Python-backend model: the DDPM/DDIM sampler (written by 'ddpm-export triton').
+
+Request (all inputs one-element tensors):
+    num     INT32   images to draw (1 .. the config's max_num)
+    seed    INT64   noise seed; same seed and settings -> the same images as
+                    runtime.load(engine).sample(num, seed, ...)
+    method  BYTES   "ddpm" or "ddim" (optional, default "ddpm")
+    steps   INT32   sampling steps (optional, default: T for ddpm, 50 for ddim)
+    eta     FP32    DDIM eta (optional, default 0)
+Response:
+    images  UINT8   [num, H, W, C]
+
+config.pbtxt parameters: mode "bls" (each U-Net call goes to the model named by
+unet_model through BLS) or "inprocess" (the engine beside this file runs through
+the project's runtime in this process); max_num, max_batch.
+
+The sampling loop is the runtime's (runtime.loop.sample); this file only adapts
+Triton requests to it. The runtime package is copied next to this file.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE in sys.path:
+    sys.path.remove(_HERE)
+sys.path.insert(0, _HERE)  # the runtime/ copied beside this file wins over any installed one
+
+from backend_env import check_numpy  # noqa: E402
+from runtime.contract import INPUT_T, INPUT_X, OUTPUT, read_manifest  # noqa: E402
+from runtime.io import to_uint8  # noqa: E402
+from runtime.loop import METHODS, sample  # noqa: E402
+
+OPTIONAL = {"method": "ddpm", "steps": None, "eta": 0.0}
+
+
+class RequestError(ValueError):
+    """A request this sampler refuses; the message goes back to the client."""
+
+
+class Cancelled(Exception):
+    """The client went away (or Triton cancelled the request): stop sampling for it."""
+
+
+def _stop_if_cancelled(request):
+    """A step callback for runtime.loop.sample: no work for a request nobody waits for."""
+    def callback(i, t, x, x0):
+        if request.is_cancelled():
+            raise Cancelled(f"request cancelled at step {i + 1} (t={t})")
+    return callback
+
+
+class BLSRunner:
+    """eps = runner(x_t, t) by a BLS call to the U-Net model in the same server."""
+
+    def __init__(self, model_name):
+        self.model_name = model_name
+
+    def __call__(self, x_t, t):
+        request = pb_utils.InferenceRequest(
+            model_name=self.model_name,
+            requested_output_names=[OUTPUT],
+            inputs=[pb_utils.Tensor(INPUT_X, np.ascontiguousarray(x_t, dtype=np.float32)),
+                    pb_utils.Tensor(INPUT_T, np.ascontiguousarray(t, dtype=np.int32).reshape(-1, 1))],
+        )
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"U-Net model {self.model_name!r} failed: {response.error().message()}")
+        return pb_utils.get_output_tensor_by_name(response, OUTPUT).as_numpy()
+
+
+def _scalar(request, name, kind):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        if name in OPTIONAL:
+            return OPTIONAL[name]
+        raise RequestError(f"input {name!r} is missing; send num (INT32) and seed (INT64), "
+                           f"optionally method (BYTES), steps (INT32), eta (FP32)")
+    value = tensor.as_numpy()
+    if value.size != 1:
+        raise RequestError(f"input {name!r} has {value.size} elements (shape {list(value.shape)}); "
+                           f"expected one value, shape [1]")
+    value = value.reshape(-1)[0]
+    if kind is str:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return kind(value)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        check_numpy()
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.name = args["model_name"]
+        self.mode = params["mode"]
+        self.max_num = int(params["max_num"])
+        self.max_batch = int(params["max_batch"])
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        self.engine = None
+        if self.mode == "inprocess":
+            import runtime
+
+            self.engine = runtime.load(os.path.join(version_dir, params["engine_file"]))
+            self.engine.runner.__enter__()
+            self.manifest = self.engine.manifest
+            self.runner = self.engine.runner
+        elif self.mode == "bls":
+            self.manifest = read_manifest(os.path.join(version_dir, params["manifest_file"]))
+            self.runner = BLSRunner(params["unet_model"])
+        else:
+            raise ValueError(f"parameter mode: received {self.mode!r}, expected 'bls' or 'inprocess'")
+        self.image_shape = tuple(int(v) for v in self.manifest["image_shape"])
+        self.T = int(self.manifest["schedule"]["num_timesteps"])
+
+    def _settings(self, request):
+        num = _scalar(request, "num", int)
+        seed = _scalar(request, "seed", int)
+        method = _scalar(request, "method", str)
+        steps = _scalar(request, "steps", int)
+        eta = _scalar(request, "eta", float)
+        if not 1 <= num <= self.max_num:
+            raise RequestError(f"num {num} is out of range; expected 1 <= num <= {self.max_num} "
+                               f"(the repository's memory limit); split larger requests")
+        if method not in METHODS:
+            raise RequestError(f"method {method!r} is unknown; expected one of {list(METHODS)}")
+        if steps is not None and not 1 <= steps <= self.T:
+            raise RequestError(f"steps {steps} is out of range; expected 1 <= steps <= {self.T} "
+                               f"(the schedule's T)")
+        if not (np.isfinite(eta) and eta >= 0.0):
+            raise RequestError(f"eta {eta} is invalid; expected a finite value >= 0 (0: deterministic DDIM)")
+        if seed < 0:
+            raise RequestError(f"seed {seed} is negative; expected an integer >= 0")
+        return dict(num=num, seed=seed, method=method, steps=steps, eta=eta)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                s = self._settings(request)
+                # the batch runtime.load(engine).sample uses by default, so images match it
+                result = sample(self.runner, self.image_shape, self.manifest["schedule"], s["num"],
+                                seed=s["seed"], steps=s["steps"], method=s["method"], eta=s["eta"],
+                                batch=min(s["num"], self.max_batch),
+                                callback=_stop_if_cancelled(request))
+                images = to_uint8(result.images)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("images", images)]))
+            except Cancelled as e:
+                pb_utils.Logger.log_info(f"{self.name}: {e}")
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.CANCELLED)))
+            except (RequestError, ValueError) as e:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))))
+            except Exception as e:  # the server keeps serving; the client learns what failed
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"sampling failed: {type(e).__name__}: {e}")))
+        return responses
+
+    def finalize(self):
+        if self.engine is not None:
+            self.engine.runner.close()

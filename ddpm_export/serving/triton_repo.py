@@ -1,0 +1,273 @@
+"""A Triton Inference Server model repository from an engine and its manifest.
+
+Layout (NAME defaults to the engine's file name)::
+
+    REPO/
+      NAME/                       the U-Net (bls mode only)
+        config.pbtxt              tensorrt_plan | onnxruntime_onnx | python (stand-in)
+        1/model.plan | 1/model.onnx  (python stand-in: 1/model.py, 1/model.onnx + 1/model.json, 1/runtime/)
+      NAME_sampler/               the sampling loop, Python backend
+        config.pbtxt
+        1/model.py                templates/sampler_model.py
+        1/runtime/                a copy of the project's torch-free runtime package
+        1/model.json              the manifest (bls) | 1/model.onnx + 1/model.json (inprocess)
+
+Every shape, dtype, batch range and schedule comes from the engine's manifest
+(runtime.contract.read_manifest). The config files are built as Triton's own
+``ModelConfig`` protobuf (tritonclient's model_config_pb2), so a field or enum
+Triton does not know fails here, not on the server.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from runtime.contract import INPUT_T, INPUT_X, OUTPUT, read_manifest
+
+MODES = ("bls", "inprocess")
+UNET_BACKENDS = ("native", "python")
+SAMPLER_SUFFIX = "_sampler"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+PLAN_SUFFIXES = (".plan", ".engine", ".trt")
+# Working memory the sampler holds per requested image: the float32 chain x and
+# its output (2 x C*H*W*4 bytes), the float64 uint8 conversion (C*H*W*8) and the
+# uint8 result; the U-Net's activations are per batch and bounded by max_batch.
+BYTES_PER_IMAGE_FACTOR = 4 * 2 + 8 + 1
+
+
+@contextmanager
+def built_dir(dest: Path, prefix: str):
+    """Yield a fresh temp folder beside dest; on success it replaces dest, on failure it is removed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=str(dest.parent), prefix=prefix))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class RepositoryError(ValueError):
+    """Options or an engine that cannot make a Triton repository."""
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    engine: str
+    out: str
+    name: Optional[str] = None
+    max_batch: Optional[int] = None
+    instances: int = 1
+    sampler_instances: Optional[int] = None  # None: instances
+    mode: str = "bls"
+    unet_backend: str = "native"
+    max_memory_mb: int = 1024
+    queue_delay_us: int = 100
+    force: bool = False
+
+
+def _pb():
+    try:
+        from google.protobuf import json_format, text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as e:
+        raise RepositoryError(
+            f"writing config.pbtxt needs Triton's config schema from tritonclient ({e}); "
+            f"pip install 'tritonclient[grpc]' (or ddpm-export[triton])"
+        ) from None
+    return json_format, text_format, model_config_pb2
+
+
+def config_text(config: Mapping[str, Any]) -> str:
+    """A ModelConfig dict (protobuf JSON names) -> config.pbtxt text; unknown fields raise."""
+    json_format, text_format, model_config_pb2 = _pb()
+    try:
+        msg = json_format.ParseDict(dict(config), model_config_pb2.ModelConfig())
+    except json_format.ParseError as e:
+        raise RepositoryError(f"config for model {config.get('name')!r} does not fit Triton's "
+                              f"ModelConfig schema: {e}") from None
+    return text_format.MessageToString(msg)
+
+
+def parse_config(text: str) -> Any:
+    """config.pbtxt text -> Triton's ModelConfig message (as the server parses it)."""
+    _, text_format, model_config_pb2 = _pb()
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def engine_batch_max(engine: Path, manifest: Mapping[str, Any]) -> int:
+    """The largest batch the engine accepts: the plan's profile, else the export's range."""
+    if engine.suffix in PLAN_SUFFIXES:
+        from runtime.backends.tensorrt.compat import engine_section
+
+        profile = engine_section(manifest)["profiles"][0]
+        if int(profile["min"]) != 1:
+            raise RepositoryError(
+                f"{engine}: the plan's profile starts at batch {profile['min']}, expected 1 (Triton's "
+                f"dynamic batcher sends any batch from 1 up); rebuild with 'ddpm-export build --min-batch 1'"
+            )
+        return int(profile["max"])
+    return int(manifest["batch_range"]["max"])
+
+
+def unet_config(name: str, kind: str, manifest: Mapping[str, Any], max_batch: int, instances: int,
+                queue_delay_us: int) -> Dict[str, Any]:
+    """config for the U-Net: kind 'tensorrt_plan', 'onnxruntime_onnx' or 'python'."""
+    c, h, w = (int(v) for v in manifest["image_shape"])
+    config: Dict[str, Any] = {
+        "name": name,
+        "maxBatchSize": max_batch,
+        "input": [
+            {"name": INPUT_X, "dataType": "TYPE_FP32", "dims": [c, h, w]},
+            # one timestep per image: [batch, 1] on the wire, [batch] for the engine
+            {"name": INPUT_T, "dataType": "TYPE_INT32", "dims": [1], "reshape": {"shape": []}},
+        ],
+        "output": [{"name": OUTPUT, "dataType": "TYPE_FP32", "dims": [c, h, w]}],
+        "dynamicBatching": {"maxQueueDelayMicroseconds": str(queue_delay_us)},
+        "instanceGroup": [{"count": instances,
+                           "kind": "KIND_GPU" if kind == "tensorrt_plan" else
+                           "KIND_CPU" if kind == "python" else "KIND_AUTO"}],
+    }
+    if kind == "python":
+        config["backend"] = "python"
+        config["parameters"] = {"engine_file": {"stringValue": "model.onnx"}}
+    else:
+        config["platform"] = kind
+    return config
+
+
+def sampler_config(name: str, mode: str, unet_name: str, engine_file: str, max_batch: int,
+                   max_num: int, instances: int) -> Dict[str, Any]:
+    one = [1]
+    return {
+        "name": name,
+        "backend": "python",
+        "maxBatchSize": 0,  # one request = one (num, seed, ...) job; num is the batch
+        "input": [
+            # all optional to Triton so the model answers a missing one with its own message
+            {"name": "num", "dataType": "TYPE_INT32", "dims": one, "optional": True},
+            {"name": "seed", "dataType": "TYPE_INT64", "dims": one, "optional": True},
+            {"name": "method", "dataType": "TYPE_STRING", "dims": one, "optional": True},
+            {"name": "steps", "dataType": "TYPE_INT32", "dims": one, "optional": True},
+            {"name": "eta", "dataType": "TYPE_FP32", "dims": one, "optional": True},
+        ],
+        "output": [{"name": "images", "dataType": "TYPE_UINT8", "dims": [-1, -1, -1, -1]}],
+        "instanceGroup": [{"count": instances, "kind": "KIND_CPU"}],
+        "parameters": {
+            "mode": {"stringValue": mode},
+            # bls: the U-Net model to call; inprocess: the engine file beside model.py
+            **({"unet_model": {"stringValue": unet_name}} if mode == "bls" else
+               {"engine_file": {"stringValue": engine_file}}),
+            "manifest_file": {"stringValue": "model.json"},
+            "max_batch": {"stringValue": str(max_batch)},
+            "max_num": {"stringValue": str(max_num)},
+        },
+    }
+
+
+def max_images(manifest: Mapping[str, Any], max_memory_mb: int) -> int:
+    """The largest num one request may ask for within max_memory_mb of sampler memory."""
+    c, h, w = (int(v) for v in manifest["image_shape"])
+    return max(1, (max_memory_mb << 20) // (c * h * w * BYTES_PER_IMAGE_FACTOR))
+
+
+def _copy_engine(engine: Path, dest_dir: Path, stem: str = "model") -> str:
+    """engine + its NAME.json sidecar -> dest_dir/model.SUFFIX + model.json; returns the file name."""
+    target = dest_dir / f"{stem}{engine.suffix}"
+    shutil.copyfile(engine, target)
+    side = engine.with_suffix(".json")
+    if side.is_file():
+        shutil.copyfile(side, dest_dir / f"{stem}.json")
+    return target.name
+
+
+def _write_manifest_copy(manifest: Mapping[str, Any], dest: Path) -> None:
+    import json
+
+    dest.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _copy_runtime(dest_dir: Path) -> None:
+    """The runtime package and the backend-environment check beside a Python model's model.py."""
+    shutil.copyfile(TEMPLATES / "backend_env.py", dest_dir / "backend_env.py")
+    import runtime  # the package itself, wherever it is installed
+
+    shutil.copytree(Path(runtime.__file__).resolve().parent, dest_dir / "runtime",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def write_repository(cfg: RepositoryConfig) -> Dict[str, Any]:
+    """Write the repository at cfg.out (atomically: a temp dir renamed in place); returns a summary."""
+    if cfg.mode not in MODES:
+        raise RepositoryError(f"mode {cfg.mode!r} is unknown; expected one of {MODES}")
+    if cfg.unet_backend not in UNET_BACKENDS:
+        raise RepositoryError(f"unet_backend {cfg.unet_backend!r} is unknown; expected one of {UNET_BACKENDS}")
+    sampler_instances = cfg.instances if cfg.sampler_instances is None else cfg.sampler_instances
+    if cfg.instances < 1 or sampler_instances < 1:
+        raise RepositoryError(f"instances {cfg.instances}, sampler_instances {sampler_instances}: "
+                              f"expected >= 1 each")
+    engine = Path(cfg.engine)
+    if not engine.is_file():
+        raise RepositoryError(f"{engine}: no such engine; expected NAME.onnx (ddpm-export export) "
+                              f"or NAME.plan (ddpm-export build), with its NAME.json")
+    if engine.suffix != ".onnx" and engine.suffix not in PLAN_SUFFIXES:
+        raise RepositoryError(f"{engine}: received a {engine.suffix!r} file, expected .onnx or .plan")
+    is_plan = engine.suffix in PLAN_SUFFIXES
+    if is_plan and cfg.unet_backend == "python":
+        raise RepositoryError("--unet-backend python runs the ONNX export; pass the .onnx, or use "
+                              "native (TensorRT backend) for a .plan")
+    manifest = read_manifest(engine)
+    limit = engine_batch_max(engine, manifest)
+    max_batch = limit if cfg.max_batch is None else cfg.max_batch
+    if not 1 <= max_batch <= limit:
+        raise RepositoryError(f"max_batch {max_batch}: expected 1..{limit} (the engine's batch "
+                              f"{'profile' if is_plan else 'range'}); rebuild the engine for larger batches")
+    name = cfg.name or engine.stem
+    sampler_name = name + SAMPLER_SUFFIX
+    out = Path(cfg.out)
+    if out.exists() and not cfg.force:
+        raise RepositoryError(f"{out} exists; pass --force to replace it, or another --out")
+    with built_dir(out, prefix=f".{out.name}.") as tmp:
+        models: List[str] = []
+        if cfg.mode == "bls":
+            kind = "python" if cfg.unet_backend == "python" else (
+                "tensorrt_plan" if is_plan else "onnxruntime_onnx")
+            d = tmp / name / "1"
+            d.mkdir(parents=True)
+            if kind == "python":
+                _copy_engine(engine, d)
+                shutil.copyfile(TEMPLATES / "unet_model.py", d / "model.py")
+                _copy_runtime(d)
+            else:
+                # Triton's default model file names: model.plan (TensorRT), model.onnx (ONNX Runtime)
+                shutil.copyfile(engine, d / ("model.plan" if is_plan else "model.onnx"))
+            (tmp / name / "config.pbtxt").write_text(config_text(unet_config(
+                name, kind, manifest, max_batch, cfg.instances, cfg.queue_delay_us)))
+            models.append(name)
+        d = tmp / sampler_name / "1"
+        d.mkdir(parents=True)
+        shutil.copyfile(TEMPLATES / "sampler_model.py", d / "model.py")
+        _copy_runtime(d)
+        if cfg.mode == "inprocess":
+            engine_file = _copy_engine(engine, d)
+            if not (d / "model.json").is_file():
+                _write_manifest_copy(manifest, d / "model.json")
+        else:
+            engine_file = ""
+            _write_manifest_copy(manifest, d / "model.json")
+        n_max = max_images(manifest, cfg.max_memory_mb)
+        (tmp / sampler_name / "config.pbtxt").write_text(config_text(sampler_config(
+            sampler_name, cfg.mode, name, engine_file, max_batch, n_max, sampler_instances)))
+        models.append(sampler_name)
+    return {"out": str(out), "models": models, "mode": cfg.mode, "max_batch": max_batch,
+            "max_num": n_max, "image_shape": list(manifest["image_shape"]),
+            "num_timesteps": int(manifest["schedule"]["num_timesteps"])}
