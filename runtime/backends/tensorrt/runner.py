@@ -61,7 +61,8 @@ from runtime.backends.tensorrt.cuda import (_CAPTURE_MODE_THREAD_LOCAL, DeviceIn
 from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError, sha256_file
 
 # Every TensorRT attribute this module touches, in one place:
-# tests/runtime/backends/test_tensorrt.py checks each against the real lean bindings.
+# tests/runtime/backends/test_tensorrt.py checks each against the real lean bindings and
+# against TensorRT's Python binding sources at 8.5.3, 8.6.1 and 10.3 (trt_api/).
 TRT_API: Dict[str, Tuple[str, ...]] = {
     "": ("__version__", "Logger", "Runtime", "ICudaEngine", "IExecutionContext",
          "TensorIOMode", "DataType", "nptype"),
@@ -73,6 +74,9 @@ TRT_API: Dict[str, Tuple[str, ...]] = {
     "TensorIOMode": ("INPUT", "OUTPUT"),
     "DataType": ("FLOAT", "INT32"),
 }
+# Names needed only from a TensorRT version on (the others exist in 8.5 and later):
+# engine_host_code_allowed is set for version-compatible plans, which need TensorRT >= 8.6.
+TRT_API_SINCE: Dict[Tuple[str, str], Tuple[int, int]] = {("Runtime", "engine_host_code_allowed"): (8, 6)}
 
 _LOGGERS: Dict[str, Any] = {}  # one TensorRT logger per module, for the whole process
 
