@@ -100,8 +100,6 @@ def naive_half(model):
     """Everything in FP16, the way a blanket .half() would run it. The sinusoidal timestep
     embedding is computed from the integer t in float32 and then fed to the half MLP, so its
     input is cast to half (a bare .half() stops there with a Float/Half dtype error)."""
-    import torch
-
     naive = copy.deepcopy(model).half()
     first = naive.temb.dense[0]
     first.register_forward_pre_hook(lambda mod, args: (args[0].to(mod.weight.dtype),) + args[1:])

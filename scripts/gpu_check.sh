@@ -31,5 +31,5 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 echo "gpu_check: $PY ($("$PY" -c 'import torch; print(torch.__version__, torch.version.cuda)'))"
 mkdir -p "$(dirname "$REPORT")"
-# 470 s hard stop; the script itself plans for 420 s and writes the report after every section.
+# 470 s hard stop; the script itself plans for 420 s and writes the report after every row.
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 470 "$PY" scripts/gpu_check.py --out "$REPORT" --budget 420 "$@"
