@@ -520,7 +520,8 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
         config = pg.CreateConfig(**cfg_kw)
         plan_bytes = pg.EngineBytesFromNetwork(network, config,
                                                save_timing_cache=cfg.timing_cache)()
-        # the bytes are what we write; deserialize once only to check the I/O, then drop it
+        # the bytes are what we write; deserialize once only to check the I/O, then drop it.
+        # (Polygraphy allows host code here: this is the plan we have just built ourselves.)
         engine = pg.EngineFromBytes(plan_bytes)()
         got = check_engine_io(engine, trt, (c, h, w))
         del engine
