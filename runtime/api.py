@@ -55,25 +55,59 @@ class Engine:
         """Float samples [num, C, H, W] in [-1, 1] plus timing; see runtime.loop.sample."""
         if batch is None:
             batch = min(num, self.runner.max_batch)
+        opened_here = not self.runner.is_active  # outside 'with engine:' we open and close
         self.runner.__enter__()
-        return sample(self.runner, self.image_shape, self.manifest["schedule"], num, seed=seed,
-                      steps=steps, method=method, eta=eta, spacing=spacing, batch=batch,
-                      callback=callback, trajectory_frames=trajectory_frames, progress=progress)
+        try:
+            return sample(self.runner, self.image_shape, self.manifest["schedule"], num, seed=seed,
+                          steps=steps, method=method, eta=eta, spacing=spacing, batch=batch,
+                          callback=callback, trajectory_frames=trajectory_frames,
+                          progress=progress)
+        finally:
+            if opened_here:
+                self.runner.close()
 
     def sample(self, num: int, seed: int = 0, **kw) -> np.ndarray:
         """uint8 images [num, H, W, C]; keyword arguments as in sample_float."""
         return to_uint8(self.sample_float(num, seed, **kw).images)
 
 
+def missing_engine_message(path) -> str:
+    """What to run to get the engine file at path (which does not exist)."""
+    p = Path(path)
+    head = f"{path}: no such engine file"
+    if p.suffix in TRT_SUFFIXES:
+        onnx = [q for q in (p.with_suffix(".onnx"), p.with_name(p.stem + "-fp16.onnx"))
+                if q.is_file()]
+        if onnx:
+            return (f"{head}; build it from the export beside it: ddpm-export build --fp16 "
+                    f"--onnx {onnx[0]} (needs TensorRT on this GPU machine)")
+        name = p.stem[:-5] if p.stem.endswith("-fp16") else p.stem
+        ckpt = p.with_name(name + ".pt")
+        if name == "cifar10" and not ckpt.is_file():
+            return (f"{head}, and no {ckpt} to build it from. The official CIFAR-10 model: "
+                    f"download google/ddpm-cifar10-32 (diffusers format), then 'ddpm-export import "
+                    f"--format diffusers ddpm-cifar10-32/ --out {ckpt}', 'ddpm-export export "
+                    f"--checkpoint {ckpt}', 'ddpm-export build --fp16' (TensorRT on this GPU "
+                    f"machine); or use engines/digits.onnx, which ships with the project")
+        return (f"{head}; make it from a checkpoint with 'ddpm-export export --checkpoint "
+                f"{ckpt}' then 'ddpm-export build --fp16 --onnx {p.with_suffix('.onnx')}' "
+                f"(needs TensorRT)")
+    return (f"{head}; expected NAME.onnx (from 'ddpm-export export') or NAME.plan (from "
+            f"'ddpm-export build')")
+
+
 def load(path, backend: Optional[str] = None, providers: Optional[Sequence[str]] = None,
-         threads: Optional[int] = None) -> Engine:
-    """Open NAME.onnx or NAME.plan with its manifest (NAME.json or embedded)."""
+         threads: Optional[int] = None, allow_host_code: bool = False) -> Engine:
+    """Open NAME.onnx or NAME.plan with its manifest (NAME.json or embedded).
+
+    Load engines only from sources you trust: an ONNX model or a TensorRT plan is
+    a program. allow_host_code (TensorRT only): a version-compatible plan embeds
+    TensorRT's lean runtime, host code that runs in this process; such a plan is
+    refused unless you pass allow_host_code=True for a plan you trust.
+    """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such engine file; expected NAME.onnx (from 'ddpm-export export') "
-            f"or NAME.plan (from 'ddpm-export build')"
-        )
+        raise FileNotFoundError(missing_engine_message(path))
     manifest = read_manifest(p)
     kind = backend or ("onnxruntime" if p.suffix in ONNX_SUFFIXES else
                        "tensorrt" if p.suffix in TRT_SUFFIXES else None)
@@ -84,7 +118,7 @@ def load(path, backend: Optional[str] = None, providers: Optional[Sequence[str]]
     if kind == "tensorrt":
         from runtime.backends.tensorrt import TensorRTRunner  # providers/threads are ONNX Runtime's
 
-        return Engine(TensorRTRunner(str(p), manifest))
+        return Engine(TensorRTRunner(str(p), manifest, allow_host_code=allow_host_code))
     raise ValueError(
         f"{path}: unknown engine type {p.suffix!r}; expected one of "
         f"{ONNX_SUFFIXES + TRT_SUFFIXES} or backend='onnxruntime'"

@@ -19,6 +19,15 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
                    help="DDIM timestep spacing (default uniform)")
 
 
+def add_allow_host_code_arg(p: argparse.ArgumentParser) -> None:
+    """--allow-host-code, shared with runtime.sample_many (see runtime.load)."""
+    p.add_argument("--allow-host-code", action="store_true",
+                   help="TensorRT only: load a version-compatible plan, which embeds TensorRT's "
+                   "lean runtime as host code that runs in this process. Pass it only for a plan "
+                   "you trust (engines, like programs, must come from trusted sources); without "
+                   "it such a plan is refused")
+
+
 def cli_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, interrupted: str) -> int:
     """Run a command: one clear error line and exit 1 instead of a traceback, 130 on Ctrl-C."""
     try:

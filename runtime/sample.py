@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from runtime.cli_args import add_method_args, cli_main
+from runtime.cli_args import add_allow_host_code_arg, add_method_args, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the progressive x0 predictions of the first batch to this PNG")
     p.add_argument("--npz", default=None, help="also save the float samples [N, C, H, W] to this .npz")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    add_allow_host_code_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -48,7 +49,7 @@ def _run(args) -> int:
     if args.method == "ddpm" and (args.eta != 0.0 or args.spacing != "uniform"):
         raise ValueError("--eta and --spacing apply to --method ddim only; drop them or add --method ddim")
     require_pillow()
-    engine = load(args.engine, threads=args.threads)
+    engine = load(args.engine, threads=args.threads, allow_host_code=args.allow_host_code)
     with engine:
         res = engine.sample_float(
             args.num, seed=args.seed, steps=args.steps, method=args.method, eta=args.eta,

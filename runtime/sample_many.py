@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from runtime.cli_args import add_method_args, cli_main
+from runtime.cli_args import add_allow_host_code_arg, add_method_args, cli_main
 
 INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "part of the configuration: it decides which noise each image gets")
     add_method_args(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    add_allow_host_code_arg(p)
     p.add_argument("--npz", default=None,
                    help="when all shards are done, also write every image to this one .npz "
                    "(key arr_0, uint8 [N, H, W, C], as OpenAI's guided-diffusion evaluator reads)")
@@ -54,7 +55,7 @@ def _run(args) -> int:
 
     if args.method == "ddpm" and (args.eta != 0.0 or args.spacing != "uniform"):
         raise ValueError("--eta and --spacing apply to --method ddim only; drop them or add --method ddim")
-    with load(args.engine, threads=args.threads) as engine:
+    with load(args.engine, threads=args.threads, allow_host_code=args.allow_host_code) as engine:
         sample_shards(engine, args.out, args.num, shard_size=args.shard_size, seed=args.seed,
                       batch=args.batch, method=args.method, steps=args.steps, eta=args.eta,
                       spacing=args.spacing, progress=not args.no_progress)

@@ -1,16 +1,26 @@
 """The prepared GPU check (run through scripts/gpu_check.sh): one JSON report.
 
-Sections, each recorded even when another fails (its error goes in the report):
-  device      GPU, CUDA, torch, TensorRT versions
-  precision   cifar10-architecture eps error, FP16 (our FP32 islands) and naive .half(),
-              vs FP32, per timestep
-  torch       image-steps/s: eager FP32/FP16, CUDA graphs FP16, torch.compile FP16,
-              at batch 1, 64, 256
-  host        runtime host cost per step: NumPy DDPM step + pinned H2D/D2H copies,
-              relative to one FP16 U-Net call (CUDA graph) at the same batch
-  tensorrt    only if tensorrt imports: export, build (dynamic 1/64/256), validate vs
-              ONNX Runtime/PyTorch at batches inside and between the profile points,
-              calls/s through runtime.load(), then a static-64 build with a CUDA graph
+Sections, each recorded even when another fails (its error goes in the report,
+and the run then exits 1); rows are written to the report as they finish, so a
+run killed mid-section keeps every finished row:
+  device         GPU, CUDA, torch, TensorRT versions
+  precision      eps error of FP16 (our FP32 islands) and of a naive .half() copy vs
+                 float32, per timestep; TF32 is off for the whole run, so the float32
+                 reference is true FP32
+  onnx           export of the float32 and FP16 graphs, ONNX Runtime (CPU) vs PyTorch
+  torch          image-steps/s: eager FP32/FP16, CUDA graphs FP16, at batch 1, 64, 256
+  host           runtime host cost per step: NumPy DDPM step + pinned H2D/D2H copies,
+                 relative to one FP16 U-Net call (CUDA graph) at the same batch
+  tensorrt       only if tensorrt imports: build (dynamic 1/64/256), validate vs ONNX
+                 Runtime/PyTorch at batches inside and between the profile points,
+                 calls/s through runtime.load(), then a static-64 build with a CUDA graph
+  torch_compile  torch.compile FP16 at batch 1, 64, 256 (last: compiling is slow)
+On a GPU without TensorRT (PyTorch + onnx + CPU ONNX Runtime) everything but
+``tensorrt`` runs, well within the 420 s budget.
+
+--smoke (CI, no GPU needed): the tiny model, small batches and few iterations;
+sections that need CUDA or TensorRT say "skipped: needs CUDA/TensorRT". Any other
+error fails the run.
 The weights are random unless --checkpoint names a cifar10 checkpoint: error numbers
 from random weights are a proxy, say so when you report them.
 """
@@ -19,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -31,24 +42,47 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BATCHES = (1, 64, 256)
+NEEDS = "skipped: needs CUDA/TensorRT"
 TIMESTEPS = (0, 1, 10, 100, 250, 500, 750, 999)
 
 
-def section(report, name, deadline):
-    """Decorator that runs the function at once, storing its result (or error) as report[name]."""
-    def deco(fn):
+class Report:
+    """The JSON report, written atomically after every row and section."""
+
+    def __init__(self, out: Path, **head):
+        self.out, self.data, self.start = out, dict(head), time.time()
+        self.save()
+
+    def save(self):
+        self.data["elapsed_seconds"] = round(time.time() - self.start, 1)
+        tmp = self.out.with_name(self.out.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
+        os.replace(tmp, self.out)
+
+    def section(self, name, fn, deadline, skip=None):
+        """Run fn(sec) where sec is the section's dict, already in the report; rows appended to
+        sec["rows"] survive a later failure or kill. skip: a reason not to run."""
+        sec = self.data[name] = {}
         t0 = time.time()
-        if time.time() > deadline:
-            report[name] = {"skipped": "time budget spent"}
-            return fn
-        try:
-            report[name] = fn()
-        except Exception as e:  # record and go on: one failing section must not hide the others
-            report[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
-        report[name + "_seconds"] = round(time.time() - t0, 1)
-        return fn
-    return deco
+        if skip:
+            sec["skipped"] = skip
+        elif time.time() > deadline:
+            sec["skipped"] = "time budget spent"
+        else:
+            try:
+                fn(sec)
+            except Exception as e:  # record and go on: one failing section must not hide the others
+                sec["error"] = f"{type(e).__name__}: {e}"
+                sec["traceback"] = traceback.format_exc()[-3000:]
+        sec["seconds"] = round(time.time() - t0, 1)
+        self.save()
+
+    def row(self, sec, row):
+        sec.setdefault("rows", []).append(row)
+        self.save()
+
+    def errors(self):
+        return [k for k, v in self.data.items() if isinstance(v, dict) and "error" in v]
 
 
 def timed(fn, sync, iters, warmup=3):
@@ -62,41 +96,71 @@ def timed(fn, sync, iters, warmup=3):
     return (time.perf_counter() - t0) / iters
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--budget", type=float, default=420.0, help="seconds for all sections")
-    args = ap.parse_args()
-    start = time.time()
-    deadline = start + args.budget
-    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": platform.python_version(),
-              "weights": "checkpoint " + args.checkpoint if args.checkpoint else "random (seed 0)"}
-    out = Path(args.out)
+def naive_half(model):
+    """Everything in FP16, the way a blanket .half() would run it. The sinusoidal timestep
+    embedding is computed from the integer t in float32 and then fed to the half MLP, so its
+    input is cast to half (a bare .half() stops there with a Float/Half dtype error)."""
+    naive = copy.deepcopy(model).half()
+    first = naive.temb.dense[0]
+    first.register_forward_pre_hook(lambda mod, args: (args[0].to(mod.weight.dtype),) + args[1:])
+    return naive.eval()
 
-    def save():
-        report["elapsed_seconds"] = round(time.time() - start, 1)
-        out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="the JSON report to write")
+    ap.add_argument("--checkpoint", default=None, help="a cifar10 checkpoint (default: random weights)")
+    ap.add_argument("--budget", type=float, default=420.0, help="seconds for all sections")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CI mode: tiny model, small batches; runs without a GPU")
+    args = ap.parse_args(argv)
+    deadline = time.time() + args.budget
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rep = Report(out, started=time.strftime("%Y-%m-%dT%H:%M:%S"), python=platform.python_version(),
+                 mode="smoke" if args.smoke else "full",
+                 weights="checkpoint " + args.checkpoint if args.checkpoint else "random (seed 0)")
 
     import torch
 
+    from ddpm_export.export.fp16 import Fp16EpsModel
     from ddpm_export.model.checkpoint import build_model, load_checkpoint, save_checkpoint
     from ddpm_export.model.config import PRESETS
-    from ddpm_export.export.fp16 import Fp16EpsModel
     from ddpm_export.model.unet import UNet
     from runtime.schedulers.schedule import Schedule, ScheduleConfig
 
-    dev = torch.device("cuda")
-    report["device"] = {"name": torch.cuda.get_device_name(0),
-                        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
-                        "torch": torch.__version__, "cuda": torch.version.cuda}
-    try:
-        import tensorrt
+    # TF32 off before anything runs: the float32 reference must be FP32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.smoke:
+        rep.data["device"] = {"error": "no CUDA device visible to torch; use --smoke on a CPU"}
+        rep.save()
+        print(f"wrote {out}; no CUDA device (pass --smoke to run the CPU smoke check)", file=sys.stderr)
+        return 1
+    dev = torch.device("cuda" if cuda else "cpu")
+    preset = "tiny" if args.smoke else "cifar10"
+    batches = (1, 4) if args.smoke else (1, 64, 256)
+    timesteps = (0, 500, 999) if args.smoke else TIMESTEPS
+    nprec = 2 if args.smoke else 16
 
-        report["device"]["tensorrt"] = tensorrt.__version__
-    except Exception as e:
-        report["device"]["tensorrt"] = f"not importable: {type(e).__name__}: {e}"
-    save()
+    def _device(sec):
+        if cuda:
+            sec.update(name=torch.cuda.get_device_name(0),
+                       capability=".".join(map(str, torch.cuda.get_device_capability(0))),
+                       cuda=torch.version.cuda)
+        else:
+            sec.update(name="cpu (smoke mode)")
+        sec["torch"] = torch.__version__
+        sec["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                       "cudnn": torch.backends.cudnn.allow_tf32}
+        try:
+            import tensorrt
+
+            sec["tensorrt"] = tensorrt.__version__
+        except Exception as e:
+            sec["tensorrt"] = f"not importable: {type(e).__name__}: {e}"
+    rep.section("device", _device, deadline)
 
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     if args.checkpoint:
@@ -104,44 +168,68 @@ def main() -> int:
         model, _, sched_cfg = build_model(load_checkpoint(ckpt_path), ckpt_path, "ema")
     else:
         torch.manual_seed(0)
-        model = UNet(PRESETS["cifar10"].unet)
+        model = UNet(PRESETS[preset].unet)
         with torch.no_grad():  # zero-initialized output layers would make eps trivially 0
             for p in model.parameters():
                 p.add_(0.02 * torch.randn_like(p))
         sched_cfg = ScheduleConfig()
-        ckpt_path = tmp / "cifar10-random.pt"
-        save_checkpoint({"model_config": PRESETS["cifar10"].unet.to_dict(),
+        ckpt_path = tmp / f"{preset}-random.pt"
+        save_checkpoint({"model_config": PRESETS[preset].unet.to_dict(),
                          "schedule_config": sched_cfg.to_dict(), "ema": model.state_dict()}, ckpt_path)
     model = model.eval()
     c, s = model.config.in_channels, model.config.image_size
     m32 = copy.deepcopy(model).to(dev).eval()
     m16 = Fp16EpsModel(model).to(dev).eval()
-    naive = copy.deepcopy(model).half().to(dev).eval()
+    naive = naive_half(model).to(dev)
     sched = Schedule(sched_cfg)
-    sync = torch.cuda.synchronize
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    gpu_only = None if cuda else NEEDS
 
-    @section(report, "precision", deadline)
-    def _precision():
+    def _precision(sec):
+        sec.update(batch=nprec, reference=f"PyTorch FP32 on {dev.type} (TF32 off)")
         g = torch.Generator(device="cpu").manual_seed(0)
-        rows = []
         with torch.no_grad():
-            for t in TIMESTEPS:
-                x0 = torch.rand(16, c, s, s, generator=g) * 2 - 1  # image-like range
-                noise = torch.randn(16, c, s, s, generator=g)
+            for t in timesteps:
+                x0 = torch.rand(nprec, c, s, s, generator=g) * 2 - 1  # image-like range
+                noise = torch.randn(nprec, c, s, s, generator=g)
                 ab = float(sched.alphas_cumprod[t])
                 x = (ab ** 0.5 * x0 + (1 - ab) ** 0.5 * noise).to(dev)
-                tt = torch.full((16,), t, dtype=torch.int32, device=dev)
+                tt = torch.full((nprec,), t, dtype=torch.int32, device=dev)
                 ref = m32(x, tt).double()
                 ours = (m16(x, tt).double() - ref).abs()
                 nv = (naive(x.half(), tt).double() - ref).abs()
-                rows.append({"t": t, "fp16_islands_max": ours.max().item(), "fp16_islands_mean": ours.mean().item(),
-                             "naive_half_max": nv.max().item(), "naive_half_mean": nv.mean().item(),
-                             "naive_half_finite": bool(torch.isfinite(nv).all())})
-        return {"batch": 16, "reference": "PyTorch FP32 on GPU (TF32 off)", "rows": rows}
+                rep.row(sec, {"t": t, "fp16_islands_max": ours.max().item(),
+                              "fp16_islands_mean": ours.mean().item(),
+                              "naive_half_max": nv.max().item(), "naive_half_mean": nv.mean().item(),
+                              "naive_half_finite": bool(torch.isfinite(nv).all())})
+    rep.section("precision", _precision, deadline)
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    save()
+    onnx_files = {}
+
+    def _onnx(sec):
+        import runtime
+        from ddpm_export.export.onnx_export import export_onnx
+
+        sec["onnxruntime"] = "CPUExecutionProvider"
+        big = batches[-1]
+        for prec in ("fp32", "fp16"):
+            path = tmp / f"{preset}{'-fp16' if prec == 'fp16' else ''}.onnx"
+            t0 = time.time()
+            export_onnx(ckpt_path, path, fp16=prec == "fp16", batch_range=(1, batches[1], big),
+                        check=False)
+            onnx_files[prec] = path
+            rng = np.random.default_rng(0)
+            b = 4
+            x = rng.standard_normal((b, c, s, s)).astype(np.float32)
+            t = np.resize(np.array(timesteps, np.int32), b)
+            with runtime.load(path, providers=["CPUExecutionProvider"]) as eng:
+                got = eng(x, t)
+            with torch.no_grad():
+                want = model(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+            rep.row(sec, {"graph": prec, "export_seconds": round(time.time() - t0, 1), "batch": b,
+                          "max_vs_torch_fp32": float(np.abs(got.astype(np.float64) - want).max()),
+                          "finite": bool(np.isfinite(got).all())})
+    rep.section("onnx", _onnx, deadline)
 
     def cuda_graph_fn(mod, x, t):
         s_ = torch.cuda.Stream()
@@ -152,13 +240,12 @@ def main() -> int:
         torch.cuda.current_stream().wait_stream(s_)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.no_grad():
-            out = mod(x, t)
-        return graph.replay, out
+            out_ = mod(x, t)
+        return graph.replay, out_
 
-    @section(report, "torch", deadline)
-    def _torch():
-        res = []
-        for b in BATCHES:
+    def _torch(sec):
+        sec.update(unit="image-steps/s", fp16="FP16 with FP32 islands (the ONNX FP16 graph's model)")
+        for b in batches:
             x = torch.randn(b, c, s, s, device=dev)
             t = torch.randint(0, 1000, (b,), device=dev, dtype=torch.int32)
             iters = 50 if b < 64 else 20
@@ -168,22 +255,16 @@ def main() -> int:
                 row["eager_fp16"] = b / timed(lambda: m16(x, t), sync, iters)
             replay, _ = cuda_graph_fn(m16, x, t)
             row["cuda_graph_fp16"] = b / timed(replay, sync, iters)
-            res.append(row)
-            save()
-        return {"unit": "image-steps/s", "fp16": "FP16 with FP32 islands (the ONNX FP16 graph's model)",
-                "rows": res}
+            rep.row(sec, row)
+    rep.section("torch", _torch, deadline, skip=gpu_only)
 
-    save()
-
-    @section(report, "host", deadline)
-    def _host():
+    def _host(sec):
         from runtime.schedulers.ddpm import DDPMScheduler
 
         sch = DDPMScheduler(sched_cfg)
         sch.set_timesteps()
         rng = np.random.default_rng(0)
-        res = []
-        for b in BATCHES:
+        for b in batches:
             x = rng.standard_normal((b, c, s, s)).astype(np.float32)
             eps = rng.standard_normal((b, c, s, s)).astype(np.float32)
             step = timed(lambda: sch.step(eps, 500, x, rng=rng), lambda: None, 20, 2)
@@ -199,42 +280,35 @@ def main() -> int:
             tt = torch.full((b,), 500, dtype=torch.int32, device=dev)
             replay, _ = cuda_graph_fn(m16, dx, tt)
             unet = timed(replay, sync, 20)
-            res.append({"batch": b, "numpy_step_ms": step * 1e3, "h2d_d2h_sync_ms": cp * 1e3,
-                        "unet_fp16_graph_ms": unet * 1e3, "host_over_unet": (step + cp) / unet})
-        return {"rows": res}
+            rep.row(sec, {"batch": b, "numpy_step_ms": step * 1e3, "h2d_d2h_sync_ms": cp * 1e3,
+                          "unet_fp16_graph_ms": unet * 1e3, "host_over_unet": (step + cp) / unet})
+    rep.section("host", _host, deadline, skip=gpu_only)
 
-    save()
+    try:
+        import tensorrt as trt  # noqa: F401
+        trt_skip = gpu_only
+    except Exception as e:
+        trt_skip = f"{NEEDS} (tensorrt not importable: {type(e).__name__}: {e})"
 
-    @section(report, "tensorrt", deadline)
-    def _tensorrt():
-        try:
-            import tensorrt as trt
-        except Exception as e:
-            return {"skipped": f"tensorrt not importable: {type(e).__name__}: {e}"}
+    def _tensorrt(sec):
         import runtime
         from ddpm_export.export.tensorrt import BuildConfig, build_engine, export_precision
-        from ddpm_export.export.onnx_export import export_onnx
 
-        res = {"tensorrt": trt.__version__}
         prec = export_precision(trt.__version__, True)
-        onnx = tmp / f"cifar10{'-fp16' if prec == 'fp16' else ''}.onnx"
-        t0 = time.time()
-        export_onnx(ckpt_path, onnx, fp16=prec == "fp16", batch_range=(1, 64, 256))
-        onnx32 = tmp / "cifar10-ref.onnx"
-        export_onnx(ckpt_path, onnx32, fp16=False, batch_range=(1, 64, 256), check=False)
-        res["export_seconds"] = round(time.time() - t0, 1)
+        onnx = onnx_files.get(prec)
+        if onnx is None:
+            raise RuntimeError(f"the onnx section did not export the {prec} graph (see its error)")
+        sec["tensorrt"] = trt.__version__
         cache = str(tmp / "timing.cache")
         m = build_engine(BuildConfig(onnx=str(onnx), fp16=True, min_batch=1, opt_batch=64,
                                      max_batch=256, timing_cache=cache), log=lambda s_: None)
-        res["build"] = m["engine"]
-        report["tensorrt"] = res
-        save()
+        sec["build"] = m["engine"]
+        rep.save()
         rng = np.random.default_rng(0)
-        val = []
         ts = np.array(TIMESTEPS, np.int32)
-        with runtime.load(onnx32, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]) as ref, \
+        with runtime.load(onnx_files["fp32"], providers=["CUDAExecutionProvider", "CPUExecutionProvider"]) as ref, \
                 runtime.load(onnx.with_suffix(".plan")) as eng:
-            res["runner"] = {"cuda_graph": eng.runner.use_cuda_graph, "device": str(eng.runner.device)}
+            sec["runner"] = {"cuda_graph": eng.runner.use_cuda_graph, "device": str(eng.runner.device)}
             for b in (1, 3, 64, 100, 256):  # profile points and between them
                 x = rng.standard_normal((b, c, s, s)).astype(np.float32)
                 t = np.resize(ts, b)
@@ -248,20 +322,16 @@ def main() -> int:
                     if sel.any():
                         d = np.abs(got[sel].astype(np.float64) - torch_ref[sel])
                         per_t[int(tv)] = {"max": float(d.max()), "mean": float(d.mean())}
-                val.append({"batch": b, "finite": bool(np.isfinite(got).all()),
-                            "max_vs_torch": float(np.abs(got - torch_ref).max()),
-                            "max_vs_onnxruntime_fp32": float(np.abs(got - ort).max()),
-                            "per_timestep_vs_torch": per_t})
-            res["validate"] = val
-            save()
-            bench = []
-            for b in BATCHES:
+                rep.row(sec, {"validate_batch": b, "finite": bool(np.isfinite(got).all()),
+                              "max_vs_torch": float(np.abs(got - torch_ref).max()),
+                              "max_vs_onnxruntime_fp32": float(np.abs(got - ort).max()),
+                              "per_timestep_vs_torch": per_t})
+            for b in batches:
                 x = rng.standard_normal((b, c, s, s)).astype(np.float32)
                 t = np.full((b,), 500, np.int32)
                 dt = timed(lambda: eng(x, t), lambda: None, 50 if b < 64 else 20)
-                bench.append({"batch": b, "image_steps_per_s_via_runtime": b / dt, "ms_per_call": dt * 1e3})
-            res["bench_dynamic"] = bench
-        save()
+                rep.row(sec, {"bench_batch": b, "image_steps_per_s_via_runtime": b / dt,
+                              "ms_per_call": dt * 1e3})
         if time.time() < deadline - 60:
             static_plan = tmp / "cifar10-static64.plan"
             build_engine(BuildConfig(onnx=str(onnx), fp16=True, static_batch=64, out=str(static_plan),
@@ -272,20 +342,17 @@ def main() -> int:
                 dt = timed(lambda: eng(x, t), lambda: None, 50)
                 with torch.no_grad():
                     d = float(np.abs(eng(x, t) - m32(torch.from_numpy(x).to(dev), torch.from_numpy(t).to(dev)).cpu().numpy()).max())
-                res["static64"] = {"cuda_graph": eng.runner.use_cuda_graph,
+                sec["static64"] = {"cuda_graph": eng.runner.use_cuda_graph,
                                    "cuda_graph_error": eng.runner.cuda_graph_error,
                                    "image_steps_per_s_via_runtime": 64 / dt, "max_vs_torch": d}
-        return res
+    rep.section("tensorrt", _tensorrt, deadline, skip=trt_skip)
 
-    save()
-
-    @section(report, "torch_compile", deadline - 30)
-    def _compile():
-        res = []
+    def _compile(sec):
+        sec["mode"] = "default, FP16 with FP32 islands"
         comp = torch.compile(m16, dynamic=False)
-        for b in BATCHES:
+        for b in batches:
             if time.time() > deadline - 30:
-                res.append({"batch": b, "skipped": "time budget"})
+                rep.row(sec, {"batch": b, "skipped": "time budget"})
                 continue
             x = torch.randn(b, c, s, s, device=dev)
             t = torch.randint(0, 1000, (b,), device=dev, dtype=torch.int32)
@@ -295,15 +362,15 @@ def main() -> int:
                 sync()
                 compile_s = time.time() - t0
                 rate = b / timed(lambda: comp(x, t), sync, 50 if b < 64 else 20)
-            res.append({"batch": b, "compile_seconds": round(compile_s, 1), "image_steps_per_s": rate})
-            save()
-        return {"mode": "default, FP16 with FP32 islands", "rows": res}
+            rep.row(sec, {"batch": b, "compile_seconds": round(compile_s, 1), "image_steps_per_s": rate})
+    rep.section("torch_compile", _compile, deadline - 30, skip=gpu_only)
 
-    save()
-    print(json.dumps({k: v for k, v in report.items() if k.endswith("_seconds") or k == "device"}, indent=1))
-    errors = [k for k, v in report.items() if isinstance(v, dict) and "error" in v]
+    summary = {k: v.get("skipped") or v.get("error") or f"ok ({v.get('seconds')} s)"
+               for k, v in rep.data.items() if isinstance(v, dict)}
+    print(json.dumps(summary, indent=1))
+    errors = rep.errors()
     print(f"wrote {out}; sections with errors: {errors or 'none'}")
-    return 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

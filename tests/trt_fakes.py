@@ -25,3 +25,42 @@ class FakeEngine:
 
     def get_tensor_profile_shape(self, n, i):
         return self.profile
+
+
+# --- TensorRT's Python API names per version (scripts/trt_api_names.py) --------------------
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+TRT_API_DIR = Path(__file__).resolve().parent / "runtime" / "backends" / "trt_api"
+TRT_API_VERSIONS = ("8.5.3", "8.6.1", "10.3.0")
+
+
+def trt_api_list(version):
+    """The names extracted from TensorRT's binding sources at that tag (with their source)."""
+    return json.loads((TRT_API_DIR / f"tensorrt-{version}.json").read_text())
+
+
+def missing_trt_names(api, used, since, version):
+    """'owner.name' for every used name (owner '' = the module) not bound at that version;
+    a bound class also has its bound bases' names. since: {(owner, name): (major, minor)}."""
+    classes, bases = api["classes"], api["bases"]
+    v = tuple(int(p) for p in version.split(".")[:2])
+
+    def names(owner, seen=()):
+        out = set(classes.get(owner, ()))
+        for b in bases.get(owner, ()):
+            if b not in seen:
+                out |= names(b, seen + (owner,))
+        return out
+
+    missing = []
+    for owner, members in used.items():
+        have = names(owner)
+        if owner and owner not in classes[""] and since.get(("", owner), (0, 0)) <= v:
+            missing.append(f"tensorrt.{owner}")
+        for n in members:
+            if since.get((owner, n), (0, 0)) > v:
+                continue
+            if n not in have:
+                missing.append(f"{owner or 'tensorrt'}.{n}")
+    return missing

@@ -5,15 +5,26 @@ import sys
 
 import click
 
+from ddpm_export.export import ExportError
 from ddpm_export.export.tensorrt import BuildConfig, BuildError, build_engine
-from runtime.backends.tensorrt import BackendMissing, NoCudaDevice
+from runtime.backends.tensorrt import BackendMissing, EngineMismatch, NoCudaDevice
 from runtime.contract import ManifestError
+
+
+def _user_errors() -> tuple:
+    """The errors that get one line instead of a traceback. CheckpointError lives with torch,
+    imported only when a checkpoint was read: if it is not loaded, it cannot have been raised."""
+    errors = (BuildError, BackendMissing, NoCudaDevice, ManifestError, EngineMismatch, ExportError)
+    ckpt = sys.modules.get("ddpm_export.model.checkpoint")
+    return errors + ((ckpt.CheckpointError,) if ckpt is not None else ())
 
 
 @click.command("build", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--onnx", default=None, type=click.Path(dir_okay=False),
               help="The export to build (NAME.onnx with its NAME.json). Without it, --checkpoint "
-              "is exported first (FP16 graph for TensorRT >= 10 with --fp16, else float32).")
+              "is exported first (FP16 graph for TensorRT >= 10 with --fp16, else float32); "
+              "with neither, the default export: engines/cifar10(-fp16).onnx (or "
+              "engines/cifar10.pt) when present, else the shipped engines/digits.onnx.")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="A .pt from 'ddpm-export train' or 'import'; exported to "
               "engines/NAME(-fp16).onnx unless that export already exists.")
@@ -49,6 +60,10 @@ def build_command(**kw):
     """Build a TensorRT engine (NAME.plan + NAME.json) from an ONNX export.
 
     \b
+    'ddpm-export build --fp16' alone builds the default export: the cifar10
+    export in engines/ when there is one, else the shipped digits model (it
+    says which, and how to get the CIFAR-10 model from the official weights).
+    \b
     Desktop/server (x86-64, CUDA 12):
       pip install tensorrt-cu12 polygraphy     # TensorRT from NVIDIA's index
       ddpm-export export --checkpoint engines/cifar10.pt --fp16
@@ -66,7 +81,7 @@ def build_command(**kw):
     try:
         m = build_engine(cfg, command=" ".join(["ddpm-export"] + sys.argv[1:]),
                          log=lambda s: click.echo(s, err=True))
-    except (BuildError, BackendMissing, NoCudaDevice, ManifestError) as e:
+    except _user_errors() as e:
         raise click.ClickException(str(e)) from None
     e = m["engine"]
     click.echo(f"wrote {e['plan']} + its NAME.json: TensorRT {e['tensorrt_version']}, "

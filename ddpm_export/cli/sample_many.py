@@ -39,8 +39,11 @@ INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to
               help="When all shards are done, also write every image to this one .npz "
               "(key arr_0, uint8 [N, H, W, C], as OpenAI's guided-diffusion evaluator reads).")
 @click.option("--no-progress", is_flag=True, help="No progress bar: one line per shard instead.")
+@click.option("--allow-host-code", is_flag=True,
+              help="TensorRT only: load a version-compatible plan, which embeds host code that "
+              "runs in this process; only for a plan you trust (else such a plan is refused).")
 def sample_many_command(engine, num, out, shard_size, seed, batch, method, steps, eta, spacing,
-                        threads, npz, no_progress):
+                        threads, npz, no_progress, allow_host_code):
     """Sample N images from an engine into resumable shards (for FID on 50k).
 
     \b
@@ -58,7 +61,7 @@ def sample_many_command(engine, num, out, shard_size, seed, batch, method, steps
     if method == "ddpm" and (eta != 0.0 or spacing != "uniform"):
         raise click.UsageError("--eta and --spacing apply to --method ddim only; drop them or add --method ddim")
     try:
-        with load(engine, threads=threads) as e:
+        with load(engine, threads=threads, allow_host_code=allow_host_code) as e:
             sample_shards(e, out, num, shard_size=shard_size, seed=seed, batch=batch, method=method,
                           steps=steps, eta=eta, spacing=spacing, progress=not no_progress,
                           log=click.echo)

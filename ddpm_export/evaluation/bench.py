@@ -102,36 +102,38 @@ def run_bench(batches=(1, 8), steps: int = 10, repeats: int = 5, threads: int = 
         unet = _diffusers_unet()
         engine = runtime.load(onnx_path, threads=threads)
         engine.__enter__()
-        opts = ort.SessionOptions()  # the same options the runtime's runner uses
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads
-        bare = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(0)
-        for b in batches:
-            x = rng.standard_normal((b, 3, 32, 32), dtype=np.float32)
-            t = np.full((b,), 500, dtype=np.int32)
-            xt, tt = torch.from_numpy(x), torch.from_numpy(t).long()
+        try:
+            opts = ort.SessionOptions()  # the same options the runtime's runner uses
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.intra_op_num_threads = threads
+            bare = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            rng = np.random.default_rng(0)
+            for b in batches:
+                x = rng.standard_normal((b, 3, 32, 32), dtype=np.float32)
+                t = np.full((b,), 500, dtype=np.int32)
+                xt, tt = torch.from_numpy(x), torch.from_numpy(t).long()
 
-            def eager():
-                with torch.inference_mode():
+                def eager():
+                    with torch.inference_mode():
+                        for _ in range(steps):
+                            unet(xt, tt)
+                    return b * steps
+
+                def bare_ort():
                     for _ in range(steps):
-                        unet(xt, tt)
-                return b * steps
+                        bare.run([OUTPUT], {INPUT_X: x, INPUT_T: t})
+                    return b * steps
 
-            def bare_ort():
-                for _ in range(steps):
-                    bare.run([OUTPUT], {INPUT_X: x, INPUT_T: t})
-                return b * steps
+                def loop():
+                    return engine.sample_float(b, seed=0, steps=steps, method="ddpm", batch=b).image_steps
 
-            def loop():
-                return engine.sample_float(b, seed=0, steps=steps, method="ddpm", batch=b).image_steps
-
-            a_, b_, c_ = _interleaved_rates([eager, bare_ort, loop], repeats)
-            overhead = _loop_overhead(engine, b)
-            rows.append({"batch": b, "diffusers_eager": a_, "onnxruntime_bare": b_, "runtime_loop": c_,
-                         "loop_vs_eager": c_ / a_, "loop_vs_bare": c_ / b_,
-                         "loop_overhead_s": overhead, "overhead_share": overhead * b_ / b})
-        engine.__exit__(None, None, None)
+                a_, b_, c_ = _interleaved_rates([eager, bare_ort, loop], repeats)
+                overhead = _loop_overhead(engine, b)
+                rows.append({"batch": b, "diffusers_eager": a_, "onnxruntime_bare": b_, "runtime_loop": c_,
+                             "loop_vs_eager": c_ / a_, "loop_vs_bare": c_ / b_,
+                             "loop_overhead_s": overhead, "overhead_share": overhead * b_ / b})
+        finally:
+            engine.__exit__(None, None, None)
 
     sched_row = None
     if digits_onnx and Path(digits_onnx).is_file():

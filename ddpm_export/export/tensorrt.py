@@ -1,9 +1,12 @@
 """``ddpm-export build``: an ONNX export -> a TensorRT plan + its manifest.
 
 The TensorRT part is Polygraphy's loaders (``NetworkFromOnnxPath``,
-``CreateConfig``, ``EngineFromNetwork``, ``SaveEngine``), which hide most API
-differences between TensorRT 8.5 and 11; this module decides what to ask them
-for and checks everything around them:
+``PostprocessNetwork``, ``CreateConfig``, ``EngineBytesFromNetwork``,
+``EngineFromBytes``, ``SaveBytes``), which hide most API differences between
+TensorRT 8.5 and 11; this module decides what to ask them for and checks
+everything around them. The plan is built as bytes and written as those bytes:
+a version-compatible engine cannot be serialized again once deserialized, and
+the finished engine is deserialized only to check its I/O.
 
 precision (``precision_mode``), by TensorRT version and the export's graph:
 
@@ -16,7 +19,15 @@ precision (``precision_mode``), by TensorRT version and the export's graph:
     >= 10         no --fp16, FP16 graph         strongly typed (the graph's types)
 
 With ``--checkpoint`` instead of ``--onnx`` the export is made first, in the
-precision the table wants (``export_precision``).
+precision the table wants (``export_precision``). With neither, the project's
+default export is built (``default_source``): the cifar10 export in engines/
+when there is one, else the shipped digits export, saying which.
+
+FP16 with the builder flag lets TensorRT choose each layer's precision, so the
+layers that the FP16 export keeps in float32 (``fp32_island_nodes``: the
+timestep embedding, GroupNorm, softmax) are pinned to FP32 (layer precision
+and output types, with precision constraints obeyed), found by the names the
+ONNX parser gives the layers (a single-node layer is named after its node).
 
 The plan's manifest is the export's manifest plus an ``engine`` section
 (``engine_section_dict``); the runtime checks that section against the running
@@ -32,9 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, Optional
-
-
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from runtime.contract import (
     INPUT_T,
@@ -46,7 +55,8 @@ from runtime.contract import (
     write_manifest,
 )
 from runtime.backends.tensorrt import (ENGINE_SECTION_VERSION, BackendMissing, DeviceInfo,
-                                       check_engine_io, parse_version, probe_cuda_device)
+                                       EngineMismatch, check_engine_io, parse_version,
+                                       probe_cuda_device)
 
 MIN_TRT = (8, 5)  # JetPack 5; the name-based I/O API (set_input_shape, execute_async_v3)
 FEATURE_MIN = {"builder_opt_level": (8, 6), "version_compatible": (8, 6)}
@@ -59,6 +69,28 @@ _INSTALL_BUILD = (
     "--system-site-packages), then pip install polygraphy. The lean runtime wheels "
     "(tensorrt-lean-*) run plans but cannot build them"
 )
+ENGINES = Path("engines")
+GET_CIFAR10 = (
+    "to build the CIFAR-10 model, get the official weights (google/ddpm-cifar10-32 in diffusers "
+    "format, downloaded yourself) and run: ddpm-export import --format diffusers ddpm-cifar10-32/ "
+    "--out engines/cifar10.pt; ddpm-export export --checkpoint engines/cifar10.pt (add --fp16 for "
+    "TensorRT >= 10); ddpm-export build --fp16"
+)
+# Every TensorRT attribute this module touches itself (the rest goes through Polygraphy);
+# tests/ddpm_export/export/test_tensorrt_build.py checks each against TensorRT's Python binding
+# sources at 8.5.3, 8.6.1 and 10.3 (tests/runtime/backends/trt_api/).
+BUILD_TRT_API: Dict[str, Tuple[str, ...]] = {
+    "": ("__version__", "OnnxParserFlag", "MemoryPoolType", "DataType", "LayerType",
+         "TensorIOMode", "INetworkDefinition", "ILayer", "ITensor"),
+    "OnnxParserFlag": ("NATIVE_INSTANCENORM",),
+    "MemoryPoolType": ("WORKSPACE",),
+    "DataType": ("FLOAT", "HALF", "INT32"),
+    "LayerType": ("SHAPE", "CONSTANT"),
+    "INetworkDefinition": ("num_layers", "get_layer"),
+    "ILayer": ("name", "type", "precision", "num_outputs", "get_output", "set_output_type"),
+    "ITensor": ("dtype",),
+}
+BUILD_TRT_API_SINCE = {("", "OnnxParserFlag"): (8, 6), ("OnnxParserFlag", "NATIVE_INSTANCENORM"): (8, 6)}
 
 
 class BuildError(RuntimeError):
@@ -142,9 +174,9 @@ def export_precision(trt_version: str, fp16: bool) -> str:
 
 def check_config(cfg: BuildConfig, trt_version: Optional[str] = None) -> None:
     """Argument checks that need no GPU; with trt_version also what that TensorRT supports."""
-    if bool(cfg.onnx) == bool(cfg.checkpoint):
-        raise BuildError("pass exactly one of --onnx NAME.onnx (an export) or --checkpoint CKPT "
-                         "(exported first)")
+    if cfg.onnx and cfg.checkpoint:
+        raise BuildError("pass at most one of --onnx NAME.onnx (an export) or --checkpoint CKPT "
+                         "(exported first); with neither, the default export in engines/ is built")
     if cfg.out is not None and Path(cfg.out).suffix not in (".plan", ".engine"):
         raise BuildError(f"--out {cfg.out}: expected a NAME.plan (its manifest goes to NAME.json)")
     if cfg.builder_opt_level is not None and not 0 <= cfg.builder_opt_level <= 5:
@@ -212,6 +244,106 @@ def engine_section_dict(*, trt_version: str, device: DeviceInfo, mode: str, prof
     }
 
 
+def default_source(trt_version: str, fp16: bool, engines: Path = ENGINES
+                   ) -> Tuple[Optional[Path], Optional[Path], str]:
+    """(onnx, checkpoint, note) for a build without --onnx/--checkpoint.
+
+    The cifar10 export in engines/ (the FP16 graph where builds are strongly typed, else the
+    float32 graph), else engines/cifar10.pt (exported first), else the shipped digits export;
+    note says which and, without a cifar10 model, how to get one.
+    """
+    want = export_precision(trt_version, fp16)
+    for name in ("cifar10", "digits"):
+        graphs = ([f"{name}-fp16.onnx", f"{name}.onnx"] if want == "fp16" else [f"{name}.onnx"])
+        for g in graphs:
+            onnx = engines / g
+            if not onnx.is_file():
+                continue
+            try:  # a graph this TensorRT cannot build with these flags is no default
+                precision_mode(trt_version, fp16, "fp16" if g.endswith("-fp16.onnx") else "fp32")
+            except BuildError:
+                continue
+            note = f"no --onnx or --checkpoint: building the default export {onnx}"
+            if name == "digits":
+                note += (f" (the shipped digits model; no cifar10 export or checkpoint in "
+                         f"{engines}/): {GET_CIFAR10}")
+            return onnx, None, note
+        ckpt = engines / f"{name}.pt"
+        if name == "cifar10" and ckpt.is_file():
+            return None, ckpt, f"no --onnx or --checkpoint: exporting and building {ckpt}"
+    raise BuildError(f"no --onnx or --checkpoint, and no export in {engines}/ to build by default "
+                     f"(engines/cifar10*.onnx or engines/digits.onnx); {GET_CIFAR10}")
+
+
+# --- FP32 islands of the float32 graph (FP16 builder-flag builds) -----------------
+ISLAND_NORM_OPS = ("InstanceNormalization", "GroupNormalization")  # GroupNorm as exported
+ISLAND_OPS = ("Softmax",)  # attention softmax
+ISLAND_SCOPE = "temb"  # the U-Net's timestep embedding module (sinusoid + MLP)
+NO_COMPUTE_OPS = ("Constant", "Shape", "Identity")
+
+
+def _scope(node_name: str) -> str:
+    return node_name.rsplit("/", 1)[0] if "/" in node_name else ""
+
+
+def fp32_island_nodes(graph: Any) -> List[str]:
+    """Names of the nodes that the FP16 export keeps in float32 (ddpm_export.export.fp16).
+
+    graph: an onnx GraphProto (or ModelProto). The rule, on the float32 export's node names
+    (torch.onnx scopes, e.g. ``/model/block.0/norm1/InstanceNormalization``):
+      - GroupNorm: every node in the scope of an InstanceNormalization or GroupNormalization
+        node (the reshapes, the normalization and the affine Mul/Add);
+      - the timestep embedding: every node under a ``temb`` scope (sinusoid and its MLP);
+      - attention softmax: every Softmax node.
+    Nodes that compute nothing (Constant, Shape, Identity) are left out.
+    """
+    graph = getattr(graph, "graph", graph)
+    nodes = list(graph.node)
+    norm_scopes = {_scope(n.name) for n in nodes if n.op_type in ISLAND_NORM_OPS}
+    out = []
+    for n in nodes:
+        if n.op_type in NO_COMPUTE_OPS:
+            continue
+        scope = _scope(n.name)
+        if (scope in norm_scopes or n.op_type in ISLAND_OPS
+                or ISLAND_SCOPE in scope.split("/")):
+            out.append(n.name)
+    return out
+
+
+def island_layer(layer_name: str, islands: set, node_names: set) -> bool:
+    """Whether a TensorRT layer belongs to an island node: by its name, which the ONNX parser
+    sets to the node's name (a node that becomes several layers: the node name + a suffix)."""
+    if layer_name in node_names:
+        return layer_name in islands
+    for k in range(len(layer_name) - 1, 0, -1):  # the longest node name it starts with
+        if layer_name[:k] in node_names:
+            return layer_name[:k] in islands
+    return False
+
+
+def pin_fp32_islands(network: Any, trt: Any, islands: Sequence[str],
+                     node_names: Iterable[str]) -> List[str]:
+    """Set FP32 precision and FP32 float outputs on the island layers; returns their names."""
+    islands, node_names = set(islands), set(node_names)
+    floats = (trt.DataType.FLOAT, trt.DataType.HALF)
+    skip = (trt.LayerType.SHAPE, trt.LayerType.CONSTANT)
+    pinned = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type in skip or not island_layer(layer.name, islands, node_names):
+            continue
+        outs = [k for k in range(layer.num_outputs) if layer.get_output(k).dtype in floats]
+        if not outs:
+            continue
+        layer.precision = trt.DataType.FLOAT
+        for k in outs:
+            layer.set_output_type(k, trt.DataType.FLOAT)
+        pinned.append(layer.name)
+    return pinned
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _NODE = re.compile(r"[Ii]n node\b.*")
 _MEMORY = re.compile(r"workspace|out of memory|outofmemory|insufficient memory|"
                      r"cudaErrorMemoryAllocation|requested amount of gpu memory", re.I)
@@ -220,6 +352,7 @@ _MEMORY = re.compile(r"workspace|out of memory|outofmemory|insufficient memory|"
 def explain_failure(log_text: str, onnx: Path, trt_version: str, cfg: BuildConfig,
                     profile: BatchRange, log_path: Path) -> str:
     """One message from Polygraphy's build log: parse error (with the node), memory, or other."""
+    log_text = _ANSI.sub("", log_text)  # Polygraphy colors its lines when 'colored' is installed
     errors = [ln.strip() for ln in log_text.splitlines()
               if ln.lstrip().startswith(("[E]", "[!]")) or "ERROR" in ln]
     for ln in errors:
@@ -250,8 +383,9 @@ def load_backend() -> SimpleNamespace:
                              f"{_INSTALL_BUILD}") from e
     try:
         import polygraphy
-        from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, NetworkFromOnnxPath,
-                                            Profile, SaveEngine)
+        from polygraphy.backend.common import SaveBytes
+        from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork, EngineFromBytes,
+                                            NetworkFromOnnxPath, PostprocessNetwork, Profile)
         from polygraphy.exception import PolygraphyException
         from polygraphy.logger import G_LOGGER
     except ImportError as e:
@@ -259,10 +393,11 @@ def load_backend() -> SimpleNamespace:
                              "'ddpm-export[trt]')") from e
     return SimpleNamespace(trt=trt, version=trt.__version__, polygraphy=polygraphy.__version__,
                            NetworkFromOnnxPath=NetworkFromOnnxPath, CreateConfig=CreateConfig,
-                           EngineFromNetwork=EngineFromNetwork, SaveEngine=SaveEngine,
+                           PostprocessNetwork=PostprocessNetwork,
+                           EngineBytesFromNetwork=EngineBytesFromNetwork,
+                           EngineFromBytes=EngineFromBytes, SaveBytes=SaveBytes,
                            Profile=Profile, PolygraphyException=PolygraphyException,
                            G_LOGGER=G_LOGGER)
-
 
 
 def onnx_from_checkpoint(checkpoint: str, precision: str, force: bool) -> Path:
@@ -287,8 +422,26 @@ def onnx_from_checkpoint(checkpoint: str, precision: str, force: bool) -> Path:
     return out
 
 
+def _open_build_log(logger: Any, path: Path) -> Tuple[bool, Path, Any]:
+    """Point Polygraphy's logger at path (uncolored) unless the caller set its own log file."""
+    if logger.log_file:  # the caller's own Polygraphy log: read that one, never reopen (truncate) it
+        return False, Path(logger.log_file), None
+    colors = getattr(logger, "colors", None)
+    logger.colors = False  # with 'colored' installed every line would carry ANSI codes
+    logger.log_file = str(path)
+    return True, path, colors
+
+
+def _close_build_log(logger: Any, colors: Any) -> None:
+    handle = getattr(logger, "_log_file", None)  # setting log_file = None does not close it
+    logger.log_file = None
+    if handle is not None:
+        handle.close()
+    logger.colors = colors
+
+
 def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, Any]:
-    """Build cfg.out from cfg.onnx (or cfg.checkpoint); returns the plan's manifest."""
+    """Build cfg.out from cfg.onnx, cfg.checkpoint or the default export; returns the manifest."""
     check_config(cfg)
     pg = load_backend()
     device = probe_cuda_device()
@@ -298,7 +451,16 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
         if not onnx.is_file():
             raise BuildError(f"--onnx {onnx}: no such file; export one with 'ddpm-export export'")
     else:
-        onnx = onnx_from_checkpoint(cfg.checkpoint, export_precision(pg.version, cfg.fp16), cfg.force)
+        checkpoint = cfg.checkpoint
+        if not checkpoint:
+            default_onnx, default_ckpt, note = default_source(pg.version, cfg.fp16)
+            log(note)
+            checkpoint = str(default_ckpt) if default_ckpt else None
+        if checkpoint:
+            onnx = onnx_from_checkpoint(checkpoint, export_precision(pg.version, cfg.fp16),
+                                        cfg.force)
+        else:
+            onnx = default_onnx
     manifest = read_manifest(onnx)  # refuses an ONNX whose bytes differ from its NAME.json
     mode = precision_mode(pg.version, cfg.fp16, manifest["precision"])
     profile = resolve_profile(manifest["batch_range"], cfg.min_batch, cfg.opt_batch,
@@ -313,19 +475,36 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
 
     trt = pg.trt
     c, h, w = manifest["image_shape"]
-    flags = []
-    nin = getattr(getattr(trt, "OnnxParserFlag", None), "NATIVE_INSTANCENORM", None)
-    if nin is not None:  # 8.6+: TensorRT's own normalization layer instead of the plugin
-        flags.append(nin)
-    net_kw: Dict[str, Any] = {"flags": flags} if flags else {}
+    net_kw: Dict[str, Any] = {}
+    native_instancenorm = native_instancenorm_used(pg.version, cfg.version_compatible)
+    if cfg.version_compatible:  # required there; elsewhere the parser's default (may be faster)
+        net_kw["flags"] = [trt.OnnxParserFlag.NATIVE_INSTANCENORM]
     if mode == "strongly_typed":
         net_kw["strongly_typed"] = True
     prof = pg.Profile()
     prof.add(INPUT_X, min=(profile.min, c, h, w), opt=(profile.opt, c, h, w), max=(profile.max, c, h, w))
     prof.add(INPUT_T, min=(profile.min,), opt=(profile.opt,), max=(profile.max,))
     cfg_kw: Dict[str, Any] = {"profiles": [prof]}
+    network = pg.NetworkFromOnnxPath(str(onnx), **net_kw)
+    pinned: List[str] = []
     if mode == "fp16_builder_flag":
         cfg_kw["fp16"] = True
+        cfg_kw["precision_constraints"] = "obey"  # the FP32 islands stay FP32
+        import onnx as onnx_lib
+
+        graph = onnx_lib.load(str(onnx), load_external_data=False).graph
+        islands, names = fp32_island_nodes(graph), [n.name for n in graph.node]
+
+        def pin(network):
+            pinned[:] = pin_fp32_islands(network, trt, islands, names)
+            if islands and not pinned:
+                raise BuildError(
+                    f"none of the {len(islands)} FP32-island nodes of {onnx} matched a TensorRT "
+                    f"layer name, so an FP16 builder-flag build could run GroupNorm, softmax and "
+                    f"the timestep embedding in FP16; build the FP16 export strongly typed "
+                    f"(TensorRT >= 10: ddpm-export export --fp16) or build without --fp16")
+            return network
+        network = pg.PostprocessNetwork(network, func=pin, name="pin FP32 islands")
     if cfg.timing_cache:
         cfg_kw["load_timing_cache"] = cfg.timing_cache
     if cfg.builder_opt_level is not None:
@@ -335,30 +514,36 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
     if cfg.workspace_mb:
         cfg_kw["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: cfg.workspace_mb << 20}
 
-    own_log = not pg.G_LOGGER.log_file
-    if own_log:  # TensorRT's errors reach this file through Polygraphy's logger (explain_failure)
-        pg.G_LOGGER.log_file = str(log_path)
-    else:  # the caller's own Polygraphy log: read that one, never reopen (truncate) it
-        log_path = Path(pg.G_LOGGER.log_file)
+    own_log, log_path, colors = _open_build_log(pg.G_LOGGER, log_path)
     t0, saved = time.time(), False
     try:
-        network = pg.NetworkFromOnnxPath(str(onnx), **net_kw)
         config = pg.CreateConfig(**cfg_kw)
-        engine = pg.EngineFromNetwork(network, config, save_timing_cache=cfg.timing_cache)()
+        plan_bytes = pg.EngineBytesFromNetwork(network, config,
+                                               save_timing_cache=cfg.timing_cache)()
+        # the bytes are what we write; deserialize once only to check the I/O, then drop it.
+        # (Polygraphy allows host code here: this is the plan we have just built ourselves.)
+        engine = pg.EngineFromBytes(plan_bytes)()
         got = check_engine_io(engine, trt, (c, h, w))
+        del engine
         if got != profile:
             raise BuildError(f"the built engine's profile {got.to_dict()} is not the requested "
                              f"{profile.to_dict()}")
-        pg.SaveEngine(engine, str(tmp))()
+        pg.SaveBytes(plan_bytes, str(tmp))()
         saved = True
     except pg.PolygraphyException:
         if own_log:
-            pg.G_LOGGER.log_file = None  # closes (flushes) our log file
+            _close_build_log(pg.G_LOGGER, colors)
+            own_log = False
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
         raise BuildError(explain_failure(text, onnx, pg.version, cfg, profile, log_path)) from None
+    except (BuildError, EngineMismatch):
+        raise
+    except Exception as e:  # a TensorRT binding error is not Polygraphy's: still one message
+        raise BuildError(f"TensorRT {pg.version} build of {onnx} failed: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}; full log {log_path}") from e
     finally:
         if own_log:
-            pg.G_LOGGER.log_file = None
+            _close_build_log(pg.G_LOGGER, colors)
         if not saved and tmp.exists():
             tmp.unlink()
     seconds = time.time() - t0
@@ -368,6 +553,18 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
         trt_version=pg.version, device=device, mode=mode, profile=profile, cfg=cfg, onnx=onnx,
         onnx_sha256=manifest.get("onnx_sha256"), plan=out, plan_sha256=sha256_file(out),
         build_seconds=seconds, polygraphy_version=pg.polygraphy,
-        native_instancenorm=True if nin is not None else None, command=command)
+        native_instancenorm=native_instancenorm, command=command)
+    if mode == "fp16_builder_flag":
+        manifest["engine"]["fp32_pinned_layers"] = len(pinned)
     write_manifest(out, manifest)
     return manifest
+
+
+def native_instancenorm_used(trt_version: str, version_compatible: bool) -> Optional[bool]:
+    """Whether the parser uses TensorRT's own InstanceNorm layer: set for version-compatible
+    builds (required there); otherwise the parser's default, which is on from TensorRT 10 and
+    off (the plugin) on 8.6/9 ("may be slower" per its 8.6 documentation); None on 8.5."""
+    v = parse_version(trt_version)[:2]
+    if v < (8, 6):
+        return None
+    return True if version_compatible else v >= (10, 0)

@@ -25,6 +25,10 @@ class EngineMismatch(RuntimeError):
     """A plan that cannot run with this TensorRT or on this GPU."""
 
 
+class HostCodeNotAllowed(PermissionError):
+    """A version-compatible plan (it embeds host code) loaded without allow_host_code=True."""
+
+
 def import_tensorrt(allow_lean: bool = False) -> Tuple[Any, bool]:
     """(module, is_lean): ``tensorrt``, else with allow_lean the lean runtime."""
     errors = []
@@ -39,6 +43,29 @@ def import_tensorrt(allow_lean: bool = False) -> Tuple[Any, bool]:
 
 
 # --- manifest engine section and compatibility --------------------------------
+# Which running TensorRT may load a version-compatible plan, as NVIDIA documents it:
+#   "Version compatibility is supported from version 8.6; the plan must be built with a version
+#    at least 8.6 or higher, and the runtime must be 8.6 or higher." "engines built with
+#    TensorRT 8 work with TensorRT 9 and TensorRT 10 runtimes. However, engines built with
+#    newer versions (TensorRT 9 or 10) do not work with older runtimes (TensorRT 8)."
+#    (TensorRT 10 Developer Guide, Advanced Topics > Version Compatibility,
+#    https://docs.nvidia.com/deeplearning/tensorrt/10.16.1/inference-library/version-compatibility.html)
+#   "engines built with TensorRT 10 work with TensorRT 11 ... engines built with version
+#    compatibility enabled using TensorRT 11.0 will be compatible with TensorRT 11.1 and later
+#    11.x versions." (TensorRT 11.1, Engine Compatibility,
+#    https://docs.nvidia.com/deeplearning/tensorrt/11.1.0/inference-library/engine-compatibility.html)
+# built major -> the newest running major documented to load it (never an older one).
+VERSION_COMPAT_MIN = (8, 6)
+VERSION_COMPAT_NEWEST_MAJOR = {8: 10, 9: 10, 10: 11, 11: 11}
+VERSION_COMPAT_SOURCE = ("TensorRT's version-compatibility documentation (8.6 -> 8.x/9/10, "
+                         "10 -> 10.x/11, 11 -> 11.x)")
+
+
+def version_compatible_range(built: Tuple[int, ...]) -> Tuple[Tuple[int, int], int]:
+    """(oldest running (major, minor), newest running major) documented for a plan built by built."""
+    return tuple(built[:2]), VERSION_COMPAT_NEWEST_MAJOR.get(built[0], built[0])
+
+
 def parse_version(v: Any) -> Tuple[int, ...]:
     """'10.3.0.30' -> (10, 3, 0); raises ValueError for anything else."""
     parts = str(v).split(".")
@@ -84,10 +111,21 @@ def check_engine_compat(engine: Mapping[str, Any], trt_version: str, device: Dev
             f"the plan was built without --version-compatible, and only TensorRT's lean runtime "
             f"({r}) is installed, which runs version-compatible plans only: install TensorRT {b} "
             f"({_INSTALL}) or {rebuild} --version-compatible")
-    if vc and running[:2] < built[:2]:
-        raise EngineMismatch(
-            f"the plan was built with TensorRT {b}; version-compatible plans run on that version "
-            f"or later, and this is TensorRT {r}: upgrade TensorRT or {rebuild}")
+    if vc:
+        if built[:2] < VERSION_COMPAT_MIN:
+            raise EngineMismatch(
+                f"the manifest says the plan is version-compatible, but it was built with TensorRT "
+                f"{b}, and version compatibility exists from TensorRT 8.6: {rebuild}")
+        oldest, newest_major = version_compatible_range(built)
+        if running[:2] < oldest:
+            raise EngineMismatch(
+                f"the plan was built with TensorRT {b}; version-compatible plans run on that "
+                f"version or later, and this is TensorRT {r}: upgrade TensorRT or {rebuild}")
+        if running[0] > newest_major:
+            raise EngineMismatch(
+                f"the plan was built with TensorRT {b} (version-compatible), which runs on "
+                f"TensorRT {oldest[0]}.{oldest[1]} through {newest_major}.x per "
+                f"{VERSION_COMPAT_SOURCE}; this is TensorRT {r}: {rebuild}")
     if not vc and running != built:
         raise EngineMismatch(
             f"the plan was built with TensorRT {b} and this is TensorRT {r}: a plan runs only on "

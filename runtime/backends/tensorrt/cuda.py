@@ -10,8 +10,12 @@ so those few go through the same ``libcudart`` handle (``CUDART_API``).
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import glob
+import os
+import sys
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Iterable, Optional, Tuple
 
 # libcudart symbols called directly (Polygraphy's wrapper calls cudaMalloc, cudaFree,
 # cudaMemcpyAsync, cudaStreamCreate/Synchronize/Destroy itself).
@@ -61,18 +65,84 @@ def import_polygraphy_cuda():
     return cuda
 
 
+# --- finding libcudart ---------------------------------------------------------
+# Polygraphy (0.53) globs libcudart.so* in LD_LIBRARY_PATH, /usr/local/cuda/lib64, /usr/lib,
+# /lib and the CUDA 12 wheel's site-packages/nvidia/cuda_runtime/lib, reading LD_LIBRARY_PATH
+# from os.environ when its wrapper is first made. The CUDA 13 wheel
+# (nvidia-cuda-runtime, "cu13") installs site-packages/nvidia/cu13/lib/libcudart.so.13, and a
+# system libcudart may be known only to the loader cache (ctypes.util.find_library).
+_POLYGRAPHY_DIRS = ("/usr/local/cuda/lib64", "/usr/lib", "/lib")
+_WHEEL_SUBDIRS = (("nvidia", "cuda_runtime", "lib"), ("nvidia", "cu13", "lib"),
+                  ("nvidia", "cu12", "lib"))
+CUDART_HINT = (
+    "put the directory of libcudart.so on LD_LIBRARY_PATH, or pip install the CUDA runtime "
+    "wheel for your CUDA major (CUDA 12: nvidia-cuda-runtime-cu12; CUDA 13: "
+    "nvidia-cuda-runtime, which installs nvidia/cu13/lib/libcudart.so.13); Jetson: it comes "
+    "with JetPack"
+)
+
+
+def _loaded_path(soname: str) -> Optional[str]:
+    """The file the dynamic loader maps for soname (Linux /proc/self/maps), else None."""
+    try:
+        ctypes.CDLL(soname)
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if line.strip() else ""
+                if os.path.basename(path) == soname:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def find_cudart(search_path: Optional[Iterable[str]] = None,
+                find_library: Callable[[str], Optional[str]] = ctypes.util.find_library
+                ) -> Tuple[Optional[str], bool]:
+    """(path of a libcudart, whether Polygraphy's own search already finds one).
+
+    search_path: the site-packages folders to look in (default sys.path).
+    """
+    env_dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d]
+    roots = [p for p in (sys.path if search_path is None else search_path) if p and os.path.isdir(p)]
+    polygraphy_dirs = env_dirs + list(_POLYGRAPHY_DIRS) + [
+        os.path.join(r, *_WHEEL_SUBDIRS[0]) for r in roots]
+    for d in polygraphy_dirs:
+        hits = sorted(glob.glob(os.path.join(d, "libcudart.so*")))
+        if hits:
+            return hits[0], True
+    for r in roots:
+        for sub in _WHEEL_SUBDIRS[1:]:
+            hits = sorted(glob.glob(os.path.join(r, *sub, "libcudart.so*")))
+            if hits:
+                return hits[0], False
+    soname = find_library("cudart")
+    if soname:
+        return (soname if os.path.isabs(soname) else _loaded_path(soname)), False
+    return None, False
+
+
+def _make_cudart_findable() -> Optional[str]:
+    """Before Polygraphy's first wrapper(): put a libcudart it would miss on LD_LIBRARY_PATH."""
+    path, seen = find_cudart()
+    if path and not seen:
+        d = os.path.dirname(path)
+        old = os.environ.get("LD_LIBRARY_PATH", "")
+        os.environ["LD_LIBRARY_PATH"] = d + (os.pathsep + old if old else "")
+    return path
+
+
 # --- CUDA device probe ------------------------------------------------------
 def _cudart():
     """Polygraphy's ctypes handle to libcudart; NoCudaDevice when there is none."""
     cuda = import_polygraphy_cuda()
     try:
+        _make_cudart_findable()  # idempotent: a directory already searched is not added again
         return cuda.wrapper().handle
     except Exception as e:  # OSError from ctypes, or Polygraphy's exception
         raise NoCudaDevice(
             f"no CUDA runtime library (libcudart) found ({str(e).splitlines()[0][:160]}): a "
-            f"TensorRT engine needs an NVIDIA GPU with its driver and CUDA; put the directory "
-            f"of libcudart.so on LD_LIBRARY_PATH or pip install nvidia-cuda-runtime-cu12 "
-            f"(Jetson: it comes with JetPack)"
+            f"TensorRT engine needs an NVIDIA GPU with its driver and CUDA; {CUDART_HINT}"
         ) from None
 
 

@@ -3,10 +3,12 @@
 Order of checks on ``__enter__`` (each ends in a clear error, never in
 TensorRT's own "incompatible device" or a crash):
 
-1. the manifest's ``engine`` section (written by the build) is present;
+1. the manifest's ``engine`` section (written by the build) is present, and a
+   version-compatible plan is refused unless the caller opted in to running
+   the host code it embeds (``allow_host_code=True``, see below);
 2. a usable CUDA device exists (``probe_cuda_device``). This comes before any
    TensorRT call: without a GPU, ``Runtime.deserialize_cuda_engine`` segfaults
-   (seen with the 11.4 lean runtime, see shared/DEPLOYMENT.md);
+   (seen with the 11.4 lean runtime);
 3. TensorRT imports: ``tensorrt``, or for a version-compatible plan also the
    lean runtime (``tensorrt_lean`` / ``tensorrt_lean_bindings``), which only
    runs version-compatible plans;
@@ -28,6 +30,18 @@ Static-batch engines (min == max) replay a CUDA graph captured at the first
 activation (``cuda_graph=None`` means: on for static engines); when capture
 fails the runner falls back to ``execute_async_v3`` and says why in
 ``cuda_graph_error``. Batches below the profile's min are zero-padded.
+
+Trust: a version-compatible plan carries TensorRT's lean runtime, host code
+that TensorRT runs in this process when ``Runtime.engine_host_code_allowed`` is
+set. The manifest that says "version-compatible" is as untrusted as the plan,
+so the runner sets that flag only when the caller passes
+``allow_host_code=True`` (``runtime.load(..., allow_host_code=True)``, CLI
+``--allow-host-code``); without it such a plan is refused before TensorRT
+sees it. Load plans and ONNX models only from sources you trust.
+
+TensorRT keeps one logger per process (a second one is ignored with a
+warning), so the runner uses Polygraphy's TensorRT logger, the one the build
+uses, whenever it runs on the full ``tensorrt`` module.
 """
 from __future__ import annotations
 
@@ -39,14 +53,16 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from runtime.backends.base import Runner
-from runtime.backends.tensorrt.compat import (EngineMismatch, check_engine_compat, check_engine_io,
+from runtime.backends.tensorrt.compat import (EngineMismatch, HostCodeNotAllowed,
+                                              check_engine_compat, check_engine_io,
                                               engine_section, import_tensorrt)
 from runtime.backends.tensorrt.cuda import (_CAPTURE_MODE_THREAD_LOCAL, DeviceInfo, _err_name,
                                             import_polygraphy_cuda, probe_cuda_device)
 from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError, sha256_file
 
 # Every TensorRT attribute this module touches, in one place:
-# tests/runtime/backends/test_tensorrt.py checks each against the real lean bindings.
+# tests/runtime/backends/test_tensorrt.py checks each against the real lean bindings and
+# against TensorRT's Python binding sources at 8.5.3, 8.6.1 and 10.3 (trt_api/).
 TRT_API: Dict[str, Tuple[str, ...]] = {
     "": ("__version__", "Logger", "Runtime", "ICudaEngine", "IExecutionContext",
          "TensorIOMode", "DataType", "nptype"),
@@ -58,15 +74,54 @@ TRT_API: Dict[str, Tuple[str, ...]] = {
     "TensorIOMode": ("INPUT", "OUTPUT"),
     "DataType": ("FLOAT", "INT32"),
 }
+# Names needed only from a TensorRT version on (the others exist in 8.5 and later):
+# engine_host_code_allowed is set for version-compatible plans, which need TensorRT >= 8.6.
+TRT_API_SINCE: Dict[Tuple[str, str], Tuple[int, int]] = {("Runtime", "engine_host_code_allowed"): (8, 6)}
+
+_LOGGERS: Dict[str, Any] = {}  # one TensorRT logger per module, for the whole process
+
+
+def shared_logger(trt: Any) -> Any:
+    """The process's TensorRT logger: Polygraphy's (also the build's) for ``tensorrt``."""
+    name = getattr(trt, "__name__", "tensorrt")
+    if name not in _LOGGERS:
+        logger = None
+        if name == "tensorrt":
+            try:
+                from polygraphy.backend.trt.util import get_trt_logger
+
+                logger = get_trt_logger()
+            except ImportError:
+                logger = None
+        _LOGGERS[name] = logger if logger is not None else trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[name]
+
+
+def host_code_refusal(path: str) -> str:
+    return (f"{path} is a version-compatible TensorRT plan (its NAME.json says so): it embeds "
+            f"TensorRT's lean runtime as host code, which TensorRT runs inside this process when "
+            f"the plan is loaded, so loading it means running code from the file. Load it only if "
+            f"you trust where the plan and its NAME.json came from, then opt in: "
+            f"runtime.load(path, allow_host_code=True), or --allow-host-code on the command line; "
+            f"otherwise rebuild it here without --version-compatible ('ddpm-export build')")
+
+
+def _check_rc(h, what: str, rc: int) -> None:
+    if rc != 0:
+        raise RuntimeError(f"{what} returned {rc} ({_err_name(h, rc)})")
+
 
 # --- the runner ----------------------------------------------------------------
 class TensorRTRunner(Runner):
     backend = "tensorrt"
 
     def __init__(self, path: str, manifest: Dict[str, Any], cuda_graph: Optional[bool] = None,
-                 verify_sha256: bool = True):
+                 verify_sha256: bool = True, allow_host_code: bool = False):
         super().__init__(path, manifest)
         self.engine_info = engine_section(manifest)
+        self.allow_host_code = bool(allow_host_code)
+        if self.engine_info["version_compatible"] and not self.allow_host_code:
+            raise HostCodeNotAllowed(host_code_refusal(self.path))
         self.profile = BatchRange.coerce(self.engine_info["profiles"][0])
         self.static = self.profile.min == self.profile.max
         # Batches below the profile's min are padded, so every size up to max is accepted.
@@ -108,10 +163,11 @@ class TensorRTRunner(Runner):
             raise
 
     def _load(self, trt, cuda) -> None:
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = trt.Runtime(shared_logger(trt))
         if self.engine_info["version_compatible"]:
-            self._runtime.engine_host_code_allowed = True  # the plan embeds its lean runtime
+            if not self.allow_host_code:  # checked in __init__; never set the flag without it
+                raise HostCodeNotAllowed(host_code_refusal(self.path))
+            self._runtime.engine_host_code_allowed = True  # the caller trusts this plan
         engine = self._runtime.deserialize_cuda_engine(Path(self.path).read_bytes())
         if engine is None:
             raise EngineMismatch(f"{self.path}: TensorRT {trt.__version__} could not deserialize "
@@ -161,7 +217,13 @@ class TensorRTRunner(Runner):
 
     def _capture_graph(self, h, cuda) -> None:
         """Capture execute_async_v3 at the static batch; on failure fall back (see cuda_graph_error)."""
+        from polygraphy.cuda import MemcpyKind
+
         self._set_batch(self.profile.max)
+        for name in (INPUT_X, INPUT_T):  # the warm-up reads defined inputs: the zeroed host buffers
+            ptr, arr = self._host[name]
+            cuda.wrapper().memcpy(self._dev[name], ptr, arr.nbytes, MemcpyKind.HostToDevice,
+                                  self._stream.ptr)
         self._enqueue()  # one plain run first: TensorRT finishes lazy setup outside the capture
         self._stream.synchronize()
         s = ctypes.c_void_p(self._stream.ptr)
@@ -210,33 +272,48 @@ class TensorRTRunner(Runner):
         return he[:b].copy()  # the pinned buffer is reused by the next call
 
     def _free(self) -> None:
+        """Release everything, each step on its own: one failing call (e.g. after a sticky CUDA
+        error) neither leaks the rest nor raises out of close(); failures become one warning."""
+        errors = []
+
+        def attempt(what, fn, *args):
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 - collected and reported below
+                errors.append(f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
         try:
             from polygraphy.cuda import wrapper
 
-            h = wrapper().handle
+            cu = wrapper()
         except Exception:  # nothing was allocated without libcudart
-            self._reset()
-            return
-        if self._stream is not None:
-            try:
-                self._stream.synchronize()
-            except Exception:
-                pass
-        if self._graph_exec is not None:
-            h.cudaGraphExecDestroy(self._graph_exec)
-        if self._graph is not None:
-            h.cudaGraphDestroy(self._graph)
-        for ptr in self._dev.values():
-            wrapper().free(ptr)
-        for ptr, _ in self._host.values():
-            h.cudaFreeHost(ctypes.c_void_p(ptr))
-        if self._stream is not None:
-            self._stream.free()
-        # TensorRT objects go in dependency order: context, engine, runtime
+            cu = None
+        if cu is not None:
+            h = cu.handle
+            if self._stream is not None:
+                attempt("stream synchronize", self._stream.synchronize)
+            for what, obj in (("cudaGraphExecDestroy", self._graph_exec),
+                              ("cudaGraphDestroy", self._graph)):
+                if obj is not None:
+                    attempt(what, lambda w=what, o=obj: _check_rc(h, w, getattr(h, w)(o)))
+        self._graph = self._graph_exec = None
+        # the context uses the device buffers and its own activation memory: it goes first
         self._context = None
+        if cu is not None:
+            for name, ptr in self._dev.items():
+                attempt(f"cudaFree({name})", cu.free, ptr)
+            for name, (ptr, _) in self._host.items():
+                attempt(f"cudaFreeHost({name})", lambda p=ptr: _check_rc(
+                    cu.handle, "cudaFreeHost", cu.handle.cudaFreeHost(ctypes.c_void_p(p))))
+            if self._stream is not None:
+                attempt("stream free", self._stream.free)
+        # then the TensorRT objects in dependency order: engine, runtime
         self._engine = None
         self._runtime = None
         self._reset()
+        if errors:
+            warnings.warn(f"{self.path}: releasing GPU resources: {'; '.join(errors)}",
+                          RuntimeWarning, stacklevel=3)
 
     def _deactivate(self) -> None:
         self._free()

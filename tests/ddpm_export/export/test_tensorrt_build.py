@@ -1,11 +1,16 @@
 """ddpm_export/export/tensorrt.py: decisions, messages, and the build's control flow.
 
-The control-flow test replaces Polygraphy and TensorRT with recording fakes:
-it checks what *we* ask them for and what we write, nothing about TensorRT
-itself (that is tests/runtime/backends/test_tensorrt.py's gpu+trt test and
-scripts/gpu_check.sh).
+The control-flow tests replace Polygraphy's loaders and TensorRT with recording
+fakes: they check what *we* ask them for and what we write, nothing about
+TensorRT itself (that is tests/runtime/backends/test_tensorrt.py's gpu+trt test
+and scripts/gpu_check.sh). The fakes are for control flow only: every call's
+arguments are first bound to the real installed Polygraphy class's signature
+(inspect.signature), so a misspelt keyword fails here; the logger is Polygraphy's
+real G_LOGGER; TensorRT names are checked against its binding sources per version.
 """
 import hashlib
+import inspect
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +23,9 @@ from ddpm_export.export import tensorrt as B  # noqa: E402
 from runtime import contract  # noqa: E402
 from runtime.backends import tensorrt as rt  # noqa: E402
 from runtime.contract import BatchRange  # noqa: E402
-from trt_fakes import FakeEngine  # noqa: E402
+from trt_fakes import TRT_API_VERSIONS, FakeEngine, missing_trt_names, trt_api_list  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[3]
 
 SHA = "cd" * 32
 DEVICE = rt.DeviceInfo(0, "NVIDIA H100 80GB HBM3", (9, 0), driver_version=12080)
@@ -81,8 +88,8 @@ def test_precision_mode_refusals():
 
 def test_check_config():
     B.check_config(B.BuildConfig(onnx="a.onnx"))
-    for cfg, match in ((B.BuildConfig(), "exactly one"),
-                       (B.BuildConfig(onnx="a.onnx", checkpoint="a.pt"), "exactly one"),
+    B.check_config(B.BuildConfig())  # neither: the default export (default_source)
+    for cfg, match in ((B.BuildConfig(onnx="a.onnx", checkpoint="a.pt"), "at most one"),
                        (B.BuildConfig(onnx="a.onnx", out="a.onnx"), "NAME.plan"),
                        (B.BuildConfig(onnx="a.onnx", builder_opt_level=7), "0..5"),
                        (B.BuildConfig(onnx="a.onnx", workspace_mb=0), "positive")):
@@ -130,68 +137,169 @@ class _PolyError(Exception):
     pass
 
 
-def _fake_backend(trt_version, calls, fail_parse=False):
+def accepted_keywords(cls):
+    """Keyword names cls(...) accepts: its __init__'s, and through **kwargs its bases' too."""
+    names = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def check_call(real, args, kw):
+    """Raise TypeError unless real(*args, **kw) binds (a class: its constructor)."""
+    fn = real
+    if inspect.isclass(real):
+        unknown = set(kw) - accepted_keywords(real)
+        if unknown:
+            raise TypeError(f"{real.__name__}() got unexpected keywords {sorted(unknown)}")
+        fn = real.__init__
+        args = (None,) + tuple(args)
+        sig = inspect.signature(fn)
+        named = {k: v for k, v in kw.items() if k in sig.parameters}
+        rest = {k: v for k, v in kw.items() if k not in sig.parameters}
+        bound = sig.bind(*args, **named)
+        assert not rest or any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+        return bound
+    return inspect.signature(fn).bind(*args, **kw)
+
+
+def _real_polygraphy():
+    pytest.importorskip("polygraphy", reason="polygraphy not installed (pip install polygraphy)")
+    from polygraphy.backend import common, trt as ptrt
+    from polygraphy.logger import G_LOGGER
+
+    return SimpleNamespace(NetworkFromOnnxPath=ptrt.NetworkFromOnnxPath, CreateConfig=ptrt.CreateConfig,
+                           PostprocessNetwork=ptrt.PostprocessNetwork,
+                           EngineBytesFromNetwork=ptrt.EngineBytesFromNetwork,
+                           EngineFromBytes=ptrt.EngineFromBytes, SaveBytes=common.SaveBytes,
+                           Profile=ptrt.Profile, G_LOGGER=G_LOGGER)
+
+
+class FakeLayer:
+    def __init__(self, name, ltype="ELEMENTWISE", out_dtypes=("FLOAT",)):
+        self.name, self.type, self.precision = name, ltype, None
+        self.outputs = [SimpleNamespace(dtype=d) for d in out_dtypes]
+        self.num_outputs = len(self.outputs)
+        self.output_types = {}
+
+    def get_output(self, k):
+        return self.outputs[k]
+
+    def set_output_type(self, k, dtype):
+        self.output_types[k] = dtype
+
+
+class FakeNetwork:
+    def __init__(self, layers):
+        self.layers = layers
+        self.num_layers = len(layers)
+
+    def get_layer(self, i):
+        return self.layers[i]
+
+
+def _fake_backend(trt_version, calls, fail_parse=False, layers=(), raise_in_build=None):
+    real = _real_polygraphy()
     enum = SimpleNamespace
     trt = SimpleNamespace(
         OnnxParserFlag=enum(NATIVE_INSTANCENORM="NATIVE_IN"),
         MemoryPoolType=enum(WORKSPACE="WS"),
-        TensorIOMode=enum(INPUT="in", OUTPUT="out"), DataType=enum(FLOAT="f32", INT32="i32"))
-    logger = SimpleNamespace(log_file=None)
+        DataType=enum(FLOAT="FLOAT", HALF="HALF", INT32="i32"),
+        LayerType=enum(SHAPE="SHAPE", CONSTANT="CONSTANT"),
+        TensorIOMode=enum(INPUT="in", OUTPUT="out"))
+    logger = real.G_LOGGER
+    prof = calls.setdefault("profile_shapes", {})
 
-    class Profile(dict):
-        def add(self, name, min, opt, max):
-            self[name] = (min, opt, max)
-            return self
+    def checked(name, fn):
+        def call(*args, **kw):
+            check_call(getattr(real, name), args, kw)  # the real class must accept this call
+            calls.setdefault("called", []).append(name)
+            return fn(*args, **kw)
+        return call
 
     def network(path, **kw):
         calls["network"] = (path, kw)
-        calls["log_file_during_build"] = logger.log_file
-        if fail_parse:
-            Path(logger.log_file).write_text("[E] In node 7 with name: /attn/Softmax and operator: "
-                                             "Softmax (x): INVALID_NODE\n")
-            raise _PolyError("Could not parse ONNX correctly")
-        return "network"
+
+        def load():
+            calls["log_file_during_build"] = logger.log_file
+            calls["log_handle"] = getattr(logger, "_log_file", None)
+            calls["colors_during_build"] = logger.colors
+            if fail_parse:
+                logger.error("In node 7 with name: /attn/Softmax and operator: Softmax (x): INVALID_NODE")
+                raise _PolyError("Could not parse ONNX correctly")
+            return "builder", FakeNetwork(list(layers)), "parser"
+        return load
+
+    def postprocess(net_loader, func, name=None):
+        calls["postprocess"] = name
+
+        def load():
+            builder, net, parser = net_loader()
+            func(network=net)
+            calls["layers"] = net.layers
+            return builder, net, parser
+        return load
 
     def config(**kw):
         calls["config"] = kw
         return "config"
 
-    prof = calls.setdefault("profile_shapes", {})
 
-    io = {"x_t": ("in", "f32", (-1, 3, 32, 32)), "t": ("in", "i32", (-1,)),
-          "eps": ("out", "f32", (-1, 3, 32, 32))}
+    def engine_bytes(net_loader, config=None, save_timing_cache=None):
+        calls["engine"] = (config, save_timing_cache)
 
-    def engine_from_network(net, cfg, save_timing_cache=None):
-        calls["engine"] = (net, cfg, save_timing_cache)
-        return lambda: FakeEngine(io, prof["x_t"])  # the profile the build set
+        def build():
+            net_loader()
+            if raise_in_build:
+                raise raise_in_build
+            return b"PLAN BYTES"
+        return build
 
-    def save(engine, path):
-        calls["save"] = path
-        return lambda: Path(path).write_bytes(b"PLAN BYTES")
+    def from_bytes(data, runtime=None):
+        calls["deserialized"] = data
+        chw = tuple(prof["x_t"][0][1:])  # the image shape and profile the build set
+        io = {"x_t": ("in", "FLOAT", (-1,) + chw), "t": ("in", "i32", (-1,)),
+              "eps": ("out", "FLOAT", (-1,) + chw)}
+        return lambda: FakeEngine(io, prof["x_t"])
 
-    def make_profile():
-        p = Profile()
-        calls["profile_shapes"] = prof
+    def save(obj, path):
+        calls["save"] = (obj, path)
+        return lambda: Path(path).write_bytes(obj)
+
+    def make_profile(dct=None):
+        p = real.Profile()
         prof.clear()
         orig = p.add
 
         def add(name, min, opt, max):
+            check_call(real.Profile.add, (p, name), dict(min=min, opt=opt, max=max))
             prof[name] = (min, opt, max)
-            return orig(name, min, opt, max)
+            return orig(name, min=min, opt=opt, max=max)
         p.add = add
         return p
 
     return SimpleNamespace(trt=trt, version=trt_version, polygraphy="0.53.6",
-                           NetworkFromOnnxPath=network, CreateConfig=config,
-                           EngineFromNetwork=engine_from_network, SaveEngine=save,
-                           Profile=make_profile, PolygraphyException=_PolyError, G_LOGGER=logger)
+                           NetworkFromOnnxPath=checked("NetworkFromOnnxPath", network),
+                           PostprocessNetwork=checked("PostprocessNetwork", postprocess),
+                           CreateConfig=checked("CreateConfig", config),
+                           EngineBytesFromNetwork=checked("EngineBytesFromNetwork", engine_bytes),
+                           EngineFromBytes=checked("EngineFromBytes", from_bytes),
+                           SaveBytes=checked("SaveBytes", save),
+                           Profile=checked("Profile", make_profile),
+                           PolygraphyException=_PolyError, G_LOGGER=logger)
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    def install(trt_version, fail_parse=False):
+    def install(trt_version, fail_parse=False, **kw):
         calls = {}
-        monkeypatch.setattr(B, "load_backend", lambda: _fake_backend(trt_version, calls, fail_parse))
+        monkeypatch.setattr(B, "load_backend", lambda: _fake_backend(trt_version, calls, fail_parse, **kw))
         monkeypatch.setattr(B, "probe_cuda_device", lambda: DEVICE)
         return calls
     return install
@@ -204,15 +312,22 @@ def test_build_strongly_typed_fp16_on_trt10(tmp_path, fake):
                                      timing_cache=str(tmp_path / "h100.cache"), workspace_mb=2048),
                        command="ddpm-export build --fp16", log=lambda s: None)
     path, kw = calls["network"]
-    assert path == str(onnx) and kw == {"flags": ["NATIVE_IN"], "strongly_typed": True}
-    assert "fp16" not in calls["config"]
+    assert path == str(onnx) and kw == {"strongly_typed": True}  # NATIVE_INSTANCENORM: parser default
+    assert "fp16" not in calls["config"] and "postprocess" not in calls
     assert calls["config"]["memory_pool_limits"] == {"WS": 2048 << 20}
-    assert calls["config"]["load_timing_cache"] == calls["engine"][2] == str(tmp_path / "h100.cache")
+    assert calls["config"]["load_timing_cache"] == calls["engine"][1] == str(tmp_path / "h100.cache")
     assert calls["profile_shapes"]["x_t"] == ((1, 3, 32, 32), (64, 3, 32, 32), (256, 3, 32, 32))
     assert calls["profile_shapes"]["t"] == ((1,), (64,), (256,))
     assert calls["log_file_during_build"] == str(tmp_path / "m-fp16.build.log")
     plan = tmp_path / "m-fp16.plan"
     assert plan.read_bytes() == b"PLAN BYTES" and not list(tmp_path.glob(".*.tmp"))
+    # bytes built, checked through EngineFromBytes, and written as those bytes (never re-serialized)
+    assert calls["called"][-3:] == ["EngineBytesFromNetwork", "EngineFromBytes", "SaveBytes"]
+    assert calls["deserialized"] == calls["save"][0] == b"PLAN BYTES"
+    # Polygraphy's real logger: uncolored during the build, file closed and colors restored after
+    assert calls["colors_during_build"] is False and calls["log_handle"].closed
+    assert B.load_backend().G_LOGGER.log_file is None and B.load_backend().G_LOGGER.colors is True
+    assert m["engine"]["native_instancenorm"] is True  # TensorRT 10's parser default
     e = rt.engine_section(contract.read_manifest(plan))  # what the runtime will check
     assert e == m["engine"]
     assert (e["tensorrt_version"], e["compute_capability"], e["device_name"]) == ("10.3.0.30", "9.0", DEVICE.name)
@@ -224,17 +339,49 @@ def test_build_strongly_typed_fp16_on_trt10(tmp_path, fake):
     assert rt.TensorRTRunner(str(plan), m).max_batch == 256
 
 
+def _digits_copy(tmp_path, name="digits.onnx"):
+    """The shipped float32 digits export (a real ONNX graph) with its manifest, in tmp_path."""
+    src = ROOT / "engines" / "digits.onnx"
+    dst = tmp_path / "digits.onnx"
+    shutil.copy(src, dst)
+    shutil.copy(contract.sidecar_path(src), contract.sidecar_path(dst))
+    return dst
+
+
+def _layers_of(onnx_path):
+    """A TensorRT-like layer list for the graph: one layer per computing node, named as the ONNX
+    parser names them, plus what a parser adds (a suffixed second layer, a shape layer)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path)).graph
+    layers = [FakeLayer(n.name) for n in graph.node if n.op_type not in ("Constant", "Identity")]
+    layers.append(FakeLayer("/model/temb/dense.0/Gemm_bias_add"))  # second layer of a node
+    layers.append(FakeLayer("/model/block.0/norm1/Shape", ltype="SHAPE", out_dtypes=("i32",)))
+    return layers
+
+
 def test_build_fp16_flag_on_trt85_static_batch(tmp_path, fake):
-    calls = fake("8.5.2.2")
-    calls_fp32 = _export(tmp_path, "fp32", name="m.onnx")
+    onnx_path = ROOT / "engines" / "digits.onnx"
+    calls = fake("8.5.2.2", layers=_layers_of(onnx_path))
+    calls_fp32 = _digits_copy(tmp_path)
     m = B.build_engine(B.BuildConfig(onnx=str(calls_fp32), fp16=True, static_batch=32),
                        log=lambda s: None)
-    assert calls["network"][1] == {"flags": ["NATIVE_IN"]}  # no strongly_typed on 8.5
-    assert calls["config"]["fp16"] is True
+    assert calls["network"][1] == {}  # no strongly_typed on 8.5, no parser flags
+    assert calls["config"]["fp16"] is True and calls["config"]["precision_constraints"] == "obey"
+    assert calls["postprocess"] == "pin FP32 islands"
     assert "version_compatible" not in calls["config"] and "builder_optimization_level" not in calls["config"]
     assert m["engine"]["profiles"] == [{"min": 32, "opt": 32, "max": 32}] and m["engine"]["static_batch"] == 32
+    assert m["engine"]["native_instancenorm"] is None
     assert m["engine"]["precision_mode"] == "fp16_builder_flag" and m["precision"] == "fp32"
-    assert rt.TensorRTRunner(str(tmp_path / "m.plan"), m).use_cuda_graph
+    assert rt.TensorRTRunner(str(tmp_path / "digits.plan"), m).use_cuda_graph
+    import onnx
+
+    islands = set(B.fp32_island_nodes(onnx.load(str(onnx_path))))
+    pinned = {ly.name for ly in calls["layers"] if ly.precision == "FLOAT"}
+    assert pinned == islands | {"/model/temb/dense.0/Gemm_bias_add"}
+    for ly in calls["layers"]:
+        assert ly.output_types == ({0: "FLOAT"} if ly.name in pinned else {}), ly.name
+    assert m["engine"]["fp32_pinned_layers"] == len(pinned)
 
 
 def test_build_parse_error_names_the_node_and_writes_nothing(tmp_path, fake):
@@ -246,6 +393,7 @@ def test_build_parse_error_names_the_node_and_writes_nothing(tmp_path, fake):
     assert not (tmp_path / "m-fp16.plan").exists() and not list(tmp_path.glob(".*.tmp"))
     assert contract.sidecar_path(onnx).read_text() == before
     assert "In node 7" in (tmp_path / "m-fp16.build.log").read_text()
+    assert B.load_backend().G_LOGGER.log_file is None
 
 
 def test_build_refuses_fp16_graph_on_trt8_before_building(tmp_path, fake):
@@ -275,8 +423,8 @@ def test_cli_argument_errors(tmp_path):
     assert r.exit_code == 1 and "drop --max-batch" in r.output
     r = _invoke("--builder-opt-level", "9", "--onnx", "a.onnx")
     assert r.exit_code == 2 and "0<=x<=5" in r.output
-    r = _invoke("--fp16")
-    assert r.exit_code == 1 and "exactly one of --onnx" in r.output
+    r = _invoke("--onnx", "a.onnx", "--checkpoint", "a.pt")
+    assert r.exit_code == 1 and "at most one of --onnx" in r.output
 
 
 def test_cli_without_tensorrt_says_what_to_install(tmp_path, monkeypatch):
@@ -294,3 +442,226 @@ def test_cli_without_gpu_says_no_cuda_device(tmp_path, monkeypatch):
     monkeypatch.setattr(B, "probe_cuda_device", no_gpu)
     r = _invoke("--onnx", str(_export(tmp_path)))
     assert r.exit_code == 1 and "no CUDA device" in r.output
+
+
+# --- item: version-compatible builds, other errors, CLI errors ------------------------------
+def test_version_compatible_build_sets_native_instancenorm_and_writes_bytes(tmp_path, fake):
+    calls = fake("10.3.0")
+    onnx = _export(tmp_path, "fp16")
+    m = B.build_engine(B.BuildConfig(onnx=str(onnx), version_compatible=True), log=lambda s: None)
+    assert calls["network"][1] == {"flags": ["NATIVE_IN"], "strongly_typed": True}
+    assert calls["config"]["version_compatible"] is True
+    assert m["engine"]["version_compatible"] is True and m["engine"]["native_instancenorm"] is True
+    assert calls["save"][0] == b"PLAN BYTES" == (tmp_path / "m-fp16.plan").read_bytes()
+
+
+@pytest.mark.parametrize("trt_version,vc,want", [("8.5.2", False, None), ("8.6.1", False, False),
+                                                 ("8.6.1", True, True), ("10.3.0", False, True)])
+def test_native_instancenorm_recorded(trt_version, vc, want):
+    assert B.native_instancenorm_used(trt_version, vc) is want
+
+
+def test_non_polygraphy_error_becomes_one_build_error(tmp_path, fake):
+    fake("10.3.0", raise_in_build=RuntimeError("Cannot serialize a version-compatible engine\nmore"))
+    onnx = _export(tmp_path, "fp16")
+    with pytest.raises(B.BuildError, match=r"build of .*m-fp16\.onnx failed: RuntimeError: Cannot "
+                                           r"serialize a version-compatible engine; full log"):
+        B.build_engine(B.BuildConfig(onnx=str(onnx)), log=lambda s: None)
+    assert not (tmp_path / "m-fp16.plan").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert B.load_backend().G_LOGGER.log_file is None
+
+
+def test_explain_failure_reads_colored_logs():
+    cfg, prof = B.BuildConfig(onnx="m.onnx"), BatchRange(1, 8, 64)
+    colored = ("\x1b[38;5;1m[E] In node 3 with name: /x/Softmax and operator: Softmax: bad\x1b[0m\n")
+    msg = B.explain_failure(colored, Path("m.onnx"), "10.3.0", cfg, prof, Path("m.build.log"))
+    assert "cannot parse m.onnx: In node 3 with name: /x/Softmax" in msg and "\x1b" not in msg
+
+
+@pytest.mark.parametrize("error", ["EngineMismatch", "ExportError", "CheckpointError"])
+def test_cli_errors_are_one_line(monkeypatch, error):
+    import ddpm_export.cli.build as cli
+    from ddpm_export.export import ExportError
+    from ddpm_export.model.checkpoint import CheckpointError
+
+    exc = {"EngineMismatch": rt.EngineMismatch, "ExportError": ExportError,
+           "CheckpointError": CheckpointError}[error]
+
+    def boom(cfg, command="", log=print):
+        raise exc(f"{error}: what and how to fix")
+    monkeypatch.setattr(cli, "build_engine", boom)
+    r = _invoke("--fp16", "--onnx", "x.onnx")
+    assert r.exit_code == 1 and r.exception is not None and isinstance(r.exception, SystemExit)
+    assert r.output.strip() == f"Error: {error}: what and how to fix"
+
+
+# --- item: the bare 'build --fp16' -----------------------------------------------------------
+def test_default_source(tmp_path):
+    eng = tmp_path / "engines"
+    with pytest.raises(B.BuildError) as e:
+        B.default_source("10.3.0", True, eng)
+    assert "import --format diffusers" in str(e.value) and "ddpm-export export" in str(e.value)
+    eng.mkdir()
+    for f in ("digits.onnx", "digits-fp16.onnx"):
+        (eng / f).write_bytes(b"x")
+    onnx, ckpt, note = B.default_source("10.3.0", True, eng)
+    assert onnx == eng / "digits-fp16.onnx" and ckpt is None
+    assert "shipped digits model" in note and B.GET_CIFAR10 in note
+    assert B.default_source("8.6.1", True, eng)[0] == eng / "digits.onnx"  # float32 graph on 8.x
+    (eng / "cifar10.pt").write_bytes(b"x")
+    onnx, ckpt, note = B.default_source("8.6.1", True, eng)
+    assert (onnx, ckpt) == (None, eng / "cifar10.pt") and "exporting" in note
+    (eng / "cifar10.onnx").write_bytes(b"x")
+    assert B.default_source("8.6.1", True, eng)[0] == eng / "cifar10.onnx"
+    assert B.default_source("10.3.0", True, eng)[0] == eng / "cifar10.onnx"  # flag on float32
+    # TensorRT 11 has no FP16 flag: the float32 cifar10 graph cannot be the default with --fp16
+    assert B.default_source("11.4.0", True, eng)[1] == eng / "cifar10.pt"
+    (eng / "cifar10-fp16.onnx").write_bytes(b"x")
+    onnx, _, note = B.default_source("11.4.0", True, eng)
+    assert onnx == eng / "cifar10-fp16.onnx" and "default export" in note and "digits" not in note
+
+
+def test_cli_bare_fp16_builds_the_shipped_digits_export_and_says_how_to_get_cifar10(
+        tmp_path, monkeypatch, fake):
+    onnx_path = ROOT / "engines" / "digits.onnx"
+    calls = fake("8.6.1", layers=_layers_of(onnx_path))
+    (tmp_path / "engines").mkdir()
+    _digits_copy(tmp_path / "engines")
+    monkeypatch.chdir(tmp_path)
+    r = _invoke("--fp16")
+    assert r.exit_code == 0, r.output
+    assert "building the default export engines/digits.onnx" in r.output
+    assert "ddpm-export import --format diffusers" in r.output and "ddpm-export build --fp16" in r.output
+    assert (tmp_path / "engines" / "digits.plan").read_bytes() == b"PLAN BYTES"
+    assert calls["network"][0] == "engines/digits.onnx"
+
+
+# --- item: every Polygraphy call's keywords against the real classes ---------------------------
+def test_keyword_check_catches_misspelt_keywords():
+    real = _real_polygraphy()
+    check_call(real.CreateConfig, (), {"fp16": True, "precision_constraints": "obey",
+                                       "load_timing_cache": "c", "memory_pool_limits": {},
+                                       "builder_optimization_level": 3, "version_compatible": True,
+                                       "profiles": []})
+    for bad in ({"fp_16": True}, {"timing_cache": "c"}, {"precision_constraint": "obey"}):
+        with pytest.raises(TypeError):
+            check_call(real.CreateConfig, (), bad)
+    with pytest.raises(TypeError):
+        check_call(real.NetworkFromOnnxPath, ("m.onnx",), {"strongly_type": True})
+    with pytest.raises(TypeError):
+        check_call(real.EngineBytesFromNetwork, ("net",), {"save_timing_cache": "c", "runtime": None})
+    check_call(real.EngineFromBytes, (b"x",), {})
+    check_call(real.SaveBytes, (b"x", "p"), {})
+    check_call(real.PostprocessNetwork, ("net",), {"func": print, "name": "n"})
+
+
+# --- item: TensorRT names used by the build, per version ----------------------------------------
+@pytest.mark.parametrize("version", TRT_API_VERSIONS)
+def test_every_tensorrt_name_the_build_touches_is_bound_in_that_version(version):
+    api = trt_api_list(version)
+    missing = missing_trt_names(api, B.BUILD_TRT_API, B.BUILD_TRT_API_SINCE, version)
+    assert not missing, f"not bound in TensorRT {version}: {missing}"
+
+
+# --- item: the FP32-island rule on real exports -----------------------------------------------
+def _island_roots(scopes):
+    """Island scope -> its root (anything under .../temb is the timestep embedding)."""
+    out = set()
+    for sc in scopes:
+        parts = sc.split("/")
+        out.add("/".join(parts[:parts.index("temb") + 1]) if "temb" in parts else sc)
+    return out
+
+
+def _fp16_cast_scopes(fp16_graph):
+    """Scopes the FP16 export brackets with Casts: its FP32 islands (graph-edge Casts left out)."""
+    return _island_roots({B._scope(n.name) for n in fp16_graph.node if n.op_type == "Cast"} - {""})
+
+
+DIGITS_ISLAND_SCOPES = {  # what the rule selects in the shipped engines/digits.onnx, by scope
+    "/model/temb", "/model/norm_out",
+    "/model/attn.0", "/model/attn.0/norm", "/model/attn.0/norm_1", "/model/attn.0_1",
+    "/model/attn.1", "/model/attn.1/norm", "/model/attn.1/norm_1", "/model/attn.1_1",
+    "/model/attn.2", "/model/attn.2/norm", "/model/attn_1", "/model/attn_1/norm",
+    "/model/block_1/norm1", "/model/block_1/norm2", "/model/block_2/norm1", "/model/block_2/norm2",
+    "/model/block.2/norm1", "/model/block.2/norm2", "/model/block.2/norm1_1", "/model/block.2/norm2_1",
+    "/model/block.2/norm1_2", "/model/block.2/norm2_2",
+} | {f"/model/block.{b}/norm{k}{s}" for b in (0, 1) for k in (1, 2)
+     for s in ("", "_1", "_2", "_3", "_4", "_5")}
+
+
+def test_fp32_island_rule_on_the_shipped_digits_export():
+    import onnx
+
+    graph = onnx.load(str(ROOT / "engines" / "digits.onnx")).graph
+    islands = B.fp32_island_nodes(graph)
+    by_op = {}
+    for n in graph.node:
+        if n.name in islands:
+            by_op[n.op_type] = by_op.get(n.op_type, 0) + 1
+    # the nodes it selects: the 10 timestep-embedding nodes (Cast, Unsqueeze, Mul, Sin, Cos,
+    # Concat, Gemm, Sigmoid, Mul, Gemm), each of the 41 GroupNorms' Reshape, InstanceNormalization,
+    # Reshape, Mul and Add, and the 6 attention softmaxes
+    assert [n for n in islands if "/temb/" in n] == [
+        "/model/temb/Cast", "/model/temb/Unsqueeze", "/model/temb/Mul", "/model/temb/Sin",
+        "/model/temb/Cos", "/model/temb/Concat", "/model/temb/dense.0/Gemm", "/model/temb/Sigmoid",
+        "/model/temb/Mul_1", "/model/temb/dense.1/Gemm"]
+    assert [n for n in islands if n.startswith("/model/block.0/norm1/")] == [
+        "/model/block.0/norm1/Reshape", "/model/block.0/norm1/InstanceNormalization",
+        "/model/block.0/norm1/Reshape_1", "/model/block.0/norm1/Mul", "/model/block.0/norm1/Add"]
+    assert [n for n in islands if n.endswith("Softmax")] == [
+        "/model/attn.0/Softmax", "/model/attn.1/Softmax", "/model/attn_1/Softmax",
+        "/model/attn.0_1/Softmax", "/model/attn.1_1/Softmax", "/model/attn.2/Softmax"]
+    norms = sum(1 for n in graph.node if n.op_type == "InstanceNormalization")
+    assert norms == 41 and by_op["InstanceNormalization"] == 41 and by_op["Softmax"] == 6
+    assert by_op["Reshape"] == 2 * 41 and by_op["Add"] == 41
+    assert by_op["Sin"] == by_op["Cos"] == by_op["Concat"] == 1 and by_op["Gemm"] == 2
+    assert by_op["Mul"] == 41 + 2 and by_op["Sigmoid"] == 1 and by_op["Cast"] == 1
+    assert by_op["Unsqueeze"] == 1 and set(by_op) == {
+        "InstanceNormalization", "Softmax", "Reshape", "Add", "Mul", "Sin", "Cos", "Concat", "Gemm",
+        "Sigmoid", "Cast", "Unsqueeze"}
+    assert len(islands) == 41 * 5 + 6 + 10
+    assert "/model/block.0/conv1/Conv" not in islands and "/model/attn.0/MatMul" not in islands
+    scopes = _island_roots({B._scope(n) for n in islands})
+    assert scopes == DIGITS_ISLAND_SCOPES
+    # the same islands the FP16 export keeps in float32 (its Casts), scope for scope
+    fp16 = onnx.load(str(ROOT / "engines" / "digits-fp16.onnx")).graph
+    assert scopes == _fp16_cast_scopes(fp16)
+
+
+@pytest.mark.slow
+def test_fp32_island_rule_on_a_cifar10_architecture_export(tmp_path):
+    """A randomly initialised cifar10-preset model (35.7M parameters), exported float32 and FP16."""
+    import onnx
+    import torch
+
+    from ddpm_export.export.onnx_export import export_onnx
+    from ddpm_export.model.checkpoint import save_checkpoint
+    from ddpm_export.model.config import PRESETS
+    from ddpm_export.model.unet import UNet
+    from runtime.schedulers.schedule import ScheduleConfig
+
+    torch.manual_seed(0)
+    cfg = PRESETS["cifar10"].unet
+    ckpt = tmp_path / "cifar10.pt"
+    save_checkpoint({"model_config": cfg.to_dict(), "schedule_config": ScheduleConfig().to_dict(),
+                     "ema": UNet(cfg).state_dict()}, ckpt)
+    export_onnx(ckpt, tmp_path / "c.onnx", check=False)
+    export_onnx(ckpt, tmp_path / "c-fp16.onnx", fp16=True, check=False)
+    graph = onnx.load(str(tmp_path / "c.onnx")).graph
+    islands = B.fp32_island_nodes(graph)
+    ops = [n.op_type for n in graph.node if n.name in islands]
+    norms = sum(1 for n in graph.node if n.op_type == "InstanceNormalization")
+    softmax = sum(1 for n in graph.node if n.op_type == "Softmax")
+    # every GroupNorm and softmax of the graph is selected, with its whole scope
+    assert (norms, softmax) == (ops.count("InstanceNormalization"), ops.count("Softmax"))
+    # measured on this export: 1363 nodes, 51 GroupNorms, 6 softmaxes -> 271 selected
+    assert (norms, softmax, len(islands)) == (51, 6, 51 * 5 + 6 + 10)
+    assert [n for n in islands if "/temb/" in n] == [
+        "/model/temb/Cast", "/model/temb/Unsqueeze", "/model/temb/Mul", "/model/temb/Sin",
+        "/model/temb/Cos", "/model/temb/Concat", "/model/temb/dense.0/Gemm", "/model/temb/Sigmoid",
+        "/model/temb/Mul_1", "/model/temb/dense.1/Gemm"]
+    assert _island_roots({B._scope(n) for n in islands}) == _fp16_cast_scopes(
+        onnx.load(str(tmp_path / "c-fp16.onnx")).graph)
+    print(f"cifar10 export: {len(graph.node)} nodes, {len(islands)} selected "
+          f"({norms} GroupNorms x 5, {softmax} softmaxes, 10 timestep-embedding nodes)")

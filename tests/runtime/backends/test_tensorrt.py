@@ -2,8 +2,9 @@
 
 The lean runtime wheels (tensorrt-lean-cu12-libs/-bindings) are real TensorRT
 runtime libraries: every attribute the runner touches (TRT_API) is looked up
-in them, not in a mock. Checks that could reach TensorRT's deserializer run in
-a subprocess: without a GPU it segfaults (shared/DEPLOYMENT.md).
+in them, not in a mock, and in the name lists extracted from TensorRT's binding
+sources at 8.5.3, 8.6.1 and 10.3 (trt_api/, scripts/trt_api_names.py). Checks that
+could reach TensorRT's deserializer run in a subprocess: without a GPU it segfaults.
 """
 import os
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from runtime import contract
 from runtime.backends import tensorrt as rt  # noqa: E402
 from runtime.contract import BatchRange, ManifestError
-from trt_fakes import FakeEngine
+from trt_fakes import TRT_API_VERSIONS, FakeEngine, missing_trt_names, trt_api_list
 
 ROOT = Path(__file__).resolve().parents[3]
 SHA = "ab" * 32
@@ -119,7 +120,7 @@ def test_runner_without_a_gpu_ends_in_our_no_cuda_device_error(tmp_path):
     r = _run(f"""
         import runtime
         from runtime.backends.tensorrt import NoCudaDevice
-        eng = runtime.load({str(plan)!r})
+        eng = runtime.load({str(plan)!r}, allow_host_code=True)
         try:
             eng.__enter__()
         except NoCudaDevice as e:
@@ -128,7 +129,8 @@ def test_runner_without_a_gpu_ends_in_our_no_cuda_device_error(tmp_path):
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     assert "NoCudaDevice: no CUDA" in r.stdout and "ONNX Runtime" in r.stdout, r.stdout
     r = _run(f"import sys; from runtime.sample import main; "
-             f"sys.exit(main(['--engine', {str(plan)!r}, '--num', '1', '--no-progress']))")
+             f"sys.exit(main(['--engine', {str(plan)!r}, '--num', '1', '--no-progress', "
+             f"'--allow-host-code']))")
     assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
     assert r.stderr.strip().splitlines()[-1].startswith("error: no CUDA"), r.stderr
 
@@ -188,6 +190,27 @@ def test_compat_version_compatible_plans_run_forward_only():
     assert rt.check_engine_compat(e, "11.4.0", ORIN, lean=True) == []
     with pytest.raises(rt.EngineMismatch, match="that version or later.*10.2.0"):
         rt.check_engine_compat(e, "10.2.0", ORIN)
+
+
+@pytest.mark.parametrize("built,running,ok", [
+    ("8.6.1", "8.6.2", True), ("8.6.1", "9.3.0", True), ("8.6.1", "10.3.0", True),
+    ("8.6.1", "11.4.0", False),  # not in the documented matrix (8 -> 9, 10)
+    ("9.3.0", "10.0.0", True), ("9.3.0", "11.0.0", False),
+    ("10.3.0", "11.4.0", True), ("10.3.0", "12.0.0", False),
+    ("11.0.0", "11.4.0", True), ("11.4.0", "11.0.0", False), ("10.3.0", "8.6.1", False),
+])
+def test_compat_version_compatible_matrix(built, running, ok):
+    e = _engine(version_compatible=True, tensorrt_version=built)
+    if ok:
+        assert rt.check_engine_compat(e, running, ORIN) == []
+    else:
+        with pytest.raises(rt.EngineMismatch, match=f"built with TensorRT {built}.*{running}"):
+            rt.check_engine_compat(e, running, ORIN)
+
+
+def test_compat_version_compatible_claim_before_8_6_refused():
+    with pytest.raises(rt.EngineMismatch, match="version compatibility exists from TensorRT 8.6"):
+        rt.check_engine_compat(_engine(version_compatible=True, tensorrt_version="8.5.2"), "10.3.0", ORIN)
 
 
 def test_compat_lean_runtime_refuses_plans_not_version_compatible():
@@ -261,11 +284,12 @@ def test_activation_order_without_touching_tensorrt_objects(tmp_path, monkeypatc
     r = rt.TensorRTRunner(str(_plan(tmp_path)), _manifest())  # not version-compatible
     with pytest.raises(rt.BackendMissing, match="JetPack"):
         r.__enter__()
-    r = rt.TensorRTRunner(str(_plan(tmp_path)), _manifest(version_compatible=True, tensorrt_version="99.0.0"))
+    r = rt.TensorRTRunner(str(_plan(tmp_path)), _manifest(version_compatible=True, tensorrt_version="99.0.0"),
+                          allow_host_code=True)
     with pytest.raises(rt.EngineMismatch, match="99.0.0"):
         r.__enter__()
     ok = dict(version_compatible=True, tensorrt_version="10.0.0", plan_sha256="0" * 64)
-    r = rt.TensorRTRunner(str(_plan(tmp_path, **ok)), _manifest(**ok))
+    r = rt.TensorRTRunner(str(_plan(tmp_path, **ok)), _manifest(**ok), allow_host_code=True)
     with pytest.raises(ManifestError, match="plan_sha256"):
         r.__enter__()
     assert not r.is_active
@@ -298,3 +322,300 @@ def test_build_and_run_tiny_engine_matches_onnxruntime(request, tmp_path):
         assert np.abs(got - want).max() < 1e-2
         got1 = trt_engine(x[:1], t[:1])  # another batch size: set_input_shape again
         assert np.abs(got1 - want[:1]).max() < 1e-2
+
+
+# --- names against TensorRT 8.5.3 / 8.6.1 / 10.3 binding sources -----------------------
+@pytest.mark.parametrize("version", TRT_API_VERSIONS)
+def test_every_tensorrt_name_the_runner_touches_is_bound_in_that_version(version):
+    api = trt_api_list(version)
+    assert api["source"]["repository"] == "https://github.com/NVIDIA/TensorRT"
+    assert api["source"]["tag"].lstrip("v") == version and len(api["source"]["commit"]) == 40
+    missing = missing_trt_names(api, rt.TRT_API, rt.runner.TRT_API_SINCE, version)
+    assert not missing, f"not bound in TensorRT {version} ({api['source']['tag']}): {missing}"
+
+
+def test_the_version_lists_tell_versions_apart():
+    """The lists are specific enough to fail: host-code control arrived in 8.6."""
+    used = {"Runtime": ("engine_host_code_allowed",)}
+    assert missing_trt_names(trt_api_list("8.5.3"), used, {}, "8.5.3") == ["Runtime.engine_host_code_allowed"]
+    assert missing_trt_names(trt_api_list("8.6.1"), used, {}, "8.6.1") == []
+    assert missing_trt_names(trt_api_list("10.3.0"), {"ICudaEngine": ("num_bindings",)}, {}, "10.3.0") \
+        == ["ICudaEngine.num_bindings"]  # the binding-index API removed in 10
+    assert missing_trt_names(trt_api_list("8.5.3"), {"ICudaEngine": ("num_bindings",)}, {}, "8.5.3") == []
+
+
+def test_name_extractor_reads_pybind11_as_nvidia_writes_it(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import trt_api_names as x
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    cpp = textwrap.dedent('''
+        namespace tensorrt {
+        void bindCore(py::module& m) {
+            py::class_<ILogger, PyLogger> base{m, "ILogger", "doc; with ; semicolons"};
+            py::enum_<ILogger::Severity>(base, "Severity", py::arithmetic())
+                .value("WARNING", ILogger::Severity::kWARNING)
+                .export_values();
+            py::class_<DefaultLogger, ILogger>(m, "Logger").def(py::init<>());
+            py::class_<IRuntime>(m, "Runtime")
+                .def("deserialize_cuda_engine", [](IRuntime& self, py::buffer b) { int x; return x; })
+                .def_property("engine_host_code_allowed", &IRuntime::a, &IRuntime::b);
+            m.def("get_plugin_registry", &getPluginRegistry);
+        }
+        }
+        ''')
+    got = x.extract({"pyCore.cpp": cpp}, "__version__ = '1'\ndef nptype(t):\n    pass\n")
+    c = got["classes"]
+    assert c["ILogger"] == ["Severity", "WARNING"] and got["bases"] == {"Logger": ["ILogger"]}
+    assert c["Runtime"] == ["deserialize_cuda_engine", "engine_host_code_allowed"]
+    assert {"ILogger", "Logger", "Runtime", "get_plugin_registry", "__version__", "nptype"} <= set(c[""])
+    used = {"Logger": ("WARNING",), "Runtime": ("engine_host_code_allowed",)}
+    assert missing_trt_names(got, used, {}, "10.0") == []
+
+
+# --- libcudart search (CUDA 13 wheel, loader cache) --------------------------------------
+def test_find_cudart_finds_the_cuda13_wheel_and_the_loader_cache(tmp_path, monkeypatch):
+    from runtime.backends.tensorrt import cuda
+
+    monkeypatch.setattr(cuda, "_POLYGRAPHY_DIRS", ())
+    monkeypatch.setenv("LD_LIBRARY_PATH", "")
+    site = tmp_path / "site-packages"
+    assert cuda.find_cudart([str(site)], find_library=lambda n: None) == (None, False)
+    lib13 = site / "nvidia" / "cu13" / "lib" / "libcudart.so.13"
+    lib13.parent.mkdir(parents=True)
+    lib13.write_bytes(b"")
+    assert cuda.find_cudart([str(site)], find_library=lambda n: None) == (str(lib13), False)
+    lib12 = site / "nvidia" / "cuda_runtime" / "lib" / "libcudart.so.12"  # Polygraphy's own
+    lib12.parent.mkdir(parents=True)
+    lib12.write_bytes(b"")
+    assert cuda.find_cudart([str(site)], find_library=lambda n: None) == (str(lib12), True)
+    absolute = str(tmp_path / "libcudart.so.12")
+    assert cuda.find_cudart([], find_library=lambda n: absolute) == (absolute, False)
+    assert "cu12" in cuda.CUDART_HINT and "cu13" in cuda.CUDART_HINT
+
+
+def test_make_cudart_findable_puts_the_cuda13_wheel_on_ld_library_path(tmp_path, monkeypatch):
+    from runtime.backends.tensorrt import cuda
+
+    lib13 = tmp_path / "nvidia" / "cu13" / "lib" / "libcudart.so.13"
+    lib13.parent.mkdir(parents=True)
+    lib13.write_bytes(b"")
+    monkeypatch.setattr(cuda, "_POLYGRAPHY_DIRS", ())
+    monkeypatch.setattr(cuda.sys, "path", [str(tmp_path)])
+    monkeypatch.setattr(cuda.ctypes.util, "find_library", lambda n: None)
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/x")
+    assert cuda._make_cudart_findable() == str(lib13)
+    assert os.environ["LD_LIBRARY_PATH"] == f"{lib13.parent}{os.pathsep}/opt/x"
+    cuda._make_cudart_findable()  # idempotent
+    assert os.environ["LD_LIBRARY_PATH"] == f"{lib13.parent}{os.pathsep}/opt/x"
+
+
+# --- host code: version-compatible plans only with an explicit opt-in -----------------------
+def test_version_compatible_plan_needs_allow_host_code(tmp_path):
+    import runtime
+
+    plan = _plan(tmp_path, version_compatible=True)
+    with pytest.raises(rt.HostCodeNotAllowed) as e:
+        runtime.load(plan)
+    msg = str(e.value)
+    assert "embeds TensorRT's lean runtime as host code" in msg and "trust" in msg
+    assert "allow_host_code=True" in msg and "--allow-host-code" in msg
+    assert runtime.load(plan, allow_host_code=True).runner.allow_host_code
+    assert not runtime.load(_plan(tmp_path)).runner.allow_host_code  # not VC: no opt-in needed
+
+
+@pytest.mark.parametrize("cli", ["runtime.sample", "runtime.sample_many"])
+def test_sample_clis_refuse_version_compatible_plans_without_the_flag(tmp_path, cli):
+    plan = _plan(tmp_path, version_compatible=True)
+    extra = ", '--out', " + repr(str(tmp_path / "o")) if cli.endswith("many") else ""
+    r = _run(f"import sys; from {cli} import main; "
+             f"sys.exit(main(['--engine', {str(plan)!r}, '--num', '1', '--no-progress'{extra}]))")
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "version-compatible" in last and "--allow-host-code" in last
+    r = _run(f"from {cli} import build_parser; build_parser().print_help()")
+    assert "--allow-host-code" in r.stdout and "trust" in r.stdout
+
+
+def test_host_code_flag_is_never_set_without_the_opt_in(tmp_path, monkeypatch):
+    """Even if engine_info is changed after construction, _load refuses before setting it."""
+    r = rt.TensorRTRunner(str(_plan(tmp_path)), _manifest())
+    r.engine_info["version_compatible"] = True
+    runtime_obj = type("R", (), {"engine_host_code_allowed": False})()
+    trt = type("T", (), {"__name__": "tensorrt_lean_bindings", "__version__": "10.3.0",
+                         "Runtime": staticmethod(lambda logger: runtime_obj),
+                         "Logger": type("L", (), {"WARNING": 1, "__init__": lambda self, s: None})})
+    monkeypatch.setattr(rt.runner, "_LOGGERS", {})
+    with pytest.raises(rt.HostCodeNotAllowed):
+        r._load(trt, None)
+    assert runtime_obj.engine_host_code_allowed is False
+
+
+def test_missing_plan_says_how_to_get_it(tmp_path):
+    import runtime
+
+    with pytest.raises(FileNotFoundError) as e:
+        runtime.load(tmp_path / "cifar10.plan")
+    msg = str(e.value)
+    assert "no such engine file" in msg and "import --format diffusers" in msg
+    assert "ddpm-export export --checkpoint" in msg and "ddpm-export build --fp16" in msg
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"ddpm-export build --fp16 --onnx .*m\.onnx"):
+        runtime.load(tmp_path / "m.plan")
+    r = _run(f"import sys; from runtime.sample import main; "
+             f"sys.exit(main(['--engine', {str(tmp_path / 'cifar10.plan')!r}, '--num', '1']))")
+    assert r.returncode == 1 and "import --format diffusers" in r.stderr.strip().splitlines()[-1]
+
+
+# --- one TensorRT logger per process ------------------------------------------------------
+def test_runner_logger_is_polygraphys_for_tensorrt_and_one_per_module():
+    _lean()
+    pytest.importorskip("polygraphy", reason="polygraphy not installed")
+    # The lean bindings stand in for 'tensorrt' in a subprocess, so Polygraphy's logger (the
+    # one the build uses) is really made from them: same object for runner and Polygraphy.
+    r = _run("""
+        import sys, tensorrt_lean_bindings as lean
+        sys.modules["tensorrt"] = lean
+        lean.__name__ = "tensorrt"
+        from polygraphy.backend.trt.util import get_trt_logger
+        from runtime.backends.tensorrt.runner import shared_logger
+        a, b = shared_logger(lean), shared_logger(lean)
+        print(a is b, a is get_trt_logger(), isinstance(a, lean.ILogger))
+        """)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["True", "True", "True"], r.stdout
+
+
+def test_runner_logger_for_the_lean_module_is_made_once(monkeypatch):
+    trt = _lean()
+    monkeypatch.setattr(rt.runner, "_LOGGERS", {})
+    a = rt.runner.shared_logger(trt)
+    assert a is rt.runner.shared_logger(trt) and isinstance(a, trt.Logger)
+
+
+# --- memory: exception-safe frees, zeroed warm-up, sample_float closes ----------------------
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+
+def _fake_cuda(rec, fail_free=()):
+    class Handle:
+        def __getattr__(self, name):
+            def f(*a):
+                rec.calls.append((name,) + tuple(getattr(x, "value", x) for x in a))
+                return 0
+            return f
+
+    class Wrapper:
+        handle = Handle()
+
+        def free(self, ptr):
+            rec.calls.append(("free", ptr))
+            if ptr in fail_free:
+                raise RuntimeError("CUDA Error: 700")
+
+        def memcpy(self, dst, src, nbytes, kind, stream_ptr=None):
+            rec.calls.append(("memcpy", dst, src, nbytes))
+
+    w = Wrapper()
+    return w
+
+
+class _Stream:
+    ptr = 77
+
+    def __init__(self, rec, fail=False):
+        self.rec, self.fail = rec, fail
+
+    def synchronize(self):
+        self.rec.calls.append(("sync",))
+        if self.fail:
+            raise RuntimeError("sticky error")
+
+    def free(self):
+        self.rec.calls.append(("stream free",))
+
+
+class _Context:
+    def __init__(self, rec):
+        self.rec = rec
+
+    def __del__(self):
+        self.rec.calls.append(("context dropped",))
+
+    def set_input_shape(self, name, shape):
+        self.rec.calls.append(("set_input_shape", name))
+        return True
+
+    def execute_async_v3(self, stream):
+        self.rec.calls.append(("execute_async_v3",))
+        return True
+
+
+def test_free_is_exception_safe_and_drops_the_context_first(tmp_path, monkeypatch):
+    pytest.importorskip("polygraphy", reason="polygraphy not installed")
+    import polygraphy.cuda
+
+    rec = _Recorder()
+    w = _fake_cuda(rec, fail_free=(1,))
+    monkeypatch.setattr(polygraphy.cuda, "wrapper", lambda: w)
+    r = rt.TensorRTRunner(str(_plan(tmp_path)), _manifest())
+    r._stream, r._context = _Stream(rec, fail=True), _Context(rec)
+    r._dev = {"x_t": 1, "t": 2, "eps": 3}
+    r._host = {"x_t": (11, None), "t": (12, None), "eps": (13, None)}
+    r._engine, r._runtime = object(), object()
+    r.is_active = True
+    with pytest.warns(RuntimeWarning, match=r"stream synchronize: RuntimeError: sticky error.*cudaFree\(x_t\)"):
+        r.close()  # never raises
+    names = [c[0] for c in rec.calls]
+    assert names.index("context dropped") < names.index("free")
+    assert [c for c in rec.calls if c[0] == "free"] == [("free", 1), ("free", 2), ("free", 3)]
+    assert [c[1] for c in rec.calls if c[0] == "cudaFreeHost"] == [11, 12, 13]
+    assert "stream free" in names and not r.is_active
+    assert r._context is None and r._engine is None and r._dev == {} and r._host == {}
+
+
+def test_graph_warm_up_reads_zeroed_inputs(tmp_path, monkeypatch):
+    pytest.importorskip("polygraphy", reason="polygraphy not installed")
+    rec = _Recorder()
+    w = _fake_cuda(rec)
+    m = _manifest(profiles=[{"min": 4, "opt": 4, "max": 4}])
+    r = rt.TensorRTRunner(str(_plan(tmp_path, profiles=[{"min": 4, "opt": 4, "max": 4}])), m)
+    r._stream, r._context = _Stream(rec), _Context(rec)
+    r._dev = {"x_t": 1, "t": 2, "eps": 3}
+    x, t = np.zeros((4, 3, 32, 32), np.float32), np.zeros((4,), np.int32)
+    r._host = {"x_t": (11, x), "t": (12, t), "eps": (13, np.zeros_like(x))}
+    r._capture_graph(w.handle, type("C", (), {"wrapper": staticmethod(lambda: w)}))
+    first_run = [c[0] for c in rec.calls].index("execute_async_v3")
+    copies = [c for c in rec.calls[:first_run] if c[0] == "memcpy"]
+    assert copies == [("memcpy", 1, 11, x.nbytes), ("memcpy", 2, 12, t.nbytes)]
+    assert r._graph_exec is not None
+
+
+def test_sample_float_closes_what_it_opened(tmp_path):
+    from runtime.api import Engine
+    from runtime.backends.base import Runner
+
+    class Counting(Runner):
+        opened = closed = 0
+
+        def _activate(self):
+            Counting.opened += 1
+
+        def _deactivate(self):
+            Counting.closed += 1
+
+        def _infer(self, x_t, t):
+            return np.zeros_like(x_t)
+
+    m = _manifest()
+    m["schedule"]["num_timesteps"] = 10
+    eng = Engine(Counting("m", m))
+    eng.sample_float(2, steps=2, method="ddim")
+    assert (Counting.opened, Counting.closed, eng.runner.is_active) == (1, 1, False)
+    with eng:
+        eng.sample_float(2, steps=2, method="ddim")
+        assert eng.runner.is_active  # inside 'with': the caller's to close
+    assert (Counting.opened, Counting.closed) == (2, 2)
