@@ -181,7 +181,7 @@ def test_a_folder_with_unknown_shards_or_a_file_is_refused(engine, tmp_path):
 @pytest.mark.parametrize("bad,expect", [
     (dict(num=0), "num"), (dict(shard_size=0), "shard_size"), (dict(seed=-1), "seed"),
     (dict(batch=0), "batch"), (dict(batch=65), "max batch"),
-    (dict(method="ddpm", eta=0.5), "ddim only"), (dict(method="plms"), "method"),
+    (dict(method="ddpm", eta=0.5), "takes no eta"), (dict(method="unipc", order=4), "expected one of 1, 2, 3"), (dict(method="plms"), "method"),
 ])
 def test_bad_arguments_fail_before_anything_is_written(engine, tmp_path, bad, expect):
     with pytest.raises(ValueError, match=expect):
