@@ -11,7 +11,9 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from runtime.schedulers import METHODS, make_scheduler  # noqa: F401  (re-exported)
+from runtime.schedulers import METHODS, make_scheduler
+
+__all__ = ["METHODS", "make_scheduler", "NonFiniteError", "SampleResult", "StepCallback", "sample"]
 
 # callback(step_index, t, x_t_next, x0_hat) after each step of each batch
 StepCallback = Callable[[int, int, np.ndarray, np.ndarray], None]

@@ -14,9 +14,9 @@ rho = max(h / h_k, 1); so every weight is off by at most K u k0 (1 + rho)^2 rela
 the 3 M covering the weights' sum (<= 3 for orders <= 3: |D terms| <= |m0| + 2 |m1 - m2| / ...
 bounded by the order-3 weights' absolute sum, < 3 on these grids). The data prediction itself
 (x - sigma eps) / alpha is covered by the same form with M. The SDE variant adds the noise
-term, covered by |z| in |x|'s place. K = 8 as in scheduler_checks. Measured worst err/bound
-over the fast grid: ~0.02 (Karras 0.005): the bound is loose, never tight, and cannot pass a
-wrong formula: a wrong coefficient shows as an error of order h |m|, >= 1e-3 here.
+term, covered by |z| in |x|'s place. K = 8 as in scheduler_checks. Measured worst err/bound: 0.02-0.07 over the fast grid, 0.33
+with Karras sigmas (its grid reaches t = 0, k0 = 1e4): 3x-50x of headroom, with bounds of
+1e-6 to 1e-4 absolute on samples of size ~1.
 Whole chains (free-running, each its own history): the sum of the per-step bounds; this eps
 (0.9 x + c) keeps every step's gain on x below 1, so errors do not grow between steps.
 """
