@@ -122,8 +122,11 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
 
 
 def _rows(plan, seeds, runs) -> List[Dict[str, Any]]:
+    from runtime.schedulers import METHODS
+
+    order = {m: i for i, m in enumerate(METHODS)}
     rows = []
-    for method, n in plan:
+    for method, n in sorted(plan, key=lambda p: (order.get(p[0], len(order)), p[1])):
         got = [runs[(method, n, s)] for s in seeds if (method, n, s) in runs]
         if not got:
             continue
