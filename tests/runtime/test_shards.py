@@ -228,7 +228,7 @@ def test_cli_runs_resumes_and_refuses(tmp_path, capsys, reference):
 
 @pytest.mark.parametrize("args,expect", [
     (["--engine", "missing.onnx", "--num", "3"], "no such engine file"),
-    (["--engine", str(ENGINE), "--num", "3", "--eta", "0.5"], "apply to --method ddim only"),
+    (["--engine", str(ENGINE), "--num", "3", "--eta", "0.5"], "takes no eta (only ddim do)"),
     (["--engine", str(ENGINE), "--num", "0"], "num (--num) = 0"),
 ])
 def test_cli_errors_are_one_line_and_exit_1(tmp_path, capsys, args, expect):
@@ -278,7 +278,8 @@ def test_click_command(tmp_path, monkeypatch, reference):
     assert r.exit_code == 1 and "seed 7 asked" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(sample_many_command, ["--engine", str(ENGINE), "--num", "2", "--out", out,
                                                  "--eta", "0.5"])
-    assert r.exit_code == 2 and "--method ddim" in r.output
+    # exit 1 with the registry's one line (which methods take eta), like every bad method input
+    assert r.exit_code == 1 and "takes no eta (only ddim do)" in r.output
     r = CliRunner().invoke(sample_many_command, ["--engine", str(ENGINE), "--num", "0", "--out", out])
     assert r.exit_code == 2
     r = CliRunner().invoke(sample_many_command, ["--engine", str(tmp_path / "none.onnx"), "--num", "2",
