@@ -49,10 +49,14 @@ class Engine:
 
     def sample_float(
         self, num: int, seed: int = 0, steps: Optional[int] = None, method: str = "ddpm",
-        eta: float = 0.0, spacing: str = "uniform", batch: Optional[int] = None,
+        eta: Optional[float] = None, spacing: Optional[str] = None, batch: Optional[int] = None,
         callback: Optional[StepCallback] = None, trajectory_frames: int = 0, progress: bool = False,
+        **options: Any,
     ) -> SampleResult:
-        """Float samples [num, C, H, W] in [-1, 1] plus timing; see runtime.loop.sample."""
+        """Float samples [num, C, H, W] in [-1, 1] plus timing; see runtime.loop.sample.
+
+        method: any of runtime.METHODS; method options (order=, variant=, corrector=,
+        karras=, clip=, ...) as keywords, see runtime.schedulers."""
         if batch is None:
             batch = min(num, self.runner.max_batch)
         opened_here = not self.runner.is_active  # outside 'with engine:' we open and close
@@ -61,7 +65,7 @@ class Engine:
             return sample(self.runner, self.image_shape, self.manifest["schedule"], num, seed=seed,
                           steps=steps, method=method, eta=eta, spacing=spacing, batch=batch,
                           callback=callback, trajectory_frames=trajectory_frames,
-                          progress=progress)
+                          progress=progress, **options)
         finally:
             if opened_here:
                 self.runner.close()

@@ -4,19 +4,53 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable, Dict
 
-from runtime.loop import METHODS
+from runtime.schedulers import METHODS, REGISTRY
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
-    """--method/--steps/--eta/--spacing, shared with runtime.sample_many."""
-    p.add_argument("--method", choices=METHODS, default="ddpm", help="ddpm (ancestral) or ddim (default ddpm)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (default: all T for ddpm, 50 for ddim; <= T)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0: deterministic)")
-    p.add_argument("--spacing", choices=("uniform", "quadratic"), default="uniform",
-                   help="DDIM timestep spacing (default uniform)")
+    """--method/--steps and every method option, shared with runtime.sample_many.
+
+    No argparse choices: runtime.schedulers checks the values and says, in one line,
+    which ones the chosen method takes (exit 1 through cli_main)."""
+    summary = "; ".join(f"{m.name}: {m.summary}" for m in REGISTRY.values())
+    g = p.add_argument_group("method", "how to sample; every option defaults to the method's own default")
+    g.add_argument("--method", default="ddpm", help=f"one of {', '.join(METHODS)} (default ddpm). {summary}")
+    g.add_argument("--steps", type=int, default=None,
+                   help="sampling steps = engine calls per image (default: all T for ddpm, 50 for ddim, "
+                        "20 for the solvers)")
+    g.add_argument("--eta", type=float, default=None, help="ddim only: eta in [0, 1] (default 0: deterministic)")
+    g.add_argument("--spacing", default=None,
+                   help="timesteps: ddim uniform|quadratic (default uniform); solvers "
+                        "linspace|leading|trailing (default linspace)")
+    g.add_argument("--order", type=int, default=None,
+                   help="solver order: dpmsolver++ and unipc 1-3, sde-dpmsolver++ 1-2 (default 2)")
+    g.add_argument("--variant", default=None,
+                   help="ddim: consistent (eps re-derived from the clipped x0; default) or diffusers "
+                        "(network eps kept); unipc: bh1 or bh2 (default bh2)")
+    g.add_argument("--no-corrector", dest="corrector", action="store_const", const=False, default=None,
+                   help="unipc: predictor only (UniP), no UniC corrector")
+    g.add_argument("--no-lower-order-final", dest="lower_order_final", action="store_const", const=False,
+                   default=None, help="solvers: keep the full order on the last steps of short chains")
+    g.add_argument("--karras", action="store_const", const=True, default=None,
+                   help="solvers: Karras et al. sigma spacing instead of --spacing")
+    g.add_argument("--clip", dest="clip", action="store_const", const=True, default=None,
+                   help="clamp x0_hat to [-1, 1] (default: the model's clip_denoised)")
+    g.add_argument("--no-clip", dest="clip", action="store_const", const=False, help="do not clamp x0_hat")
+    g.add_argument("--threshold-ratio", type=float, default=None,
+                   help="solvers: dynamic thresholding quantile (Imagen; e.g. 0.995); needs clipping")
+    g.add_argument("--threshold-max", type=float, default=None,
+                   help="solvers: dynamic thresholding's largest s (>= 1); needs clipping")
+
+
+OPTION_NAMES = ("eta", "spacing", "order", "variant", "corrector", "lower_order_final", "karras", "clip",
+                "threshold_ratio", "threshold_max")
+
+
+def method_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The method options given on the command line (None = not given)."""
+    return {k: getattr(args, k) for k in OPTION_NAMES if getattr(args, k) is not None}
 
 
 def add_allow_host_code_arg(p: argparse.ArgumentParser) -> None:

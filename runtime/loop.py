@@ -11,11 +11,9 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from runtime.schedulers.ddim import SPACINGS, DDIMScheduler
-from runtime.schedulers.ddpm import DDPMScheduler
-from runtime.schedulers.schedule import ScheduleConfig
+from runtime.schedulers import METHODS, make_scheduler
 
-METHODS = ("ddpm", "ddim")
+__all__ = ["METHODS", "make_scheduler", "NonFiniteError", "SampleResult", "StepCallback", "sample"]
 
 # callback(step_index, t, x_t_next, x0_hat) after each step of each batch
 StepCallback = Callable[[int, int, np.ndarray, np.ndarray], None]
@@ -33,25 +31,6 @@ class SampleResult(NamedTuple):
     image_steps: int  # sum of the batch sizes of those calls
 
 
-def make_scheduler(
-    schedule: Dict[str, Any], method: str = "ddpm", steps: Optional[int] = None,
-    eta: float = 0.0, spacing: str = "uniform",
-):
-    """A scheduler for the manifest's schedule; steps None means all T (DDPM) or 50 (DDIM)."""
-    cfg = ScheduleConfig.from_dict(schedule)
-    if method == "ddpm":
-        sched = DDPMScheduler(cfg)
-        sched.set_timesteps(steps)
-    elif method == "ddim":
-        if spacing not in SPACINGS:
-            raise ValueError(f"spacing {spacing!r} is unknown; expected one of {SPACINGS}")
-        sched = DDIMScheduler(cfg, eta=eta, spacing=spacing)
-        sched.set_timesteps(50 if steps is None else steps)
-    else:
-        raise ValueError(f"method {method!r} is unknown; expected one of {METHODS}")
-    return sched
-
-
 def sample(
     runner: Callable[[np.ndarray, np.ndarray], np.ndarray],
     image_shape: Tuple[int, int, int],
@@ -60,17 +39,23 @@ def sample(
     seed: int = 0,
     steps: Optional[int] = None,
     method: str = "ddpm",
-    eta: float = 0.0,
-    spacing: str = "uniform",
+    eta: Optional[float] = None,
+    spacing: Optional[str] = None,
     batch: int = 8,
     callback: Optional[StepCallback] = None,
     trajectory_frames: int = 0,
     progress: bool = False,
+    **options: Any,
 ) -> SampleResult:
-    """Draw ``num`` images with ``runner`` (eps = runner(x_t, t)); see SampleResult."""
+    """Draw ``num`` images with ``runner`` (eps = runner(x_t, t)); see SampleResult.
+
+    method: a name in runtime.schedulers.METHODS; eta, spacing and ``options`` (order,
+    variant, corrector, karras, clip, ...) are the method's, None = its default. A
+    multistep solver restarts its history at the first timestep of every batch.
+    """
     if num < 1 or batch < 1:
         raise ValueError(f"need num >= 1 and batch >= 1, got num={num}, batch={batch}")
-    sched = make_scheduler(schedule, method, steps, eta, spacing)
+    sched = make_scheduler(schedule, method, steps, eta=eta, spacing=spacing, **options)
     rng = np.random.default_rng(seed)
     timesteps = [int(t) for t in sched.timesteps]
     t_arrays: Dict[int, Dict[int, np.ndarray]] = {}

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from runtime.cli_args import add_allow_host_code_arg, add_method_args, cli_main
+from runtime.cli_args import add_allow_host_code_arg, add_method_args, cli_main, method_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,15 +46,17 @@ def _run(args) -> int:
 
     if args.num < 1:
         raise ValueError(f"--num {args.num}: expected at least 1")
-    if args.method == "ddpm" and (args.eta != 0.0 or args.spacing != "uniform"):
-        raise ValueError("--eta and --spacing apply to --method ddim only; drop them or add --method ddim")
+    from runtime.schedulers import make_scheduler
+
     require_pillow()
     engine = load(args.engine, threads=args.threads, allow_host_code=args.allow_host_code)
+    # method and options checked before anything is sampled or written
+    make_scheduler(engine.manifest["schedule"], args.method, args.steps, **method_options(args))
     with engine:
         res = engine.sample_float(
-            args.num, seed=args.seed, steps=args.steps, method=args.method, eta=args.eta,
-            spacing=args.spacing, batch=args.batch, progress=not args.no_progress,
-            trajectory_frames=10 if args.trajectory else 0,
+            args.num, seed=args.seed, steps=args.steps, method=args.method, batch=args.batch,
+            progress=not args.no_progress, trajectory_frames=10 if args.trajectory else 0,
+            **method_options(args),
         )
     h = engine.image_shape[1]
     scale = max(1, 64 // h)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from runtime.cli_args import add_allow_host_code_arg, add_method_args, cli_main
+from runtime.cli_args import add_allow_host_code_arg, add_method_args, cli_main, method_options
 
 INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
 
@@ -53,12 +53,10 @@ def _run(args) -> int:
     from runtime.api import load
     from runtime.shards import sample_shards, write_merged
 
-    if args.method == "ddpm" and (args.eta != 0.0 or args.spacing != "uniform"):
-        raise ValueError("--eta and --spacing apply to --method ddim only; drop them or add --method ddim")
     with load(args.engine, threads=args.threads, allow_host_code=args.allow_host_code) as engine:
         sample_shards(engine, args.out, args.num, shard_size=args.shard_size, seed=args.seed,
-                      batch=args.batch, method=args.method, steps=args.steps, eta=args.eta,
-                      spacing=args.spacing, progress=not args.no_progress)
+                      batch=args.batch, method=args.method, steps=args.steps,
+                      progress=not args.no_progress, **method_options(args))
     if args.npz:
         n = write_merged(args.out, args.npz)
         print(f"wrote {args.npz}: {n} images (arr_0, uint8 [N, H, W, C])")

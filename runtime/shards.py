@@ -42,7 +42,7 @@ import numpy as np
 
 from runtime.contract import sha256_file
 from runtime.io import save_npz, to_uint8
-from runtime.loop import make_scheduler
+from runtime.schedulers import make_scheduler, resolve_options
 
 RUN_FILE = "run.json"
 SHARD_PATTERN = "shard-{:05d}.npz"
@@ -50,7 +50,7 @@ FORMAT = "ddpm-export-shards"
 FORMAT_VERSION = 1
 # the keys of run.json's "config" that decide the images; a re-run must match every one
 CONFIG_KEYS = ("engine_sha256", "image_shape", "num", "shard_size", "seed", "batch",
-               "method", "steps", "eta", "spacing")
+               "method", "steps", "eta", "spacing", "options")
 _RESTART = ("re-run with that run's options to resume it, or choose another --out "
             "(or delete {out}) to start a new run")
 
@@ -77,11 +77,12 @@ def sample_shards(
     batch: Optional[int] = None,
     method: str = "ddpm",
     steps: Optional[int] = None,
-    eta: float = 0.0,
-    spacing: str = "uniform",
+    eta: Optional[float] = None,
+    spacing: Optional[str] = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_shard: Optional[Callable[[int, Path], None]] = None,
+    **options: Any,
 ) -> Dict[str, Any]:
     """Write ``num`` uint8 samples of ``engine`` (a runtime.Engine) to out_dir in shards.
 
@@ -99,7 +100,7 @@ def sample_shards(
     image_steps_per_s, config.
     """
     out = Path(out_dir)
-    config = _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing)
+    config = _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing, options)
     n_shards = -(-num // shard_size)
     _open_run(out, config, engine, n_shards)
 
@@ -134,7 +135,7 @@ def sample_shards(
             n = _shard_len(config, k)
             t0 = time.perf_counter()
             res = engine.sample_float(n, seed=shard_seed(seed, k), steps=config["steps"],
-                                      method=method, eta=eta, spacing=spacing,
+                                      method=method, eta=eta, spacing=spacing, **options,
                                       batch=config["batch"], callback=on_step if bar is not None else None)
             p = shard_path(out, k)
             save_npz(p, images=to_uint8(res.images), index_start=np.int64(k * shard_size),
@@ -205,7 +206,7 @@ def write_merged(out_dir, path) -> int:
 
 # --- configuration and run.json ------------------------------------------------
 
-def _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing) -> Dict[str, Any]:
+def _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing, options) -> Dict[str, Any]:
     """Checked, resolved configuration (None defaults made explicit, so that
     --steps 50 and the DDIM default compare equal)."""
     for name, value, least in (("num", num, 1), ("shard_size", shard_size, 1), ("seed", seed, 0)):
@@ -217,15 +218,16 @@ def _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing) -
     if batch < 1 or batch > max_batch:
         raise ValueError(f"batch (--batch) = {batch}: expected 1 to {max_batch}, the engine's max "
                          f"batch; leave it out for min(shard size, {max_batch})")
-    if method == "ddpm" and (eta != 0.0 or spacing != "uniform"):
-        raise ValueError("eta and spacing apply to method ddim only; drop them or use --method ddim")
-    sched = make_scheduler(engine.manifest["schedule"], method, steps, eta, spacing)
+    sched = make_scheduler(engine.manifest["schedule"], method, steps, eta=eta, spacing=spacing, **options)
+    resolved = {k: v for k, v in resolve_options(method, dict(options, eta=eta, spacing=spacing)).items()
+                if v is not None}
+    eta, spacing = resolved.pop("eta", 0.0), resolved.pop("spacing", "uniform")
     return {
         "engine_sha256": sha256_file(engine.runner.path),
         "image_shape": [int(v) for v in engine.image_shape],
         "num": int(num), "shard_size": int(shard_size), "seed": int(seed), "batch": int(batch),
         "method": method, "steps": int(sched.num_inference_steps),
-        "eta": float(eta), "spacing": spacing,
+        "eta": float(eta), "spacing": spacing, "options": resolved,
     }
 
 
@@ -237,7 +239,7 @@ def _open_run(out: Path, config: Dict[str, Any], engine, n_shards: int) -> None:
         run = _read_run(out)
         old = run["config"]
         diffs = [f"{k} {config.get(k)!r} asked, {old.get(k)!r} in its {RUN_FILE}" for k in CONFIG_KEYS
-                 if k != "engine_sha256" and config.get(k) != old.get(k)]
+                 if k != "engine_sha256" and config.get(k) != old.get(k, {} if k == "options" else None)]
         if config["engine_sha256"] != old["engine_sha256"]:
             diffs.insert(0, f"engine {engine.runner.path} (sha256 {config['engine_sha256'][:12]}...) asked, "
                             f"{run.get('engine', {}).get('path')} (sha256 {old['engine_sha256'][:12]}...) "

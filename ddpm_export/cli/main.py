@@ -263,9 +263,25 @@ def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weight
 @click.option("--digits-engine", default="engines/digits.onnx", show_default=True,
               help="Engine for the scheduler-overhead row.")
 @click.option("--json-out", default=None, help="Also write the results as JSON.")
-def bench(steps, repeats, threads, batches, digits_engine, json_out):
+@click.option("--schedulers", "schedulers_only", is_flag=True,
+              help="Only the scheduler-cost table: each method's step (history included) vs one "
+              "--digits-engine call at each --batch (e.g. --batch 1 --batch 64).")
+def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_only):
     """Benchmark image-steps/s: diffusers eager vs ONNX Runtime vs our runtime loop."""
     import json
+
+    if schedulers_only:
+        from ddpm_export.evaluation.bench import format_scheduler_costs, scheduler_costs
+
+        res = scheduler_costs(digits_engine, batches=batches, repeats=repeats, threads=threads)
+        if json_out:
+            from pathlib import Path
+
+            from ddpm_export.model.checkpoint import atomic_write
+
+            atomic_write(Path(json_out), lambda p: Path(p).write_text(json.dumps(res, indent=2) + "\n"))
+        click.echo(format_scheduler_costs(res))
+        return
 
     from ddpm_export.evaluation.bench import format_table, run_bench
 
@@ -324,10 +340,16 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out):
               "coarse check, since the bound barely moves with small eps errors.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Compare even if the engine's manifest names another checkpoint.")
+@click.option("--method", default="ddpm", show_default=True,
+              help="How the engines sample for the trajectory and distribution levels: any runtime "
+              "method (ddpm, ddim, dpmsolver++, sde-dpmsolver++, unipc); its defaults.")
+@click.option("--steps", "method_steps", type=click.IntRange(min=1), default=None,
+              help="Steps of --method (default: the method's).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, samples, reference_samples,
              inception_weights, onnx_reference, eps_atol_fp32, eps_atol_fp16, final_atol_fp32, fd_excess,
-             confident_ratio, likelihood_images, likelihood_t_samples, nll_atol, seed, force, no_progress):
+             confident_ratio, likelihood_images, likelihood_t_samples, nll_atol, seed, force, method,
+             method_steps, no_progress):
     """Compare engines with the PyTorch reference on four levels.
 
     \b
@@ -363,7 +385,7 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
         trajectory_images=trajectory_images, samples=samples, reference_samples_path=reference_samples,
         inception_weights=inception_weights, onnx_reference=onnx_reference, seed=seed, force=force,
         progress=not no_progress, log=lambda s: click.echo(s, err=True), likelihood_images=likelihood_images,
-        likelihood_t_samples=likelihood_t_samples or None)
+        likelihood_t_samples=likelihood_t_samples or None, method=method, steps=method_steps)
     table = format_report(rep)
     if report:
         from ddpm_export.model.checkpoint import atomic_write

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from runtime.loop import METHODS
+from runtime.schedulers import METHODS
 
 INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
 
@@ -26,14 +26,26 @@ INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Images per engine call. Default: min(shard size, the engine's max batch). "
               "Part of the configuration: it decides which noise each image gets.")
-@click.option("--method", type=click.Choice(METHODS), default="ddpm", show_default=True,
-              help="ddpm (ancestral) or ddim.")
+@click.option("--method", default="ddpm", show_default=True,
+              help=f"One of {', '.join(METHODS)}.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Sampling steps. Default: all T for ddpm, 50 for ddim.")
-@click.option("--eta", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
-              help="DDIM eta (0: deterministic).")
-@click.option("--spacing", type=click.Choice(["uniform", "quadratic"]), default="uniform",
-              show_default=True, help="DDIM timestep spacing.")
+              help="Sampling steps = engine calls per image. Default: all T for ddpm, 50 for ddim, "
+              "20 for the solvers.")
+@click.option("--eta", type=float, default=None, help="ddim only: eta in [0, 1] (default 0: deterministic).")
+@click.option("--spacing", default=None, help="Timesteps: ddim uniform|quadratic (default uniform); "
+              "solvers linspace|leading|trailing (default linspace).")
+@click.option("--order", type=int, default=None,
+              help="Solver order: dpmsolver++ and unipc 1-3, sde-dpmsolver++ 1-2 (default 2).")
+@click.option("--variant", default=None, help="ddim: consistent (default) | diffusers; unipc: bh1 | bh2 (default).")
+@click.option("--no-corrector", "corrector", flag_value=False, default=None, help="unipc: no UniC corrector.")
+@click.option("--no-lower-order-final", "lower_order_final", flag_value=False, default=None,
+              help="Solvers: keep the full order on the last steps of short chains.")
+@click.option("--karras", flag_value=True, default=None, help="Solvers: Karras sigma spacing.")
+@click.option("--clip/--no-clip", default=None, help="Clamp x0_hat to [-1, 1] (default: the model's setting).")
+@click.option("--threshold-ratio", type=float, default=None,
+              help="Solvers: dynamic thresholding quantile (needs clipping).")
+@click.option("--threshold-max", type=float, default=None,
+              help="Solvers: dynamic thresholding's largest s, >= 1 (needs clipping).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--npz", default=None, type=click.Path(dir_okay=False),
               help="When all shards are done, also write every image to this one .npz "
@@ -42,8 +54,8 @@ INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to
 @click.option("--allow-host-code", is_flag=True,
               help="TensorRT only: load a version-compatible plan, which embeds host code that "
               "runs in this process; only for a plan you trust (else such a plan is refused).")
-def sample_many_command(engine, num, out, shard_size, seed, batch, method, steps, eta, spacing,
-                        threads, npz, no_progress, allow_host_code):
+def sample_many_command(engine, num, out, shard_size, seed, batch, method, steps, threads, npz,
+                        no_progress, allow_host_code, **options):
     """Sample N images from an engine into resumable shards (for FID on 50k).
 
     \b
@@ -58,13 +70,11 @@ def sample_many_command(engine, num, out, shard_size, seed, batch, method, steps
     from runtime.api import load
     from runtime.shards import sample_shards, write_merged
 
-    if method == "ddpm" and (eta != 0.0 or spacing != "uniform"):
-        raise click.UsageError("--eta and --spacing apply to --method ddim only; drop them or add --method ddim")
     try:
         with load(engine, threads=threads, allow_host_code=allow_host_code) as e:
             sample_shards(e, out, num, shard_size=shard_size, seed=seed, batch=batch, method=method,
-                          steps=steps, eta=eta, spacing=spacing, progress=not no_progress,
-                          log=click.echo)
+                          steps=steps, progress=not no_progress, log=click.echo,
+                          **{k: v for k, v in options.items() if v is not None})
         if npz:
             n = write_merged(out, npz)
             click.echo(f"wrote {npz}: {n} images (arr_0, uint8 [N, H, W, C])")

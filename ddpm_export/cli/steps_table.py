@@ -8,6 +8,7 @@ from typing import List
 import click
 
 from ddpm_export.evaluation.steps_table import DEFAULT_STEPS, format_steps_table, steps_table
+from runtime.schedulers import METHODS
 
 
 def _int_list(ctx, param, value: str) -> List[int]:
@@ -15,8 +16,19 @@ def _int_list(ctx, param, value: str) -> List[int]:
         out = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers like 10,20,50, got {value!r}")
-    if not out or min(out) < 1:
-        raise click.BadParameter(f"expected step counts >= 1, got {value!r}")
+    if not out or min(out) < (0 if param.name == "seeds" else 1):
+        raise click.BadParameter(f"expected integers >= {0 if param.name == 'seeds' else 1}, got {value!r}")
+    return out
+
+
+def _methods(ctx, param, value: str) -> List[str]:
+    if value in ("all", "both"):  # "both": the old ddim+ddpm table
+        return list(METHODS) if value == "all" else ["ddim", "ddpm"]
+    out = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [m for m in out if m not in METHODS]
+    if bad or not out:
+        raise click.ClickException(f"--methods {value!r}: unknown method(s) {bad}; expected 'all' or a "
+                                   f"comma-separated list of {', '.join(METHODS)}")
     return out
 
 
@@ -24,19 +36,60 @@ def _int_list(ctx, param, value: str) -> List[int]:
 @click.option("--engine", required=True, type=click.Path(exists=True, dir_okay=False),
               help="A digits engine (.onnx or .plan).")
 @click.option("--samples", "num", type=click.IntRange(min=10), default=450, show_default=True,
-              help="Samples per row (450 = the held-out real set; fewer make the distance noisier).")
+              help="Samples per run (450 = the held-out real set; fewer make the distance noisier).")
 @click.option("--steps", default=",".join(map(str, DEFAULT_STEPS)), show_default=True, callback=_int_list,
-              help="Comma-separated step counts.")
-@click.option("--methods", type=click.Choice(["ddim", "ddpm", "both"]), default="both", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "json_out", default=None, help="Also write the table as JSON here.")
+              help="Comma-separated step counts (= engine calls: one call per step for every method).")
+@click.option("--methods", default="all", show_default=True, callback=_methods,
+              help=f"'all' or a comma-separated subset of: {', '.join(METHODS)}.")
+@click.option("--seeds", default="0", show_default=True, callback=_int_list,
+              help="Comma-separated seeds; rows report the mean and spread over them (use >= 3).")
+@click.option("--full-ddpm/--no-full-ddpm", default=False, show_default=True,
+              help="Also run DDPM over all T steps (the paper's chain; T engine calls per image).")
+@click.option("--reference-samples", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="An .npz of DDPM samples over all T steps of this model (e.g. engines/digits_samples.npz): "
+              "adds a 'ddpm-reference' row scored on disjoint slices of --samples, one per seed, "
+              "without sampling (the full chain costs T engine calls per image).")
+@click.option("--json", "json_out", default=None, help="Write the table as JSON here (after every run).")
+@click.option("--resume", is_flag=True,
+              help="Reuse the runs already in --json (same engine and --samples) and sample only the rest.")
+@click.option("--plot", "plot_out", default=None, help="Write a PNG: Frechet vs engine calls per method.")
 @click.option("--no-progress", is_flag=True)
-def steps_table_command(engine, num, steps, methods, seed, json_out, no_progress):
-    """DDIM vs DDPM on a digits engine: Frechet distance and wall time per step count."""
+def steps_table_command(engine, num, steps, methods, seeds, full_ddpm, reference_samples, json_out,
+                        resume, plot_out, no_progress):
+    """Quality vs engine calls for every sampling method on a digits engine.
+
+    \b
+    Frechet distance (mean +- std over seeds), confident share and wall time per
+    (method, engine calls), next to the real-vs-real floor, e.g.
+      ddpm-export steps-table --engine engines/digits.onnx --seeds 0,1,2 --full-ddpm \\
+          --json frontier.json --plot frontier.png
+    Each method runs with its defaults (see runtime.schedulers).
+    """
     from ddpm_export.model.checkpoint import atomic_write
 
-    r = steps_table(engine, num, steps, ("ddim", "ddpm") if methods == "both" else (methods,), seed,
-                    progress=not no_progress, log=lambda s: click.echo(s, err=True))
-    if json_out:
-        atomic_write(Path(json_out), lambda p: Path(p).write_text(json.dumps(r, indent=2) + "\n"))
+    done = []
+    if resume:
+        if not json_out or not Path(json_out).is_file():
+            raise click.UsageError("--resume needs --json pointing at an earlier run's JSON")
+        old = json.loads(Path(json_out).read_text())
+        if old.get("num") != num or Path(old.get("engine", "")).name != Path(engine).name:
+            raise click.ClickException(f"{json_out}: written for {old.get('engine')} with --samples "
+                                       f"{old.get('num')}; resume with the same engine and --samples")
+        done = old.get("runs", [])
+
+    def save(r):
+        if json_out:
+            atomic_write(Path(json_out), lambda p: Path(p).write_text(json.dumps(r, indent=2) + "\n"))
+
+    try:
+        r = steps_table(engine, num, steps, methods, seeds, full_ddpm=full_ddpm, done=done,
+                        reference_samples=reference_samples,
+                        progress=not no_progress, log=lambda s: click.echo(s, err=True), on_run=save)
+    except ValueError as e:
+        raise click.ClickException(str(e).strip().splitlines()[0]) from None
+    save(r)
+    if plot_out:
+        from ddpm_export.evaluation.plots import plot_frontier
+
+        plot_frontier(r, Path(plot_out))
     click.echo(format_steps_table(r))

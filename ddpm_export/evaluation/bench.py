@@ -171,3 +171,84 @@ def format_table(res: Dict[str, object]) -> str:
             f"of one digits engine call at batch 1 ({s['engine_call_s'] * 1e3:.2f} ms)"
         )
     return "\n".join(lines)
+
+
+# (method, options) rows of the scheduler-cost table: every method's defaults, plus the
+# third-order solvers (the longest history)
+SCHEDULER_COST_ROWS = (("ddpm", {}), ("ddim", {}), ("dpmsolver++", {}), ("dpmsolver++", {"order": 3}),
+                       ("sde-dpmsolver++", {}), ("unipc", {}), ("unipc", {"order": 3}))
+
+
+def scheduler_costs(digits_onnx: str = "engines/digits.onnx", batches=(1, 64), steps: int = 20,
+                    repeats: int = 5, threads: int = 2) -> Dict[str, object]:
+    """Per-step cost of each scheduler's bookkeeping (step(): data prediction, history,
+    coefficients, noise draw) next to one engine call at the same batch, timed round-robin.
+
+    A whole chain of ``steps`` steps runs on a fixed eps (no engine), so the history and the
+    order switches are those of a real chain; per step = chain time / steps."""
+    import runtime
+    from runtime.schedulers import make_scheduler
+
+    rows: List[Dict[str, object]] = []
+    with runtime.load(digits_onnx, threads=threads) as eng:
+        for b in batches:
+            rng = np.random.default_rng(0)
+            shape = (b,) + tuple(eng.image_shape)
+            x = rng.standard_normal(shape, dtype=np.float32)
+            t = np.full((b,), 500, dtype=np.int32)
+            eps = eng(x, t)
+            n_calls = max(2, 20 // b)
+
+            def call():
+                for _ in range(n_calls):
+                    eng(x, t)
+                return n_calls
+
+            chains = []
+            for method, opts in SCHEDULER_COST_ROWS:
+                sched = make_scheduler(eng.manifest["schedule"], method, steps, **opts)
+                ts = [int(v) for v in sched.timesteps]
+
+                def chain(sched=sched, ts=ts):
+                    srng = np.random.default_rng(1)
+                    xx = x
+                    for tt in ts:
+                        xx = sched.step(eps, tt, xx, srng).prev_sample
+                    return len(ts)
+
+                chains.append(chain)
+            # one chain per timing, many timings: the minimum skips the preemptions a
+            # loaded host inflicts on some chains (single steps of 20-50 us hit 30 ms)
+            best = _best_times([call] + chains, repeats)
+            call_s = best[0]
+            for (method, opts), step_s in zip(SCHEDULER_COST_ROWS, best[1:]):
+                rows.append({"batch": b, "method": method, "options": opts, "engine_call_s": call_s,
+                             "step_s": step_s, "share": step_s / call_s})
+    return {"threads": threads, "steps": steps, "repeats": repeats, "rows": rows}
+
+
+def _best_times(fns: List[Callable[[], int]], repeats: int) -> List[float]:
+    """Seconds per unit of each fn, the minimum over ``repeats`` round-robin runs: on a
+    shared host the minimum is the run least disturbed by other work, for the engine call
+    and the scheduler alike (a median would inflate the multi-threaded engine call more)."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            n = fn()
+            best[i] = min(best[i], (time.perf_counter() - t0) / n)
+    return best
+
+
+def format_scheduler_costs(res: Dict[str, object]) -> str:
+    lines = [f"scheduler bookkeeping per step vs one digits engine call ({res['threads']} threads, "
+             f"chains of {res['steps']} steps, best of {res['repeats']} round-robin runs)",
+             "| batch | method | options | step (us) | engine call (ms) | share of a call |",
+             "|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "defaults"
+        lines.append(f"| {r['batch']} | {r['method']} | {opts} | {r['step_s'] * 1e6:.0f} | "
+                     f"{r['engine_call_s'] * 1e3:.2f} | {100 * r['share']:.2f} % |")
+    return "\n".join(lines)

@@ -192,3 +192,24 @@ def write_plots(report: Dict[str, Any], artifacts: Dict[str, Any], out: Path) ->
         written.append(out / "samples.png")
         plot_samples(artifacts["samples"], written[-1])
     return written
+
+
+def plot_frontier(result: Dict[str, Any], path: Path) -> None:
+    """steps-table's frontier: Frechet distance vs engine calls per method (log x), error
+    bars = the seed-to-seed std, the real-vs-real floor as a line; the full DDPM chain as a
+    point with its own error bar when present."""
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    by_method: Dict[str, List[Dict[str, Any]]] = {}
+    for row in result["rows"]:
+        by_method.setdefault(row["method"], []).append(row)
+    for method, rows in by_method.items():
+        rows = sorted(rows, key=lambda r: r["engine_calls"])
+        ax.errorbar([r["engine_calls"] for r in rows], [r["frechet_mean"] for r in rows],
+                    yerr=[r["frechet_std"] for r in rows], marker="o", ms=4, capsize=3, label=method)
+    ax.axhline(result["real_floor"], color="gray", ls="--", lw=1, label="real vs real (floor)")
+    ax.set_xscale("log")
+    seeds = result["seeds"]
+    _finish_log_plot(plt, fig, ax, path, "engine calls per image",
+                     "digits Frechet distance to real (lower is better)",
+                     f"{result['num']} samples per run, mean +- std over {len(seeds)} seeds")

@@ -1,58 +1,155 @@
-"""DDIM vs DDPM: quality against sampling steps and wall time, through the runtime.
+"""The quality/speed frontier: every sampling method against engine calls, through the runtime.
 
-For each method and step count the engine draws the same number of samples
-(same seed) with the NumPy runtime; quality is the digits Frechet distance to
-held-out real digits (with the real-vs-real floor at the same count) and the
-classifier's confident-label share. This is the trade-off a Jetson user picks
-a step count from. Digits engines only (the feature extractor is the digits
-classifier); other models: sample with ``sample-many`` and use ``fid``.
+For each method, engine-call count and seed the engine draws the same number of
+samples with the NumPy runtime; quality is the digits Frechet distance to held-out
+real digits (next to the real-vs-real floor at the same count) and the classifier's
+confident-label share. Rows aggregate the seeds: mean and sample standard deviation
+(the seed-to-seed spread). Every method here makes one engine call per step, so
+"steps" and "engine calls" are the same number. Digits engines only (the feature
+extractor is the digits classifier); other models: sample with ``sample-many`` and use ``fid``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+DEFAULT_STEPS = (5, 10, 15, 20, 50, 100)
 
 
-
-DEFAULT_STEPS = (10, 20, 50, 100, 1000)
+def _stats(v: Sequence[float]) -> Tuple[float, float]:
+    a = np.asarray(v, dtype=np.float64)
+    return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else 0.0)
 
 
 def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT_STEPS,
-                methods: Sequence[str] = ("ddim", "ddpm"), seed: int = 0, progress: bool = False,
-                log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+                methods: Optional[Sequence[str]] = None, seeds: Sequence[int] = (0,),
+                full_ddpm: bool = False, options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                done: Sequence[Mapping[str, Any]] = (), reference_samples: Optional[str] = None,
+                progress: bool = False,
+                log: Callable[[str], None] = lambda s: None,
+                on_run: Callable[[Dict[str, Any]], None] = lambda r: None) -> Dict[str, Any]:
+    """Frechet/confident share/wall time per (method, steps), over ``seeds``.
+
+    methods: names in runtime.schedulers.METHODS (None = all); options: per-method options
+    (e.g. {"unipc": {"order": 3}}); full_ddpm adds DDPM over all T steps. ``done``: runs
+    of an earlier call (same engine, num) to reuse instead of sampling again; ``on_run``
+    gets the partial result after every new run (to save progress).
+    reference_samples: an .npz whose 'samples' [M, 1, 16, 16] are DDPM over all T steps of the
+    same model (e.g. engines/digits_samples.npz, from the PyTorch reference sampler): adds the
+    row "ddpm-reference" at T calls, scored on len(seeds) disjoint slices of ``num`` samples
+    (independent noise, so they stand in for seeds) without sampling anything.
+    """
     import runtime
+    from runtime.schedulers import METHODS, make_scheduler, resolve_options
 
     from ddpm_export.evaluation.digits import (DIGITS_SHAPE, FLOOR, digits_distribution,
                                                train_digits_classifier)
 
-    clf = train_digits_classifier()
-    rows: List[Dict[str, Any]] = []
+    methods = list(METHODS if methods is None else methods)
+    options = dict(options or {})
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("steps_table needs at least one seed")
+    plan: List[Tuple[str, int]] = []
     with runtime.load(engine_path) as engine:
         if tuple(engine.image_shape) != DIGITS_SHAPE:
             raise ValueError(f"{engine_path}: images {list(engine.image_shape)}; the steps table scores "
                              f"with the digits classifier and needs the digits model's {list(DIGITS_SHAPE)}")
-        for method in methods:
-            for n_steps in steps:
-                log(f"{method} {n_steps} steps: {num} samples")
-                res = engine.sample_float(num, seed=seed, method=method, steps=n_steps, progress=progress)
-                d = digits_distribution(clf, {"samples": res.images})
-                row = d["sets"]["samples"]
-                rows.append({"method": method, "steps": n_steps, "seconds": res.seconds,
-                             "images_per_s": num / res.seconds, "frechet_to_real": row["frechet_to_real"],
-                             "confident_share": row["confident_share"], "class_min_share": row["class_min_share"]})
-                floor = d["sets"][FLOOR]["frechet_to_real"]
-                log(f"  Frechet {row['frechet_to_real']:.2f} (floor {floor:.2f}), {res.seconds:.1f} s")
+        T = int(engine.manifest["schedule"]["num_timesteps"])
+        for method in methods:  # check every (method, steps) before sampling anything
+            opts = resolve_options(method, options.get(method))
+            for n in steps:
+                make_scheduler(engine.manifest["schedule"], method, n, **options.get(method, {}))
+                plan.append((method, int(n)))
+            options[method] = {k: v for k, v in opts.items() if v is not None}
+        if full_ddpm and ("ddpm", T) not in plan:
+            plan.append(("ddpm", T))
+            options.setdefault("ddpm", {})
+        clf = train_digits_classifier()
+        key = lambda r: (r["method"], r["steps"], r["seed"])  # noqa: E731
+        runs: Dict[Tuple[str, int, int], Dict[str, Any]] = {key(r): dict(r) for r in done}
         batch = min(num, engine.runner.max_batch)
         backend = engine.runner.backend
-    return {"engine": str(engine_path), "backend": backend, "num": num, "seed": seed, "batch": batch,
-            "real_floor": floor, "real_reference_n": d["real_reference_n"], "rows": rows}
+        floor = ref_n = None
+
+        def result() -> Dict[str, Any]:
+            return {"engine": str(engine_path), "backend": backend, "num": num, "seeds": seeds,
+                    "batch": batch, "real_floor": floor, "real_reference_n": ref_n,
+                    "options": options, "runs": list(runs.values()),
+                    "rows": _rows(plan, seeds, runs)}
+
+        if reference_samples is not None:
+            with np.load(reference_samples) as z:
+                ref = np.asarray(z["samples"], dtype=np.float32)
+            if len(ref) < num * len(seeds):
+                raise ValueError(f"{reference_samples}: {len(ref)} samples, need {num} x {len(seeds)} "
+                                 f"seeds = {num * len(seeds)} for disjoint slices; lower --samples")
+            plan.append(("ddpm-reference", T))
+            for j, seed in enumerate(seeds):
+                d = digits_distribution(clf, {"samples": ref[j * num:(j + 1) * num]})
+                row = d["sets"]["samples"]
+                runs[("ddpm-reference", T, seed)] = {
+                    "method": "ddpm-reference", "steps": T, "seed": seed, "engine_calls": T,
+                    "seconds": None, "slice": [j * num, (j + 1) * num],
+                    "frechet_to_real": row["frechet_to_real"], "confident_share": row["confident_share"],
+                    "class_min_share": row["class_min_share"]}
+        for (m, n, _s) in list(runs):  # rows of earlier calls (resume) stay in the table
+            if (m, n) not in plan:
+                plan.append((m, n))
+        for method, n in plan:
+            if method == "ddpm-reference":
+                continue
+            for seed in seeds:
+                if (method, n, seed) in runs:
+                    continue
+                log(f"{method} {n} steps, seed {seed}: {num} samples")
+                res = engine.sample_float(num, seed=seed, method=method, steps=n, progress=progress,
+                                          **options.get(method, {}))
+                d = digits_distribution(clf, {"samples": res.images})
+                row = d["sets"]["samples"]
+                floor, ref_n = d["sets"][FLOOR]["frechet_to_real"], d["real_reference_n"]
+                runs[(method, n, seed)] = {
+                    "method": method, "steps": n, "seed": seed, "engine_calls": n,
+                    "seconds": res.seconds, "frechet_to_real": row["frechet_to_real"],
+                    "confident_share": row["confident_share"], "class_min_share": row["class_min_share"]}
+                log(f"  Frechet {row['frechet_to_real']:.2f} (floor {floor:.2f}), {res.seconds:.1f} s")
+                on_run(result())
+        if floor is None:  # everything reused: the floor at this count, without sampling
+            d = digits_distribution(clf, {"samples": clf.real_a[:num]})
+            floor, ref_n = d["sets"][FLOOR]["frechet_to_real"], d["real_reference_n"]
+        return result()
+
+
+def _rows(plan, seeds, runs) -> List[Dict[str, Any]]:
+    from runtime.schedulers import METHODS
+
+    order = {m: i for i, m in enumerate(METHODS)}
+    rows = []
+    for method, n in sorted(plan, key=lambda p: (order.get(p[0], len(order)), p[1])):
+        got = [runs[(method, n, s)] for s in seeds if (method, n, s) in runs]
+        if not got:
+            continue
+        f_mean, f_std = _stats([r["frechet_to_real"] for r in got])
+        c_mean, c_std = _stats([r["confident_share"] for r in got])
+        secs = [r["seconds"] for r in got if r["seconds"] is not None]
+        s_mean = _stats(secs)[0] if secs else None
+        rows.append({"method": method, "steps": n, "engine_calls": n, "seeds": len(got),
+                     "frechet_mean": f_mean, "frechet_std": f_std,
+                     "frechet_per_seed": [r["frechet_to_real"] for r in got],
+                     "confident_mean": c_mean, "confident_std": c_std, "seconds_mean": s_mean})
+    return rows
 
 
 def format_steps_table(r: Dict[str, Any]) -> str:
-    lines = [f"{r['num']} samples per row, batch {r['batch']}, {r['backend']}; Frechet distance to "
-             f"{r['real_reference_n']} held-out real digits (real-vs-real floor {r['real_floor']:.2f})",
-             "| method | steps | Frechet to real | confident share | wall time (s) | images/s |",
-             "|---|---|---|---|---|---|"]
+    floor = r["real_floor"]
+    lines = [f"{r['num']} samples per run, seeds {r['seeds']}, batch {r['batch']}, {r['backend']}; "
+             f"Frechet distance to {r['real_reference_n']} held-out real digits, mean +- std over "
+             f"seeds (real-vs-real floor {floor:.2f})",
+             "| method | engine calls | Frechet to real | confident share | wall time (s) |",
+             "|---|---|---|---|---|"]
     for row in r["rows"]:
-        lines.append(f"| {row['method']} | {row['steps']} | {row['frechet_to_real']:.2f} | "
-                     f"{row['confident_share']:.3f} | {row['seconds']:.1f} | {row['images_per_s']:.1f} |")
+        lines.append(f"| {row['method']} | {row['engine_calls']} | {row['frechet_mean']:.2f} +- "
+                     f"{row['frechet_std']:.2f} | {row['confident_mean']:.3f} | "
+                     f"{'n/a' if row['seconds_mean'] is None else format(row['seconds_mean'], '.1f')} |")
     return "\n".join(lines)

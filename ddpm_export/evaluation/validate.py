@@ -95,11 +95,18 @@ def one_step(engine, model, num_timesteps: int, t_stride: int = 50, batches: Seq
 
 
 def trajectory(engine, model, schedule: ScheduleConfig, num: int = 4,
-               seed: int = 0) -> Tuple[Dict[str, Any], Dict[str, List[Tuple[int, np.ndarray]]]]:
+               seed: int = 0, method: str = "ddpm", steps: Optional[int] = None,
+               method_options: Optional[Dict[str, Any]] = None,
+               ) -> Tuple[Dict[str, Any], Dict[str, List[Tuple[int, np.ndarray]]]]:
     """Drift of the engine's chain from the reference chain on identical noise.
 
+    DDPM over all T steps: the reference is the PyTorch sampler. Any other method or step
+    count: the PyTorch model driven through the same runtime scheduler (same noise).
     Returns the JSON part and the x0_hat frames {"reference": [(t, x0)], "engine": [...]}.
     """
+    opts = dict(method_options or {})
+    if method != "ddpm" or (steps is not None and steps != schedule.num_timesteps) or opts:
+        return _trajectory_same_scheduler(engine, model, schedule, num, seed, method, steps, opts)
     shape = (num,) + tuple(engine.image_shape)
     got: Dict[int, np.ndarray] = {}
     frames: List[Tuple[int, np.ndarray]] = []
@@ -128,6 +135,35 @@ def trajectory(engine, model, schedule: ScheduleConfig, num: int = 4,
             "drift": [{"t": t, "max_abs": drift[t]} for t in steps],
             "first_step_above_1e-3": next((T - t for t in steps if drift[t] > 1e-3), None)}
     return part, {"reference": [(t, a.numpy()) for t, a in ref_frames], "engine": frames}
+
+
+def _trajectory_same_scheduler(engine, model, schedule, num, seed, method, steps, opts):
+    from runtime.loop import sample as run_loop
+
+    chains: Dict[str, Dict[int, np.ndarray]] = {"engine": {}, "reference": {}}
+    frames: Dict[str, List[Tuple[int, np.ndarray]]] = {"engine": [], "reference": []}
+
+    def recorder(name):
+        def on_step(i, t, x, x0):
+            chains[name][t] = x.astype(np.float64)
+            frames[name].append((t, x0.copy()))
+        return on_step
+
+    def torch_runner(x, t):
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(t.astype(np.int64))).numpy()
+
+    kw = dict(seed=seed, steps=steps, method=method, batch=num, **opts)
+    res = engine.sample_float(num, callback=recorder("engine"), **kw)
+    ref = run_loop(torch_runner, tuple(engine.image_shape), schedule.to_dict(), num,
+                   callback=recorder("reference"), **kw)
+    ts = list(chains["engine"])
+    drift = {t: float(np.abs(chains["engine"][t] - chains["reference"][t]).max()) for t in ts}
+    final = float(np.abs(res.images.astype(np.float64) - ref.images.astype(np.float64)).max())
+    part = {"num_images": num, "method": method, "steps": len(ts), "options": opts, "final_max_abs": final,
+            "drift": [{"t": t, "max_abs": drift[t]} for t in ts],
+            "first_step_above_1e-3": next((i + 1 for i, t in enumerate(ts) if drift[t] > 1e-3), None)}
+    return part, frames
 
 
 def _engine_name(path: str, paths: Sequence[str]) -> str:
@@ -233,13 +269,21 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
              inception_weights: Optional[str] = None, onnx_reference: Optional[str] = None,
              seed: int = 0, force: bool = False, progress: bool = False,
              likelihood_images: int = 0, likelihood_t_samples: Optional[int] = 50,
-             log: Callable[[str], None] = lambda s: None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+             log: Callable[[str], None] = lambda s: None, method: str = "ddpm",
+             steps: Optional[int] = None, method_options: Optional[Dict[str, Any]] = None,
+             ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Compare each engine with the checkpoint's PyTorch model.
 
     Returns (report, artifacts): the JSON-able report and the arrays the plots
-    need (samples per set, progressive frames).
+    need (samples per set, progressive frames). method / steps / method_options: how the
+    engines sample for the trajectory and distribution levels (any runtime.schedulers
+    method); the distribution's reference stays the PyTorch model's DDPM over all T steps.
     """
     import runtime
+    from runtime.schedulers import make_scheduler
+
+    method_options = {k: v for k, v in (method_options or {}).items() if v is not None}
+    make_scheduler(ScheduleConfig(), method, steps, **method_options)  # bad method/options: fail now
 
     model, ckpt = load_model(checkpoint)
     schedule = ScheduleConfig.from_dict(ckpt["schedule_config"])
@@ -285,13 +329,15 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
                 steps = one_step(engine, model, schedule.num_timesteps, t_stride, b_list, seed)
             traj = None
             if trajectory_images:
-                log(f"{name}: one {schedule.num_timesteps}-step trajectory of {trajectory_images} images")
-                traj, frames = trajectory(engine, model, schedule, trajectory_images, seed)
+                log(f"{name}: one {method} trajectory of {trajectory_images} images")
+                traj, frames = trajectory(engine, model, schedule, trajectory_images, seed,
+                                          method, steps, method_options)
                 artifacts["frames"].setdefault("reference", frames["reference"])
                 artifacts["frames"][name] = frames["engine"]
             if samples:
                 log(f"{name}: {samples} samples for the distribution level")
-                res = engine.sample_float(samples, seed=seed + 1, progress=progress)
+                res = engine.sample_float(samples, seed=seed + 1, progress=progress, method=method,
+                                          steps=steps, **method_options)
                 engine_samples[name] = res.images
         fp16 = m["precision"] == "fp16"
         eps_limit = thresholds.eps_fp16 if fp16 else thresholds.eps_fp32

@@ -181,7 +181,7 @@ def test_a_folder_with_unknown_shards_or_a_file_is_refused(engine, tmp_path):
 @pytest.mark.parametrize("bad,expect", [
     (dict(num=0), "num"), (dict(shard_size=0), "shard_size"), (dict(seed=-1), "seed"),
     (dict(batch=0), "batch"), (dict(batch=65), "max batch"),
-    (dict(method="ddpm", eta=0.5), "ddim only"), (dict(method="plms"), "method"),
+    (dict(method="ddpm", eta=0.5), "takes no eta"), (dict(method="unipc", order=4), "expected one of 1, 2, 3"), (dict(method="plms"), "method"),
 ])
 def test_bad_arguments_fail_before_anything_is_written(engine, tmp_path, bad, expect):
     with pytest.raises(ValueError, match=expect):
@@ -228,7 +228,7 @@ def test_cli_runs_resumes_and_refuses(tmp_path, capsys, reference):
 
 @pytest.mark.parametrize("args,expect", [
     (["--engine", "missing.onnx", "--num", "3"], "no such engine file"),
-    (["--engine", str(ENGINE), "--num", "3", "--eta", "0.5"], "apply to --method ddim only"),
+    (["--engine", str(ENGINE), "--num", "3", "--eta", "0.5"], "takes no eta (only ddim do)"),
     (["--engine", str(ENGINE), "--num", "0"], "num (--num) = 0"),
 ])
 def test_cli_errors_are_one_line_and_exit_1(tmp_path, capsys, args, expect):
@@ -278,7 +278,8 @@ def test_click_command(tmp_path, monkeypatch, reference):
     assert r.exit_code == 1 and "seed 7 asked" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(sample_many_command, ["--engine", str(ENGINE), "--num", "2", "--out", out,
                                                  "--eta", "0.5"])
-    assert r.exit_code == 2 and "--method ddim" in r.output
+    # exit 1 with the registry's one line (which methods take eta), like every bad method input
+    assert r.exit_code == 1 and "takes no eta (only ddim do)" in r.output
     r = CliRunner().invoke(sample_many_command, ["--engine", str(ENGINE), "--num", "0", "--out", out])
     assert r.exit_code == 2
     r = CliRunner().invoke(sample_many_command, ["--engine", str(tmp_path / "none.onnx"), "--num", "2",

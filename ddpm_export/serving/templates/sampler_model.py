@@ -34,7 +34,7 @@ from runtime.contract import INPUT_T, INPUT_X, OUTPUT, read_manifest  # noqa: E4
 from runtime.io import to_uint8  # noqa: E402
 from runtime.loop import METHODS, sample  # noqa: E402
 
-OPTIONAL = {"method": "ddpm", "steps": None, "eta": 0.0}
+OPTIONAL = {"method": "ddpm", "steps": None, "eta": None}
 
 
 class RequestError(ValueError):
@@ -129,7 +129,7 @@ class TritonPythonModel:
         if steps is not None and not 1 <= steps <= self.T:
             raise RequestError(f"steps {steps} is out of range; expected 1 <= steps <= {self.T} "
                                f"(the schedule's T)")
-        if not (np.isfinite(eta) and eta >= 0.0):
+        if eta is not None and not (np.isfinite(eta) and eta >= 0.0):
             raise RequestError(f"eta {eta} is invalid; expected a finite value >= 0 (0: deterministic DDIM)")
         if seed < 0:
             raise RequestError(f"seed {seed} is negative; expected an integer >= 0")

@@ -166,10 +166,66 @@ def test_digits_classifier_splits_are_disjoint_and_held_out():
 
 def test_steps_table_command_runs_and_rejects_bad_steps(tmp_path):
     r = CliRunner().invoke(main, ["steps-table", "--engine", str(ENG / "digits.onnx"), "--samples", "12",
-                                  "--steps", "2,4", "--json", str(tmp_path / "t.json"), "--no-progress"])
+                                  "--methods", "both", "--steps", "2,4", "--json", str(tmp_path / "t.json"),
+                                  "--no-progress"])
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "t.json").read_text())["rows"]
-    assert [(x["method"], x["steps"]) for x in rows] == [("ddim", 2), ("ddim", 4), ("ddpm", 2), ("ddpm", 4)]
-    assert all(x["frechet_to_real"] > 0 and x["seconds"] > 0 for x in rows)
+    # rows in the registry's method order
+    assert [(x["method"], x["steps"]) for x in rows] == [("ddpm", 2), ("ddpm", 4), ("ddim", 2), ("ddim", 4)]
+    assert all(x["frechet_mean"] > 0 and x["seconds_mean"] > 0 for x in rows)
     r = CliRunner().invoke(main, ["steps-table", "--engine", str(ENG / "digits.onnx"), "--steps", "0,x"])
     assert r.exit_code == 2 and "comma-separated" in r.output
+
+
+def test_frontier_smoke_every_method_seeds_reference_row_and_plot(tmp_path):
+    """A small frontier: every method at 5 engine calls, 2 seeds (mean and spread), the
+    reference DDPM-1000 row from the shipped samples, the JSON and the PNG; --resume reuses it."""
+    j, png = tmp_path / "f.json", tmp_path / "f.png"
+    args = ["steps-table", "--engine", str(ENG / "digits.onnx"), "--samples", "12", "--steps", "5",
+            "--seeds", "0,1", "--reference-samples", str(ENG / "digits_samples.npz"), "--json", str(j),
+            "--no-progress"]
+    r = CliRunner().invoke(main, args + ["--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(j.read_text())
+    from runtime.schedulers import METHODS
+
+    assert [x["method"] for x in res["rows"]] == list(METHODS) + ["ddpm-reference"]
+    for row in res["rows"]:
+        assert row["seeds"] == 2 and len(row["frechet_per_seed"]) == 2 and row["frechet_std"] > 0
+        assert abs(row["frechet_mean"] - sum(row["frechet_per_seed"]) / 2) < 1e-9
+    ref = res["rows"][-1]
+    assert ref["engine_calls"] == 1000 and ref["seconds_mean"] is None
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| unipc | 5 |" in r.output and "ddpm-reference | 1000" in r.output
+    r2 = CliRunner().invoke(main, args + ["--resume", "--methods", "unipc"])  # nothing new to sample
+    assert r2.exit_code == 0 and ": 12 samples" not in r2.output, r2.output
+    assert json.loads(j.read_text())["runs"] == res["runs"]
+
+
+def test_validate_trajectory_and_distribution_with_a_solver():
+    """--method: the trajectory level drives the engine and the PyTorch model through the same
+    runtime scheduler on the same noise; the distribution level samples with it."""
+    r = CliRunner().invoke(main, [
+        "validate", "--checkpoint", str(ENG / "digits.pt"), "--engine", str(ENG / "digits.onnx"),
+        "--t-stride", "500", "--batch", "1", "--trajectory-images", "2", "--samples", "20",
+        "--reference-samples", str(ENG / "digits_samples.npz"), "--method", "unipc", "--steps", "5",
+        "--no-progress"])
+    assert r.exit_code in (0, 1), r.output  # 20 samples may miss the distribution gate
+    assert "unipc trajectory" in r.output
+    r = CliRunner().invoke(main, ["validate", "--checkpoint", str(ENG / "digits.pt"), "--engine",
+                                  str(ENG / "digits.onnx"), "--method", "heun"])
+    assert r.exit_code == 1 and "expected one of ddpm, ddim, dpmsolver++" in r.output
+
+
+def test_trajectory_level_same_scheduler_drift_is_small():
+    import runtime
+    from ddpm_export.evaluation.validate import trajectory
+    from ddpm_export.model.checkpoint import load_model
+    from runtime.schedulers.schedule import ScheduleConfig
+
+    model, ckpt = load_model(ENG / "digits.pt")
+    with runtime.load(ENG / "digits.onnx") as engine:
+        part, frames = trajectory(engine, model, ScheduleConfig.from_dict(ckpt["schedule_config"]), 2, 0,
+                                  "dpmsolver++", 5, {"order": 3})
+    assert part["method"] == "dpmsolver++" and part["steps"] == 5 and len(part["drift"]) == 5
+    assert part["final_max_abs"] < 1e-3 and len(frames["engine"]) == len(frames["reference"]) == 5

@@ -71,8 +71,8 @@ def test_images_equal_the_runtime_http_and_grpc(server, engine, model):
     h, g = _http(server), grpc.InferenceServerClient(server.grpc_url)
     try:
         for num, seed, method, steps, eta in [(3, 11, "ddim", 4, None), (2, 5, "ddim", 3, 1.0),
-                                              (2, 7, "ddpm", 4, None)]:
-            want = engine.sample(num, seed=seed, method=method, steps=steps, eta=eta or 0.0)
+                                              (2, 7, "ddpm", 4, None), (2, 9, "unipc", 5, None)]:
+            want = engine.sample(num, seed=seed, method=method, steps=steps, eta=eta)
             for client in (h, g):
                 got = _images(client, model, num, seed, method, steps, eta)
                 assert got.dtype == np.uint8 and got.shape == want.shape == (num, 16, 16, 1)

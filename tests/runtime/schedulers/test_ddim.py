@@ -67,6 +67,12 @@ def test_eta1_step_is_eq12_with_sigma_eq16():
     x, eps, z = (0.3 * rng.standard_normal(SHAPE) for _ in range(3))
     sigma = np.sqrt((1 - ap) / (1 - a)) * np.sqrt(1 - a / ap)
     x0 = np.clip((x - np.sqrt(1 - a) * eps) / np.sqrt(a), -1, 1)
+    # default ("consistent"): the direction term uses eps re-derived from the clipped x0
+    e = (x - np.sqrt(a) * x0) / np.sqrt(1 - a)
+    expected = np.sqrt(ap) * x0 + np.sqrt(1 - ap - sigma**2) * e + sigma * z
+    np.testing.assert_allclose(sched.step(eps, t, x, noise=z).prev_sample, expected, rtol=1e-13)
+    # diffusers' convention: the network's eps
+    sched.use_clipped_model_output = False
     expected = np.sqrt(ap) * x0 + np.sqrt(1 - ap - sigma**2) * eps + sigma * z
     np.testing.assert_allclose(sched.step(eps, t, x, noise=z).prev_sample, expected, rtol=1e-13)
 
@@ -149,7 +155,9 @@ def test_step_matches_diffusers(eta, clip, use_clipped, steps, in_float64):
     (0.5, "uniform", False, 100, 17.28644094313495, 0.5275820347324043),
 ])
 def test_full_loop_reference_numbers(eta, spacing, clip, steps, ref_sum, ref_mean_abs):
-    sched = DDIMScheduler(ScheduleConfig(clip_denoised=clip), eta=eta, spacing=spacing)
+    # pinned with diffusers' convention (the network's eps kept after clipping)
+    sched = DDIMScheduler(ScheduleConfig(clip_denoised=clip), eta=eta, spacing=spacing,
+                          use_clipped_model_output=False)
     sched.set_timesteps(steps)
     x = run_loop(sched, seed=0).astype(np.float64)
     assert abs(x.sum() - ref_sum) <= 1e-5 * (1 + abs(ref_sum))
