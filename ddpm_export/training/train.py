@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
         "seed": cfg.seed,
         "preset": cfg.preset,
         "data": cfg.data or preset.data,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: checkpoints hold only plain types
         "world_size": world,
     }
 
