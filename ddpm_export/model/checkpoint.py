@@ -28,8 +28,8 @@ import json
 import os
 import re
 import tempfile
-from pathlib import Path
 from collections import OrderedDict as OrderedDictType
+from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import torch
@@ -79,7 +79,12 @@ def plain(obj: Any, where: str = "checkpoint") -> Any:
         return obj
     if isinstance(obj, dict):  # OrderedDict (state dicts) stays: weights_only admits it
         items = ((k, plain(v, f"{where}[{k!r}]")) for k, v in obj.items())
-        return type(obj)(items) if type(obj) in (dict, OrderedDictType) else dict(items)
+        if not isinstance(obj, OrderedDictType):
+            return dict(items)
+        out = OrderedDictType(items)
+        if getattr(obj, "_metadata", None) is not None:  # a state dict's module versions
+            out._metadata = plain(obj._metadata, f"{where}._metadata")  # type: ignore[attr-defined]
+        return out
     if isinstance(obj, (list, tuple)):
         out = [plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
         return tuple(out) if isinstance(obj, tuple) else out
