@@ -1,11 +1,12 @@
-"""Image grids and PNG writing for samples (NumPy + Pillow, no torch)."""
+"""Image grids and PNG writing for samples (NumPy + Pillow, no torch); .npz reading that
+never unpickles (load_npz)."""
 from __future__ import annotations
 
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -98,3 +99,61 @@ def save_trajectory(trajectory, path, rows: int = 8, scale: int = 1) -> None:
     rows = min(rows, trajectory[0][1].shape[0])
     frames = np.stack([to_uint8(np.asarray(a)[:rows]) for _, a in trajectory], axis=1)
     save_png(make_grid(frames.reshape((-1,) + frames.shape[2:]), nrow=len(trajectory)), path, scale)
+
+
+class NpzError(ValueError):
+    """A .npz that is missing, damaged, lacks an array, or holds pickled Python objects.
+
+    ``str(e)`` starts with the file; ``e.reason`` is the rest (what is wrong and what was
+    expected), for callers that name the file themselves."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def load_npz(path, what: str, keys: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+    """The arrays of a .npz: those named in ``keys`` (each required), or all of them.
+
+    Read with ``allow_pickle=False``: an array of Python objects (or a pickle passed off
+    as a .npz) is refused, never unpickled, so loading a file cannot run code. ``what``
+    says what the file should be (e.g. "samples from 'ddpm-export sample --npz'"); every
+    error is an NpzError that names the file and ``what``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise NpzError(path, f"no such file; expected {what}")
+    try:
+        z = np.load(p, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # a pickle, not a .npz
+            raise NpzError(path, f"refused: the file is a Python pickle, and loading it could run "
+                                 f"code; expected {what} (a .npz of numeric arrays)") from None
+        raise NpzError(path, f"not a readable .npz ({_first_line(e)}); expected {what}") from e
+    except Exception as e:  # truncated zip, bad CRC, not a numpy file at all
+        raise NpzError(path, f"not a readable .npz ({_first_line(e)}); expected {what}") from e
+    if not hasattr(z, "files"):  # a lone .npy array
+        raise NpzError(path, f"is a .npy array, not a .npz; expected {what}")
+    with z:
+        names = list(z.files) if keys is None else list(keys)
+        missing = [k for k in names if k not in z.files]
+        if missing:
+            raise NpzError(path, f"no {missing[0]!r} array (has {sorted(z.files)}); expected {what}")
+        out = {}
+        for k in names:
+            try:
+                out[k] = z[k]
+            except ValueError as e:
+                if "allow_pickle" in str(e):
+                    raise NpzError(path, f"refused: array {k!r} holds Python objects, and loading "
+                                         f"them could run code; expected {what} (numeric arrays)") from None
+                raise NpzError(path, f"array {k!r} is unreadable ({_first_line(e)}); expected {what}") from e
+            except Exception as e:
+                raise NpzError(path, f"array {k!r} is unreadable ({_first_line(e)}); expected {what}") from e
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from runtime.limits import LOOP_BYTES_PER_VALUE, check_images_fit
 from runtime.schedulers import METHODS, make_scheduler
 
 __all__ = ["METHODS", "make_scheduler", "NonFiniteError", "SampleResult", "StepCallback", "sample"]
@@ -55,6 +56,7 @@ def sample(
     """
     if num < 1 or batch < 1:
         raise ValueError(f"need num >= 1 and batch >= 1, got num={num}, batch={batch}")
+    check_images_fit(num, image_shape, LOOP_BYTES_PER_VALUE)  # all num images are returned at once
     sched = make_scheduler(schedule, method, steps, eta=eta, spacing=spacing, **options)
     rng = np.random.default_rng(seed)
     timesteps = [int(t) for t in sched.timesteps]

@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Schedule, image shape and batch range come from the engine's manifest (NAME.json).",
     )
     p.add_argument("--engine", required=True, help="NAME.onnx or NAME.plan (its NAME.json beside it)")
-    p.add_argument("--num", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--num", type=int, default=64,
+                   help="number of images, all held in memory (default 64); a number that cannot fit "
+                   "is refused: use python -m runtime.sample_many for many")
     p.add_argument("--seed", type=int, default=0, help="seed of the numpy Generator (default 0)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write (default samples.png)")
     add_method_args(p)
@@ -43,6 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _run(args) -> int:
     from runtime.api import load
     from runtime.io import require_pillow, save_grid, save_npz, save_trajectory
+    from runtime.limits import SAMPLE_CLI_BYTES_PER_VALUE, check_images_fit
 
     if args.num < 1:
         raise ValueError(f"--num {args.num}: expected at least 1")
@@ -52,6 +55,8 @@ def _run(args) -> int:
     engine = load(args.engine, threads=args.threads, allow_host_code=args.allow_host_code)
     # method and options checked before anything is sampled or written
     make_scheduler(engine.manifest["schedule"], args.method, args.steps, **method_options(args))
+    # every image stays in memory until the grid is written: refuse what cannot fit, now
+    check_images_fit(args.num, engine.image_shape, SAMPLE_CLI_BYTES_PER_VALUE, name="--num")
     with engine:
         res = engine.sample_float(
             args.num, seed=args.seed, steps=args.steps, method=args.method, batch=args.batch,

@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from runtime.contract import sha256_file
-from runtime.io import save_npz, to_uint8
+from runtime.io import NpzError, load_npz, save_npz, to_uint8
 from runtime.schedulers import make_scheduler, resolve_options
 
 RUN_FILE = "run.json"
@@ -315,11 +315,11 @@ def _read_shard(path: Path, k: int, config: Dict[str, Any], hwc) -> Tuple[Option
     """(images, None) for a good shard k, else (None, what is wrong with it)."""
     want = (_shard_len(config, k),) + tuple(hwc)
     try:
-        with np.load(path) as z:
-            images, start, seed = z["images"], int(z["index_start"]), int(z["seed"])
-    except Exception as e:  # truncated zip, bad CRC, missing key, not an npz at all
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return None, f"is unreadable ({type(e).__name__}{': ' + first if first else ''})"
+        z = load_npz(path, "a sample-many shard", keys=("images", "index_start", "seed"))
+        images, start, seed = z["images"], int(z["index_start"]), int(z["seed"])
+    except (NpzError, TypeError, ValueError) as e:  # damaged, pickled objects, missing key, not scalars
+        return None, f"is unreadable: {e.reason}" if isinstance(e, NpzError) else \
+            f"is unreadable ({type(e).__name__}: {e})"
     if images.dtype != np.uint8 or images.shape != want:
         return None, f"holds {images.dtype} {images.shape}, expected uint8 {want}"
     if start != k * config["shard_size"] or seed != shard_seed(config["seed"], k):

@@ -160,22 +160,24 @@ def _float_samples_to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def _load_npz(path: Path) -> np.ndarray:
+    from runtime.io import NpzError, load_npz
+
+    what = ("images: 'images' or a lone 'arr_0' (uint8 [N, H, W, C]), or 'samples' (float "
+            "[N, C, H, W] in [-1, 1])")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            if "images" in keys:
-                return np.asarray(z["images"])
-            if keys == ["arr_0"]:  # np.savez(path, x); runtime.shards.write_merged; guided-diffusion
-                return np.asarray(z["arr_0"])
-            if "samples" in keys:  # runtime.sample --npz: float [N, C, H, W] in [-1, 1]
-                s = np.asarray(z["samples"])
-                if s.ndim == 4 and np.issubdtype(s.dtype, np.floating) and s.shape[1] in (1, 3):
-                    return _float_samples_to_uint8(s)
-                return s
-    except FidelityError:
-        raise
-    except Exception as e:
-        raise FidelityError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from e
+        z = load_npz(path, what)
+    except NpzError as e:
+        raise FidelityError(str(e)) from e
+    keys = list(z)
+    if "images" in keys:
+        return np.asarray(z["images"])
+    if keys == ["arr_0"]:  # np.savez(path, x); runtime.shards.write_merged; guided-diffusion
+        return np.asarray(z["arr_0"])
+    if "samples" in keys:  # runtime.sample --npz: float [N, C, H, W] in [-1, 1]
+        s = np.asarray(z["samples"])
+        if s.ndim == 4 and np.issubdtype(s.dtype, np.floating) and s.shape[1] in (1, 3):
+            return _float_samples_to_uint8(s)
+        return s
     raise FidelityError(
         f"{path}: no 'images' or lone 'arr_0' (uint8 [N, H, W, C]), nor 'samples' (float "
         f"[N, C, H, W] in [-1, 1]) array; it holds {', '.join(keys) or 'nothing'}"

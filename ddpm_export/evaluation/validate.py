@@ -316,6 +316,9 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
         log(f"distribution level skipped: {skip}")
         report["distribution"] = {"skipped": skip}
         samples = 0
+    ref = None
+    if samples and reference_samples_path:  # a stored file: read and check it before any sampling
+        ref = reference_samples(model, schedule, samples, seed, reference_samples_path, progress)
     for path, engine, onnx_ref in opened:
         name = _engine_name(path, engines)
         m = engine.manifest
@@ -355,7 +358,8 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
     if samples:
         log(f"reference: {samples} samples" + (f" from {reference_samples_path}" if reference_samples_path
                                                 else " from the PyTorch model"))
-        ref = reference_samples(model, schedule, samples, seed, reference_samples_path, progress)
+        if ref is None:
+            ref = reference_samples(model, schedule, samples, seed, reference_samples_path, progress)
         dist = distribution_level(model_shape, ref, engine_samples, thresholds, inception_weights)
         report["distribution"] = dist
         artifacts["samples"] = {"reference": ref, **engine_samples}

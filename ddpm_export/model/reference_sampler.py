@@ -11,18 +11,17 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from runtime.io import load_npz
 from runtime.schedulers.schedule import ScheduleConfig
 
 from ddpm_export.model.diffusion import GaussianDiffusion
 
 
 def load_samples_npz(path) -> np.ndarray:
-    """The float samples [N, C, H, W] of a .npz from 'digits-score --save' or 'sample --npz'."""
-    with np.load(path) as z:
-        if "samples" not in z:
-            raise ValueError(f"{path}: no 'samples' array (has {sorted(z.files)}); expected a .npz "
-                             f"written by 'ddpm-export sample --npz' or 'digits-score --save'")
-        return z["samples"]
+    """The float samples [N, C, H, W] of a .npz from 'digits-score --save' or 'sample --npz'
+    (read without unpickling; runtime.io.NpzError names the file)."""
+    return load_npz(path, "samples written by 'ddpm-export sample --npz' or 'digits-score --save'",
+                    keys=("samples",))["samples"]
 
 
 def batch_seed(seed: int, index: int) -> int:

@@ -23,6 +23,55 @@ class DataError(ValueError):
     """Data that is missing or not in the expected format."""
 
 
+# Every global the official cifar-10-batches-py pickles name: the ndarray reconstruction
+# of b"data" (numpy 2 writes numpy._core for numpy.core). Dicts, lists, bytes, ints need none.
+_reconstruct = np.zeros(0).__reduce__()[0]  # numpy's array-rebuilding function, either name
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR-10 python batch holds; any other global is refused, so
+    a crafted batch cannot run code."""
+
+    def find_class(self, module, name):
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refused to load {module}.{name}: a CIFAR-10 batch holds only dicts, lists, bytes, "
+                f"numbers and numpy arrays, and loading anything else could run code"
+            ) from None
+
+
+def read_cifar_batch(path: Path) -> np.ndarray:
+    """One cifar-10-batches-py batch as uint8 [N, 3, 32, 32], through _CifarUnpickler;
+    raises DataError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            d = _CifarUnpickler(f, encoding="bytes").load()
+        data = d[b"data"]
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise ValueError(f"b'data' is {getattr(data, 'dtype', type(data).__name__)} "
+                             f"{getattr(data, 'shape', '')}, expected uint8 [N, 3072]")
+        return data.reshape(-1, 3, 32, 32)
+    except pickle.UnpicklingError as e:
+        if str(e).startswith("refused"):
+            raise DataError(f"{path}: {e}; re-extract cifar-10-python.tar.gz from the official "
+                            f"archive") from None
+        raise DataError(f"{path}: not a CIFAR-10 python batch (UnpicklingError: {e}); "
+                        f"re-extract cifar-10-python.tar.gz") from e
+    except Exception as e:  # pickle raises many kinds on a damaged file
+        raise DataError(
+            f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
+            f"re-extract cifar-10-python.tar.gz"
+        ) from e
+
+
 def digits_images(size: int = 16) -> np.ndarray:
     """The 1797 sklearn digits (8x8, 0..16) resized to size x size: [N, 1, size, size] float32 in [-1, 1]."""
     from sklearn.datasets import load_digits
@@ -65,7 +114,7 @@ def cifar10_uint8(folder: Optional[str]) -> np.ndarray:
             f"{root}: no CIFAR-10 training batches ({', '.join(missing)} missing); "
             f"expected the cifar-10-batches-py folder: {CIFAR10_URL_HINT}"
         )
-    return np.concatenate([_cifar10_batch(b) for b in batches])
+    return np.concatenate([read_cifar_batch(b) for b in batches])
 
 
 def cifar10_test_uint8(folder: str) -> np.ndarray:
@@ -76,19 +125,7 @@ def cifar10_test_uint8(folder: str) -> np.ndarray:
     if not (root / "test_batch").is_file():
         raise DataError(f"{root}: no CIFAR-10 test batch (test_batch missing); expected the "
                         f"cifar-10-batches-py folder: {CIFAR10_URL_HINT}")
-    return _cifar10_batch(root / "test_batch")
-
-
-def _cifar10_batch(path: Path) -> np.ndarray:
-    try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    except Exception as e:  # pickle raises many kinds on a damaged file
-        raise DataError(
-            f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
-            f"re-extract cifar-10-python.tar.gz"
-        ) from e
+    return read_cifar_batch(root / "test_batch")
 
 
 def cifar10_images(folder: Optional[str]) -> np.ndarray:

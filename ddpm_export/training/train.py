@@ -113,6 +113,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
         )
     if cfg.resume and not last.exists():
         raise TrainError(f"--resume: no checkpoint at {last}; start without --resume")
+    # read (weights-only) before the data and the model: a refused or damaged file fails in seconds
+    ckpt = load_checkpoint(last) if cfg.resume else None
 
     unet_cfg = preset.unet
     if cfg.dropout is not None:
@@ -132,8 +134,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
     step = 0
     train_seconds = 0.0
 
-    if cfg.resume:
-        ckpt = load_checkpoint(last)
+    if ckpt is not None:
         if ckpt.get("model_config") != unet_cfg.to_dict():
             raise CheckpointError(
                 f"{last}: made for model {ckpt.get('model_config')}, not for preset "
@@ -169,6 +170,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
         else:
             torch.set_rng_state(state)
         train_seconds = float(ckpt.get("train_state", {}).get("seconds", 0.0))
+        ckpt = None  # the loaded copies of the weights and Adam state are no longer needed
 
     net: nn.Module = model
     if distributed:
@@ -183,7 +185,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
         "seed": cfg.seed,
         "preset": cfg.preset,
         "data": cfg.data or preset.data,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: checkpoints hold only plain types
         "world_size": world,
     }
 

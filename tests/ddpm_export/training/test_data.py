@@ -69,3 +69,52 @@ def test_empty_folder_and_bad_image(tmp_path):
     (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="x.png: cannot read image"):
         load_images("digits", str(tmp_path / "bad"), 16, 1)
+
+
+def _py2_style_batch(data: np.ndarray) -> bytes:
+    """A batch as the official cifar-10-batches-py files are written: Python 2 cPickle,
+    protocol 2, str (bytes) as BINSTRING, numpy named numpy.core.multiarray."""
+    import io
+
+    class Py2Pickler(pickle._Pickler):  # the pure-Python pickler, to emit Python 2's str opcode
+        dispatch = dict(pickle._Pickler.dispatch)
+
+        def save_str2(self, obj):
+            self.write(pickle.BINSTRING + len(obj).to_bytes(4, "little") + obj)
+            self.memoize(obj)
+
+        dispatch[bytes] = save_str2
+
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(
+        {b"batch_label": b"training batch 1 of 5", b"labels": [3] * len(data), b"data": data,
+         b"filenames": [b"x.png"] * len(data)})
+    out = buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"cnumpy.core.multiarray\n_reconstruct" in out and b"_codecs" not in out
+    return out
+
+
+def test_official_batch_format_loads_through_the_restricted_unpickler(tmp_path):
+    from ddpm_export.training.data import read_cifar_batch
+
+    data = np.random.default_rng(1).integers(0, 256, (4, 3072), dtype=np.uint8)
+    (tmp_path / "data_batch_1").write_bytes(_py2_style_batch(data))
+    np.testing.assert_array_equal(read_cifar_batch(tmp_path / "data_batch_1"), data.reshape(4, 3, 32, 32))
+
+
+def test_cifar_batch_with_other_globals_is_refused_naming_it(tmp_path):
+    from ddpm_export.training.data import read_cifar_batch
+
+    marker = tmp_path / "MARKER"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": Payload()}))
+    with pytest.raises(DataError, match=r"data_batch_1: refused to load (io|builtins)\.open"):
+        read_cifar_batch(tmp_path / "data_batch_1")
+    assert not marker.exists()
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.float32)}))
+    with pytest.raises(DataError, match=r"data_batch_1: not a CIFAR-10 python batch .*float32 \(2, 3072\)"):
+        read_cifar_batch(tmp_path / "data_batch_1")

@@ -130,3 +130,29 @@ def test_torchrun_two_processes_gloo_match_one_process(tmp_path):
     # identical math, different summation order of the gradient all-reduce
     assert worst < 1e-5, worst
     assert moved > 20 * worst  # training moved the weights, so the comparison means something
+
+
+def test_fresh_checkpoints_are_plain_tensors_resume_and_export(tmp_path):
+    """What training writes loads with a bare weights-only torch.load (no allow-list), resumes,
+    and exports; its .safetensors form exports to the same network."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from ddpm_export.export.onnx_export import export_onnx
+    from ddpm_export.model.checkpoint import convert_checkpoint
+
+    run = tmp_path / "run"
+    train(_cfg(run, steps=2), progress=False)
+    raw = torch.load(run / "last.pt", weights_only=True)  # RNG states, optimizer, configs: all plain
+    assert raw["rng"]["data"].dtype == torch.uint8 and type(raw["provenance"]["torch"]) is str
+    train(_cfg(run, steps=3, resume=True), progress=False)
+    assert load_checkpoint(run / "last.pt")["step"] == 3
+    convert_checkpoint(run / "model.pt", tmp_path / "model.safetensors")
+    outs = []
+    for src in (run / "model.pt", tmp_path / "model.safetensors"):
+        onnx_path = tmp_path / f"{src.suffix[1:]}.onnx"
+        export_onnx(src, onnx_path, command="test")  # includes the parity check against PyTorch
+        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+        outs.append(sess.run(None, {"x_t": x, "t": np.array([3, 700], dtype=np.int32)})[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
