@@ -18,7 +18,7 @@ import numpy as np
 from runtime.contract import read_manifest
 from runtime.io import to_uint8
 from runtime.backends.base import Runner
-from runtime.loop import SampleResult, StepCallback, sample
+from runtime.loop import SPACINGS, SampleResult, StepCallback, sample
 
 ONNX_SUFFIXES = (".onnx",)
 TRT_SUFFIXES = (".plan", ".engine", ".trt")
@@ -49,7 +49,7 @@ class Engine:
 
     def sample_float(
         self, num: int, seed: int = 0, steps: Optional[int] = None, method: str = "ddpm",
-        eta: float = 0.0, spacing: str = "uniform", batch: Optional[int] = None,
+        eta: float = 0.0, spacing: str = SPACINGS[0], batch: Optional[int] = None,
         callback: Optional[StepCallback] = None, trajectory_frames: int = 0, progress: bool = False,
     ) -> SampleResult:
         """Float samples [num, C, H, W] in [-1, 1] plus timing; see runtime.loop.sample."""

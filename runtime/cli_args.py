@@ -6,17 +6,17 @@ import os
 import sys
 from typing import Callable
 
-from runtime.loop import METHODS
+from runtime.loop import DDIM_DEFAULT_STEPS, METHODS, SPACINGS
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
     """--method/--steps/--eta/--spacing, shared with runtime.sample_many."""
     p.add_argument("--method", choices=METHODS, default="ddpm", help="ddpm (ancestral) or ddim (default ddpm)")
     p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (default: all T for ddpm, 50 for ddim; <= T)")
+                   help=f"sampling steps (default: all T for ddpm, {DDIM_DEFAULT_STEPS} for ddim; <= T)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0: deterministic)")
-    p.add_argument("--spacing", choices=("uniform", "quadratic"), default="uniform",
-                   help="DDIM timestep spacing (default uniform)")
+    p.add_argument("--spacing", choices=SPACINGS, default=SPACINGS[0],
+                   help=f"DDIM timestep spacing (default {SPACINGS[0]})")
 
 
 def cli_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, interrupted: str) -> int:

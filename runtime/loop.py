@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from runtime.schedulers.ddim import SPACINGS, DDIMScheduler
+from runtime.schedulers.ddim import DEFAULT_STEPS as DDIM_DEFAULT_STEPS, SPACINGS, DDIMScheduler
 from runtime.schedulers.ddpm import DDPMScheduler
 from runtime.schedulers.schedule import ScheduleConfig
 
@@ -33,20 +33,29 @@ class SampleResult(NamedTuple):
     image_steps: int  # sum of the batch sizes of those calls
 
 
+def check_method_options(method: str, eta: float = 0.0, spacing: str = SPACINGS[0]) -> None:
+    """DDPM has no eta and no spacing: refuse them rather than ignore them."""
+    if method == "ddpm" and (eta != 0.0 or spacing != SPACINGS[0]):
+        raise ValueError(
+            f"eta={eta!r} and spacing={spacing!r} apply to method ddim only (ddpm takes eta 0 and "
+            f"spacing {SPACINGS[0]}); drop them or use method ddim (--method ddim)"
+        )
+
+
 def make_scheduler(
     schedule: Dict[str, Any], method: str = "ddpm", steps: Optional[int] = None,
-    eta: float = 0.0, spacing: str = "uniform",
+    eta: float = 0.0, spacing: str = SPACINGS[0],
 ):
-    """A scheduler for the manifest's schedule; steps None means all T (DDPM) or 50 (DDIM)."""
+    """A scheduler for the manifest's schedule; steps None means all T (DDPM) or
+    DDIM_DEFAULT_STEPS (DDIM)."""
+    check_method_options(method, eta, spacing)
     cfg = ScheduleConfig.from_dict(schedule)
     if method == "ddpm":
         sched = DDPMScheduler(cfg)
         sched.set_timesteps(steps)
     elif method == "ddim":
-        if spacing not in SPACINGS:
-            raise ValueError(f"spacing {spacing!r} is unknown; expected one of {SPACINGS}")
         sched = DDIMScheduler(cfg, eta=eta, spacing=spacing)
-        sched.set_timesteps(50 if steps is None else steps)
+        sched.set_timesteps(DDIM_DEFAULT_STEPS if steps is None else steps)
     else:
         raise ValueError(f"method {method!r} is unknown; expected one of {METHODS}")
     return sched
@@ -61,7 +70,7 @@ def sample(
     steps: Optional[int] = None,
     method: str = "ddpm",
     eta: float = 0.0,
-    spacing: str = "uniform",
+    spacing: str = SPACINGS[0],
     batch: int = 8,
     callback: Optional[StepCallback] = None,
     trajectory_frames: int = 0,

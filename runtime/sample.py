@@ -42,11 +42,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _run(args) -> int:
     from runtime.api import load
     from runtime.io import require_pillow, save_grid, save_npz, save_trajectory
+    from runtime.loop import check_method_options
 
     if args.num < 1:
         raise ValueError(f"--num {args.num}: expected at least 1")
-    if args.method == "ddpm" and (args.eta != 0.0 or args.spacing != "uniform"):
-        raise ValueError("--eta and --spacing apply to --method ddim only; drop them or add --method ddim")
+    check_method_options(args.method, args.eta, args.spacing)  # before loading the engine
     require_pillow()
     engine = load(args.engine, threads=args.threads)
     with engine:

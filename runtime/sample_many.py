@@ -50,10 +50,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _run(args) -> int:
     from runtime.api import load
+    from runtime.loop import check_method_options
     from runtime.shards import sample_shards, write_merged
 
-    if args.method == "ddpm" and (args.eta != 0.0 or args.spacing != "uniform"):
-        raise ValueError("--eta and --spacing apply to --method ddim only; drop them or add --method ddim")
+    check_method_options(args.method, args.eta, args.spacing)  # before loading the engine
     with load(args.engine, threads=args.threads) as engine:
         sample_shards(engine, args.out, args.num, shard_size=args.shard_size, seed=args.seed,
                       batch=args.batch, method=args.method, steps=args.steps, eta=args.eta,

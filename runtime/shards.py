@@ -32,17 +32,14 @@ NumPy only (tqdm optional, for the progress bar); no torch.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from runtime.contract import sha256_file
-from runtime.io import save_npz, to_uint8
-from runtime.loop import make_scheduler
+from runtime.io import save_npz, sha256_file, to_uint8, write_json
+from runtime.loop import SPACINGS, make_scheduler
 
 RUN_FILE = "run.json"
 SHARD_PATTERN = "shard-{:05d}.npz"
@@ -78,7 +75,7 @@ def sample_shards(
     method: str = "ddpm",
     steps: Optional[int] = None,
     eta: float = 0.0,
-    spacing: str = "uniform",
+    spacing: str = SPACINGS[0],
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_shard: Optional[Callable[[int, Path], None]] = None,
@@ -217,8 +214,6 @@ def _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing) -
     if batch < 1 or batch > max_batch:
         raise ValueError(f"batch (--batch) = {batch}: expected 1 to {max_batch}, the engine's max "
                          f"batch; leave it out for min(shard size, {max_batch})")
-    if method == "ddpm" and (eta != 0.0 or spacing != "uniform"):
-        raise ValueError("eta and spacing apply to method ddim only; drop them or use --method ddim")
     sched = make_scheduler(engine.manifest["schedule"], method, steps, eta, spacing)
     return {
         "engine_sha256": sha256_file(engine.runner.path),
@@ -250,7 +245,7 @@ def _open_run(out: Path, config: Dict[str, Any], engine, n_shards: int) -> None:
         raise ShardsError(f"{out}: holds shard files but no {RUN_FILE}, so what made them is unknown; "
                           f"choose another --out or delete {out}")
     manifest = engine.manifest
-    _write_json(out / RUN_FILE, {
+    write_json(out / RUN_FILE, {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "config": config,
         "engine": {"path": str(engine.runner.path), "backend": getattr(engine.runner, "backend", None),
@@ -282,23 +277,6 @@ def _read_run(out: Path) -> Dict[str, Any]:
                           f"{missing}); choose another --out or delete {out}")
     return d
 
-
-def _write_json(path: Path, d: Dict[str, Any]) -> None:
-    """JSON to exactly path, atomically (like runtime.io.save_npz)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(d, indent=2, allow_nan=False) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, str(path))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-# --- shards ----------------------------------------------------------------------
 
 def _hwc(image_shape) -> Tuple[int, int, int]:
     c, h, w = (int(v) for v in image_shape)

@@ -78,7 +78,7 @@ def train(preset, data, out, steps, batch_size, lr, warmup, grad_clip, ema_decay
                       ema_decay=ema_decay, seed=seed, sample_every=sample_every,
                       ckpt_every=ckpt_every, log_every=log_every, dropout=dropout, device=device,
                       resume=resume)
-    summary = run_train(cfg, progress=not no_progress)
+    summary = run_train(cfg, progress=not no_progress, log=lambda s: click.echo(s, err=True))
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(
             f"trained {summary['step']} steps ({summary['parameters']:,} parameters) in "
@@ -170,9 +170,9 @@ def digits_score(checkpoint, samples, num, seed, batch, save, json_out, no_progr
     report = digits_report(train_digits_classifier(), x)
     text = json.dumps(report, indent=2)
     if json_out:
-        from pathlib import Path
+        from runtime.io import write_text
 
-        Path(json_out).write_text(text + "\n")
+        write_text(json_out, text + "\n")
     click.echo(text)
 
 
@@ -265,16 +265,14 @@ def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weight
 @click.option("--json-out", default=None, help="Also write the results as JSON.")
 def bench(steps, repeats, threads, batches, digits_engine, json_out):
     """Benchmark image-steps/s: diffusers eager vs ONNX Runtime vs our runtime loop."""
-    import json
-
     from ddpm_export.evaluation.bench import format_table, run_bench
 
     res = run_bench(batches=batches, steps=steps, repeats=repeats, threads=threads,
                     digits_onnx=digits_engine)
     if json_out:
-        from pathlib import Path
+        from runtime.io import write_json
 
-        Path(json_out).write_text(json.dumps(res, indent=2) + "\n")
+        write_json(json_out, res, allow_nan=True)
     click.echo(format_table(res))
 
 
@@ -332,7 +330,6 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
     Prints a pass/fail table; with --report also writes report.json, report.md
     and plots. Exits 1 when a check fails, so it can gate a deployment.
     """
-    import json
     from pathlib import Path
 
     from ddpm_export.evaluation.validate import Thresholds, format_report, validate as run_validate
@@ -354,13 +351,13 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
         progress=not no_progress, log=lambda s: click.echo(s, err=True))
     table = format_report(rep)
     if report:
-        from ddpm_export.model.checkpoint import atomic_write
         from ddpm_export.evaluation.plots import write_plots
+        from runtime.io import write_json, write_text
 
         out = Path(report)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "report.json", lambda p: Path(p).write_text(json.dumps(rep, indent=2) + "\n"))
-        atomic_write(out / "report.md", lambda p: Path(p).write_text(table + "\n"))
+        write_json(out / "report.json", rep, allow_nan=True)
+        write_text(out / "report.md", table + "\n")
         for f in write_plots(rep, artifacts, out):
             click.echo(f"wrote {f}", err=True)
     click.echo(table)

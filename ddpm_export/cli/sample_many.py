@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from runtime.loop import METHODS
+from runtime.loop import DDIM_DEFAULT_STEPS, METHODS, SPACINGS, check_method_options
 
 INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
 
@@ -29,10 +29,10 @@ INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to
 @click.option("--method", type=click.Choice(METHODS), default="ddpm", show_default=True,
               help="ddpm (ancestral) or ddim.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Sampling steps. Default: all T for ddpm, 50 for ddim.")
+              help=f"Sampling steps. Default: all T for ddpm, {DDIM_DEFAULT_STEPS} for ddim.")
 @click.option("--eta", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="DDIM eta (0: deterministic).")
-@click.option("--spacing", type=click.Choice(["uniform", "quadratic"]), default="uniform",
+@click.option("--spacing", type=click.Choice(SPACINGS), default=SPACINGS[0],
               show_default=True, help="DDIM timestep spacing.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--npz", default=None, type=click.Path(dir_okay=False),
@@ -55,8 +55,10 @@ def sample_many_command(engine, num, out, shard_size, seed, batch, method, steps
     from runtime.api import load
     from runtime.shards import sample_shards, write_merged
 
-    if method == "ddpm" and (eta != 0.0 or spacing != "uniform"):
-        raise click.UsageError("--eta and --spacing apply to --method ddim only; drop them or add --method ddim")
+    try:
+        check_method_options(method, eta, spacing)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     try:
         with load(engine, threads=threads) as e:
             sample_shards(e, out, num, shard_size=shard_size, seed=seed, batch=batch, method=method,

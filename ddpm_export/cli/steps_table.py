@@ -1,13 +1,12 @@
 """``ddpm-export steps-table``: the click command around :func:`ddpm_export.evaluation.steps_table.steps_table`."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import List
 
 import click
 
 from ddpm_export.evaluation.steps_table import DEFAULT_STEPS, format_steps_table, steps_table
+from runtime.io import write_json
 
 
 def _int_list(ctx, param, value: str) -> List[int]:
@@ -33,10 +32,8 @@ def _int_list(ctx, param, value: str) -> List[int]:
 @click.option("--no-progress", is_flag=True)
 def steps_table_command(engine, num, steps, methods, seed, json_out, no_progress):
     """DDIM vs DDPM on a digits engine: Frechet distance and wall time per step count."""
-    from ddpm_export.model.checkpoint import atomic_write
-
     r = steps_table(engine, num, steps, ("ddim", "ddpm") if methods == "both" else (methods,), seed,
                     progress=not no_progress, log=lambda s: click.echo(s, err=True))
     if json_out:
-        atomic_write(Path(json_out), lambda p: Path(p).write_text(json.dumps(r, indent=2) + "\n"))
+        write_json(json_out, r, allow_nan=True)
     click.echo(format_steps_table(r))

@@ -45,6 +45,7 @@ from runtime.contract import (
     sha256_file,
     write_manifest,
 )
+from runtime.io import temporary_path
 from runtime.backends.tensorrt import (ENGINE_SECTION_VERSION, BackendMissing, DeviceInfo,
                                        check_engine_io, parse_version, probe_cuda_device)
 
@@ -267,8 +268,6 @@ def load_backend() -> SimpleNamespace:
 
 def onnx_from_checkpoint(checkpoint: str, precision: str, force: bool) -> Path:
     """engines/NAME(-fp16).onnx for the checkpoint: reused when it is that export, else made."""
-    from ddpm_export.model.checkpoint import sha256_file
-
     out = Path("engines") / f"{Path(checkpoint).stem}{'-fp16' if precision == 'fp16' else ''}.onnx"
     if out.exists() and not force:
         try:
@@ -307,7 +306,6 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
     check_out_path(out, onnx, cfg.force)
     out.parent.mkdir(parents=True, exist_ok=True)
     log_path = out.with_suffix(".build.log")
-    tmp = out.with_name(f".{out.name}.tmp")
     log(f"building {out} from {onnx}: TensorRT {pg.version}, {mode}, batch "
         f"{profile.min}/{profile.opt}/{profile.max}, on {device.name} ({device.cc})")
 
@@ -341,6 +339,7 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
     else:  # the caller's own Polygraphy log: read that one, never reopen (truncate) it
         log_path = Path(pg.G_LOGGER.log_file)
     t0, saved = time.time(), False
+    tmp = temporary_path(out)
     try:
         network = pg.NetworkFromOnnxPath(str(onnx), **net_kw)
         config = pg.CreateConfig(**cfg_kw)

@@ -137,8 +137,3 @@ class GaussianDiffusion:
             raise ValueError(f"noise for t={t} has shape {tuple(z.shape)}, expected {shape}")
         return z
 
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float [N, C, H, W] -> uint8 [N, H, W, C]."""
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()

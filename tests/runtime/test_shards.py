@@ -228,7 +228,7 @@ def test_cli_runs_resumes_and_refuses(tmp_path, capsys, reference):
 
 @pytest.mark.parametrize("args,expect", [
     (["--engine", "missing.onnx", "--num", "3"], "no such engine file"),
-    (["--engine", str(ENGINE), "--num", "3", "--eta", "0.5"], "apply to --method ddim only"),
+    (["--engine", str(ENGINE), "--num", "3", "--eta", "0.5"], "apply to method ddim only"),
     (["--engine", str(ENGINE), "--num", "0"], "num (--num) = 0"),
 ])
 def test_cli_errors_are_one_line_and_exit_1(tmp_path, capsys, args, expect):

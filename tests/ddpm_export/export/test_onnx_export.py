@@ -9,7 +9,8 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from ddpm_export.model.checkpoint import CheckpointError, save_checkpoint, sha256_file  # noqa: E402
+from ddpm_export.model.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
+from runtime.io import sha256_file  # noqa: E402
 from ddpm_export.model.config import PRESETS  # noqa: E402
 from ddpm_export.export.onnx_export import (  # noqa: E402
     FP16_ATOL,
