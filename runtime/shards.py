@@ -46,6 +46,7 @@ SHARD_PATTERN = "shard-{:05d}.npz"
 FORMAT = "ddpm-export-shards"
 FORMAT_VERSION = 1
 # the keys of run.json's "config" that decide the images; a re-run must match every one
+DEFAULT_SHARD_SIZE = 1000  # images per shard file: the most an interruption loses
 CONFIG_KEYS = ("engine_sha256", "image_shape", "num", "shard_size", "seed", "batch",
                "method", "steps", "eta", "spacing")
 _RESTART = ("re-run with that run's options to resume it, or choose another --out "
@@ -69,7 +70,7 @@ def sample_shards(
     engine,
     out_dir,
     num: int,
-    shard_size: int = 1000,
+    shard_size: int = DEFAULT_SHARD_SIZE,
     seed: int = 0,
     batch: Optional[int] = None,
     method: str = "ddpm",

@@ -22,6 +22,7 @@ scale of that bias and of the sampling noise.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
@@ -70,7 +71,10 @@ class DigitsClassifier:
         return h
 
 
+@functools.lru_cache(maxsize=4)
 def train_digits_classifier(size: int = 16, seed: int = 0) -> DigitsClassifier:
+    """The classifier, trained once per process and (size, seed): deterministic, and every
+    caller (validate, steps-table, digits-score) only reads it. Do not modify the result."""
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier
 

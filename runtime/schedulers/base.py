@@ -169,11 +169,29 @@ class Scheduler:
         self._index = {int(v): i for i, v in enumerate(t)}
         self._set_coefficients(t, prev, abar, abar_prev)
 
-    def _start_step(self, eps: Any, t: Any, x_t: Any, rng: Any):
-        """step()'s checked arguments and x0_hat before clipping: (i, t, eps, x_t, x0), float64."""
+    def step(
+        self,
+        eps: np.ndarray,
+        t: int,
+        x_t: np.ndarray,
+        rng: Optional[np.random.Generator] = None,
+        noise: Optional[np.ndarray] = None,
+    ) -> StepOutput:
+        """One reverse step x_t -> x_{t'} (t' = the next entry of ``timesteps``).
+
+        eps: eps_theta(x_t, t), [N, C, H, W] float32/float64; x_t: same shape.
+        rng / noise: where z comes from when the step adds noise (one of them).
+        Returns StepOutput(prev_sample, pred_original_sample) in ``self.dtype``.
+        """
         i, t, eps, x_t = step_inputs(eps, t, x_t, self._index)
         check_rng(rng)
-        return i, t, eps, x_t, self._sqrt_recip[i] * x_t - self._sqrt_recipm1[i] * eps
+        x0 = self._sqrt_recip[i] * x_t - self._sqrt_recipm1[i] * eps  # x0_hat, DDPM eq. (15)
+        return self._finish_step(i, t, eps, x_t, x0, rng, noise)
+
+    def _finish_step(self, i: int, t: int, eps: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
+                     rng: Optional[np.random.Generator], noise: Optional[np.ndarray]) -> StepOutput:
+        """The scheduler's own update, float64 inputs; i is t's position in ``timesteps``."""
+        raise NotImplementedError
 
     def add_noise(self, x0: np.ndarray, noise: np.ndarray, t: Any) -> np.ndarray:
         """q_sample, DDPM eq. (4): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise.

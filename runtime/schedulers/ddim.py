@@ -81,22 +81,10 @@ class DDIMScheduler(Scheduler):
         # max(., 0) only guards rounding: 1 - abar_prev - sigma^2 >= 0 for eta <= 1
         self._dir_coef = np.sqrt(np.maximum(1.0 - abar_prev - sigma**2, 0.0))
 
-    def step(
-        self,
-        eps: np.ndarray,
-        t: int,
-        x_t: np.ndarray,
-        rng: Optional[np.random.Generator] = None,
-        noise: Optional[np.ndarray] = None,
-    ) -> StepOutput:
-        """One DDIM step x_t -> x_{t'} (t' = the next entry of ``timesteps``).
-
-        eps: eps_theta(x_t, t), [N, C, H, W] float32/float64; x_t: same shape.
-        rng / noise: where z comes from when sigma_t > 0 (eta > 0, not the last step).
-        Returns StepOutput(prev_sample, pred_original_sample) in ``self.dtype``.
-        """
-        # 1. "predicted x0" of eq. (12): (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
-        i, t, eps, x_t, x0 = self._start_step(eps, t, x_t, rng)
+    def _finish_step(self, i: int, t: int, eps: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
+                     rng: Optional[np.random.Generator], noise: Optional[np.ndarray]) -> StepOutput:
+        """Eq. (12)'s step x_t -> x_{t'} from the "predicted x0" (not yet clipped); z (from rng
+        or noise) is added when sigma_t > 0 (eta > 0, not the last step)."""
         # 2. clip x0_hat (diffusers clip_sample); optionally re-derive eps from it
         if self.config.clip_denoised:
             x0 = clip_unit(x0)

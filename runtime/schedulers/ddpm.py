@@ -56,22 +56,10 @@ class DDPMScheduler(Scheduler):
         var[-1] = post_var[-2] if len(t) > 1 else 1.0
         self._std = np.exp(0.5 * np.log(var))
 
-    def step(
-        self,
-        eps: np.ndarray,
-        t: int,
-        x_t: np.ndarray,
-        rng: Optional[np.random.Generator] = None,
-        noise: Optional[np.ndarray] = None,
-    ) -> StepOutput:
-        """One reverse step x_t -> x_{t'} (t' = the next entry of ``timesteps``).
-
-        eps: eps_theta(x_t, t), [N, C, H, W] float32/float64; x_t: same shape.
-        rng / noise: where z comes from when t > 0 (one of them; ignored at t = 0).
-        Returns StepOutput(prev_sample, pred_original_sample) in ``self.dtype``.
-        """
-        # 1. x0_hat from eq. (15): x0 = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps
-        i, t, eps, x_t, x0 = self._start_step(eps, t, x_t, rng)
+    def _finish_step(self, i: int, t: int, eps: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
+                     rng: Optional[np.random.Generator], noise: Optional[np.ndarray]) -> StepOutput:
+        """Algorithm 2's step x_t -> x_{t'} from x0_hat (eq. 15, not yet clipped); z (from rng
+        or noise) is added when t > 0 and not drawn at t = 0."""
         # 2. clip x0_hat to [-1, 1] before it enters the posterior mean (official code)
         if self.config.clip_denoised:
             x0 = clip_unit(x0)

@@ -262,12 +262,33 @@ def _invoke(*args):
     return click_testing.CliRunner().invoke(build_command, list(args))
 
 
-def test_cli_help_documents_desktop_and_jetson():
-    r = _invoke("--help")
-    assert r.exit_code == 0
-    for s in ("Jetson", "JetPack", "tensorrt-cu12", "--static-batch", "--version-compatible",
-              "--workspace", "--timing-cache", "--builder-opt-level", "Orin"):
-        assert s in r.output, s
+def test_cli_options_reach_the_build_config(tmp_path, monkeypatch):
+    """Every option lands in its BuildConfig field; what is not given keeps BuildConfig's default."""
+    import dataclasses
+
+    import ddpm_export.cli.build as cli_build
+
+    seen = []
+
+    def record(cfg, command="", log=print):
+        seen.append(cfg)
+        return {"engine": {"plan": "m.plan", "tensorrt_version": "10.3.0", "precision_mode": "fp16",
+                           "profiles": [{}], "device_name": "GPU", "compute_capability": "8.7",
+                           "build_seconds": 1.0}}
+
+    monkeypatch.setattr(cli_build, "build_engine", record)
+    assert _invoke("--onnx", "m.onnx").exit_code == 0
+    assert seen[-1] == B.BuildConfig(onnx="m.onnx")
+    given = dict(onnx="m.onnx", out="o.plan", fp16=True, static_batch=4, timing_cache="t.cache",
+                 builder_opt_level=2, version_compatible=True, workspace_mb=1024, force=True)
+    args = ["--onnx", "m.onnx", "--out", "o.plan", "--fp16", "--static-batch", "4", "--timing-cache",
+            "t.cache", "--builder-opt-level", "2", "--version-compatible", "--workspace", "1024", "--force"]
+    r = _invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert seen[-1] == dataclasses.replace(B.BuildConfig(), **given)
+    r = _invoke("--checkpoint", "c.pt", "--min-batch", "2", "--opt-batch", "4", "--max-batch", "16")
+    assert r.exit_code == 0 and seen[-1] == B.BuildConfig(checkpoint="c.pt", min_batch=2, opt_batch=4,
+                                                          max_batch=16)
 
 
 def test_cli_argument_errors(tmp_path):
