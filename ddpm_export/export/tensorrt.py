@@ -26,7 +26,6 @@ a plan never overwrites the NAME.json of a different ONNX.
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from runtime.contract import (
     sha256_file,
     write_manifest,
 )
-from runtime.io import temporary_path
+from runtime.io import atomic_write
 from runtime.backends.tensorrt import (ENGINE_SECTION_VERSION, BackendMissing, DeviceInfo,
                                        check_engine_io, parse_version, probe_cuda_device)
 
@@ -338,8 +337,7 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
         pg.G_LOGGER.log_file = str(log_path)
     else:  # the caller's own Polygraphy log: read that one, never reopen (truncate) it
         log_path = Path(pg.G_LOGGER.log_file)
-    t0, saved = time.time(), False
-    tmp = temporary_path(out)
+    t0 = time.time()
     try:
         network = pg.NetworkFromOnnxPath(str(onnx), **net_kw)
         config = pg.CreateConfig(**cfg_kw)
@@ -348,8 +346,7 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
         if got != profile:
             raise BuildError(f"the built engine's profile {got.to_dict()} is not the requested "
                              f"{profile.to_dict()}")
-        pg.SaveEngine(engine, str(tmp))()
-        saved = True
+        atomic_write(out, lambda tmp: pg.SaveEngine(engine, tmp)())
     except pg.PolygraphyException:
         if own_log:
             pg.G_LOGGER.log_file = None  # closes (flushes) our log file
@@ -358,11 +355,7 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
     finally:
         if own_log:
             pg.G_LOGGER.log_file = None
-        if not saved and tmp.exists():
-            tmp.unlink()
     seconds = time.time() - t0
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
     manifest["engine"] = engine_section_dict(
         trt_version=pg.version, device=device, mode=mode, profile=profile, cfg=cfg, onnx=onnx,
         onnx_sha256=manifest.get("onnx_sha256"), plan=out, plan_sha256=sha256_file(out),

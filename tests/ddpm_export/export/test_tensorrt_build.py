@@ -212,7 +212,7 @@ def test_build_strongly_typed_fp16_on_trt10(tmp_path, fake):
     assert calls["profile_shapes"]["t"] == ((1,), (64,), (256,))
     assert calls["log_file_during_build"] == str(tmp_path / "m-fp16.build.log")
     plan = tmp_path / "m-fp16.plan"
-    assert plan.read_bytes() == b"PLAN BYTES" and not list(tmp_path.glob(".*.tmp"))
+    assert plan.read_bytes() == b"PLAN BYTES" and not list(tmp_path.glob(".*.ddpm-tmp"))
     e = rt.engine_section(contract.read_manifest(plan))  # what the runtime will check
     assert e == m["engine"]
     assert (e["tensorrt_version"], e["compute_capability"], e["device_name"]) == ("10.3.0.30", "9.0", DEVICE.name)
@@ -243,7 +243,7 @@ def test_build_parse_error_names_the_node_and_writes_nothing(tmp_path, fake):
     before = contract.sidecar_path(onnx).read_text()
     with pytest.raises(B.BuildError, match=r"cannot parse .*In node 7 with name: /attn/Softmax"):
         B.build_engine(B.BuildConfig(onnx=str(onnx)), log=lambda s: None)
-    assert not (tmp_path / "m-fp16.plan").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not (tmp_path / "m-fp16.plan").exists() and not list(tmp_path.glob(".*.ddpm-tmp"))
     assert contract.sidecar_path(onnx).read_text() == before
     assert "In node 7" in (tmp_path / "m-fp16.build.log").read_text()
 
