@@ -11,9 +11,7 @@ import sys
 from typing import List, Optional
 
 from runtime.cli_args import add_method_args, cli_main
-from runtime.shards import DEFAULT_SHARD_SIZE
-
-INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
+from runtime.shards import DEFAULT_SHARD_SIZE, INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,7 @@ FORMAT = "ddpm-export-shards"
 FORMAT_VERSION = 1
 # the keys of run.json's "config" that decide the images; a re-run must match every one
 DEFAULT_SHARD_SIZE = 1000  # images per shard file: the most an interruption loses
+INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
 CONFIG_KEYS = ("engine_sha256", "image_shape", "num", "shard_size", "seed", "batch",
                "method", "steps", "eta", "spacing")
 _RESTART = ("re-run with that run's options to resume it, or choose another --out "

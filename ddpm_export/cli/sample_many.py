@@ -9,8 +9,7 @@ import sys
 import click
 
 from runtime.loop import DDIM_DEFAULT_STEPS, METHODS, SPACINGS, check_method_options
-from runtime.sample_many import INTERRUPTED
-from runtime.shards import DEFAULT_SHARD_SIZE
+from runtime.shards import DEFAULT_SHARD_SIZE, INTERRUPTED
 
 
 @click.command("sample-many", context_settings={"help_option_names": ["-h", "--help"]})
