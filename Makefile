@@ -37,7 +37,7 @@ demo: setup
 	$(PY) -m runtime.sample --engine engines/digits.onnx --num 64 --seed 0 --out samples.png
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow --runslow

@@ -43,12 +43,11 @@ from __future__ import annotations
 
 import json
 import operator
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence
 
+from runtime.io import PathLike, sha256_file, write_json
 from runtime.schedulers.schedule import ScheduleConfig
 
 INPUT_X = "x_t"
@@ -66,7 +65,6 @@ MANIFEST_KEY = "ddpm_export.manifest"  # ONNX metadata_props key holding the JSO
 MANIFEST_VERSION = 1
 SIDECAR_SUFFIX = ".json"
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 class ManifestError(ValueError):
@@ -260,22 +258,7 @@ def _is_sha256(s: Any) -> bool:
 def write_manifest(path: PathLike, d: Mapping[str, Any]) -> Path:
     """Validate d and write it as JSON to sidecar_path(path), atomically; returns that path."""
     validate_manifest(d)
-    out = sidecar_path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(d, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, str(out))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    return write_json(sidecar_path(path), dict(d))
 
 
 def read_manifest(path: PathLike, verify_sha256: bool = True) -> Dict[str, Any]:
@@ -327,17 +310,6 @@ def _validated(d: Any, where: Path) -> Dict[str, Any]:
         return validate_manifest(d)
     except ManifestError as e:
         raise ManifestError(f"{where}: {e}") from None
-
-
-def sha256_file(path: PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (the one copy in the project)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_embedded_manifest(onnx_path: PathLike) -> Optional[str]:

@@ -1,18 +1,212 @@
-"""Image grids and PNG writing for samples (NumPy + Pillow, no torch); .npz reading that
-never unpickles (load_npz)."""
+"""File I/O shared by runtime/ and ddpm_export/: atomic writes, sha256, images, npz.
+
+Every file the project writes goes through ``atomic_write``: the bytes land in a
+temporary next to the target, are fsynced, and are renamed over it, so a crash
+leaves either the old file or the new one, never half of one. The temporary is
+named ``.NAME.<pid>.<random>.ddpm-tmp`` so that a later process can tell a
+temporary whose writer died (``kill -9``, power loss) from one being written
+now, and remove it: ``stale_temporaries`` / ``remove_stale_temporaries``.
+``load_npz`` reads .npz files without ever unpickling. NumPy + Pillow only (no torch).
+"""
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+PathLike = Union[str, "os.PathLike[str]"]
+
+TEMP_SUFFIX = ".ddpm-tmp"
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]*" + re.escape(TEMP_SUFFIX) + r"$")
+
+
+def atomic_write(path: PathLike, write: Callable[[str], Any], mode: int = 0o644) -> Path:
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``; returns ``path``.
+
+    A crash never leaves a half file at ``path``; an exception removes the
+    temporary. ``write`` gets a path (str) in the target's folder, so the rename
+    is atomic. The file gets ``mode`` (mkstemp's is 0600; results are shared).
+    """
+    path = Path(path)
+    tmp = str(temporary_path(path))
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, str(path))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def temporary_path(path: PathLike) -> Path:
+    """A new empty file ``.NAME.<pid>.<random>.ddpm-tmp`` next to ``path`` (folder made).
+
+    For writers that cannot hand their output to ``atomic_write`` in one call:
+    write it, then ``os.replace`` it over ``path``, and unlink it on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.{os.getpid()}.",
+                               suffix=TEMP_SUFFIX)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    """``data`` to exactly ``path``, atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """UTF-8 ``text`` to exactly ``path``, atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: PathLike, obj: Any, sort_keys: bool = False, allow_nan: bool = False) -> Path:
+    """``obj`` as indented JSON plus a newline, atomically. NaN/Inf are not JSON: they
+    raise unless ``allow_nan`` (then written as Python's json writes them)."""
+    return write_text(path, json.dumps(obj, indent=2, allow_nan=allow_nan, sort_keys=sort_keys) + "\n")
+
+
+def temporary_writer_pid(path: PathLike) -> Optional[int]:
+    """The pid in an ``atomic_write`` temporary's name, or None for any other file."""
+    m = _TEMP_RE.match(Path(path).name)
+    return int(m.group("pid")) if m else None
+
+
+def _process_start_time(pid: int) -> Optional[float]:
+    """A process's start as a Unix time (Linux /proc; None elsewhere or when gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        start_ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22: starttime
+        return btime + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _writer_may_be_alive(pid: int, mtime: float) -> bool:
+    """False when the process that wrote a temporary last modified at ``mtime`` is gone.
+
+    A pid that no longer exists is gone. So is one that belongs to a process
+    started after the file was last written (the pid was reused, e.g. by the
+    restarted job on a preempted machine). Our own pid counts as gone: call this
+    before this process starts writing.
+    """
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    except OSError:
+        return True
+    started = _process_start_time(pid)
+    return started is None or started <= mtime + 1.0  # btime has 1 s resolution
+
+
+def stale_temporaries(folder: PathLike) -> List[Path]:
+    """The ``atomic_write`` temporaries directly in ``folder`` whose writer is gone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = []
+    for p in sorted(folder.iterdir()):
+        pid = temporary_writer_pid(p)
+        if pid is None or not p.is_file():
+            continue
+        try:
+            mtime = p.stat().st_mtime
+        except FileNotFoundError:
+            continue  # its writer just renamed or removed it
+        if not _writer_may_be_alive(pid, mtime):
+            stale.append(p)
+    return stale
+
+
+def remove_stale_temporaries(folder: PathLike) -> List[Tuple[Path, int]]:
+    """Delete ``stale_temporaries(folder)``; returns (path, size in bytes) of each removed."""
+    removed = []
+    for p in stale_temporaries(folder):
+        try:
+            size = p.stat().st_size
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append((p, size))
+    return removed
+
+
+class FolderLocked(RuntimeError):
+    """Another live process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: PathLike, what: str, name: str = ".lock") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (made if missing) for the ``with`` block.
+
+    An ``fcntl.flock`` on FOLDER/NAME: the kernel drops it when its holder exits
+    in any way (``kill -9`` included), so a killed process never leaves the
+    folder locked. A second process raises FolderLocked naming the holder's pid.
+    ``what`` names the holder's kind in the message (e.g. "a training").
+    Where fcntl does not exist (Windows) the block runs unlocked.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / name
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks of this kind
+        yield lock_path
+        return
+    f = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise FolderLocked(
+                f"{folder} is in use by {what} (pid {holder}, lock {lock_path}): two writers would "
+                f"overwrite each other's files; wait for it to finish, stop it, or choose another "
+                f"folder"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield lock_path
+    finally:
+        f.close()  # releases the lock
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
-    """[-1, 1] float [N, C, H, W] -> uint8 [N, H, W, C]."""
+    """[-1, 1] float [N, C, H, W] -> uint8 [N, H, W, C] (clipped, rounded to nearest)."""
     x = np.clip((np.asarray(x, dtype=np.float64) + 1.0) * 127.5, 0, 255)
     return np.rint(x).astype(np.uint8).transpose(0, 2, 3, 1)
 
@@ -47,18 +241,12 @@ def require_pillow() -> None:
 
 def save_npz(path, **arrays) -> None:
     """np.savez_compressed, atomically, to exactly ``path`` (no '.npz' appended)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def save_png(picture: np.ndarray, path, scale: int = 1) -> None:
@@ -72,18 +260,7 @@ def save_png(picture: np.ndarray, path, scale: int = 1) -> None:
     im = Image.fromarray(picture)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        im.save(tmp, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
 
 
 def save_grid(x: np.ndarray, path, nrow: Optional[int] = None, scale: int = 1) -> None:

@@ -11,8 +11,7 @@ import sys
 from typing import List, Optional
 
 from runtime.cli_args import add_allow_host_code_arg, add_method_args, cli_main, method_options
-
-INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
+from runtime.shards import DEFAULT_SHARD_SIZE, INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", required=True, help="NAME.onnx or NAME.plan (its NAME.json beside it)")
     p.add_argument("--num", type=int, required=True, help="number of images, e.g. 50000")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
-    p.add_argument("--shard-size", type=int, default=1000,
-                   help="images per shard file: the most an interruption loses (default 1000)")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                   help=f"images per shard file: the most an interruption loses (default {DEFAULT_SHARD_SIZE})")
     p.add_argument("--seed", type=int, default=0, help="run seed; shard k uses SeedSequence(seed, spawn_key=(k,)) (default 0)")
     p.add_argument("--batch", type=int, default=None,
                    help="images per engine call (default: min(shard size, the engine's max batch)); "

@@ -32,16 +32,13 @@ NumPy only (tqdm optional, for the progress bar); no torch.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from runtime.contract import sha256_file
-from runtime.io import NpzError, load_npz, save_npz, to_uint8
+from runtime.io import NpzError, load_npz, save_npz, sha256_file, to_uint8, write_json
 from runtime.schedulers import make_scheduler, resolve_options
 
 RUN_FILE = "run.json"
@@ -49,6 +46,8 @@ SHARD_PATTERN = "shard-{:05d}.npz"
 FORMAT = "ddpm-export-shards"
 FORMAT_VERSION = 1
 # the keys of run.json's "config" that decide the images; a re-run must match every one
+DEFAULT_SHARD_SIZE = 1000  # images per shard file: the most an interruption loses
+INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
 CONFIG_KEYS = ("engine_sha256", "image_shape", "num", "shard_size", "seed", "batch",
                "method", "steps", "eta", "spacing", "options")
 _RESTART = ("re-run with that run's options to resume it, or choose another --out "
@@ -72,7 +71,7 @@ def sample_shards(
     engine,
     out_dir,
     num: int,
-    shard_size: int = 1000,
+    shard_size: int = DEFAULT_SHARD_SIZE,
     seed: int = 0,
     batch: Optional[int] = None,
     method: str = "ddpm",
@@ -252,7 +251,7 @@ def _open_run(out: Path, config: Dict[str, Any], engine, n_shards: int) -> None:
         raise ShardsError(f"{out}: holds shard files but no {RUN_FILE}, so what made them is unknown; "
                           f"choose another --out or delete {out}")
     manifest = engine.manifest
-    _write_json(out / RUN_FILE, {
+    write_json(out / RUN_FILE, {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "config": config,
         "engine": {"path": str(engine.runner.path), "backend": getattr(engine.runner, "backend", None),
@@ -284,23 +283,6 @@ def _read_run(out: Path) -> Dict[str, Any]:
                           f"{missing}); choose another --out or delete {out}")
     return d
 
-
-def _write_json(path: Path, d: Dict[str, Any]) -> None:
-    """JSON to exactly path, atomically (like runtime.io.save_npz)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(d, indent=2, allow_nan=False) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, str(path))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-# --- shards ----------------------------------------------------------------------
 
 def _hwc(image_shape) -> Tuple[int, int, int]:
     c, h, w = (int(v) for v in image_shape)

@@ -6,32 +6,6 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
-# A tiny trained-shape model exported to ONNX once per session (runtime and likelihood tests).
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from ddpm_export.model.checkpoint import save_checkpoint
-    from ddpm_export.model.config import PRESETS
-    from ddpm_export.export.onnx_export import export_onnx
-    from ddpm_export.model.unet import UNet
-    from runtime.schedulers.schedule import ScheduleConfig
-
-    root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    model = UNet(PRESETS["tiny"].unet)
-    with torch.no_grad():  # zero-initialized layers would hide mistakes
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.eval()
-    ckpt = root / "tiny.pt"
-    save_checkpoint({"model_config": PRESETS["tiny"].unet.to_dict(),
-                     "schedule_config": ScheduleConfig().to_dict(),
-                     "ema": model.state_dict()}, ckpt)
-    onnx_path = root / "tiny.onnx"
-    export_onnx(ckpt, onnx_path)
-    return {"model": model, "checkpoint": ckpt, "onnx": onnx_path, "dir": root}
-
-
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
 
@@ -54,3 +28,39 @@ def pytest_collection_modifyitems(config, items):
             gpu = _has_cuda_gpu() if gpu is None else gpu
             if not gpu:
                 item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA (none visible)"))
+
+
+# --- the tiny model, shared by the export and runtime tests ------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """(folder, tiny.pt, model): tiny_model() saved as a checkpoint of step 20."""
+    pytest.importorskip("torch")
+    from ddpm_export.model.checkpoint import save_checkpoint
+    from ddpm_export.model.config import PRESETS
+    from runtime.schedulers.schedule import ScheduleConfig
+
+    from tiny_unet import tiny_model
+
+    d = tmp_path_factory.mktemp("tiny")
+    model = tiny_model()
+    ckpt = d / "tiny.pt"
+    save_checkpoint({"model_config": PRESETS["tiny"].unet.to_dict(),
+                     "schedule_config": ScheduleConfig().to_dict(), "ema": model.state_dict(),
+                     "step": 20, "provenance": {"command": "ddpm-export train --preset tiny", "seed": 0}},
+                    ckpt)
+    return d, ckpt, model
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_checkpoint):
+    """The tiny checkpoint exported (float32) once per session: {model, checkpoint, onnx,
+    manifest, dir}; the ONNX is engines/tiny.onnx beside the checkpoint."""
+    pytest.importorskip("onnx")
+    from ddpm_export.export.onnx_export import export_onnx
+    from tiny_unet import TINY_EXPORT_COMMAND
+
+    d, ckpt, model = tiny_checkpoint
+    onnx_path = d / "engines" / "tiny.onnx"
+    manifest = export_onnx(ckpt, onnx_path, command=TINY_EXPORT_COMMAND)
+    return {"model": model, "checkpoint": ckpt, "onnx": onnx_path, "manifest": manifest, "dir": d}

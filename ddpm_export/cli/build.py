@@ -8,7 +8,7 @@ import click
 from ddpm_export.export import ExportError
 from ddpm_export.export.tensorrt import BuildConfig, BuildError, build_engine
 from runtime.backends.tensorrt import BackendMissing, EngineMismatch, NoCudaDevice
-from runtime.contract import ManifestError
+from runtime.contract import DEFAULT_BATCH_RANGE, ManifestError
 
 
 def _user_errors() -> tuple:
@@ -34,12 +34,13 @@ def _user_errors() -> tuple:
               "8.5-10 with a float32 export; a strongly typed build of the FP16 export on "
               "TensorRT >= 10 (required on 11, which has no FP16 flag).")
 @click.option("--min-batch", type=click.IntRange(min=1), default=None,
-              help="Profile min batch. Default: the export's (1).")
+              help=f"Profile min batch. Default: the export's ({DEFAULT_BATCH_RANGE.min} unless exported "
+              f"otherwise).")
 @click.option("--opt-batch", type=click.IntRange(min=1), default=None,
-              help="Batch the kernels are tuned for. Default: the export's (8).")
+              help=f"Batch the kernels are tuned for. Default: the export's ({DEFAULT_BATCH_RANGE.opt}).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
-              help="Profile max batch. Default: the export's (64: fills a desktop GPU at "
-              "32x32 and keeps an Orin Nano's shared 8 GB comfortable).")
+              help=f"Profile max batch. Default: the export's ({DEFAULT_BATCH_RANGE.max}: fills a desktop "
+              f"GPU at 32x32 and keeps an Orin Nano's shared 8 GB comfortable).")
 @click.option("--static-batch", type=click.IntRange(min=1), default=None,
               help="One batch size N (min = opt = max = N): the runtime replays a CUDA graph; "
               "smaller batches are padded.")

@@ -1,33 +1,14 @@
 """``ddpm-export fid``: the click command around :func:`ddpm_export.evaluation.fidelity.fidelity_metrics`."""
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
-from pathlib import Path
-from typing import Any, Dict
 
 import click
 
 from ddpm_export.evaluation.fidelity import (DEFAULT_BATCH_SIZE, DEFAULT_KID_SUBSET_SIZE,
                                              INCEPTION_WEIGHTS_FILE, INCEPTION_WEIGHTS_URL,
                                              FidelityError, fidelity_metrics, format_table)
-
-
-def _write_json(path: str, data: Dict[str, Any]) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from runtime.io import write_json
 
 
 @click.command("fid", context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,5 +60,5 @@ def fid_command(samples, reference, inception_weights, metrics, json_out, batch_
         raise click.ClickException(str(e)) from None
     click.echo(format_table(r))
     if json_out:
-        _write_json(json_out, dict(r, command=" ".join(["ddpm-export"] + sys.argv[1:])))
+        write_json(json_out, dict(r, command=" ".join(["ddpm-export"] + sys.argv[1:])), sort_keys=True, allow_nan=True)
         click.echo(f"wrote {json_out}")

@@ -10,7 +10,16 @@ import sys
 
 import click
 
+from ddpm_export.cli.defaults import library_option
 from ddpm_export.model.config import PRESETS
+from runtime.contract import DEFAULT_BATCH_RANGE
+
+TC = "ddpm_export.training.train:TrainConfig."  # where the train options' defaults live
+TH = "ddpm_export.evaluation.validate:Thresholds."  # and validate's thresholds
+
+
+def _per_preset(field: str) -> str:
+    return ", ".join(f"{name} {getattr(p, field)}" for name, p in sorted(PRESETS.items()))
 
 
 class _Group(click.Group):
@@ -43,25 +52,25 @@ def main():
 
 
 @main.command()
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="digits", show_default=True,
-              help="Model shape, schedule and training defaults (cifar10 = the paper's 35.7M model).")
+@library_option("--preset", type=click.Choice(sorted(PRESETS)), default_from=TC + "preset",
+                help="Model shape, schedule and training defaults (cifar10 = the paper's 35.7M model).")
 @click.option("--data", default=None, help="cifar-10-batches-py folder or a folder of PNG/JPEG "
               "images. Default: the preset's own data (digits: sklearn, no download).")
 @click.option("--out", default=None, help="Run folder for last.pt, model.pt, metrics.jsonl and "
               "samples/. Default: runs/PRESET.")
-@click.option("--steps", type=int, default=None, help="Total optimizer steps. Default: the preset's "
-              "(digits 3000, cifar10 800000).")
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch (split across torchrun ranks).")
-@click.option("--lr", type=float, default=2e-4, show_default=True, help="Adam learning rate after warmup.")
-@click.option("--warmup", type=int, default=None, help="Linear LR warmup steps. Default: the preset's (digits 200, cifar10 5000).")
-@click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Global-norm gradient clip.")
-@click.option("--ema-decay", type=float, default=0.9999, show_default=True, help="EMA decay (warmed up as min(decay, (1+s)/(10+s))); export uses the EMA weights.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--sample-every", type=int, default=None, help="Steps between sample grids (0: never).")
-@click.option("--ckpt-every", type=int, default=None, help="Steps between checkpoints.")
-@click.option("--log-every", type=int, default=10, show_default=True, help="Steps between metrics.jsonl lines.")
-@click.option("--dropout", type=float, default=None, help="Override the preset's dropout (cifar10 0.1, digits 0).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--steps", type=int, default=None, help=f"Total optimizer steps. Default: the preset's "
+              f"({_per_preset('steps')}).")
+@library_option("--batch-size", type=int, default_from=TC + "batch_size", help="Global batch (split across torchrun ranks).")
+@library_option("--lr", type=float, default_from=TC + "lr", help="Adam learning rate after warmup.")
+@click.option("--warmup", type=int, default=None, help=f"Linear LR warmup steps. Default: the preset's ({_per_preset('warmup')}).")
+@library_option("--grad-clip", type=float, default_from=TC + "grad_clip", help="Global-norm gradient clip.")
+@library_option("--ema-decay", type=float, default_from=TC + "ema_decay", help="EMA decay (warmed up as min(decay, (1+s)/(10+s))); export uses the EMA weights.")
+@library_option("--seed", type=int, default_from=TC + "seed")
+@click.option("--sample-every", type=int, default=None, help=f"Steps between sample grids (0: never). Default: the preset's ({_per_preset('sample_every')}).")
+@click.option("--ckpt-every", type=int, default=None, help=f"Steps between checkpoints. Default: the preset's ({_per_preset('ckpt_every')}).")
+@library_option("--log-every", type=int, default_from=TC + "log_every", help="Steps between metrics.jsonl lines.")
+@click.option("--dropout", type=float, default=None, help=f"Override the preset's dropout ({', '.join(f'{n} {p.unet.dropout}' for n, p in sorted(PRESETS.items()))}).")
+@library_option("--device", default_from=TC + "device", help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(preset, data, out, steps, batch_size, lr, warmup, grad_clip, ema_decay, seed,
@@ -78,7 +87,7 @@ def train(preset, data, out, steps, batch_size, lr, warmup, grad_clip, ema_decay
                       ema_decay=ema_decay, seed=seed, sample_every=sample_every,
                       ckpt_every=ckpt_every, log_every=log_every, dropout=dropout, device=device,
                       resume=resume)
-    summary = run_train(cfg, progress=not no_progress)
+    summary = run_train(cfg, progress=not no_progress, log=lambda s: click.echo(s, err=True))
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(
             f"trained {summary['step']} steps ({summary['parameters']:,} parameters) in "
@@ -170,9 +179,9 @@ def digits_score(checkpoint, samples, num, seed, batch, save, json_out, no_progr
     report = digits_report(train_digits_classifier(), x)
     text = json.dumps(report, indent=2)
     if json_out:
-        from pathlib import Path
+        from runtime.io import write_text
 
-        Path(json_out).write_text(text + "\n")
+        write_text(json_out, text + "\n")
     click.echo(text)
 
 
@@ -218,11 +227,11 @@ def import_(fmt, src, out, preset, verify, force):
 @click.option("--fp16", is_flag=True, help="FP16 graph with FP32 islands (GroupNorm statistics, "
               "softmax, timestep embedding) as explicit Casts, float32 I/O: what TensorRT 11's "
               "strongly typed builds need.")
-@click.option("--opset", type=int, default=17, show_default=True,
-              help="ONNX opset (13-20); 17 is the highest TensorRT 8.5 (JetPack 5) parses.")
-@click.option("--min-batch", type=int, default=1, show_default=True)
-@click.option("--opt-batch", type=int, default=8, show_default=True)
-@click.option("--max-batch", type=int, default=64, show_default=True)
+@library_option("--opset", type=int, default_from="ddpm_export.export.onnx_export:DEFAULT_OPSET",
+                help="ONNX opset (13-20); 17 is the highest TensorRT 8.5 (JetPack 5) parses.")
+@click.option("--min-batch", type=int, default=DEFAULT_BATCH_RANGE.min, show_default=True)
+@click.option("--opt-batch", type=int, default=DEFAULT_BATCH_RANGE.opt, show_default=True)
+@click.option("--max-batch", type=int, default=DEFAULT_BATCH_RANGE.max, show_default=True)
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check (checker and "
               "shape inference always run).")
@@ -268,18 +277,14 @@ def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weight
               "--digits-engine call at each --batch (e.g. --batch 1 --batch 64).")
 def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_only):
     """Benchmark image-steps/s: diffusers eager vs ONNX Runtime vs our runtime loop."""
-    import json
-
     if schedulers_only:
         from ddpm_export.evaluation.bench import format_scheduler_costs, scheduler_costs
 
         res = scheduler_costs(digits_engine, batches=batches, repeats=repeats, threads=threads)
         if json_out:
-            from pathlib import Path
+            from runtime.io import write_json
 
-            from ddpm_export.model.checkpoint import atomic_write
-
-            atomic_write(Path(json_out), lambda p: Path(p).write_text(json.dumps(res, indent=2) + "\n"))
+            write_json(json_out, res)
         click.echo(format_scheduler_costs(res))
         return
 
@@ -288,9 +293,9 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_
     res = run_bench(batches=batches, steps=steps, repeats=repeats, threads=threads,
                     digits_onnx=digits_engine)
     if json_out:
-        from pathlib import Path
+        from runtime.io import write_json
 
-        Path(json_out).write_text(json.dumps(res, indent=2) + "\n")
+        write_json(json_out, res, allow_nan=True)
     click.echo(format_table(res))
 
 
@@ -318,16 +323,16 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_
 @click.option("--onnx-reference", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Float32 ONNX model that ONNX Runtime runs next to a .plan. Default: the plan's "
               "source ONNX (or its float32 sibling) when it lies beside the plan.")
-@click.option("--eps-atol-fp32", type=float, default=1e-4, show_default=True,
-              help="Max abs eps error, float32 engines.")
-@click.option("--eps-atol-fp16", type=float, default=2e-2, show_default=True,
-              help="Max abs eps error, FP16 engines.")
-@click.option("--final-atol-fp32", type=float, default=1e-3, show_default=True,
-              help="Final-image limit for float32 engines (FP16 chains are reported, not gated).")
-@click.option("--fd-excess", type=float, default=1.0, show_default=True,
+@library_option("--eps-atol-fp32", type=float, default_from=TH + "eps_fp32",
+                help="Max abs eps error, float32 engines.")
+@library_option("--eps-atol-fp16", type=float, default_from=TH + "eps_fp16",
+                help="Max abs eps error, FP16 engines.")
+@library_option("--final-atol-fp32", type=float, default_from=TH + "final_fp32",
+                help="Final-image limit for float32 engines (FP16 chains are reported, not gated).")
+@library_option("--fd-excess", type=float, default_from=TH + "fd_excess",
               help="Gate: Frechet(engine, real) - Frechet(reference, real) <= this x the "
               "real-vs-real floor at the same sample count.")
-@click.option("--confident-ratio", type=float, default=0.9, show_default=True,
+@library_option("--confident-ratio", type=float, default_from=TH + "confident_ratio",
               help="Gate: engine's confident-label share >= this x the reference's.")
 @click.option("--likelihood-images", type=click.IntRange(min=0), default=8, show_default=True,
               help="Held-out digits for the likelihood level (0: skip it).")
@@ -365,7 +370,6 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
     Prints a pass/fail table; with --report also writes report.json, report.md
     and plots. Exits 1 when a check fails, so it can gate a deployment.
     """
-    import json
     from pathlib import Path
 
     from ddpm_export.evaluation.validate import Thresholds, format_report, validate as run_validate
@@ -388,13 +392,13 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
         likelihood_t_samples=likelihood_t_samples or None, method=method, steps=method_steps)
     table = format_report(rep)
     if report:
-        from ddpm_export.model.checkpoint import atomic_write
         from ddpm_export.evaluation.plots import write_plots
+        from runtime.io import write_json, write_text
 
         out = Path(report)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "report.json", lambda p: Path(p).write_text(json.dumps(rep, indent=2) + "\n"))
-        atomic_write(out / "report.md", lambda p: Path(p).write_text(table + "\n"))
+        write_json(out / "report.json", rep, allow_nan=True)
+        write_text(out / "report.md", table + "\n")
         for f in write_plots(rep, artifacts, out):
             click.echo(f"wrote {f}", err=True)
     click.echo(table)

@@ -9,8 +9,7 @@ import sys
 import click
 
 from runtime.schedulers import METHODS
-
-INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
+from runtime.shards import DEFAULT_SHARD_SIZE, INTERRUPTED
 
 
 @click.command("sample-many", context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +18,7 @@ INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to
 @click.option("--num", type=click.IntRange(min=1), required=True, help="Number of images, e.g. 50000.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder (created if missing): run.json + shard-NNNNN.npz.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
               help="Images per shard file: the most an interruption loses.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Run seed; shard k uses SeedSequence(seed, spawn_key=(k,)).")

@@ -8,6 +8,7 @@ from typing import List
 import click
 
 from ddpm_export.evaluation.steps_table import DEFAULT_STEPS, format_steps_table, steps_table
+from runtime.io import write_json
 from runtime.schedulers import METHODS
 
 
@@ -65,8 +66,6 @@ def steps_table_command(engine, num, steps, methods, seeds, full_ddpm, reference
           --json frontier.json --plot frontier.png
     Each method runs with its defaults (see runtime.schedulers).
     """
-    from ddpm_export.model.checkpoint import atomic_write
-
     done = []
     if resume:
         if not json_out or not Path(json_out).is_file():
@@ -79,7 +78,7 @@ def steps_table_command(engine, num, steps, methods, seeds, full_ddpm, reference
 
     def save(r):
         if json_out:
-            atomic_write(Path(json_out), lambda p: Path(p).write_text(json.dumps(r, indent=2) + "\n"))
+            write_json(json_out, r, allow_nan=True)
 
     try:
         r = steps_table(engine, num, steps, methods, seeds, full_ddpm=full_ddpm, done=done,

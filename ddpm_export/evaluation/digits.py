@@ -22,6 +22,7 @@ scale of that bias and of the sampling noise.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
@@ -79,7 +80,10 @@ def digits_split(size: int = 16, seed: int = 0):
     return train_test_split(x, digits_labels(), test_size=0.5, random_state=seed, stratify=digits_labels())
 
 
+@functools.lru_cache(maxsize=4)
 def train_digits_classifier(size: int = 16, seed: int = 0) -> DigitsClassifier:
+    """The classifier, trained once per process and (size, seed): deterministic, and every
+    caller (validate, steps-table, digits-score) only reads it. Do not modify the result."""
     from sklearn.neural_network import MLPClassifier
 
     x_tr, x_te, y_tr, y_te = digits_split(size, seed)

@@ -31,7 +31,6 @@ of a 2048x2048 product) ~20 s on 2 cores.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -39,6 +38,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 
 import numpy as np
+
+from runtime.io import sha256_file, to_uint8
+
+from ddpm_export.training.data import (IMAGE_SUFFIXES, DataError, cifar10_uint8, image_files,
+                                       is_cifar10_folder, read_images)
 
 # torch-fidelity's InceptionV3 weights (torch_fidelity/feature_extractor_inceptionv3.py,
 # URL_INCEPTION_V3; converted from TensorFlow's 2015-12-05 Inception graph).
@@ -48,7 +52,6 @@ INCEPTION_WEIGHTS_URL = (
 )
 INCEPTION_EXTRACTOR = "inception-v3-compat"
 METRICS = ("fid", "kid", "isc")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FID_FEATURE_DIM = 2048  # pool3 of the Inception: fewer images than this -> singular covariance
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_KID_SUBSET_SIZE = 1000  # torch-fidelity's default (and the KID paper's)
@@ -153,12 +156,6 @@ def as_rgb_uint8(images: np.ndarray, what: str = "images") -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _float_samples_to_uint8(x: np.ndarray) -> np.ndarray:
-    """runtime.sample --npz's float samples [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C]."""
-    x = np.clip((np.asarray(x, dtype=np.float64) + 1.0) * 127.5, 0, 255)
-    return np.rint(x).astype(np.uint8).transpose(0, 2, 3, 1)
-
-
 def _load_npz(path: Path) -> np.ndarray:
     from runtime.io import NpzError, load_npz
 
@@ -176,7 +173,7 @@ def _load_npz(path: Path) -> np.ndarray:
     if "samples" in keys:  # runtime.sample --npz: float [N, C, H, W] in [-1, 1]
         s = np.asarray(z["samples"])
         if s.ndim == 4 and np.issubdtype(s.dtype, np.floating) and s.shape[1] in (1, 3):
-            return _float_samples_to_uint8(s)
+            return to_uint8(s)
         return s
     raise FidelityError(
         f"{path}: no 'images' or lone 'arr_0' (uint8 [N, H, W, C]), nor 'samples' (float "
@@ -185,40 +182,30 @@ def _load_npz(path: Path) -> np.ndarray:
 
 
 def _load_image_folder(root: Path) -> np.ndarray:
-    from PIL import Image
-
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(root)
     if not files:
         raise FidelityError(
             f"{root}: no images (files ending in {', '.join(IMAGE_SUFFIXES)}), no .npz sample "
             f"shards and no CIFAR-10 batches"
         )
     out: Optional[np.ndarray] = None
-    for i, p in enumerate(files):
-        try:
-            with Image.open(p) as im:
-                a = np.asarray(im.convert("RGB"), dtype=np.uint8)  # as torch-fidelity reads folders
-        except Exception as e:
-            raise FidelityError(f"{p}: cannot read image ({e}); remove it or fix the file") from e
-        if out is None:
-            out = np.empty((len(files),) + a.shape, dtype=np.uint8)
-        elif a.shape != out.shape[1:]:
-            raise FidelityError(
-                f"{p}: {a.shape[1]}x{a.shape[0]} pixels, but {files[0].name} is "
-                f"{out.shape[2]}x{out.shape[1]}; all images of a set must have one size"
-            )
-        out[i] = a
+    try:  # RGB, as torch-fidelity reads folders
+        for i, (p, a) in enumerate(read_images(files, lambda im: np.asarray(im.convert("RGB"), dtype=np.uint8))):
+            if out is None:
+                out = np.empty((len(files),) + a.shape, dtype=np.uint8)
+            elif a.shape != out.shape[1:]:
+                raise FidelityError(
+                    f"{p}: {a.shape[1]}x{a.shape[0]} pixels, but {files[0].name} is "
+                    f"{out.shape[2]}x{out.shape[1]}; all images of a set must have one size"
+                )
+            out[i] = a
+    except DataError as e:
+        raise FidelityError(str(e)) from e
     return out
-
-
-def _is_cifar10_folder(root: Path) -> bool:
-    return (root / "data_batch_1").is_file() or (root / "cifar-10-batches-py").is_dir()
 
 
 def cifar10_train_uint8(folder: Union[str, Path]) -> np.ndarray:
     """The 50,000 CIFAR-10 training images as uint8 [N, 32, 32, 3] (data.cifar10_uint8's files and checks)."""
-    from ddpm_export.training.data import DataError, cifar10_uint8
-
     try:
         x = cifar10_uint8(str(folder))
     except DataError as e:
@@ -263,7 +250,7 @@ def load_image_set(source: PathOrArray, what: str = "images") -> Tuple[np.ndarra
         if not path.exists():
             raise FidelityError(f"{what} {path}: no such file or folder")
         if path.is_dir():
-            if _is_cifar10_folder(path):
+            if is_cifar10_folder(path):
                 x, kind = cifar10_train_uint8(path), "cifar-10 training set"
             elif _is_shards_folder(path):
                 x, kind = _load_shards(path), "sample shards"
@@ -290,14 +277,6 @@ def load_image_set(source: PathOrArray, what: str = "images") -> Tuple[np.ndarra
 
 # ---------------------------------------------------------------------------------------------
 # weights
-
-
-def sha256_of(path: Union[str, Path]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_inception_weights(path: Optional[Union[str, Path]]) -> str:
@@ -518,7 +497,7 @@ def fidelity_metrics(
         feature_extractor=extractor,
         inception=extractor == INCEPTION_EXTRACTOR,
         inception_weights=weights_path,
-        inception_weights_sha256=sha256_of(weights_path) if weights_path else None,
+        inception_weights_sha256=sha256_file(weights_path) if weights_path else None,
         kid_subset_size=subset,
         kid_subsets=DEFAULT_KID_SUBSETS if subset is not None else None,
         isc_splits=DEFAULT_ISC_SPLITS if "isc" in wanted else None,

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from runtime.io import make_grid, to_uint8
+from runtime.io import atomic_write, make_grid, to_uint8
 
 
 def require_matplotlib():
@@ -34,8 +34,6 @@ def require_matplotlib():
 
 
 def _save(fig, path: Path) -> None:
-    from ddpm_export.model.checkpoint import atomic_write
-
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 

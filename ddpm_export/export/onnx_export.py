@@ -32,7 +32,6 @@ import hashlib
 import inspect
 import io
 import json
-import os
 import platform
 import warnings
 from pathlib import Path
@@ -44,8 +43,9 @@ from torch import nn
 
 from runtime import contract
 from runtime.contract import BatchRange
+from runtime.io import sha256_file, write_bytes
 
-from ddpm_export.model.checkpoint import atomic_write, build_model, load_checkpoint, sha256_file
+from ddpm_export.model.checkpoint import build_model, load_checkpoint
 from ddpm_export.export import ExportError
 from ddpm_export.export.fp16 import FP16_TABLE_BATCH, Fp16EpsModel, fp16_error_table, fp16_timesteps
 from ddpm_export.model.unet import UNet
@@ -159,7 +159,7 @@ def export_onnx(
     entry.key, entry.value = contract.MANIFEST_KEY, json.dumps(manifest, allow_nan=False)
     data = proto.SerializeToString()
     manifest["onnx_sha256"] = hashlib.sha256(data).hexdigest()
-    atomic_write(out, lambda tmp: (Path(tmp).write_bytes(data), os.chmod(tmp, 0o644)))
+    write_bytes(out, data)
     contract.write_manifest(out, manifest)
     return manifest
 

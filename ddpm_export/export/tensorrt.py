@@ -37,7 +37,6 @@ a plan never overwrites the NAME.json of a different ONNX.
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from runtime.contract import (
     sha256_file,
     write_manifest,
 )
+from runtime.io import atomic_write
 from runtime.backends.tensorrt import (ENGINE_SECTION_VERSION, BackendMissing, DeviceInfo,
                                        EngineMismatch, check_engine_io, parse_version,
                                        probe_cuda_device)
@@ -402,8 +402,6 @@ def load_backend() -> SimpleNamespace:
 
 def onnx_from_checkpoint(checkpoint: str, precision: str, force: bool) -> Path:
     """engines/NAME(-fp16).onnx for the checkpoint: reused when it is that export, else made."""
-    from ddpm_export.model.checkpoint import sha256_file
-
     out = Path("engines") / f"{Path(checkpoint).stem}{'-fp16' if precision == 'fp16' else ''}.onnx"
     if out.exists() and not force:
         try:
@@ -469,7 +467,6 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
     check_out_path(out, onnx, cfg.force)
     out.parent.mkdir(parents=True, exist_ok=True)
     log_path = out.with_suffix(".build.log")
-    tmp = out.with_name(f".{out.name}.tmp")
     log(f"building {out} from {onnx}: TensorRT {pg.version}, {mode}, batch "
         f"{profile.min}/{profile.opt}/{profile.max}, on {device.name} ({device.cc})")
 
@@ -515,7 +512,7 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
         cfg_kw["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: cfg.workspace_mb << 20}
 
     own_log, log_path, colors = _open_build_log(pg.G_LOGGER, log_path)
-    t0, saved = time.time(), False
+    t0 = time.time()
     try:
         config = pg.CreateConfig(**cfg_kw)
         plan_bytes = pg.EngineBytesFromNetwork(network, config,
@@ -528,8 +525,7 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
         if got != profile:
             raise BuildError(f"the built engine's profile {got.to_dict()} is not the requested "
                              f"{profile.to_dict()}")
-        pg.SaveBytes(plan_bytes, str(tmp))()
-        saved = True
+        atomic_write(out, lambda tmp: pg.SaveBytes(plan_bytes, str(tmp))())
     except pg.PolygraphyException:
         if own_log:
             _close_build_log(pg.G_LOGGER, colors)
@@ -544,11 +540,7 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
     finally:
         if own_log:
             _close_build_log(pg.G_LOGGER, colors)
-        if not saved and tmp.exists():
-            tmp.unlink()
     seconds = time.time() - t0
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
     manifest["engine"] = engine_section_dict(
         trt_version=pg.version, device=device, mode=mode, profile=profile, cfg=cfg, onnx=onnx,
         onnx_sha256=manifest.get("onnx_sha256"), plan=out, plan_sha256=sha256_file(out),

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import OrderedDict as OrderedDictType
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -35,7 +34,7 @@ from typing import Any, Dict, Tuple
 import torch
 from torch.torch_version import TorchVersion
 
-from runtime.contract import sha256_file  # noqa: F401  (re-exported for export/convert)
+from runtime.io import atomic_write
 from runtime.schedulers.schedule import ScheduleConfig
 
 from ddpm_export.model.config import UNetConfig
@@ -51,24 +50,6 @@ SAFE_GLOBALS = (TorchVersion,)
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged or of another architecture."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename over path: a crash never leaves a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def plain(obj: Any, where: str = "checkpoint") -> Any:

@@ -201,9 +201,3 @@ def _discretized_gaussian_log_likelihood(x, means, log_scales):
     high = torch.log((1.0 - minus).clamp(min=1e-12))
     mid = torch.log((plus - minus).clamp(min=1e-12))
     return torch.where(x < -0.999, low, torch.where(x > 0.999, high, mid))
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float [N, C, H, W] -> uint8 [N, H, W, C]."""
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -133,6 +133,29 @@ def cifar10_images(folder: Optional[str]) -> np.ndarray:
     return cifar10_uint8(folder).astype(np.float32) / 127.5 - 1.0
 
 
+def is_cifar10_folder(path: Path) -> bool:
+    """A cifar-10-batches-py folder, or a folder holding one."""
+    return (path / "data_batch_1").is_file() or (path / "cifar-10-batches-py").is_dir()
+
+
+def image_files(folder: Path) -> List[Path]:
+    """Every PNG/JPEG file under folder (recursively), sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_images(files: Iterable[Path], convert: Callable[[Any], np.ndarray]) -> Iterator[Tuple[Path, np.ndarray]]:
+    """(path, convert(PIL image)) per file; a file Pillow cannot read raises DataError naming it."""
+    from PIL import Image
+
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                a = convert(im)
+        except Exception as e:
+            raise DataError(f"{p}: cannot read image ({e}); remove it or fix the file") from e
+        yield p, a
+
+
 def folder_images(folder: str, size: int, channels: int) -> np.ndarray:
     """Every PNG/JPEG under folder, center-cropped and resized: [N, C, size, size] in [-1, 1]."""
     from PIL import Image
@@ -140,7 +163,7 @@ def folder_images(folder: str, size: int, channels: int) -> np.ndarray:
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{folder}: not a folder; expected a folder of PNG/JPEG images")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(root)
     if not files:
         raise DataError(
             f"{folder}: no images found; expected files ending in {', '.join(IMAGE_SUFFIXES)}"
@@ -148,24 +171,18 @@ def folder_images(folder: str, size: int, channels: int) -> np.ndarray:
     mode = {1: "L", 3: "RGB"}.get(channels)
     if mode is None:
         raise DataError(f"image folders need 1 or 3 channels, the model has {channels}")
+
+    def convert(im) -> np.ndarray:
+        im = im.convert(mode)
+        w, h = im.size
+        s = min(w, h)
+        im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        return np.asarray(im.resize((size, size), Image.BICUBIC), dtype=np.float32)
+
     out = np.empty((len(files), channels, size, size), dtype=np.float32)
-    for i, p in enumerate(files):
-        try:
-            with Image.open(p) as im:
-                im = im.convert(mode)
-                w, h = im.size
-                s = min(w, h)
-                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-                im = im.resize((size, size), Image.BICUBIC)
-                a = np.asarray(im, dtype=np.float32)
-        except Exception as e:
-            raise DataError(f"{p}: cannot read image ({e}); remove it or fix the file") from e
+    for i, (_, a) in enumerate(read_images(files, convert)):
         out[i] = (a.reshape(size, size, channels).transpose(2, 0, 1) / 127.5) - 1.0
     return out
-
-
-def _is_cifar_folder(path: Path) -> bool:
-    return (path / "data_batch_1").is_file() or (path / "cifar-10-batches-py").is_dir()
 
 
 def load_images(source: str, data: Optional[str], size: int, channels: int) -> np.ndarray:
@@ -182,7 +199,7 @@ def load_images(source: str, data: Optional[str], size: int, channels: int) -> n
             x = cifar10_images(None)
         else:
             raise DataError(f"unknown data source {source!r}; expected digits or cifar10")
-    elif Path(data).is_dir() and _is_cifar_folder(Path(data)):
+    elif Path(data).is_dir() and is_cifar10_folder(Path(data)):
         x = cifar10_images(data)
     elif source == "cifar10" and not Path(data).exists():
         x = cifar10_images(data)  # raises with the download hint

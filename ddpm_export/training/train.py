@@ -16,13 +16,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from runtime.io import save_grid
+from runtime.io import FolderLocked, folder_lock, remove_stale_temporaries, save_grid
 
 from ddpm_export.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, slim
 from ddpm_export.model.config import get_preset
@@ -82,8 +82,41 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> Dict[str, Any]:
-    """Run (or resume) training; returns a summary dict. Raises on bad input."""
+LOCK_FILE = ".train.lock"  # in the run folder; held (flock) by the writing rank
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train(cfg: TrainConfig, progress: bool = True,
+          log: Callable[[str], None] = _stderr) -> Dict[str, Any]:
+    """Run (or resume) training; returns a summary dict. Raises on bad input.
+
+    The writing rank holds a lock on the run folder for the whole run, so a
+    second training started on the same folder refuses (TrainError) instead of
+    both writing; the lock dies with its process, so a killed run leaves none.
+    On start it removes the temporaries of checkpoint/grid writes that a killed
+    run left (``runtime.io.remove_stale_temporaries``) and says so through ``log``.
+    """
+    cfg = cfg.resolved()
+    _, rank, _ = _dist_info()
+    if rank != 0:
+        return _train(cfg, progress)
+    out = Path(cfg.out)
+    try:
+        with folder_lock(out, "another training", LOCK_FILE):
+            removed = remove_stale_temporaries(out) + remove_stale_temporaries(out / "samples")
+            if removed:
+                mb = sum(size for _, size in removed) / 1e6
+                log(f"removed {len(removed)} temporary file(s) ({mb:.1f} MB) that a killed run "
+                    f"left in {out}: {', '.join(p.name for p, _ in removed)}")
+            return _train(cfg, progress)
+    except FolderLocked as e:
+        raise TrainError(str(e)) from None
+
+
+def _train(cfg: TrainConfig, progress: bool) -> Dict[str, Any]:
     cfg = cfg.resolved()
     preset = get_preset(cfg.preset)
     world, rank, local_rank = _dist_info()

@@ -31,9 +31,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from runtime.io import sha256_file
 from runtime.schedulers.schedule import ScheduleConfig
 
-from ddpm_export.model.checkpoint import sha256_file
 from ddpm_export.model.config import UNetConfig
 from ddpm_export.weights.common import (
     StateDict,

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+from runtime.io import sha256_file
 from runtime.schedulers.schedule import ScheduleConfig
 
-from ddpm_export.model.checkpoint import sha256_file
 from ddpm_export.model.config import PRESETS, UNetConfig
 from ddpm_export.weights.common import _as_schedule, _check_tensors, _load_torch_file, _to_float32, _validate, _write_checkpoint
 

@@ -82,7 +82,6 @@ class OnnxRuntimeRunner(Runner):
                 f"{self.path}: the graph takes images of shape {tuple(dims)}, its manifest says "
                 f"{self.image_shape}; the .onnx and its .json do not belong together: re-export both"
             )
-        self._feed: Dict[str, np.ndarray] = {}
         self._outputs = [OUTPUT]
 
     @property

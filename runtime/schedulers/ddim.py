@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from runtime.schedulers.ddpm import (
+from runtime.schedulers.base import (
     clip_unit,
     StepOutput,
     check_dtype,

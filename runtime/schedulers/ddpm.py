@@ -9,110 +9,15 @@ first, then ``step`` draws one z per step with t > 0, in descending t, each as
 """
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
-from runtime.schedulers.schedule import Schedule, ScheduleConfig
+from runtime.schedulers.base import Scheduler, StepOutput, clip_unit, draw_noise
+from runtime.schedulers.schedule import ScheduleConfig
 
 
-class StepOutput(NamedTuple):
-    prev_sample: np.ndarray  # x at the next (smaller) timestep, [N, C, H, W]
-    pred_original_sample: np.ndarray  # x0_hat, clipped when config.clip_denoised
-
-
-# --- helpers shared with runtime.schedulers.ddim ---------------------------------------
-def check_num_steps(num_inference_steps: Any, num_timesteps: int) -> int:
-    n = num_inference_steps
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= num_timesteps:
-        raise ValueError(
-            f"num_inference_steps={n!r} is invalid: expected an int in [1, {num_timesteps}] "
-            f"(the model was trained with T={num_timesteps} steps); pass e.g. 50, or None for all T"
-        )
-    return int(n)
-
-
-def leading_timesteps(num_inference_steps: int, num_timesteps: int) -> np.ndarray:
-    """diffusers' "leading" spacing: arange(N) * (T // N), descending (N=50: 980, ..., 0)."""
-    step = num_timesteps // num_inference_steps
-    return (np.arange(num_inference_steps, dtype=np.int64) * step)[::-1].copy()
-
-
-def clip_unit(x: np.ndarray) -> np.ndarray:
-    """Clamp to [-1, 1] in place; the same values as np.clip at a fifth of its call
-    overhead, which matters on a 256-pixel batch-1 step (NaN stays NaN)."""
-    np.maximum(x, -1.0, out=x)
-    return np.minimum(x, 1.0, out=x)
-
-
-def check_dtype(dtype: Any) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt not in (np.float16, np.float32, np.float64):
-        raise ValueError(f"dtype={dt} is not supported: expected float16, float32 or float64")
-    return dt
-
-
-def check_rng(rng: Any) -> None:
-    if rng is not None and not isinstance(rng, np.random.Generator):
-        raise ValueError(
-            f"rng must be a numpy.random.Generator, got {type(rng).__name__}; "
-            f"create one with numpy.random.default_rng(seed)"
-        )
-
-
-def step_inputs(eps: Any, t: Any, x_t: Any, index: Dict[int, int]):
-    """Validate step() arguments -> (i, t, eps float64, x_t float64).
-
-    Written for speed (it runs once per step, ~2x cheaper than np.issubdtype checks):
-    dtype.kind tests and a dict lookup.
-    """
-    if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
-        t = int(t)
-    else:
-        t_arr = np.asarray(t)
-        if t_arr.ndim != 0 or t_arr.dtype.kind not in "iu":
-            raise ValueError(f"t must be a single integer timestep, got {t!r}")
-        t = int(t_arr)
-    i = index.get(t)
-    if i is None:
-        shown = sorted(index, reverse=True)
-        shown = shown if len(shown) <= 8 else shown[:4] + ["..."] + shown[-2:]
-        raise ValueError(
-            f"t={t} is not in this scheduler's timesteps {shown}; iterate over "
-            f"scheduler.timesteps, or call set_timesteps() with the step count you sample with"
-        )
-    eps, x_t = np.asarray(eps), np.asarray(x_t)
-    for name, a in (("eps", eps), ("x_t", x_t)):
-        if a.dtype.kind != "f":
-            raise ValueError(f"{name} has dtype {a.dtype}: expected a float32 or float64 array")
-    if eps.shape != x_t.shape:
-        raise ValueError(
-            f"eps has shape {eps.shape} but x_t has shape {x_t.shape}: the model output must "
-            f"have the sample's shape [N, C, H, W] (a learned-variance model's extra channels "
-            f"are not supported)"
-        )
-    return i, t, eps.astype(np.float64), x_t.astype(np.float64)
-
-
-def draw_noise(rng: Any, noise: Any, shape: Sequence[int], t: int) -> np.ndarray:
-    """z for one step: the caller's ``noise`` or rng.standard_normal(shape, float32)."""
-    if noise is not None:
-        if rng is not None:
-            raise ValueError("pass either rng or noise to step(), not both")
-        z = np.asarray(noise)
-        if z.shape != tuple(shape):
-            raise ValueError(f"noise has shape {z.shape}, expected x_t's shape {tuple(shape)}")
-        return z.astype(np.float64)
-    if rng is None:
-        raise ValueError(
-            f"step at t={t} adds noise: pass rng=numpy.random.default_rng(seed) or noise=z"
-        )
-    check_rng(rng)
-    return rng.standard_normal(shape, dtype=np.float32).astype(np.float64)
-
-
-# --- the scheduler ----------------------------------------------------------
-class DDPMScheduler:
+class DDPMScheduler(Scheduler):
     """Ancestral DDPM sampler over all T steps or a strided subset of them.
 
     schedule_config: betas, T, variance_type ("fixedlarge" | "fixedsmall") and
@@ -122,10 +27,7 @@ class DDPMScheduler:
     """
 
     def __init__(self, schedule_config: ScheduleConfig = ScheduleConfig(), dtype: Any = np.float32):
-        self.config = schedule_config
-        self.schedule = Schedule(schedule_config)
-        self.num_train_timesteps = self.schedule.num_timesteps
-        self.dtype = check_dtype(dtype)
+        super().__init__(schedule_config, dtype)
         self.set_timesteps(None)
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None) -> None:
@@ -136,14 +38,10 @@ class DDPMScheduler:
         diffusers' DDPMScheduler via previous_timestep) in eq. (7) and in the
         variance. With all T steps the constants are runtime.schedulers.schedule's, bit for bit.
         """
-        s, T = self.schedule, self.num_train_timesteps
-        n = T if num_inference_steps is None else check_num_steps(num_inference_steps, T)
-        self.num_inference_steps = n
-        self.timesteps = leading_timesteps(n, T)
-        t = self.timesteps
-        prev = np.append(t[1:], -1)
-        abar = s.alphas_cumprod[t]
-        abar_prev = np.where(prev >= 0, s.alphas_cumprod[np.maximum(prev, 0)], 1.0)
+        super().set_timesteps(num_inference_steps)
+
+    def _set_coefficients(self, t, prev, abar, abar_prev) -> None:
+        s = self.schedule
         # Consecutive steps take the schedule's own betas: 1 - abar_t/abar_{t-1}
         # would equal them only to ~1e-12 (cancellation where beta ~ 1e-4).
         betas = np.where(prev == t - 1, s.betas[t], 1.0 - abar / abar_prev)
@@ -155,30 +53,13 @@ class DDPMScheduler:
         var = betas.copy() if self.config.variance_type == "fixedlarge" else post_var.copy()
         # The smallest t has posterior variance 0; like the official code, take the
         # log at the next timestep's posterior variance (never used: no noise at t=0).
-        var[-1] = post_var[-2] if n > 1 else 1.0
+        var[-1] = post_var[-2] if len(t) > 1 else 1.0
         self._std = np.exp(0.5 * np.log(var))
-        self._sqrt_recip = s.sqrt_recip_alphas_cumprod[t]
-        self._sqrt_recipm1 = s.sqrt_recipm1_alphas_cumprod[t]
-        self._index = {int(v): i for i, v in enumerate(t)}
 
-    def step(
-        self,
-        eps: np.ndarray,
-        t: int,
-        x_t: np.ndarray,
-        rng: Optional[np.random.Generator] = None,
-        noise: Optional[np.ndarray] = None,
-    ) -> StepOutput:
-        """One reverse step x_t -> x_{t'} (t' = the next entry of ``timesteps``).
-
-        eps: eps_theta(x_t, t), [N, C, H, W] float32/float64; x_t: same shape.
-        rng / noise: where z comes from when t > 0 (one of them; ignored at t = 0).
-        Returns StepOutput(prev_sample, pred_original_sample) in ``self.dtype``.
-        """
-        i, t, eps, x_t = step_inputs(eps, t, x_t, self._index)
-        check_rng(rng)
-        # 1. x0_hat from eq. (15): x0 = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps
-        x0 = self._sqrt_recip[i] * x_t - self._sqrt_recipm1[i] * eps
+    def _finish_step(self, i: int, t: int, eps: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
+                     rng: Optional[np.random.Generator], noise: Optional[np.ndarray]) -> StepOutput:
+        """Algorithm 2's step x_t -> x_{t'} from x0_hat (eq. 15, not yet clipped); z (from rng
+        or noise) is added when t > 0 and not drawn at t = 0."""
         # 2. clip x0_hat to [-1, 1] before it enters the posterior mean (official code)
         if self.config.clip_denoised:
             x0 = clip_unit(x0)
@@ -191,37 +72,3 @@ class DDPMScheduler:
         else:
             prev = mean
         return StepOutput(prev.astype(self.dtype), x0.astype(self.dtype))
-
-    def add_noise(self, x0: np.ndarray, noise: np.ndarray, t: Any) -> np.ndarray:
-        """q_sample, eq. (4): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise.
-
-        x0, noise: [N, ...]; t: an int or [N] ints in [0, T). Returns ``self.dtype``.
-        """
-        return q_sample(self.schedule, x0, noise, t).astype(self.dtype)
-
-    @staticmethod
-    def init_noise(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-        """x_T ~ N(0, I): rng.standard_normal(shape, float32), the first draw of a chain."""
-        return init_noise(shape, rng)
-
-
-def q_sample(s: Schedule, x0: Any, noise: Any, t: Any) -> np.ndarray:
-    x0, noise, t = np.asarray(x0, np.float64), np.asarray(noise, np.float64), np.asarray(t)
-    if x0.shape != noise.shape:
-        raise ValueError(f"noise has shape {noise.shape}, expected x0's shape {x0.shape}")
-    n = x0.shape[0] if x0.ndim else 0
-    if not np.issubdtype(t.dtype, np.integer) or t.ndim > 1 or (t.ndim == 1 and t.shape[0] != n):
-        raise ValueError(f"t must be an int or [N={n}] ints (one per sample), got {t!r}")
-    if np.any(t < 0) or np.any(t >= s.num_timesteps):
-        raise ValueError(f"t={t!r} is out of range: expected 0 <= t < {s.num_timesteps}")
-    shape = (-1,) + (1,) * (x0.ndim - 1) if t.ndim == 1 else ()
-    a = s.sqrt_alphas_cumprod[t].reshape(shape)
-    b = s.sqrt_one_minus_alphas_cumprod[t].reshape(shape)
-    return a * x0 + b * noise
-
-
-def init_noise(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-    if rng is None:
-        raise ValueError("init_noise needs rng=numpy.random.default_rng(seed)")
-    check_rng(rng)
-    return rng.standard_normal(tuple(int(d) for d in shape), dtype=np.float32)

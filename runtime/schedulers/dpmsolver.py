@@ -26,7 +26,7 @@ from typing import Any, List
 
 import numpy as np
 
-from runtime.schedulers.ddpm import draw_noise
+from runtime.schedulers.base import draw_noise
 from runtime.schedulers.solver_base import MultistepSolver
 
 # a plan switches to lower orders near the end only for short chains (diffusers' rule)

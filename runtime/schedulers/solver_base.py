@@ -16,7 +16,7 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from runtime.schedulers.ddpm import (
+from runtime.schedulers.base import (
     StepOutput,
     check_dtype,
     check_num_steps,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from runtime import contract
@@ -26,14 +27,29 @@ def _manifest(**over):
     return contract.manifest_dict(**kw)
 
 
-def test_contract_constants():
-    assert (contract.INPUT_X, contract.INPUT_T, contract.OUTPUT) == ("x_t", "t", "eps")
-    assert contract.T_DTYPE == "int32" and contract.BATCH_AXIS == "batch"
-    assert contract.MANIFEST_KEY == "ddpm_export.manifest" and contract.MANIFEST_VERSION == 1
-    assert contract.dynamic_axes() == {"x_t": {0: "batch"}, "t": {0: "batch"}, "eps": {0: "batch"}}
-    spec = contract.io_spec((1, 16, 16))
-    assert spec["inputs"][1] == {"name": "t", "dtype": "int32", "shape": ["batch"]}
-    assert spec["outputs"][0]["shape"] == ["batch", 1, 16, 16]
+def test_engines_exported_earlier_still_meet_the_contract():
+    """The contract is a file format: the shipped engines, exported by an earlier version,
+    must still match it (names, dtypes, batch axis, manifest key and version)."""
+    onnx = pytest.importorskip("onnx")
+    for name in ("digits.onnx", "digits-fp16.onnx"):
+        path = ROOT / "engines" / name
+        g = onnx.load(str(path), load_external_data=False).graph
+        t_type = onnx.helper.tensor_dtype_to_np_dtype(g.input[1].type.tensor_type.elem_type)
+        assert [i.name for i in g.input] == [contract.INPUT_X, contract.INPUT_T]
+        assert [o.name for o in g.output] == [contract.OUTPUT]
+        assert t_type == np.dtype(contract.T_DTYPE)
+        for v in list(g.input) + list(g.output):
+            assert v.type.tensor_type.shape.dim[0].dim_param == contract.BATCH_AXIS
+        embedded = json.loads(contract.read_embedded_manifest(path))
+        assert embedded["manifest_version"] == contract.MANIFEST_VERSION
+        spec = contract.io_spec(embedded["image_shape"])
+        assert contract.read_manifest(path)["io"] == spec == embedded["io"]
+    # the exporter's dynamic axes are the io spec's batch axes
+    axes = {v["name"]: {0: v["shape"][0]} for v in spec["inputs"] + spec["outputs"]}
+    assert contract.dynamic_axes() == axes
+
+
+def test_sidecar_path():
     assert contract.sidecar_path("engines/a.plan") == Path("engines/a.json")
     assert contract.sidecar_path("engines/a.onnx") == Path("engines/a.json")
 

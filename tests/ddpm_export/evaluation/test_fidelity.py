@@ -384,7 +384,6 @@ def test_missing_weights_name_the_file_and_where_to_get_it(tmp_path):
         assert "--inception-weights PATH" in msg and "machine with internet" in msg
         if weights:
             assert weights in msg and "no such file" in msg
-    assert INCEPTION_WEIGHTS_FILE == "weights-inception-2015-12-05-6726825d.pth"
 
 
 def test_wrong_weights_files_are_refused(tmp_path):

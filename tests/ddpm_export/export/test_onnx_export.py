@@ -9,8 +9,8 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from ddpm_export.model.checkpoint import CheckpointError, save_checkpoint, sha256_file  # noqa: E402
-from ddpm_export.model.config import PRESETS  # noqa: E402
+from ddpm_export.model.checkpoint import CheckpointError  # noqa: E402
+from runtime.io import sha256_file  # noqa: E402
 from ddpm_export.export.onnx_export import (  # noqa: E402
     FP16_ATOL,
     ExportError,
@@ -18,47 +18,20 @@ from ddpm_export.export.onnx_export import (  # noqa: E402
     ort_session,
     torch_to_onnx,
 )
-from ddpm_export.model.unet import AttnBlock, ResnetBlock, UNet  # noqa: E402
 from runtime import contract  # noqa: E402
 from runtime.schedulers.schedule import ScheduleConfig  # noqa: E402
+from tiny_unet import TINY_EXPORT_COMMAND, tiny_model  # noqa: E402
 
-CFG = PRESETS["tiny"].unet
-
-
-def _tiny_model(seed=0):
-    """The tiny U-Net with its near-zero-initialized layers and GroupNorm affines made non-trivial."""
-    torch.manual_seed(seed)
-    m = UNet(CFG)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, ResnetBlock):
-                torch.nn.init.xavier_uniform_(mod.conv2.weight)
-            elif isinstance(mod, AttnBlock):
-                torch.nn.init.xavier_uniform_(mod.proj_out.weight)
-            elif isinstance(mod, torch.nn.GroupNorm):
-                mod.weight.add_(0.2 * torch.randn_like(mod.weight))
-                mod.bias.add_(0.2 * torch.randn_like(mod.bias))
-        torch.nn.init.xavier_uniform_(m.conv_out.weight)
-    return m.eval()
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("export")
-    model = _tiny_model()
-    ckpt = d / "tiny.pt"
-    save_checkpoint({"model_config": CFG.to_dict(), "schedule_config": ScheduleConfig().to_dict(),
-                     "ema": model.state_dict(), "step": 20,
-                     "provenance": {"command": "ddpm-export train --preset tiny", "seed": 0}}, ckpt)
-    return d, ckpt, model
+def tiny(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def fp32(tiny):
-    d, ckpt, model = tiny
-    out = d / "engines" / "tiny.onnx"
-    man = export_onnx(ckpt, out, command="ddpm-export export --checkpoint tiny.pt")
-    return out, man, model
+def fp32(tiny_export):
+    return tiny_export["onnx"], tiny_export["manifest"], tiny_export["model"]
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +123,7 @@ def test_manifest_embedded_equals_sidecar_and_hashes_match(fp32, tiny):
     assert src["step"] == 20 and src["provenance"]["command"] == "ddpm-export train --preset tiny"
     assert side["schedule"] == ScheduleConfig().to_dict() and side["image_shape"] == [1, 8, 8]
     assert side["precision"] == "fp32" and side["batch_range"] == {"min": 1, "opt": 8, "max": 64}
-    assert side["command"] == "ddpm-export export --checkpoint tiny.pt"
+    assert side["command"] == TINY_EXPORT_COMMAND
     assert side["tools"]["torch"] == torch.__version__ and side["tools"]["onnxruntime"]
     assert side["onnx"]["opset"] == 17
 
@@ -196,7 +169,7 @@ def test_fp16_runs_in_onnxruntime_within_bound(fp16):
 
 
 def test_export_leaves_the_torch_model_untouched(tmp_path):
-    model = _tiny_model()
+    model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for fp16 in (False, True):
         torch_to_onnx(model, tmp_path / "m.onnx", fp16=fp16)

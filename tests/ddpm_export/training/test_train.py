@@ -1,14 +1,22 @@
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from ddpm_export.cli.main import main
 from ddpm_export.model.checkpoint import load_checkpoint
 from ddpm_export.training.train import TrainConfig, TrainError, train
+from runtime.io import temporary_writer_pid
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _cfg(out, **kw):
@@ -93,7 +101,58 @@ def test_crash_during_checkpoint_write_keeps_last_good_one(tmp_path, monkeypatch
     with pytest.raises(OSError, match="disk full"):
         train(_cfg(tmp_path, steps=6, resume=True), progress=False)
     assert (tmp_path / "last.pt").read_bytes() == good
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert not [p for p in os.listdir(tmp_path) if temporary_writer_pid(p) is not None]
+
+
+# A training whose first checkpoint write stops in the worst place: the whole checkpoint is in
+# its temporary, the rename has not happened. The test kills it there with SIGKILL.
+HANGS_IN_CHECKPOINT_WRITE = """
+    import sys, time, torch
+    from ddpm_export.training.train import TrainConfig, train
+
+    real_save = torch.save
+
+    def save_then_hang(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        print("ready", flush=True)
+        time.sleep(300)
+
+    torch.save = save_then_hang
+    train(TrainConfig(preset="tiny", out=sys.argv[1], steps=6, batch_size=8, sample_every=0,
+                      ckpt_every=3, log_every=2, seed=1, device="cpu"), progress=False)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and flock are POSIX")
+def test_second_training_refuses_and_a_killed_ones_temporary_is_removed(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HANGS_IN_CHECKPOINT_WRITE), str(out)],
+                         stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        # the first run is alive and writing: a second one on its folder refuses, through the
+        # library and through the command line (one line, non-zero exit), and writes nothing
+        with pytest.raises(TrainError, match=rf"in use by another training \(pid {p.pid}"):
+            train(_cfg(out), progress=False)
+        r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--out", str(out), "--no-progress"])
+        assert r.exit_code == 1 and "in use by another training" in r.output.strip().splitlines()[-1]
+        tmps = [q for q in out.iterdir() if temporary_writer_pid(q) == p.pid]
+        assert len(tmps) == 1 and tmps[0].stat().st_size > 10_000  # a whole checkpoint
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+        p.stdout.close()
+    assert p.returncode == -signal.SIGKILL
+    assert not (out / "last.pt").exists()  # the rename never happened
+    logs = []
+    train(_cfg(out), progress=False, log=logs.append)  # the lock did not outlive its holder
+    assert len(logs) == 1 and tmps[0].name in logs[0] and "killed run" in logs[0], logs
+    assert not tmps[0].exists()
+    assert load_checkpoint(out / "last.pt")["step"] == 6
+    assert not [q for q in out.iterdir() if temporary_writer_pid(q) is not None]
 
 
 def _free_port():

@@ -10,15 +10,7 @@ from runtime.schedulers.schedule import Schedule, ScheduleConfig
 
 SHAPE = (2, 3, 4, 4)
 NO_CLIP = ScheduleConfig(clip_denoised=False)
-from scheduler_checks import K, check_against, dummy_eps  # noqa: E402,F401
-
-
-def run_loop(sched, seed, shape=(2, 3, 8, 8), eps_fn=dummy_eps):
-    rng = np.random.default_rng(seed)
-    x = sched.init_noise(shape, rng)
-    for t in sched.timesteps:
-        x = sched.step(eps_fn(x, t), t, x, rng=rng).prev_sample
-    return x
+from scheduler_checks import check_against, dummy_eps, run_loop  # noqa: E402
 
 
 # --- timesteps and formulas ---------------------------------------------------

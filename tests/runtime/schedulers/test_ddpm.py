@@ -4,20 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.schedulers.ddpm import DDPMScheduler, StepOutput
+from runtime.schedulers.base import StepOutput
+from runtime.schedulers.ddpm import DDPMScheduler
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
 
 SHAPE = (2, 3, 4, 4)
 
-from scheduler_checks import K, check_against, dummy_eps  # noqa: E402,F401
-
-
-def run_loop(sched, seed, shape=(2, 3, 8, 8)):
-    rng = np.random.default_rng(seed)
-    x = sched.init_noise(shape, rng)
-    for t in sched.timesteps:
-        x = sched.step(dummy_eps(x, t), t, x, rng=rng).prev_sample
-    return x
+from scheduler_checks import check_against, dummy_eps, run_loop  # noqa: E402
 
 
 # --- schedule and formulas ----------------------------------------------------

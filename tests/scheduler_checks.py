@@ -40,3 +40,11 @@ def dummy_eps(x, t):
     return (0.9 * x + 0.1 * np.sin(t / 70.0)).astype(np.float32)
 
 
+def run_loop(sched, seed, shape=(2, 3, 8, 8), eps_fn=None):
+    """A whole chain: x_T from numpy.random.default_rng(seed), then one step per timestep."""
+    eps_fn = dummy_eps if eps_fn is None else eps_fn
+    rng = np.random.default_rng(seed)
+    x = sched.init_noise(shape, rng)
+    for t in sched.timesteps:
+        x = sched.step(eps_fn(x, t), t, x, rng=rng).prev_sample
+    return x
