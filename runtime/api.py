@@ -51,14 +51,17 @@ class Engine:
         self, num: int, seed: int = 0, steps: Optional[int] = None, method: str = "ddpm",
         eta: float = 0.0, spacing: str = "uniform", batch: Optional[int] = None,
         callback: Optional[StepCallback] = None, trajectory_frames: int = 0, progress: bool = False,
+        first_image: int = 0,
     ) -> SampleResult:
-        """Float samples [num, C, H, W] in [-1, 1] plus timing; see runtime.loop.sample."""
+        """Float samples [num, C, H, W] in [-1, 1] plus timing; see runtime.loop.sample.
+        Images first_image, ... of ``seed``: the same at any ``batch``."""
         if batch is None:
             batch = min(num, self.runner.max_batch)
         self.runner.__enter__()
         return sample(self.runner, self.image_shape, self.manifest["schedule"], num, seed=seed,
                       steps=steps, method=method, eta=eta, spacing=spacing, batch=batch,
-                      callback=callback, trajectory_frames=trajectory_frames, progress=progress)
+                      callback=callback, trajectory_frames=trajectory_frames, progress=progress,
+                      first_image=first_image)
 
     def sample(self, num: int, seed: int = 0, **kw) -> np.ndarray:
         """uint8 images [num, H, W, C]; keyword arguments as in sample_float."""

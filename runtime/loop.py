@@ -1,8 +1,10 @@
 """The sampling loop: scheduler + runner, with noise in the project's canonical order.
 
-One ``numpy.random.Generator(seed)`` serves the whole run, batch after batch:
-x_T first, then one z per step with noise (see ``runtime.schedulers.ddpm``). The PyTorch
-reference sampler fed the same draws gives the same chain (tests check it).
+Image i of a run draws all its noise from its own stream (``runtime.seeding``):
+x_T first, then one z per step with noise (see ``runtime.schedulers.ddpm``). So the
+images of a seed do not depend on the batch size, and images first_image, ... of a
+run are the same whether drawn alone or as part of a larger run. The PyTorch
+reference sampler fed the same streams gives the same chain (tests check it).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 from runtime.schedulers.ddim import SPACINGS, DDIMScheduler
 from runtime.schedulers.ddpm import DDPMScheduler
 from runtime.schedulers.schedule import ScheduleConfig
+from runtime.seeding import ImageStreams
 
 METHODS = ("ddpm", "ddim")
 
@@ -66,12 +69,15 @@ def sample(
     callback: Optional[StepCallback] = None,
     trajectory_frames: int = 0,
     progress: bool = False,
+    first_image: int = 0,
 ) -> SampleResult:
-    """Draw ``num`` images with ``runner`` (eps = runner(x_t, t)); see SampleResult."""
+    """Draw images first_image, ..., first_image + num - 1 of ``seed`` with ``runner``
+    (eps = runner(x_t, t)); see SampleResult. ``batch`` changes speed, not the images."""
     if num < 1 or batch < 1:
         raise ValueError(f"need num >= 1 and batch >= 1, got num={num}, batch={batch}")
+    if isinstance(first_image, bool) or not isinstance(first_image, (int, np.integer)) or first_image < 0:
+        raise ValueError(f"first_image={first_image!r}: expected an int >= 0 (the index of the first image)")
     sched = make_scheduler(schedule, method, steps, eta, spacing)
-    rng = np.random.default_rng(seed)
     timesteps = [int(t) for t in sched.timesteps]
     t_arrays: Dict[int, Dict[int, np.ndarray]] = {}
     out, trajectory = [], []
@@ -81,6 +87,7 @@ def sample(
     start = time.perf_counter()
     for b0 in range(0, num, batch):
         n = min(batch, num - b0)
+        rng = ImageStreams(seed, first_image + b0, n)
         x = sched.init_noise((n,) + tuple(image_shape), rng)
         ts = t_arrays.setdefault(n, {t: np.full((n,), t, dtype=np.int32) for t in timesteps})
         for i, t in enumerate(timesteps):

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--engine", required=True, help="NAME.onnx or NAME.plan (its NAME.json beside it)")
     p.add_argument("--num", type=int, default=64, help="number of images (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the numpy Generator (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed: image i draws its noise from its own stream (seed, i), so the "
+                   "images do not depend on --batch (default 0)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write (default samples.png)")
     add_method_args(p)
     p.add_argument("--batch", type=int, default=None,

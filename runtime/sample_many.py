@@ -31,10 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--shard-size", type=int, default=1000,
                    help="images per shard file: the most an interruption loses (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="run seed; shard k uses SeedSequence(seed, spawn_key=(k,)) (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="run seed: image i draws its noise from SeedSequence(seed, spawn_key=(i,)), "
+                   "so the shards hold the images of one single run (default 0)")
     p.add_argument("--batch", type=int, default=None,
                    help="images per engine call (default: min(shard size, the engine's max batch)); "
-                   "part of the configuration: it decides which noise each image gets")
+                   "changes the speed, not the images, so a resumed run may use another")
     add_method_args(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--npz", default=None,

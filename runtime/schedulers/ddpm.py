@@ -5,7 +5,8 @@ API shaped like diffusers' ``DDPMScheduler``: ``set_timesteps(n)``, a
 constants of ``runtime.schedulers.schedule``; arrays come back in the scheduler's ``dtype``.
 Noise order (shared by every sampler in the project): ``init_noise`` draws x_T
 first, then ``step`` draws one z per step with t > 0, in descending t, each as
-``rng.standard_normal(x_t.shape, dtype=np.float32)``.
+``rng.standard_normal(x_t.shape, dtype=np.float32)``. ``rng`` is a numpy Generator or
+a ``runtime.seeding.ImageStreams`` (one stream per image: what the sampling loop passes).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence
 import numpy as np
 
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
+from runtime.seeding import ImageStreams
 
 
 class StepOutput(NamedTuple):
@@ -53,10 +55,11 @@ def check_dtype(dtype: Any) -> np.dtype:
 
 
 def check_rng(rng: Any) -> None:
-    if rng is not None and not isinstance(rng, np.random.Generator):
+    if rng is not None and not isinstance(rng, (np.random.Generator, ImageStreams)):
         raise ValueError(
-            f"rng must be a numpy.random.Generator, got {type(rng).__name__}; "
-            f"create one with numpy.random.default_rng(seed)"
+            f"rng must be a numpy.random.Generator or runtime.seeding.ImageStreams, got "
+            f"{type(rng).__name__}; create one with runtime.seeding.ImageStreams(seed, first, n) "
+            f"(one stream per image) or numpy.random.default_rng(seed)"
         )
 
 
