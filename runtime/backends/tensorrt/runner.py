@@ -6,7 +6,7 @@ TensorRT's own "incompatible device" or a crash):
 1. the manifest's ``engine`` section (written by the build) is present;
 2. a usable CUDA device exists (``probe_cuda_device``). This comes before any
    TensorRT call: without a GPU, ``Runtime.deserialize_cuda_engine`` segfaults
-   (seen with the 11.4 lean runtime, see shared/DEPLOYMENT.md);
+   (seen with the 11.4 lean runtime, see docs/deployment.md);
 3. TensorRT imports: ``tensorrt``, or for a version-compatible plan also the
    lean runtime (``tensorrt_lean`` / ``tensorrt_lean_bindings``), which only
    runs version-compatible plans;

@@ -3,7 +3,7 @@
 The lean runtime wheels (tensorrt-lean-cu12-libs/-bindings) are real TensorRT
 runtime libraries: every attribute the runner touches (TRT_API) is looked up
 in them, not in a mock. Checks that could reach TensorRT's deserializer run in
-a subprocess: without a GPU it segfaults (shared/DEPLOYMENT.md).
+a subprocess: without a GPU it segfaults (docs/deployment.md, "Known failure modes").
 """
 import os
 import subprocess
