@@ -6,7 +6,10 @@ Prints, per sampling step at the given batch: one engine call; the noise z drawn
 as before this scheme (one Generator for the whole batch) and from the per-image
 streams; creating the batch's streams (once per chain), spread over a 50-step
 and a 1000-step chain; and the whole scheduler step (DDPM, streams included).
-Medians of interleaved repeats; needs only NumPy and ONNX Runtime.
+Medians of interleaved repeats; needs only NumPy and ONNX Runtime. ``--clock cpu``
+times with the process's CPU time instead of wall time: on a machine shared with
+other jobs it is much less disturbed by them (use --threads 1 with it, so the
+engine's CPU time is its own work, not threads spinning while they wait).
 """
 from __future__ import annotations
 
@@ -24,14 +27,18 @@ from runtime.seeding import ImageStreams
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _per_call(fn, n: int) -> float:
-    t0 = time.perf_counter()
+def _per_call(fn, n: int, clock) -> float:
+    t0 = clock()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - t0) / n
+    return (clock() - t0) / n
 
 
-def measure(engine_path, batch: int = 64, threads: int = 2, repeats: int = 7, n: int = 20) -> dict:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def measure(engine_path, batch: int = 64, threads: int = 2, repeats: int = 7, n: int = 20,
+            clock: str = "wall") -> dict:
     with runtime.load(engine_path, threads=threads) as eng:
         shape = (batch,) + tuple(eng.image_shape)
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
@@ -50,10 +57,10 @@ def measure(engine_path, batch: int = 64, threads: int = 2, repeats: int = 7, n:
         times = {k: [] for k in cases}
         for _ in range(repeats):  # interleaved, so a busy moment hits every case alike
             for k, fn in cases.items():
-                times[k].append(_per_call(fn, n))
+                times[k].append(_per_call(fn, n, CLOCKS[clock]))
     med = {k: statistics.median(v) for k, v in times.items()}
     call = med["engine_call"]
-    return {"engine": str(engine_path), "batch": batch, "threads": threads, "repeats": repeats,
+    return {"engine": str(engine_path), "batch": batch, "threads": threads, "repeats": repeats, "clock": clock,
             "seconds": med,
             "share_of_call": {
                 "noise_image_streams": med["noise_image_streams"] / call,
@@ -69,7 +76,7 @@ def format_table(r: dict) -> str:
     us = lambda v: f"{v * 1e6:.0f} us"  # noqa: E731
     return "\n".join([
         f"{Path(r['engine']).name}, batch {r['batch']}, {r['threads']} ONNX Runtime threads, "
-        f"medians of {r['repeats']} interleaved repeats",
+        f"{r['clock']} time, medians of {r['repeats']} interleaved repeats",
         "| per step | time | share of one engine call |",
         "|---|---|---|",
         f"| engine call | {s['engine_call'] * 1e3:.2f} ms | 100 % |",
@@ -92,8 +99,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64, help="images per step (default 64)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--repeats", type=int, default=7, help="interleaved repeats; the median is shown (default 7)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time (default) or this process's CPU time (steadier on a shared machine)")
     args = p.parse_args(argv)
-    print(format_table(measure(args.engine, args.batch, args.threads, args.repeats)))
+    print(format_table(measure(args.engine, args.batch, args.threads, args.repeats, clock=args.clock)))
     return 0
 
 

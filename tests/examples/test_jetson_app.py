@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "jetson_app" / "app.py"
@@ -82,3 +83,12 @@ def test_a_plan_that_cannot_run_here_falls_back_to_its_onnx(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot run the TensorRT plan")
     assert "pass --onnx" in proc.stderr
+
+
+def test_the_app_runs_on_jetpack_5_python_3_8():
+    vermin = shutil.which("vermin") or str(Path(sys.executable).parent / "vermin")
+    if not Path(vermin).exists():
+        pytest.skip("vermin not installed (pip install -e '.[test]')")
+    r = subprocess.run([vermin, "--no-tips", "--violations", "-t=3.8-", "--eval-annotations", "--backport",
+                        "typing", "--no-parse-comments", str(APP)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

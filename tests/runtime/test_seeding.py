@@ -85,3 +85,16 @@ def test_reference_sampler_on_the_same_streams_follows_the_runtime_chain(tiny_ex
     assert len(drift) == 1000
     print(f"runtime batch 1 vs reference batch {n}: largest drift of x_t over 1000 steps {max(drift):.2e}")
     assert max(drift) < 1e-3 and np.abs(res.images - ref.numpy()).max() < 1e-3
+
+
+def test_the_cost_benchmark_runs_and_prints_its_table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_seeding", ROOT / "scripts" / "bench_seeding.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.measure(ENGINE, batch=2, threads=1, repeats=1, n=2, clock="cpu")
+    assert set(r["share_of_call"]) >= {"noise_image_streams", "scheduler_step_streams"}
+    assert all(v >= 0 for v in r["seconds"].values()) and r["seconds"]["engine_call"] > 0
+    table = bench.format_table(r)
+    assert "z from per-image streams" in table and table.count("\n") == 8
