@@ -21,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample N images (e.g. 50,000 for FID) from a DDPM engine (.onnx or .plan) into "
         "OUT/shard-NNNNN.npz files (uint8 [n, H, W, C] under 'images'), each written atomically. "
         "An interrupted run loses at most the shard in progress: run the same command again and it "
-        "skips every finished shard, with identical results (each shard has its own seed derived "
-        "from --seed). OUT/run.json records the configuration; a different one is refused.",
+        "skips every finished shard, with identical results (every image has its own noise stream "
+        "derived from --seed and its index). OUT/run.json records the configuration; a different one is refused.",
         epilog="Read the result with runtime.shards.load_shards(OUT) -> uint8 [N, H, W, C], "
         "or pass --npz to also get one file.",
     )
