@@ -51,9 +51,11 @@ class Engine:
         self, num: int, seed: int = 0, steps: Optional[int] = None, method: str = "ddpm",
         eta: Optional[float] = None, spacing: Optional[str] = None, batch: Optional[int] = None,
         callback: Optional[StepCallback] = None, trajectory_frames: int = 0, progress: bool = False,
+        first_image: int = 0,
         **options: Any,
     ) -> SampleResult:
         """Float samples [num, C, H, W] in [-1, 1] plus timing; see runtime.loop.sample.
+        Images first_image, ... of ``seed``: the same at any ``batch``.
 
         method: any of runtime.METHODS; method options (order=, variant=, corrector=,
         karras=, clip=, ...) as keywords, see runtime.schedulers."""
@@ -65,7 +67,7 @@ class Engine:
             return sample(self.runner, self.image_shape, self.manifest["schedule"], num, seed=seed,
                           steps=steps, method=method, eta=eta, spacing=spacing, batch=batch,
                           callback=callback, trajectory_frames=trajectory_frames,
-                          progress=progress, **options)
+                          progress=progress, first_image=first_image, **options)
         finally:
             if opened_here:
                 self.runner.close()

@@ -1,8 +1,10 @@
 """The sampling loop: scheduler + runner, with noise in the project's canonical order.
 
-One ``numpy.random.Generator(seed)`` serves the whole run, batch after batch:
-x_T first, then one z per step with noise (see ``runtime.schedulers.ddpm``). The PyTorch
-reference sampler fed the same draws gives the same chain (tests check it).
+Image i of a run draws all its noise from its own stream (``runtime.seeding``):
+x_T first, then one z per step with noise (see ``runtime.schedulers.ddpm``). So the
+images of a seed do not depend on the batch size, and images first_image, ... of a
+run are the same whether drawn alone or as part of a larger run. The PyTorch
+reference sampler fed the same streams gives the same chain (tests check it).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 
 from runtime.limits import LOOP_BYTES_PER_VALUE, check_images_fit
 from runtime.schedulers import METHODS, make_scheduler
+from runtime.seeding import ImageStreams
 
 __all__ = ["METHODS", "make_scheduler", "NonFiniteError", "SampleResult", "StepCallback", "sample"]
 
@@ -46,9 +49,11 @@ def sample(
     callback: Optional[StepCallback] = None,
     trajectory_frames: int = 0,
     progress: bool = False,
+    first_image: int = 0,
     **options: Any,
 ) -> SampleResult:
-    """Draw ``num`` images with ``runner`` (eps = runner(x_t, t)); see SampleResult.
+    """Draw images first_image, ..., first_image + num - 1 of ``seed`` with ``runner``
+    (eps = runner(x_t, t)); see SampleResult. ``batch`` changes speed, not the images.
 
     method: a name in runtime.schedulers.METHODS; eta, spacing and ``options`` (order,
     variant, corrector, karras, clip, ...) are the method's, None = its default. A
@@ -56,9 +61,10 @@ def sample(
     """
     if num < 1 or batch < 1:
         raise ValueError(f"need num >= 1 and batch >= 1, got num={num}, batch={batch}")
+    if isinstance(first_image, bool) or not isinstance(first_image, (int, np.integer)) or first_image < 0:
+        raise ValueError(f"first_image={first_image!r}: expected an int >= 0 (the index of the first image)")
     check_images_fit(num, image_shape, LOOP_BYTES_PER_VALUE)  # all num images are returned at once
     sched = make_scheduler(schedule, method, steps, eta=eta, spacing=spacing, **options)
-    rng = np.random.default_rng(seed)
     timesteps = [int(t) for t in sched.timesteps]
     t_arrays: Dict[int, Dict[int, np.ndarray]] = {}
     out, trajectory = [], []
@@ -68,6 +74,7 @@ def sample(
     start = time.perf_counter()
     for b0 in range(0, num, batch):
         n = min(batch, num - b0)
+        rng = ImageStreams(seed, first_image + b0, n)
         x = sched.init_noise((n,) + tuple(image_shape), rng)
         ts = t_arrays.setdefault(n, {t: np.full((n,), t, dtype=np.int32) for t in timesteps})
         for i, t in enumerate(timesteps):

@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=64,
                    help="number of images, all held in memory (default 64); a number that cannot fit "
                    "is refused: use python -m runtime.sample_many for many")
-    p.add_argument("--seed", type=int, default=0, help="seed of the numpy Generator (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed: image i draws its noise from its own stream (seed, i), so the "
+                   "images do not depend on --batch (default 0)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write (default samples.png)")
     add_method_args(p)
     p.add_argument("--batch", type=int, default=None,

@@ -20,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample N images (e.g. 50,000 for FID) from a DDPM engine (.onnx or .plan) into "
         "OUT/shard-NNNNN.npz files (uint8 [n, H, W, C] under 'images'), each written atomically. "
         "An interrupted run loses at most the shard in progress: run the same command again and it "
-        "skips every finished shard, with identical results (each shard has its own seed derived "
-        "from --seed). OUT/run.json records the configuration; a different one is refused.",
+        "skips every finished shard, with identical results (every image has its own noise stream "
+        "derived from --seed and its index). OUT/run.json records the configuration; a different one is refused.",
         epilog="Read the result with runtime.shards.load_shards(OUT) -> uint8 [N, H, W, C], "
         "or pass --npz to also get one file.",
     )
@@ -30,10 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                    help=f"images per shard file: the most an interruption loses (default {DEFAULT_SHARD_SIZE})")
-    p.add_argument("--seed", type=int, default=0, help="run seed; shard k uses SeedSequence(seed, spawn_key=(k,)) (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="run seed: image i draws its noise from SeedSequence(seed, spawn_key=(i,)), "
+                   "so the shards hold the images of one single run (default 0)")
     p.add_argument("--batch", type=int, default=None,
                    help="images per engine call (default: min(shard size, the engine's max batch)); "
-                   "part of the configuration: it decides which noise each image gets")
+                   "changes the speed, not the images, so a resumed run may use another")
     add_method_args(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     add_allow_host_code_arg(p)

@@ -11,7 +11,7 @@ The folder OUT holds::
 
     run.json          the configuration, written first; a re-run must match it
     shard-00000.npz   images [0, S): "images" uint8 [n, H, W, C], "index_start",
-    shard-00001.npz   "seed" (the shard's own seed, see below)
+    shard-00001.npz   "seed" (the run's seed)
     ...
 
 Why shards: a run of hours is interrupted (Ctrl-C, preemption, a full disk);
@@ -20,12 +20,13 @@ skips every finished shard. Each shard is written atomically (temporary file +
 rename), so a shard file that exists is complete; one that does not load
 (damaged on disk, copied partially) is sampled again, with a warning.
 
-Why a seed per shard: shard k draws from its own ``numpy.random.Generator``
-seeded with ``shard_seed(seed, k)`` (``SeedSequence(seed, spawn_key=(k,))``),
-so its images depend only on the engine, the configuration and k: not on which
-shards already existed nor on the order they were made. A resumed run writes
-the same images as an uninterrupted one, and any shard can be redrawn alone:
-``engine.sample(n, seed=shard_seed(seed, k), batch=batch, ...)``.
+Why the images do not depend on the shards: every image draws its noise from
+its own stream, derived from (seed, global image index) (``runtime.seeding``), so
+shard k holds exactly images k*S, ... of one ``engine.sample(num, seed=seed)``
+run, whatever the shard size, the batch, which shards already existed or the
+order they were made. A resumed run writes the same images as an uninterrupted
+one, and any shard can be redrawn alone:
+``engine.sample(n, seed=seed, first_image=k * shard_size, ...)``.
 
 NumPy only (tqdm optional, for the progress bar); no torch.
 """
@@ -44,11 +45,13 @@ from runtime.schedulers import make_scheduler, resolve_options
 RUN_FILE = "run.json"
 SHARD_PATTERN = "shard-{:05d}.npz"
 FORMAT = "ddpm-export-shards"
-FORMAT_VERSION = 1
+# version 2: one noise stream per image (version 1 seeded each shard; its images differ)
+FORMAT_VERSION = 2
 # the keys of run.json's "config" that decide the images; a re-run must match every one
 DEFAULT_SHARD_SIZE = 1000  # images per shard file: the most an interruption loses
 INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
-CONFIG_KEYS = ("engine_sha256", "image_shape", "num", "shard_size", "seed", "batch",
+# (the batch is recorded but changes only the speed, so a resumed run may use another)
+CONFIG_KEYS = ("engine_sha256", "image_shape", "num", "shard_size", "seed",
                "method", "steps", "eta", "spacing", "options")
 _RESTART = ("re-run with that run's options to resume it, or choose another --out "
             "(or delete {out}) to start a new run")
@@ -56,11 +59,6 @@ _RESTART = ("re-run with that run's options to resume it, or choose another --ou
 
 class ShardsError(ValueError):
     """An output folder that cannot be resumed or read; the message says how to fix it."""
-
-
-def shard_seed(seed: int, k: int) -> int:
-    """The seed of shard k's Generator: independent streams for every (seed, k)."""
-    return int(np.random.SeedSequence(seed, spawn_key=(k,)).generate_state(1, np.uint64)[0])
 
 
 def shard_path(out_dir, k: int) -> Path:
@@ -88,8 +86,9 @@ def sample_shards(
     Shard k holds images [k*shard_size, min(num, (k+1)*shard_size)). Finished
     shards of an earlier run with the same configuration are kept; a different
     configuration in out_dir is refused (ShardsError). ``batch`` None means
-    min(shard_size, the engine's max batch); it is part of the configuration
-    because it decides which noise each image gets. Shows a progress bar over
+    min(shard_size, the engine's max batch); it changes the speed, not the
+    images (each image has its own noise stream), so a resumed run may use
+    another. Shows a progress bar over
     images (with tqdm and ``progress``), else logs one line per shard; logs a
     final throughput line. ``on_shard(k, path)`` runs after each shard is written.
 
@@ -133,12 +132,12 @@ def sample_shards(
         for k in todo:
             n = _shard_len(config, k)
             t0 = time.perf_counter()
-            res = engine.sample_float(n, seed=shard_seed(seed, k), steps=config["steps"],
+            res = engine.sample_float(n, seed=seed, first_image=k * shard_size, steps=config["steps"],
                                       method=method, eta=eta, spacing=spacing, **options,
                                       batch=config["batch"], callback=on_step if bar is not None else None)
             p = shard_path(out, k)
             save_npz(p, images=to_uint8(res.images), index_start=np.int64(k * shard_size),
-                     seed=np.uint64(shard_seed(seed, k)))
+                     seed=np.uint64(seed))
             images_sampled += n
             image_steps += res.image_steps
             if bar is None:
@@ -259,7 +258,8 @@ def _open_run(out: Path, config: Dict[str, Any], engine, n_shards: int) -> None:
                    "checkpoint_sha256": (manifest.get("source") or {}).get("checkpoint_sha256")},
         "shards": n_shards,
         "layout": "shard-NNNNN.npz: images uint8 [n, H, W, C] = images [k*shard_size, ...), "
-                  "index_start, seed = SeedSequence(seed, spawn_key=(k,)).generate_state(1, uint64)[0]",
+                  "index_start, seed; image i's noise stream: "
+                  "Generator(PCG64(SeedSequence(seed, spawn_key=(i,))))",
     })
 
 
@@ -281,6 +281,10 @@ def _read_run(out: Path) -> Dict[str, Any]:
     if d.get("format") != FORMAT or missing:
         raise ShardsError(f"{run}: not a {FORMAT} run file (format {d.get('format')!r}, missing "
                           f"{missing}); choose another --out or delete {out}")
+    if d.get("format_version") != FORMAT_VERSION:
+        raise ShardsError(f"{run}: format_version {d.get('format_version')!r}, expected {FORMAT_VERSION} "
+                          f"(version 1 runs seeded each shard, so their images differ from this "
+                          f"version's); choose another --out or delete {out} to sample it again")
     return d
 
 
@@ -304,9 +308,9 @@ def _read_shard(path: Path, k: int, config: Dict[str, Any], hwc) -> Tuple[Option
             f"is unreadable ({type(e).__name__}: {e})"
     if images.dtype != np.uint8 or images.shape != want:
         return None, f"holds {images.dtype} {images.shape}, expected uint8 {want}"
-    if start != k * config["shard_size"] or seed != shard_seed(config["seed"], k):
+    if start != k * config["shard_size"] or seed != config["seed"]:
         return None, (f"has index_start {start} and seed {seed}, expected "
-                      f"{k * config['shard_size']} and {shard_seed(config['seed'], k)}")
+                      f"{k * config['shard_size']} and {config['seed']}")
     return images, None
 
 

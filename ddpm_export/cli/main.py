@@ -102,7 +102,9 @@ def train(preset, data, out, steps, batch_size, lr, warmup, grad_clip, ema_decay
 @click.option("--out", default="samples.png", show_default=True, help="PNG grid of the samples.")
 @click.option("--num", type=int, default=64, show_default=True, help="Number of images.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch", type=int, default=64, show_default=True, help="Images per network call.")
+@click.option("--batch", type=int, default=64, show_default=True,
+              help="Images per network call; changes the speed, not the images (each image has "
+              "its own noise stream).")
 @click.option("--trajectory", default=None, help="Also write the x0-prediction trajectory "
               "(paper section 4.3, every 100 steps) of the first batch to this PNG.")
 @click.option("--npz", default=None, help="Also save the float samples [N, C, H, W] to this .npz.")

@@ -21,10 +21,11 @@ from runtime.shards import DEFAULT_SHARD_SIZE, INTERRUPTED
 @click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
               help="Images per shard file: the most an interruption loses.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Run seed; shard k uses SeedSequence(seed, spawn_key=(k,)).")
+              help="Run seed: image i draws its noise from SeedSequence(seed, spawn_key=(i,)), "
+              "so the shards hold the images of one single run.")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Images per engine call. Default: min(shard size, the engine's max batch). "
-              "Part of the configuration: it decides which noise each image gets.")
+              "Changes the speed, not the images, so a resumed run may use another.")
 @click.option("--method", default="ddpm", show_default=True,
               help=f"One of {', '.join(METHODS)}.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,

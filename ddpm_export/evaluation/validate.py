@@ -39,10 +39,12 @@ import torch
 
 from runtime.contract import sha256_file
 from runtime.schedulers.schedule import ScheduleConfig
+from runtime.seeding import ImageStreams
 
 from ddpm_export.evaluation.digits import DIGITS_SHAPE
 from ddpm_export.model.checkpoint import load_model
 from ddpm_export.model.diffusion import GaussianDiffusion
+from ddpm_export.model.reference_sampler import stream_noise
 
 FRAME_EVERY = 100  # progressive-generation frames: x0_hat at t = 900, 800, ..., 0
 
@@ -117,18 +119,16 @@ def trajectory(engine, model, schedule: ScheduleConfig, num: int = 4,
             frames.append((t, x0.copy()))
 
     res = engine.sample_float(num, seed=seed, batch=num, callback=on_engine_step)
-    rng = np.random.default_rng(seed)  # canonical order: x_T, then z for t = T-1..1
-    x_T = rng.standard_normal(shape, dtype=np.float32)
     T = schedule.num_timesteps
-    z = {t: rng.standard_normal(shape, dtype=np.float32) for t in range(T - 1, 0, -1)}
     drift: Dict[int, float] = {}
 
     def on_step(t, x):
         drift[t] = float(np.abs(got[t].astype(np.float64) - x.numpy()).max())
 
+    # the same per-image streams as the engine's run: images 0..num-1 of seed
     ref, ref_frames = GaussianDiffusion(schedule).sample(
-        model, shape, x_T=torch.from_numpy(x_T), noise=lambda t: torch.from_numpy(z[t]),
-        callback=on_step, trajectory_every=FRAME_EVERY)
+        model, shape, callback=on_step, trajectory_every=FRAME_EVERY,
+        **stream_noise(ImageStreams(seed, 0, num), shape))
     final = float(np.abs(res.images.astype(np.float64) - ref.numpy()).max())
     steps = sorted(drift, reverse=True)
     part = {"num_images": num, "final_max_abs": final,

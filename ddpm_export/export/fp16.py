@@ -5,7 +5,7 @@ comes from the ONNX graph, so FP16 has to be in the graph itself, with the parts
 that need float32 written as explicit Cast nodes. We get those Casts by
 exporting a PyTorch model whose islands call ``.float()`` / ``.half()``
 (converting an exported FP32 graph afterwards yields graphs ONNX Runtime
-refuses to load, see shared/DEPLOYMENT.md). FP32 islands:
+refuses to load, see docs/deployment.md). FP32 islands:
 
 - GroupNorm (statistics and affine): normalization is the main FP16 error
   source in diffusion U-Nets (mean/variance over H*W*C/G values).

@@ -1,8 +1,10 @@
-"""Batched sampling with the PyTorch reference, reproducible batch by batch.
+"""Batched sampling with the PyTorch reference, on the runtime's noise streams.
 
-Batch i of a run with seed s draws all its randomness from
-``torch.Generator().manual_seed(s * 100003 + i)``, so any one batch can be
-regenerated alone (the tests regenerate batch 0 of the shipped digits samples).
+Image i of a run with seed s draws x_T and every z from its own stream,
+``runtime.seeding.ImageStreams(s, i, 1)`` (the NumPy runtime uses the same), so
+the images do not depend on the batch size, any batch can be regenerated alone
+(the tests regenerate batch 0 of the shipped digits samples), and the runtime
+with the same seed follows the same chain up to the engine's rounding.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 
 from runtime.io import load_npz
 from runtime.schedulers.schedule import ScheduleConfig
+from runtime.seeding import ImageStreams
 
 from ddpm_export.model.diffusion import GaussianDiffusion
 
@@ -22,10 +25,6 @@ def load_samples_npz(path) -> np.ndarray:
     (read without unpickling; runtime.io.NpzError names the file)."""
     return load_npz(path, "samples written by 'ddpm-export sample --npz' or 'digits-score --save'",
                     keys=("samples",))["samples"]
-
-
-def batch_seed(seed: int, index: int) -> int:
-    return int(seed) * 100003 + int(index)
 
 
 def sample_images(
@@ -40,7 +39,9 @@ def sample_images(
     progress: bool = True,
     device: str = "cpu",
 ) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
-    """Draw ``num`` images [num, C, H, W] float32 in [-1, 1].
+    """Draw images 0..num-1 of ``seed`` [num, C, H, W] float32 in [-1, 1]
+    (batches first_batch, ... of ``batch_size`` when given: images from
+    first_batch * batch_size on).
 
     Returns the images and, when ``trajectory_every`` > 0, the x0-prediction
     trajectory of the first batch [(t, [b, C, H, W])].
@@ -60,11 +61,11 @@ def sample_images(
     model = model.to(device).eval()
     for i in range(first_batch, last):
         n = min(batch_size, num - i * batch_size)
-        g = torch.Generator().manual_seed(batch_seed(seed, i))
         shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
         x, traj = diffusion.sample(
-            _Counting(model, bar), shape, generator=g, device=device,
+            _Counting(model, bar), shape, device=device,
             trajectory_every=trajectory_every if i == first_batch else 0,
+            **stream_noise(ImageStreams(seed, i * batch_size, n), shape),
         )
         out.append(x.numpy())
         if traj:
@@ -72,6 +73,13 @@ def sample_images(
     if bar is not None:
         bar.close()
     return np.concatenate(out), trajectory
+
+
+def stream_noise(streams: ImageStreams, shape) -> dict:
+    """``x_T`` and ``noise`` for GaussianDiffusion.sample drawn from ``streams`` in the
+    runtime's order: x_T now, then z for t = T-1, ..., 1 as the chain asks for them."""
+    x_T = torch.from_numpy(streams.standard_normal(shape, dtype=np.float32))
+    return {"x_T": x_T, "noise": lambda t: torch.from_numpy(streams.standard_normal(shape, dtype=np.float32))}
 
 
 class _Counting(torch.nn.Module):

@@ -7,7 +7,7 @@ the pipeline layout). :func:`import_diffusers` reads it; :func:`config_from_diff
 :func:`schedule_from_diffusers` and :func:`diffusers_to_ours` translate the pieces, and
 :func:`config_to_diffusers` / :func:`ours_to_diffusers` go the other way.
 
-Name mapping (see REFERENCE.md): ``time_embedding.linear_{1,2}`` <-> ``temb.dense.{0,1}``,
+Name mapping (table in docs/numerics.md, "Weight names"): ``time_embedding.linear_{1,2}`` <-> ``temb.dense.{0,1}``,
 ``conv_norm_out`` <-> ``norm_out``, ``down_blocks.i.resnets.j`` <-> ``down.i.block.j``
 (``time_emb_proj`` <-> ``temb_proj``, ``conv_shortcut`` <-> ``nin_shortcut``),
 ``*.attentions.j.{group_norm,to_q,to_k,to_v,to_out.0}`` <-> ``*.attn.j.{norm,q,k,v,proj_out}``

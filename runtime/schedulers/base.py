@@ -13,6 +13,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from runtime.seeding import ImageStreams
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
 
 
@@ -52,10 +53,11 @@ def check_dtype(dtype: Any) -> np.dtype:
 
 
 def check_rng(rng: Any) -> None:
-    if rng is not None and not isinstance(rng, np.random.Generator):
+    if rng is not None and not isinstance(rng, (np.random.Generator, ImageStreams)):
         raise ValueError(
-            f"rng must be a numpy.random.Generator, got {type(rng).__name__}; "
-            f"create one with numpy.random.default_rng(seed)"
+            f"rng must be a numpy.random.Generator or runtime.seeding.ImageStreams, got "
+            f"{type(rng).__name__}; create one with runtime.seeding.ImageStreams(seed, first, n) "
+            f"(one stream per image) or numpy.random.default_rng(seed)"
         )
 
 

@@ -5,7 +5,8 @@ API shaped like diffusers' ``DDPMScheduler``: ``set_timesteps(n)``, a
 constants of ``runtime.schedulers.schedule``; arrays come back in the scheduler's ``dtype``.
 Noise order (shared by every sampler in the project): ``init_noise`` draws x_T
 first, then ``step`` draws one z per step with t > 0, in descending t, each as
-``rng.standard_normal(x_t.shape, dtype=np.float32)``.
+``rng.standard_normal(x_t.shape, dtype=np.float32)``. ``rng`` is a numpy Generator or
+a ``runtime.seeding.ImageStreams`` (one stream per image: what the sampling loop passes).
 """
 from __future__ import annotations
 

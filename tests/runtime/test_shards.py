@@ -13,8 +13,7 @@ import pytest
 
 import runtime
 from runtime import sample_many
-from runtime.shards import (ShardsError, load_shards, sample_shards, shard_path, shard_seed,
-                            write_merged)
+from runtime.shards import ShardsError, load_shards, sample_shards, shard_path, write_merged
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ROOT / "engines" / "digits.onnx"
@@ -52,7 +51,7 @@ def _arrays(path):
         return {k: z[k].tobytes() for k in z.files}
 
 
-def test_layout_and_each_shard_is_its_own_seeded_sample(engine, tmp_path, reference):
+def test_layout_and_shards_hold_the_images_of_one_single_run(engine, tmp_path, reference):
     summary, logs = _run(engine, tmp_path)
     assert _files(tmp_path) == ["run.json", "shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
     assert (summary["shards"], summary["sampled"], summary["skipped"]) == (3, 3, 0)
@@ -62,13 +61,42 @@ def test_layout_and_each_shard_is_its_own_seeded_sample(engine, tmp_path, refere
         with np.load(shard_path(tmp_path, k)) as z:
             assert z["images"].dtype == np.uint8 and z["images"].shape == (n, 16, 16, 1)
             assert int(z["index_start"]) == 4 * k
-            # any shard can be redrawn alone from its recorded seed
-            again = engine.sample(n, seed=int(z["seed"]), batch=4, method="ddim", steps=5)
+            # any shard can be redrawn alone from the run's seed and its first image
+            assert int(z["seed"]) == 0
+            again = engine.sample(n, seed=0, first_image=4 * k, batch=3, method="ddim", steps=5)
             np.testing.assert_array_equal(z["images"], again)
-    assert shard_seed(0, 0) != shard_seed(0, 1) != shard_seed(1, 1)
     images = load_shards(tmp_path)
     assert images.dtype == np.uint8 and images.shape == (10, 16, 16, 1)
     np.testing.assert_array_equal(images, reference)
+    # the shards path gives exactly the images of one single run (image index = global index)
+    single = engine.sample(10, seed=0, batch=10, method="ddim", steps=5)
+    np.testing.assert_array_equal(images, single)
+
+
+def test_shards_do_not_depend_on_shard_size_or_batch(engine, tmp_path, reference):
+    _run(engine, tmp_path / "a", shard_size=3, batch=1)
+    _run(engine, tmp_path / "b", shard_size=10, batch=7)
+    np.testing.assert_array_equal(load_shards(tmp_path / "a"), reference)
+    np.testing.assert_array_equal(load_shards(tmp_path / "b"), reference)
+
+
+def test_a_resumed_run_may_change_the_batch(engine, tmp_path, reference):
+    _run(engine, tmp_path, batch=4)
+    shard_path(tmp_path, 1).unlink()
+    summary, _ = _run(engine, tmp_path, batch=1)
+    assert (summary["sampled"], summary["skipped"]) == (1, 2)
+    np.testing.assert_array_equal(load_shards(tmp_path), reference)
+
+
+def test_a_version_1_run_is_refused_with_the_reason(engine, tmp_path):
+    import json
+
+    _run(engine, tmp_path)
+    run = json.loads((tmp_path / "run.json").read_text())
+    run["format_version"] = 1
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    with pytest.raises(ShardsError, match="format_version 1, expected 2.*seeded each shard"):
+        _run(engine, tmp_path)
 
 
 def test_a_second_run_is_identical_and_a_rerun_skips_everything(engine, tmp_path):
@@ -130,7 +158,7 @@ def test_a_damaged_shard_is_sampled_again_with_a_warning(engine, tmp_path, refer
     if damage == "truncated":
         p.write_bytes(p.read_bytes()[:100])
     else:
-        np.savez(p, images=np.zeros((3, 16, 16, 1), np.uint8), index_start=8, seed=shard_seed(0, 2))
+        np.savez(p, images=np.zeros((3, 16, 16, 1), np.uint8), index_start=8, seed=0)
     with pytest.raises(ShardsError, match="shard-00002.npz .*run the same sample-many command again"):
         load_shards(tmp_path)
     summary, logs = _run(engine, tmp_path)
@@ -143,7 +171,6 @@ def test_a_damaged_shard_is_sampled_again_with_a_warning(engine, tmp_path, refer
     (dict(seed=1), "seed 1 asked, 0 in its run.json"),
     (dict(num=12), "num 12 asked, 10 in its run.json"),
     (dict(steps=6), "steps 6 asked, 5 in its run.json"),
-    (dict(batch=2), "batch 2 asked, 4 in its run.json"),
 ])
 def test_a_different_configuration_is_refused(engine, tmp_path, change, expect):
     _run(engine, tmp_path)

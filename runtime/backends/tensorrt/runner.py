@@ -8,7 +8,7 @@ TensorRT's own "incompatible device" or a crash):
    the host code it embeds (``allow_host_code=True``, see below);
 2. a usable CUDA device exists (``probe_cuda_device``). This comes before any
    TensorRT call: without a GPU, ``Runtime.deserialize_cuda_engine`` segfaults
-   (seen with the 11.4 lean runtime);
+   (seen with the 11.4 lean runtime, see docs/deployment.md);
 3. TensorRT imports: ``tensorrt``, or for a version-compatible plan also the
    lean runtime (``tensorrt_lean`` / ``tensorrt_lean_bindings``), which only
    runs version-compatible plans;

@@ -4,7 +4,8 @@ The lean runtime wheels (tensorrt-lean-cu12-libs/-bindings) are real TensorRT
 runtime libraries: every attribute the runner touches (TRT_API) is looked up
 in them, not in a mock, and in the name lists extracted from TensorRT's binding
 sources at 8.5.3, 8.6.1 and 10.3 (trt_api/, scripts/trt_api_names.py). Checks that
-could reach TensorRT's deserializer run in a subprocess: without a GPU it segfaults.
+could reach TensorRT's deserializer run in a subprocess: without a GPU it segfaults
+(docs/deployment.md, "Known failure modes").
 """
 import os
 import subprocess

@@ -1,0 +1,173 @@
+"""A small program that embeds the ddpm-export runtime: the starting point of a Jetson app.
+
+It loads an engine once, then samples on request and reports each request's
+latency and memory. Given a TensorRT plan (NAME.plan) it runs the plan; when
+TensorRT or a CUDA GPU is missing, or the plan was built for another TensorRT or
+GPU, it says why and falls back to ONNX Runtime on the ONNX export of the same
+model (NAME.onnx next to the plan, or --onnx).
+
+    python3 examples/jetson_app/app.py --engine engines/cifar10-fp16.plan --requests 3
+    python3 examples/jetson_app/app.py --engine engines/digits.onnx --num 4 --method ddim --steps 20
+    echo "8 42" | python3 examples/jetson_app/app.py --engine engines/digits.onnx --stdin
+
+With --stdin each input line is one request "NUM [SEED]". The last line printed
+is a JSON summary (machine-readable). Needs only the runtime's dependencies
+(NumPy, a backend, Pillow for --out); Python >= 3.8 (JetPack 5).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+try:
+    import runtime
+except ImportError:  # run from a checkout without installing: the repo root is two levels up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    import runtime
+
+from runtime.api import TRT_SUFFIXES
+from runtime.backends.onnxrt import BackendMissing as OrtMissing
+from runtime.backends.tensorrt import BackendMissing as TrtMissing
+from runtime.backends.tensorrt import NoCudaDevice
+from runtime.backends.tensorrt.compat import EngineMismatch
+from runtime.io import make_grid, save_png, to_uint8
+from runtime.loop import METHODS
+
+# why a plan cannot run on this machine: then ONNX Runtime takes over
+PLAN_UNAVAILABLE = (TrtMissing, NoCudaDevice, EngineMismatch)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class SamplerApp:
+    """Load once (``open``), sample on request (``handle``), close at the end."""
+
+    def __init__(self, engine_path: str, onnx_fallback: Optional[str] = None, threads: Optional[int] = None,
+                 log=lambda s: print(s, file=sys.stderr)):
+        self.engine_path = Path(engine_path)
+        self.onnx_fallback = Path(onnx_fallback) if onnx_fallback else self.engine_path.with_suffix(".onnx")
+        self.threads = threads
+        self.log = log
+        self.engine = None
+        self.backend: Optional[str] = None
+        self.fallback_reason: Optional[str] = None
+        self.load_seconds = 0.0
+
+    def open(self) -> "SamplerApp":
+        t0 = time.perf_counter()
+        if self.engine_path.suffix in TRT_SUFFIXES:
+            try:
+                self.engine = runtime.load(self.engine_path).__enter__()
+            except PLAN_UNAVAILABLE as e:
+                self.fallback_reason = f"{type(e).__name__}: {e}"
+                if not self.onnx_fallback.is_file():
+                    raise RuntimeError(
+                        f"cannot run the TensorRT plan {self.engine_path} ({self.fallback_reason}), "
+                        f"and there is no ONNX export to fall back to at {self.onnx_fallback}: copy "
+                        f"NAME.onnx next to the plan or pass --onnx") from None
+                self.log(f"warning: the TensorRT plan {self.engine_path} cannot run here "
+                         f"({self.fallback_reason}); falling back to ONNX Runtime on {self.onnx_fallback} "
+                         f"(same manifest; slower, and CPU-only unless onnxruntime-gpu is installed)")
+        if self.engine is None:
+            path = self.onnx_fallback if self.fallback_reason else self.engine_path
+            self.engine = runtime.load(path, threads=self.threads).__enter__()
+        self.backend = str(getattr(self.engine.runner, "backend", "?"))
+        self.load_seconds = time.perf_counter() - t0
+        return self
+
+    def handle(self, num: int, seed: int, **sample_kw: Any) -> Dict[str, Any]:
+        """One request: ``num`` uint8 images [num, H, W, C] for ``seed``, with latency and memory."""
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        try:
+            res = self.engine.sample_float(num, seed=seed, **sample_kw)
+            images = to_uint8(res.images)
+            seconds = time.perf_counter() - t0
+            _, traced_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return {"images": images, "num": num, "seed": seed, "latency_s": seconds,
+                "images_per_s": num / seconds, "network_calls": res.network_calls,
+                "ms_per_call": 1e3 * res.seconds / max(res.network_calls, 1),
+                "python_heap_peak_mb": traced_peak / 2**20, "peak_rss_mb": peak_rss_mb()}
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.__exit__(None, None, None)
+            self.engine = None
+
+
+def _requests(args) -> List[Dict[str, int]]:
+    if not args.stdin:
+        return [{"num": args.num, "seed": args.seed + k} for k in range(args.requests)]
+    out = []
+    for line in sys.stdin:
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            num, seed = int(parts[0]), int(parts[1]) if len(parts) > 1 else args.seed
+        except ValueError:
+            raise ValueError(f"request line {line.strip()!r}: expected 'NUM [SEED]', e.g. '8 42'") from None
+        out.append({"num": num, "seed": seed})
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Embed the ddpm-export runtime: load once, sample on request, "
+                                "report latency and memory; a .plan falls back to its .onnx when TensorRT "
+                                "or the GPU is missing.")
+    p.add_argument("--engine", required=True, help="NAME.plan (TensorRT) or NAME.onnx (ONNX Runtime)")
+    p.add_argument("--onnx", default=None, help="ONNX export to fall back to (default: NAME.onnx next to the plan)")
+    p.add_argument("--num", type=int, default=4, help="images per request (default 4)")
+    p.add_argument("--requests", type=int, default=3, help="number of requests without --stdin (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first request; request k uses seed + k (default 0)")
+    p.add_argument("--stdin", action="store_true", help="read requests 'NUM [SEED]' from standard input, one a line")
+    p.add_argument("--method", choices=METHODS, default="ddim", help="sampler (default ddim)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--batch", type=int, default=None, help="images per engine call (default: min(num, engine max)); "
+                   "does not change the images")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: ONNX Runtime's)")
+    p.add_argument("--out", default=None, help="folder for one PNG grid per request (needs Pillow)")
+    args = p.parse_args(argv)
+    if args.num < 1 or args.requests < 1:
+        p.error(f"--num and --requests must be >= 1, got {args.num} and {args.requests}")
+
+    app = SamplerApp(args.engine, args.onnx, threads=args.threads)
+    try:
+        app.open()
+        print(f"loaded {args.engine if not app.fallback_reason else app.onnx_fallback} "
+              f"({app.backend}) in {app.load_seconds:.2f} s; peak RSS {peak_rss_mb():.0f} MB")
+        rows = []
+        for k, req in enumerate(_requests(args)):
+            r = app.handle(req["num"], req["seed"], method=args.method, steps=args.steps, batch=args.batch)
+            if args.out:
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                save_png(make_grid(r["images"]), Path(args.out) / f"request-{k:03d}.png", scale=4)
+            print(f"request {k}: {r['num']} images, seed {r['seed']}: {1e3 * r['latency_s']:.0f} ms "
+                  f"({r['images_per_s']:.1f} images/s, {r['network_calls']} engine calls, "
+                  f"{r['ms_per_call']:.2f} ms each); Python heap peak {r['python_heap_peak_mb']:.1f} MB, "
+                  f"process peak RSS {r['peak_rss_mb']:.0f} MB")
+            rows.append({k2: v for k2, v in r.items() if k2 != "images"})
+    except (OSError, ValueError, RuntimeError, OrtMissing) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 1
+    finally:
+        app.close()
+    print(json.dumps({"engine": str(args.engine), "backend": app.backend,
+                      "fallback_reason": app.fallback_reason, "load_s": app.load_seconds,
+                      "requests": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""examples/jetson_app/app.py runs as a user would run it: on the shipped ONNX engine,
+and, given a TensorRT plan this machine cannot run, by falling back to its ONNX export."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "examples" / "jetson_app" / "app.py"
+ENGINE = ROOT / "engines" / "digits.onnx"
+FAST = ["--num", "2", "--requests", "2", "--steps", "3", "--threads", "1"]
+
+
+def _run(*args, stdin=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's runtime, not an installed one
+    return subprocess.run([sys.executable, str(APP), *map(str, args)], input=stdin, capture_output=True,
+                          text=True, env=env, timeout=300, cwd=str(ROOT))
+
+
+def _summary(proc):
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_samples_on_request_and_reports_latency_and_memory(tmp_path):
+    proc = _run("--engine", ENGINE, *FAST, "--out", tmp_path)
+    s = _summary(proc)
+    assert s["backend"] == "onnxruntime" and s["fallback_reason"] is None
+    assert [r["seed"] for r in s["requests"]] == [0, 1]
+    for r in s["requests"]:
+        assert r["num"] == 2 and r["network_calls"] == 3 and r["latency_s"] > 0
+        assert r["peak_rss_mb"] > 10 and r["python_heap_peak_mb"] > 0
+    assert "request 1: 2 images, seed 1:" in proc.stdout and "peak RSS" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["request-000.png", "request-001.png"]
+
+
+def test_a_request_gives_the_images_of_the_runtime_api():
+    import runtime
+
+    proc = _run("--engine", ENGINE, "--stdin", "--steps", "3", "--threads", "1", stdin="3 42\n\n1 7\n")
+    s = _summary(proc)
+    assert [(r["num"], r["seed"]) for r in s["requests"]] == [(3, 42), (1, 7)]
+    # the app's first request, redrawn through the API: same sampler, same seed, same images
+    sys.path.insert(0, str(APP.parent))
+    try:
+        import app
+    finally:
+        sys.path.remove(str(APP.parent))
+    a = app.SamplerApp(str(ENGINE), threads=1).open()
+    try:
+        got = a.handle(3, 42, method="ddim", steps=3)["images"]
+    finally:
+        a.close()
+    with runtime.load(ENGINE, threads=1) as engine:
+        np.testing.assert_array_equal(got, engine.sample(3, seed=42, method="ddim", steps=3))
+
+
+def test_a_plan_that_cannot_run_here_falls_back_to_its_onnx(tmp_path):
+    onnx = tmp_path / "digits.onnx"
+    shutil.copy(ENGINE, onnx)
+    m = json.loads(ENGINE.with_suffix(".json").read_text())
+    # a plan from a TensorRT version no machine has: whatever this machine has (no GPU, no
+    # TensorRT, or another TensorRT), the runtime refuses it before deserializing
+    m["engine"] = {"section_version": 1, "tensorrt_version": "0.0.1", "device_name": "Orin",
+                   "compute_capability": "8.7", "precision": "fp32", "precision_mode": "fp32",
+                   "version_compatible": False, "profiles": [{"min": 1, "opt": 8, "max": 64}],
+                   "hardware_compatibility": "none", "plan_sha256": None}
+    (tmp_path / "digits.json").write_text(json.dumps(m))
+    (tmp_path / "digits.plan").write_bytes(b"not a real plan")
+    proc = _run("--engine", tmp_path / "digits.plan", *FAST)
+    s = _summary(proc)
+    assert s["backend"] == "onnxruntime" and s["fallback_reason"]
+    assert "falling back to ONNX Runtime on" in proc.stderr and str(onnx) in proc.stderr
+    assert len(s["requests"]) == 2
+
+    onnx.unlink()  # nothing to fall back to: one clear line, exit 1
+    proc = _run("--engine", tmp_path / "digits.plan", *FAST)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot run the TensorRT plan")
+    assert "pass --onnx" in proc.stderr
+
+
+def test_the_app_runs_on_jetpack_5_python_3_8():
+    vermin = shutil.which("vermin") or str(Path(sys.executable).parent / "vermin")
+    if not Path(vermin).exists():
+        pytest.skip("vermin not installed (pip install -e '.[test]')")
+    r = subprocess.run([vermin, "--no-tips", "--violations", "-t=3.8-", "--eval-annotations", "--backport",
+                        "typing", "--no-parse-comments", str(APP)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
