@@ -8,25 +8,15 @@ sigma > 0, each ``rng.standard_normal(x_t.shape, dtype=np.float32)``.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
-from runtime.schedulers.base import (
-    clip_unit,
-    StepOutput,
-    check_dtype,
-    check_num_steps,
-    check_rng,
-    draw_noise,
-    init_noise,
-    leading_timesteps,
-    q_sample,
-    step_inputs,
-)
-from runtime.schedulers.schedule import Schedule, ScheduleConfig
+from runtime.schedulers.base import Scheduler, StepOutput, clip_unit, draw_noise, leading_timesteps
+from runtime.schedulers.schedule import ScheduleConfig
 
-SPACINGS = ("uniform", "quadratic")
+SPACINGS = ("uniform", "quadratic")  # the first is the default
+DEFAULT_STEPS = 50  # DDIM steps when none are asked for (the DDIM paper's and diffusers' usual)
 
 
 def quadratic_timesteps(num_inference_steps: int, num_timesteps: int) -> np.ndarray:
@@ -41,7 +31,7 @@ def quadratic_timesteps(num_inference_steps: int, num_timesteps: int) -> np.ndar
     return np.unique(t)[::-1].copy()
 
 
-class DDIMScheduler:
+class DDIMScheduler(Scheduler):
     """DDIM over a subset of the T training timesteps.
 
     eta: 0 = deterministic DDIM, 1 = DDPM-like posterior noise (sigma of eq. 16).
@@ -63,7 +53,7 @@ class DDIMScheduler:
         self,
         schedule_config: ScheduleConfig = ScheduleConfig(),
         eta: float = 0.0,
-        spacing: str = "uniform",
+        spacing: str = SPACINGS[0],
         use_clipped_model_output: bool = True,
         clip: Optional[bool] = None,
         dtype: Any = np.float32,
@@ -75,29 +65,19 @@ class DDIMScheduler:
             )
         if spacing not in SPACINGS:
             raise ValueError(f"spacing={spacing!r} is unknown: expected one of {SPACINGS}")
-        self.config = schedule_config
-        self.schedule = Schedule(schedule_config)
-        self.num_train_timesteps = self.schedule.num_timesteps
+        super().__init__(schedule_config, dtype)
         self.eta = float(eta)
         self.spacing = spacing
         self.use_clipped_model_output = bool(use_clipped_model_output)
         self.clip = schedule_config.clip_denoised if clip is None else bool(clip)
-        self.dtype = check_dtype(dtype)
         self.set_timesteps(None)
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None) -> None:
-        """N steps (None = all T) with this scheduler's spacing; ``timesteps`` is descending."""
-        s, T = self.schedule, self.num_train_timesteps
-        n = T if num_inference_steps is None else check_num_steps(num_inference_steps, T)
-        self.num_inference_steps = n
+    def _timesteps(self, num_inference_steps: int, num_timesteps: int) -> np.ndarray:
         if self.spacing == "uniform":
-            self.timesteps = leading_timesteps(n, T)
-        else:
-            self.timesteps = quadratic_timesteps(n, T)
-        t = self.timesteps
-        prev = np.append(t[1:], -1)
-        abar = s.alphas_cumprod[t]
-        abar_prev = np.where(prev >= 0, s.alphas_cumprod[np.maximum(prev, 0)], 1.0)
+            return leading_timesteps(num_inference_steps, num_timesteps)
+        return quadratic_timesteps(num_inference_steps, num_timesteps)
+
+    def _set_coefficients(self, t, prev, abar, abar_prev) -> None:
         # eq. (16): sigma_t(eta) = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev)
         sigma = self.eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar))
         sigma = sigma * np.sqrt(1.0 - abar / abar_prev)
@@ -107,28 +87,11 @@ class DDIMScheduler:
         self._sqrt_abar_prev = np.sqrt(abar_prev)
         # max(., 0) only guards rounding: 1 - abar_prev - sigma^2 >= 0 for eta <= 1
         self._dir_coef = np.sqrt(np.maximum(1.0 - abar_prev - sigma**2, 0.0))
-        self._sqrt_recip = s.sqrt_recip_alphas_cumprod[t]
-        self._sqrt_recipm1 = s.sqrt_recipm1_alphas_cumprod[t]
-        self._index = {int(v): i for i, v in enumerate(t)}
 
-    def step(
-        self,
-        eps: np.ndarray,
-        t: int,
-        x_t: np.ndarray,
-        rng: Optional[np.random.Generator] = None,
-        noise: Optional[np.ndarray] = None,
-    ) -> StepOutput:
-        """One DDIM step x_t -> x_{t'} (t' = the next entry of ``timesteps``).
-
-        eps: eps_theta(x_t, t), [N, C, H, W] float32/float64; x_t: same shape.
-        rng / noise: where z comes from when sigma_t > 0 (eta > 0, not the last step).
-        Returns StepOutput(prev_sample, pred_original_sample) in ``self.dtype``.
-        """
-        i, t, eps, x_t = step_inputs(eps, t, x_t, self._index)
-        check_rng(rng)
-        # 1. "predicted x0" of eq. (12): (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
-        x0 = self._sqrt_recip[i] * x_t - self._sqrt_recipm1[i] * eps
+    def _finish_step(self, i: int, t: int, eps: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
+                     rng: Optional[np.random.Generator], noise: Optional[np.ndarray]) -> StepOutput:
+        """Eq. (12)'s step x_t -> x_{t'} from the "predicted x0" (not yet clipped); z (from rng
+        or noise) is added when sigma_t > 0 (eta > 0, not the last step)."""
         # 2. clip x0_hat (diffusers clip_sample); re-derive eps from it (eq. (12) solved for
         #    eps at the clipped x0: the direction term then agrees with the x0 used)
         if self.clip:
@@ -140,12 +103,3 @@ class DDIMScheduler:
         if self._sigma[i] > 0:
             prev = prev + self._sigma[i] * draw_noise(rng, noise, x_t.shape, t)
         return StepOutput(prev.astype(self.dtype), x0.astype(self.dtype))
-
-    def add_noise(self, x0: np.ndarray, noise: np.ndarray, t: Any) -> np.ndarray:
-        """q_sample, DDPM eq. (4). x0, noise: [N, ...]; t: int or [N] ints. Returns ``dtype``."""
-        return q_sample(self.schedule, x0, noise, t).astype(self.dtype)
-
-    @staticmethod
-    def init_noise(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-        """x_T ~ N(0, I): rng.standard_normal(shape, float32), the first draw of a chain."""
-        return init_noise(shape, rng)
