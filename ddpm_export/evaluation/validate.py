@@ -327,9 +327,9 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
             log(f"{name}: one step at batches {b_list}, every {t_stride} timesteps")
             if onnx_ref is not None:
                 with onnx_ref:
-                    steps = one_step(engine, model, schedule.num_timesteps, t_stride, b_list, seed, onnx_ref)
+                    one = one_step(engine, model, schedule.num_timesteps, t_stride, b_list, seed, onnx_ref)
             else:
-                steps = one_step(engine, model, schedule.num_timesteps, t_stride, b_list, seed)
+                one = one_step(engine, model, schedule.num_timesteps, t_stride, b_list, seed)
             traj = None
             if trajectory_images:
                 log(f"{name}: one {method} trajectory of {trajectory_images} images")
@@ -345,7 +345,7 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
         fp16 = m["precision"] == "fp16"
         eps_limit = thresholds.eps_fp16 if fp16 else thresholds.eps_fp32
         final_limit = thresholds.final_fp16 if fp16 else thresholds.final_fp32
-        eps_max = max(r["max_abs"] for r in steps)
+        eps_max = max(r["max_abs"] for r in one)
         checks = {"eps_max_abs": {"value": eps_max, "limit": eps_limit, "passed": eps_max <= eps_limit}}
         if traj is not None:
             checks["final_max_abs"] = {"value": traj["final_max_abs"], "limit": final_limit,
@@ -353,7 +353,7 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
         report["engines"].append({
             "engine": str(path), "name": name, "precision": m["precision"], "backend": engine.runner.backend,
             "onnx_reference": None if onnx_ref is None else str(onnx_ref.runner.path),
-            "one_step": steps, "trajectory": traj, "checks": checks,
+            "one_step": one, "trajectory": traj, "checks": checks,
         })
     if samples:
         log(f"reference: {samples} samples" + (f" from {reference_samples_path}" if reference_samples_path

@@ -164,9 +164,11 @@ def test_distribution_gate_passes_good_samples_and_fails_damaged_ones(shipped_sa
     assert rep["checks"]["good"]["frechet_excess"]["passed"] is True
     for name in damaged:
         assert rep["checks"][name]["frechet_excess"]["passed"] is False, name
-    # the floor: held-out real digits are closer to real digits than any model's samples
+    # the floor (449 held-out real digits vs the other 450) is far below any damaged set's
+    # distance; a good model's 250 samples can land on either side of it by sampling noise
+    # (seen: 2.9 vs a floor of 3.8), so the floor is not asserted to be below them
     floor = rep["sets"]["real (held-out, floor)"]["frechet_to_real"]
-    assert 0 < floor < rep["sets"]["good"]["frechet_to_real"]
+    assert 0 < floor < min(rep["sets"][name]["frechet_to_real"] for name in damaged) / 5
 
 
 def test_distribution_level_says_when_it_is_skipped():

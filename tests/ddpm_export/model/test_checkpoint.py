@@ -60,8 +60,8 @@ from ddpm_export.model.checkpoint import (  # noqa: E402
     convert_checkpoint,
     load_safetensors,
     save_safetensors,
-    sha256_file,
 )
+from runtime.io import sha256_file  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 

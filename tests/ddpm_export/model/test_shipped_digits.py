@@ -3,9 +3,9 @@
 engines/digits_samples.npz holds 500 reference samples drawn from it by
 ``ddpm-export digits-score --checkpoint engines/digits.pt --num 500 --seed 0
 --batch 25 --save engines/digits_samples.npz``. Regenerating all 500 takes
-minutes (slow test); the default run regenerates the first images of batch 0
-(with batch 0's exact noise) to prove the stored samples come from this model
-and this sampler, then scores all 500.
+minutes (slow test); the default run regenerates the first images (each image's
+noise is its own stream, so any batch gives them) to prove the stored samples come
+from this model and this sampler, then scores all 500.
 """
 from pathlib import Path
 
@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from ddpm_export.model.checkpoint import load_model
-from ddpm_export.model.diffusion import GaussianDiffusion
 from ddpm_export.evaluation.digits import digits_report, train_digits_classifier
-from ddpm_export.model.reference_sampler import batch_seed, sample_images
+from ddpm_export.model.reference_sampler import sample_images
 from runtime.schedulers.schedule import ScheduleConfig
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -45,22 +44,18 @@ def test_provenance_records_how_it_was_made(shipped):
     assert samples.shape == (500, 1, 16, 16)
 
 
-REGENERATED = 4  # of batch 0's images: the network cost is per image, the noise is batch 0's
+REGENERATED = 4  # the network cost is per image; each image's noise is its own stream
 
 
 def test_stored_samples_regenerate(shipped):
-    """Batch 0's noise drawn exactly as sample_images draws it (x_T, then z for t = T-1..1,
-    each for the whole batch), the chain run on its first REGENERATED images only."""
+    """Images 0..REGENERATED-1 of the stored run's seed: with per-image noise streams they are
+    the same at any batch size, so a small batch regenerates them exactly."""
     model, ckpt, samples, seed, batch = shipped
     k = REGENERATED
-    g = torch.Generator().manual_seed(batch_seed(seed, 0))
-    shape = (batch,) + tuple(samples.shape[1:])
-    x_T = torch.randn(shape, generator=g, dtype=torch.float32)[:k]
-    x, _ = GaussianDiffusion(ScheduleConfig.from_dict(ckpt["schedule_config"])).sample(
-        model, (k,) + shape[1:], x_T=x_T,
-        noise=lambda t: torch.randn(shape, generator=g, dtype=torch.float32)[:k])
-    diff = np.abs(x.numpy() - samples[:k]).max()
-    print(f"regenerated {k} images of batch 0: max abs difference {diff:.2e}")
+    x, _ = sample_images(model, ScheduleConfig.from_dict(ckpt["schedule_config"]), k,
+                         seed=seed, batch_size=k, progress=False)
+    diff = np.abs(x - samples[:k]).max()
+    print(f"regenerated images 0..{k - 1} (stored with batch {batch}): max abs difference {diff:.2e}")
     # Same code, same noise: identical up to float32 rounding, which depends on the CPU's
     # SIMD paths and the batch size; 1000 chained network calls let it grow slightly.
     assert diff < 1e-2, diff
