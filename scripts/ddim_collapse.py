@@ -28,16 +28,28 @@ def main() -> None:
     p.add_argument("--steps", default="20,100,1000")
     p.add_argument("--seeds", default="0")
     p.add_argument("--json", default=None, help="write every variant's result here")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the runs already in --json (same engine and --samples) and sample only the rest")
     a = p.parse_args()
     steps = [int(v) for v in a.steps.split(",")]
     seeds = [int(v) for v in a.seeds.split(",")]
     out = {}
+    earlier = {}
+    if a.resume and a.json and Path(a.json).exists():
+        earlier = json.loads(Path(a.json).read_text())
+        if any(r["num"] != a.samples or r["engine"] != a.engine for r in earlier.values()):
+            raise SystemExit(f"{a.json}: made with another engine or --samples; drop --resume or pick another --json")
     for name, opts in VARIANTS.items():
-        r = steps_table(a.engine, a.samples, steps, ["ddim"], seeds, options={"ddim": opts},
-                        log=lambda s, name=name: print(f"[{name}] {s}", flush=True))
-        out[name] = r
-        if a.json:  # after every variant: an interrupted run keeps what it measured
-            Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+        done = earlier.get(name, {}).get("runs", ())
+
+        def save(r, name=name):  # after every run: an interrupted run keeps what it measured
+            out[name] = r
+            if a.json:
+                Path(a.json).write_text(json.dumps({**earlier, **out}, indent=2) + "\n")
+
+        r = steps_table(a.engine, a.samples, steps, ["ddim"], seeds, options={"ddim": opts}, done=done,
+                        log=lambda s, name=name: print(f"[{name}] {s}", flush=True), on_run=save)
+        save(r)
     print(f"| DDIM (eta 0), {a.samples} samples, seeds {seeds} | " + " | ".join(f"{n} steps" for n in steps) + " |")
     print("|---|" + "---|" * len(steps))
     for name, r in out.items():

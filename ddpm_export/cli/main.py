@@ -11,6 +11,7 @@ import sys
 import click
 
 from ddpm_export.cli.defaults import library_option
+from ddpm_export.cli.options import allow_host_code_option
 from ddpm_export.model.config import PRESETS
 from runtime.contract import DEFAULT_BATCH_RANGE
 
@@ -353,10 +354,11 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_
 @click.option("--steps", "method_steps", type=click.IntRange(min=1), default=None,
               help="Steps of --method (default: the method's).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@allow_host_code_option
 def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, samples, reference_samples,
              inception_weights, onnx_reference, eps_atol_fp32, eps_atol_fp16, final_atol_fp32, fd_excess,
              confident_ratio, likelihood_images, likelihood_t_samples, nll_atol, seed, force, method,
-             method_steps, no_progress):
+             method_steps, no_progress, allow_host_code):
     """Compare engines with the PyTorch reference on four levels.
 
     \b
@@ -391,7 +393,8 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
         trajectory_images=trajectory_images, samples=samples, reference_samples_path=reference_samples,
         inception_weights=inception_weights, onnx_reference=onnx_reference, seed=seed, force=force,
         progress=not no_progress, log=lambda s: click.echo(s, err=True), likelihood_images=likelihood_images,
-        likelihood_t_samples=likelihood_t_samples or None, method=method, steps=method_steps)
+        likelihood_t_samples=likelihood_t_samples or None, method=method, steps=method_steps,
+        allow_host_code=allow_host_code)
     table = format_report(rep)
     if report:
         from ddpm_export.evaluation.plots import write_plots

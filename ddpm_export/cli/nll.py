@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from ddpm_export.cli.options import allow_host_code_option
+
 
 @click.command("nll", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--engine", required=True, type=click.Path(dir_okay=False),
@@ -32,7 +34,9 @@ import click
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for ONNX Runtime and torch (default: their own choice).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def nll_command(engine, checkpoint, data, num, t_samples, batch, seed, report, threads, no_progress):
+@allow_host_code_option
+def nll_command(engine, checkpoint, data, num, t_samples, batch, seed, report, threads, no_progress,
+                allow_host_code):
     """Negative log-likelihood bound L_vlb of test images, in bits/dim.
 
     \b
@@ -57,7 +61,7 @@ def nll_command(engine, checkpoint, data, num, t_samples, batch, seed, report, t
     from ddpm_export.evaluation.likelihood_data import load_test_images
 
     # every check first: bad input costs one line and writes nothing
-    eng = runtime.load(engine, threads=threads)
+    eng = runtime.load(engine, threads=threads, allow_host_code=allow_host_code)
     m = eng.manifest
     schedule = ScheduleConfig.from_dict(m["schedule"])
     try:

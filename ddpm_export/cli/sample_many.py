@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from ddpm_export.cli.options import allow_host_code_option
+
 from runtime.schedulers import METHODS
 from runtime.shards import DEFAULT_SHARD_SIZE, INTERRUPTED
 
@@ -51,9 +53,7 @@ from runtime.shards import DEFAULT_SHARD_SIZE, INTERRUPTED
               help="When all shards are done, also write every image to this one .npz "
               "(key arr_0, uint8 [N, H, W, C], as OpenAI's guided-diffusion evaluator reads).")
 @click.option("--no-progress", is_flag=True, help="No progress bar: one line per shard instead.")
-@click.option("--allow-host-code", is_flag=True,
-              help="TensorRT only: load a version-compatible plan, which embeds host code that "
-              "runs in this process; only for a plan you trust (else such a plan is refused).")
+@allow_host_code_option
 def sample_many_command(engine, num, out, shard_size, seed, batch, method, steps, threads, npz,
                         no_progress, allow_host_code, **options):
     """Sample N images from an engine into resumable shards (for FID on 50k).

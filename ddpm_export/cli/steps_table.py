@@ -7,6 +7,8 @@ from typing import List
 
 import click
 
+from ddpm_export.cli.options import allow_host_code_option
+
 from ddpm_export.evaluation.steps_table import DEFAULT_STEPS, format_steps_table, steps_table
 from runtime.io import write_json
 from runtime.schedulers import METHODS
@@ -55,8 +57,9 @@ def _methods(ctx, param, value: str) -> List[str]:
               help="Reuse the runs already in --json (same engine and --samples) and sample only the rest.")
 @click.option("--plot", "plot_out", default=None, help="Write a PNG: Frechet vs engine calls per method.")
 @click.option("--no-progress", is_flag=True)
+@allow_host_code_option
 def steps_table_command(engine, num, steps, methods, seeds, full_ddpm, reference_samples, json_out,
-                        resume, plot_out, no_progress):
+                        resume, plot_out, no_progress, allow_host_code):
     """Quality vs engine calls for every sampling method on a digits engine.
 
     \b
@@ -82,7 +85,7 @@ def steps_table_command(engine, num, steps, methods, seeds, full_ddpm, reference
 
     try:
         r = steps_table(engine, num, steps, methods, seeds, full_ddpm=full_ddpm, done=done,
-                        reference_samples=reference_samples,
+                        reference_samples=reference_samples, allow_host_code=allow_host_code,
                         progress=not no_progress, log=lambda s: click.echo(s, err=True), on_run=save)
     except ValueError as e:
         raise click.ClickException(str(e).strip().splitlines()[0]) from None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ddpm_export.cli.options import allow_host_code_option
 from ddpm_export.serving.triton_repo import MODES, UNET_BACKENDS, RepositoryConfig, write_repository
 
 
@@ -34,8 +35,9 @@ from ddpm_export.serving.triton_repo import MODES, UNET_BACKENDS, RepositoryConf
 @click.option("--max-memory-mb", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Sampler memory budget per request; bounds the num a request may ask for.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
+@allow_host_code_option
 def triton_command(engine, out, name, max_batch, instances, sampler_instances, mode, unet_backend,
-                   max_memory_mb, force):
+                   max_memory_mb, force, allow_host_code):
     """Write a Triton model repository: NAME_sampler (+ NAME, the U-Net, in bls mode).
 
     \b
@@ -43,7 +45,8 @@ def triton_command(engine, out, name, max_batch, instances, sampler_instances, m
       tritonserver --model-repository triton_repo
 
     Request NAME_sampler with num (INT32), seed (INT64), optionally method (BYTES:
-    ddpm | ddim), steps (INT32), eta (FP32); the response 'images' is uint8
+    ddpm | ddim | dpmsolver++ | sde-dpmsolver++ | unipc), steps (INT32), eta (FP32,
+    ddim only); the response 'images' is uint8
     [num, H, W, C], the same images as runtime.load(engine).sample(num, seed, ...).
     The Python models carry a copy of the runtime; their Python needs numpy<2
     (Triton 24.10's stub) and onnxruntime (inprocess, --unet-backend python) or
@@ -52,6 +55,10 @@ def triton_command(engine, out, name, max_batch, instances, sampler_instances, m
     summary = write_repository(RepositoryConfig(
         engine=engine, out=out, name=name, max_batch=max_batch, instances=instances,
         sampler_instances=sampler_instances, mode=mode,
-        unet_backend=unet_backend, max_memory_mb=max_memory_mb, force=force))
+        unet_backend=unet_backend, max_memory_mb=max_memory_mb, force=force,
+        allow_host_code=allow_host_code))
     click.echo(f"wrote {summary['out']}: models {', '.join(summary['models'])} ({mode} mode); "
                f"max batch {summary['max_batch']}, max num per request {summary['max_num']}")
+    if summary["server_args"]:
+        click.echo(f"start the server with: tritonserver --model-repository {summary['out']} "
+                   f"{' '.join(summary['server_args'])}")

@@ -26,7 +26,7 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
                 methods: Optional[Sequence[str]] = None, seeds: Sequence[int] = (0,),
                 full_ddpm: bool = False, options: Optional[Mapping[str, Mapping[str, Any]]] = None,
                 done: Sequence[Mapping[str, Any]] = (), reference_samples: Optional[str] = None,
-                progress: bool = False,
+                progress: bool = False, allow_host_code: bool = False,
                 log: Callable[[str], None] = lambda s: None,
                 on_run: Callable[[Dict[str, Any]], None] = lambda r: None) -> Dict[str, Any]:
     """Frechet/confident share/wall time per (method, steps), over ``seeds``.
@@ -34,7 +34,8 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
     methods: names in runtime.schedulers.METHODS (None = all); options: per-method options
     (e.g. {"unipc": {"order": 3}}); full_ddpm adds DDPM over all T steps. ``done``: runs
     of an earlier call (same engine, num) to reuse instead of sampling again; ``on_run``
-    gets the partial result after every new run (to save progress).
+    gets the partial result after every new run (to save progress). allow_host_code: see
+    runtime.load (version-compatible TensorRT plans).
     reference_samples: an .npz whose 'samples' [M, 1, 16, 16] are DDPM over all T steps of the
     same model (e.g. engines/digits_samples.npz, from the PyTorch reference sampler): adds the
     row "ddpm-reference" at T calls, scored on len(seeds) disjoint slices of ``num`` samples
@@ -52,7 +53,7 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
     if not seeds:
         raise ValueError("steps_table needs at least one seed")
     plan: List[Tuple[str, int]] = []
-    with runtime.load(engine_path) as engine:
+    with runtime.load(engine_path, allow_host_code=allow_host_code) as engine:
         if tuple(engine.image_shape) != DIGITS_SHAPE:
             raise ValueError(f"{engine_path}: images {list(engine.image_shape)}; the steps table scores "
                              f"with the digits classifier and needs the digits model's {list(DIGITS_SHAPE)}")

@@ -271,13 +271,14 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
              likelihood_images: int = 0, likelihood_t_samples: Optional[int] = 50,
              log: Callable[[str], None] = lambda s: None, method: str = "ddpm",
              steps: Optional[int] = None, method_options: Optional[Dict[str, Any]] = None,
-             ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+             allow_host_code: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Compare each engine with the checkpoint's PyTorch model.
 
     Returns (report, artifacts): the JSON-able report and the arrays the plots
     need (samples per set, progressive frames). method / steps / method_options: how the
     engines sample for the trajectory and distribution levels (any runtime.schedulers
     method); the distribution's reference stays the PyTorch model's DDPM over all T steps.
+    allow_host_code: load version-compatible TensorRT plans (see runtime.load).
     """
     import runtime
     from runtime.schedulers import make_scheduler
@@ -294,7 +295,7 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
     model_shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
     opened = []
     for path in engines:  # every check that needs no computation first: fail in seconds, not minutes
-        engine = runtime.load(path)
+        engine = runtime.load(path, allow_host_code=allow_host_code)
         m = engine.manifest
         if tuple(m["image_shape"]) != model_shape:
             raise ValueError(f"{path}: image shape {m['image_shape']} is not the checkpoint's model's "

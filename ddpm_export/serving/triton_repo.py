@@ -32,6 +32,8 @@ from runtime.contract import INPUT_T, INPUT_X, OUTPUT, read_manifest
 MODES = ("bls", "inprocess")
 UNET_BACKENDS = ("native", "python")
 SAMPLER_SUFFIX = "_sampler"
+# what Triton's TensorRT backend needs to load a version-compatible plan (its README, "Command-line Options")
+TRITON_VERSION_COMPATIBLE = "--backend-config=tensorrt,version-compatible=true"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 # Working memory the sampler holds per requested image: the float32 chain x and
@@ -73,6 +75,7 @@ class RepositoryConfig:
     max_memory_mb: int = 1024
     queue_delay_us: int = 100
     force: bool = False
+    allow_host_code: bool = False  # a version-compatible plan (it embeds host code): only when trusted
 
 
 def _pb():
@@ -146,7 +149,7 @@ def unet_config(name: str, kind: str, manifest: Mapping[str, Any], max_batch: in
 
 
 def sampler_config(name: str, mode: str, unet_name: str, engine_file: str, max_batch: int,
-                   max_num: int, instances: int) -> Dict[str, Any]:
+                   max_num: int, instances: int, allow_host_code: bool = False) -> Dict[str, Any]:
     one = [1]
     return {
         "name": name,
@@ -170,6 +173,7 @@ def sampler_config(name: str, mode: str, unet_name: str, engine_file: str, max_b
             "manifest_file": {"stringValue": "model.json"},
             "max_batch": {"stringValue": str(max_batch)},
             "max_num": {"stringValue": str(max_num)},
+            **({"allow_host_code": {"stringValue": "true"}} if allow_host_code else {}),
         },
     }
 
@@ -227,6 +231,11 @@ def write_repository(cfg: RepositoryConfig) -> Dict[str, Any]:
                               "native (TensorRT backend) for a .plan")
     manifest = read_manifest(engine)
     limit = engine_batch_max(engine, manifest)
+    version_compatible = is_plan and bool(manifest["engine"]["version_compatible"])
+    if version_compatible and not cfg.allow_host_code:
+        raise RepositoryError(
+            f"{engine} is a version-compatible plan: it embeds TensorRT's lean runtime as host code "
+            f"that the server would run; pass --allow-host-code only for a plan you trust")
     max_batch = limit if cfg.max_batch is None else cfg.max_batch
     if not 1 <= max_batch <= limit:
         raise RepositoryError(f"max_batch {max_batch}: expected 1..{limit} (the engine's batch "
@@ -266,8 +275,11 @@ def write_repository(cfg: RepositoryConfig) -> Dict[str, Any]:
             _write_manifest_copy(manifest, d / "model.json")
         n_max = max_images(manifest, cfg.max_memory_mb)
         (tmp / sampler_name / "config.pbtxt").write_text(config_text(sampler_config(
-            sampler_name, cfg.mode, name, engine_file, max_batch, n_max, sampler_instances)))
+            sampler_name, cfg.mode, name, engine_file, max_batch, n_max, sampler_instances,
+            allow_host_code=version_compatible and cfg.mode == "inprocess")))
         models.append(sampler_name)
+    server_args = [TRITON_VERSION_COMPATIBLE] if version_compatible and cfg.mode == "bls" else []
     return {"out": str(out), "models": models, "mode": cfg.mode, "max_batch": max_batch,
+            "server_args": server_args,
             "max_num": n_max, "image_shape": list(manifest["image_shape"]),
             "num_timesteps": int(manifest["schedule"]["num_timesteps"])}

@@ -103,7 +103,9 @@ class TritonPythonModel:
         if self.mode == "inprocess":
             import runtime
 
-            self.engine = runtime.load(os.path.join(version_dir, params["engine_file"]))
+            # "true" only when 'ddpm-export triton --allow-host-code' wrote a version-compatible plan
+            self.engine = runtime.load(os.path.join(version_dir, params["engine_file"]),
+                                       allow_host_code=params.get("allow_host_code") == "true")
             self.engine.runner.__enter__()
             self.manifest = self.engine.manifest
             self.runner = self.engine.runner

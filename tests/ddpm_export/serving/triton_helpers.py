@@ -9,12 +9,12 @@ ROOT = Path(__file__).resolve().parents[3]
 DIGITS = ROOT / "engines" / "digits.onnx"
 
 
-def fake_plan(tmp_path, profile=(1, 8, 32)) -> Path:
+def fake_plan(tmp_path, profile=(1, 8, 32), version_compatible=False) -> Path:
     """A NAME.plan (not a real engine: no TensorRT builder here) with a build's manifest."""
     m = json.loads(DIGITS.with_suffix(".json").read_text())
     m["engine"] = {"section_version": 1, "format": "tensorrt-plan", "plan": "digits.plan",
                    "tensorrt_version": "10.3.0", "compute_capability": "8.7",
-                   "device_name": "Orin", "precision": "fp32", "version_compatible": False,
+                   "device_name": "Orin", "precision": "fp32", "version_compatible": version_compatible,
                    "profiles": [dict(zip(("min", "opt", "max"), profile))]}
     plan = tmp_path / "digits.plan"
     plan.write_bytes(b"not a real TensorRT plan")
