@@ -154,3 +154,41 @@ def format_steps_table(r: Dict[str, Any]) -> str:
                      f"{row['frechet_std']:.2f} | {row['confident_mean']:.3f} | "
                      f"{'n/a' if row['seconds_mean'] is None else format(row['seconds_mean'], '.1f')} |")
     return "\n".join(lines)
+
+
+def paired_differences(r: Dict[str, Any], against: Tuple[str, int]) -> List[Dict[str, Any]]:
+    """Per (method, calls): the Frechet difference to the ``against`` row seed by seed.
+
+    Every method starts its chains from the same x_T for a given seed (and the noise-drawing
+    methods draw their first noise from the same per-image streams), so much of the
+    seed-to-seed spread is shared between rows: a paired difference removes it. Returns rows
+    {method, engine_calls, seeds, diff_mean, diff_std, diff_per_seed}; only seeds present in
+    both rows count. ``against`` = (method, engine calls), e.g. ("ddpm", 1000).
+    """
+    base = {x["seed"]: x["frechet_to_real"] for x in r["runs"]
+            if (x["method"], x["steps"]) == tuple(against)}
+    if not base:
+        have = sorted({(x["method"], x["steps"]) for x in r["runs"]})
+        raise ValueError(f"no runs of {against[0]} at {against[1]} engine calls to pair with; "
+                         f"the table has {have}")
+    out = []
+    for row in r["rows"]:
+        if (row["method"], row["engine_calls"]) == tuple(against):
+            continue
+        d = [x["frechet_to_real"] - base[x["seed"]] for x in r["runs"]
+             if (x["method"], x["steps"]) == (row["method"], row["engine_calls"]) and x["seed"] in base]
+        if not d:
+            continue
+        m, s = _stats(d)
+        out.append({"method": row["method"], "engine_calls": row["engine_calls"], "seeds": len(d),
+                    "diff_mean": m, "diff_std": s, "diff_per_seed": d})
+    return out
+
+
+def format_paired(rows: List[Dict[str, Any]], against: Tuple[str, int]) -> str:
+    lines = [f"Frechet minus {against[0]}-{against[1]}'s at the same seed: mean +- std over seeds, and per seed",
+             "| method | engine calls | difference | per seed |", "|---|---|---|---|"]
+    for p in rows:
+        lines.append(f"| {p['method']} | {p['engine_calls']} | {p['diff_mean']:+.2f} +- {p['diff_std']:.2f} | "
+                     + ", ".join(f"{v:+.2f}" for v in p["diff_per_seed"]) + " |")
+    return "\n".join(lines)
