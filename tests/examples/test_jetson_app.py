@@ -53,11 +53,11 @@ def test_a_request_gives_the_images_of_the_runtime_api():
         sys.path.remove(str(APP.parent))
     a = app.SamplerApp(str(ENGINE), threads=1).open()
     try:
-        got = a.handle(3, 42, method="ddim", steps=3)["images"]
+        got = a.handle(3, 42, method="unipc", steps=3)["images"]
     finally:
         a.close()
     with runtime.load(ENGINE, threads=1) as engine:
-        np.testing.assert_array_equal(got, engine.sample(3, seed=42, method="ddim", steps=3))
+        np.testing.assert_array_equal(got, engine.sample(3, seed=42, method="unipc", steps=3))
 
 
 def test_a_plan_that_cannot_run_here_falls_back_to_its_onnx(tmp_path):
