@@ -1,7 +1,7 @@
 """DDIM's quality against step count under three clipping conventions, through the runtime.
 
     PYTHONPATH=. python scripts/ddim_collapse.py --engine engines/digits.onnx \
-        --samples 128 --steps 20,100 --json examples/ddim-collapse.json
+        --samples 450 --steps 20,100,1000 --json examples/ddim-collapse.json [--resume]
 
 Variants (runtime method "ddim", eta 0): "consistent" (x0_hat clipped, eps re-derived from
 it: the runtime's default, improved-diffusion's ddim_sample), "diffusers" (x0_hat clipped,
