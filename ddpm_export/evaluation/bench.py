@@ -189,6 +189,7 @@ def scheduler_costs(digits_onnx: str = "engines/digits.onnx", batches=(1, 64), s
     order switches are those of a real chain; per step = chain time / steps."""
     import runtime
     from runtime.schedulers import make_scheduler
+    from runtime.seeding import ImageStreams
 
     rows: List[Dict[str, object]] = []
     with runtime.load(digits_onnx, threads=threads) as eng:
@@ -210,8 +211,8 @@ def scheduler_costs(digits_onnx: str = "engines/digits.onnx", batches=(1, 64), s
                 sched = make_scheduler(eng.manifest["schedule"], method, steps, **opts)
                 ts = [int(v) for v in sched.timesteps]
 
-                def chain(sched=sched, ts=ts):
-                    srng = np.random.default_rng(1)
+                def chain(sched=sched, ts=ts, b=b):
+                    srng = ImageStreams(1, 0, b)  # the per-image streams, as the sampling loop draws
                     xx = x
                     for tt in ts:
                         xx = sched.step(eps, tt, xx, srng).prev_sample
