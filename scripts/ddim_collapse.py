@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from ddpm_export.evaluation.steps_table import steps_table
+from runtime.io import write_json
 
 VARIANTS = {"consistent": {"variant": "consistent"}, "diffusers": {"variant": "diffusers"},
             "no clipping": {"clip": False}}
@@ -44,8 +45,8 @@ def main() -> None:
 
         def save(r, name=name):  # after every run: an interrupted run keeps what it measured
             out[name] = r
-            if a.json:
-                Path(a.json).write_text(json.dumps({**earlier, **out}, indent=2) + "\n")
+            if a.json:  # atomically: a run killed mid-write keeps the file --resume reads
+                write_json(a.json, {**earlier, **out}, allow_nan=True)
 
         r = steps_table(a.engine, a.samples, steps, ["ddim"], seeds, options={"ddim": opts}, done=done,
                         log=lambda s, name=name: print(f"[{name}] {s}", flush=True), on_run=save)

@@ -9,7 +9,6 @@ import sys
 import click
 
 from ddpm_export.cli.options import allow_host_code_option
-
 from runtime.schedulers import METHODS
 from runtime.shards import DEFAULT_SHARD_SIZE, INTERRUPTED
 

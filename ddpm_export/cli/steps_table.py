@@ -8,7 +8,6 @@ from typing import List
 import click
 
 from ddpm_export.cli.options import allow_host_code_option
-
 from ddpm_export.evaluation.steps_table import DEFAULT_STEPS, format_steps_table, steps_table
 from runtime.io import write_json
 from runtime.schedulers import METHODS

@@ -11,7 +11,6 @@ from ddpm_export.cli.main import main
 from runtime.backends.tensorrt import runner as trt_runner
 
 ROOT = Path(__file__).resolve().parents[3]
-DIGITS = ROOT / "engines" / "digits.onnx"
 
 COMMANDS = {
     "validate": ["validate", "--checkpoint", str(ROOT / "engines" / "digits.pt"), "--samples", "0",
