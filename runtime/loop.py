@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from runtime.limits import LOOP_BYTES_PER_VALUE, check_images_fit
+from runtime.progress import progress_bar
 from runtime.schedulers import METHODS, make_scheduler
 from runtime.seeding import ImageStreams
 
@@ -104,8 +105,4 @@ def sample(
 def _progress(enabled: bool, total: int):
     if not enabled:
         return None
-    try:
-        from tqdm.auto import tqdm  # optional: the runtime needs only NumPy
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="sampling", unit="step", dynamic_ncols=True)
+    return progress_bar(total=total, desc="sampling", unit="step")

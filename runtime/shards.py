@@ -28,7 +28,7 @@ order they were made. A resumed run writes the same images as an uninterrupted
 one, and any shard can be redrawn alone:
 ``engine.sample(n, seed=seed, first_image=k * shard_size, ...)``.
 
-NumPy only (tqdm optional, for the progress bar); no torch.
+NumPy only (tqdm optional, for the progress bar on a terminal); no torch.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from runtime.io import NpzError, load_npz, save_npz, sha256_file, to_uint8, write_json
+from runtime.progress import progress_bar
 from runtime.schedulers import make_scheduler, resolve_options
 
 RUN_FILE = "run.json"
@@ -88,9 +89,9 @@ def sample_shards(
     configuration in out_dir is refused (ShardsError). ``batch`` None means
     min(shard_size, the engine's max batch); it changes the speed, not the
     images (each image has its own noise stream), so a resumed run may use
-    another. Shows a progress bar over
-    images (with tqdm and ``progress``), else logs one line per shard; logs a
-    final throughput line. ``on_shard(k, path)`` runs after each shard is written.
+    another. With ``progress``, shows the progress over images
+    (``runtime.progress``: a bar on a terminal, a line per 10 % in a log), else
+    logs one line per shard; logs a final throughput line. ``on_shard(k, path)`` runs after each shard is written.
 
     Returns a summary: out, num, shards, sampled, skipped, redone (damaged
     shards sampled again), images_sampled, seconds (wall time of sampling and
@@ -317,8 +318,4 @@ def _read_shard(path: Path, k: int, config: Dict[str, Any], hwc) -> Tuple[Option
 def _progress_bar(enabled: bool, total: int, initial: int):
     if not enabled:
         return None
-    try:
-        from tqdm.auto import tqdm  # optional: the runtime needs only NumPy
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc="sample-many", unit="img", dynamic_ncols=True)
+    return progress_bar(total=total, initial=initial, desc="sample-many", unit="img")

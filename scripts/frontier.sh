@@ -1,5 +1,5 @@
 #!/bin/bash
-# The README's frontier: every method at 5-100 engine calls plus DDPM over all 1000 steps,
+# The frontier of docs/results.md: every method at 5-100 engine calls plus DDPM over all 1000 steps,
 # seeds 0,1,2, 450 samples per run (the size of the held-out real set), in priority order.
 # Each call resumes the same JSON, so the script can be stopped at any point and run again;
 # the last call samples nothing new and only writes the plot and prints the table.

@@ -20,8 +20,9 @@ from ddpm_export.cli.options import allow_host_code_option
               help="digits (the held-out half the digits classifier never trains on), cifar10 (the "
               "test batch in data/cifar-10-batches-py, or give that folder), or a folder of PNG/JPEG "
               "images already of the engine's size and channels.")
-@click.option("--num", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Images to score (the first N of the data).")
+@click.option("--num", type=click.IntRange(min=1), default=None,
+              help="Images to score (the first N of the data). Default: every image of a folder; "
+              "16 of digits or cifar10.")
 @click.option("--t-samples", type=int, default=None,
               help="Monte Carlo: the decoder term plus a stratified sample of K-1 of the T-1 KL "
               "terms per image (unbiased, with a standard error). Default: every timestep (exact).")
@@ -58,7 +59,7 @@ def nll_command(engine, checkpoint, data, num, t_samples, batch, seed, report, t
     from runtime.schedulers.schedule import ScheduleConfig
 
     from ddpm_export.evaluation import likelihood as L
-    from ddpm_export.evaluation.likelihood_data import load_test_images
+    from ddpm_export.evaluation.likelihood_data import default_num, load_test_images
 
     # every check first: bad input costs one line and writes nothing
     eng = runtime.load(engine, threads=threads, allow_host_code=allow_host_code)
@@ -71,7 +72,7 @@ def nll_command(engine, checkpoint, data, num, t_samples, batch, seed, report, t
     max_batch = int(eng.batch_range["max"])
     if batch > max_batch:
         raise ValueError(f"--batch {batch} is more than {engine}'s max batch {max_batch}; pass --batch {max_batch}")
-    images, what = load_test_images(data, m["image_shape"], num)
+    images, what = load_test_images(data, m["image_shape"], default_num(data) if num is None else num)
     model = None
     if checkpoint:
         from ddpm_export.model.checkpoint import load_model
@@ -98,9 +99,9 @@ def nll_command(engine, checkpoint, data, num, t_samples, batch, seed, report, t
     def run(name, fn):
         bar = None
         if not no_progress:
-            from tqdm.auto import tqdm
+            from runtime.progress import progress_bar
 
-            bar = tqdm(total=len(x0) * K, desc=name, unit="img-step", dynamic_ncols=True, file=sys.stderr)
+            bar = progress_bar(total=len(x0) * K, desc=name, unit="img-step", file=sys.stderr)
         try:
             b = fn(progress=None if bar is None else bar.update)
         finally:

@@ -50,7 +50,7 @@ def triton_command(engine, out, name, max_batch, instances, sampler_instances, m
     [num, H, W, C], the same images as runtime.load(engine).sample(num, seed, ...).
     The Python models carry a copy of the runtime; their Python needs numpy<2
     (Triton 24.10's stub) and onnxruntime (inprocess, --unet-backend python) or
-    TensorRT + Polygraphy (a .plan in inprocess mode). See README "Serving with Triton".
+    TensorRT + Polygraphy (a .plan in inprocess mode). See docs/serving.md.
     """
     summary = write_repository(RepositoryConfig(
         engine=engine, out=out, name=name, max_batch=max_batch, instances=instances,

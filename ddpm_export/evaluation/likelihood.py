@@ -32,10 +32,11 @@ model far less noisy than T x the mean of K uniformly drawn terms. Its standard 
 pairs): an approximation (on Gaussian test data it came out 0.8x the spread of
 repeated estimates); K = T is exact (s.e. 0).
 
-Noise is drawn per image from ``default_rng([seed, image_index])`` (timesteps first,
-then one x_t noise per timestep, in descending t), so two engines evaluated with the
-same seed see the same x_t whatever the batch size: differences between engines are
-paired, not drowned by Monte Carlo noise.
+Noise is drawn per image from image ``image_index``'s own stream of ``seed``, the one
+scheme every sampler uses (``runtime.seeding.image_generator``): timesteps first, then
+one x_t noise per timestep, in descending t. So two engines evaluated with the same seed
+see the same x_t whatever the batch size: differences between engines are paired, not
+drowned by Monte Carlo noise.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
+from runtime.seeding import image_generator
 
 EpsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 LN2 = math.log(2.0)
@@ -134,7 +136,7 @@ def strata(num_timesteps: int, t_samples: int):
 class NoisePlan:
     """Timesteps [n, K] (descending per image) and, step by step, the x_t noise of a batch of images.
 
-    Image ``indices[i]`` gets ``default_rng([seed, indices[i]])``: its timesteps (for K < T,
+    Image ``indices[i]`` draws from ``image_generator(seed, indices[i])`` (runtime.seeding): its timesteps (for K < T,
     one uniform draw in each of the K - 1 strata of 1..T-1, descending, then 0; else T-1..0), then one
     float32 standard normal per timestep. ``noise(k)`` must be called for k = 0, 1, ... in order.
     """
@@ -142,7 +144,7 @@ class NoisePlan:
     def __init__(self, seed: int, indices: Sequence[int], num_timesteps: int, t_samples: Optional[int],
                  image_shape: Sequence[int]):
         self.shape = tuple(int(s) for s in image_shape)
-        self._rngs = [np.random.default_rng([int(seed), int(i)]) for i in indices]
+        self._rngs = [image_generator(int(seed), int(i)) for i in indices]
         T = int(num_timesteps)
         if t_samples is None or t_samples == T:
             self.timesteps = np.tile(np.arange(T - 1, -1, -1, dtype=np.int64), (len(indices), 1))

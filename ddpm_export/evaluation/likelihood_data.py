@@ -10,17 +10,33 @@ the engine's size and channel count (resizing would change the data being scored
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from ddpm_export.training.data import IMAGE_SUFFIXES, DataError, cifar10_test_uint8
 
 CIFAR10_DEFAULT = Path("data") / "cifar-10-batches-py"
+#: Images scored when --num is not given for the built-in sets (digits, cifar10); a folder is scored whole.
+BUILTIN_DEFAULT_NUM = 16
 
 
-def load_test_images(data: str, image_shape: Sequence[int], num: int = None) -> Tuple[np.ndarray, str]:
-    """(uint8 [N, C, H, W], description) for --data, cut to the first ``num`` images."""
+def _is_cifar10(data: str) -> bool:
+    return data == "cifar10" or (Path(data).is_dir() and (
+        (Path(data) / "test_batch").is_file() or (Path(data) / "cifar-10-batches-py").is_dir()))
+
+
+def default_num(data: str) -> Optional[int]:
+    """How many images --data scores without --num: all of a folder, BUILTIN_DEFAULT_NUM of a built-in set.
+
+    The built-in sets are large (899 digits, 10,000 CIFAR-10 images) and every image costs T network
+    calls, so they default to a small prefix; a folder is what the user chose to score.
+    """
+    return BUILTIN_DEFAULT_NUM if data == "digits" or _is_cifar10(data) else None
+
+
+def load_test_images(data: str, image_shape: Sequence[int], num: Optional[int] = None) -> Tuple[np.ndarray, str]:
+    """(uint8 [N, C, H, W], description) for --data, cut to the first ``num`` images (None: all)."""
     shape = tuple(int(s) for s in image_shape)
     if data == "digits":
         from ddpm_export.evaluation.digits import DIGITS_SHAPE, digits_split
@@ -31,8 +47,7 @@ def load_test_images(data: str, image_shape: Sequence[int], num: int = None) -> 
         x_te = digits_split()[1]
         x = np.clip(np.round((x_te + 1.0) * 127.5), 0, 255).astype(np.uint8).reshape((-1,) + shape)
         what = "held-out sklearn digits (the classifier's test half)"
-    elif data == "cifar10" or (Path(data).is_dir() and (
-            (Path(data) / "test_batch").is_file() or (Path(data) / "cifar-10-batches-py").is_dir())):
+    elif _is_cifar10(data):
         x = cifar10_test_uint8(str(CIFAR10_DEFAULT if data == "cifar10" else data))
         if shape != x.shape[1:]:
             raise DataError(f"CIFAR-10 images are 3x32x32; the engine expects {'x'.join(map(str, shape))}")

@@ -150,9 +150,9 @@ class GaussianDiffusion:
         trajectory: List[Tuple[int, torch.Tensor]] = []
         steps = range(self.num_timesteps - 1, -1, -1)
         if progress:
-            from tqdm.auto import tqdm
+            from runtime.progress import progress_bar
 
-            steps = tqdm(steps, desc="sampling (reference)", unit="step")
+            steps = progress_bar(steps, desc="sampling (reference)", unit="step")
         was_training = model.training
         model.eval()
         try:

@@ -55,9 +55,9 @@ def sample_images(
     out, trajectory = [], []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from runtime.progress import progress_bar
 
-        bar = tqdm(total=(last - first_batch) * diffusion.num_timesteps, desc="sampling", unit="step")
+        bar = progress_bar(total=(last - first_batch) * diffusion.num_timesteps, desc="sampling", unit="step")
     model = model.to(device).eval()
     for i in range(first_batch, last):
         n = min(batch_size, num - i * batch_size)

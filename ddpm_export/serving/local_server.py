@@ -67,24 +67,58 @@ def _libpython_dirs() -> List[str]:
     return [libdir] if libdir and name and (Path(libdir) / name).exists() else []
 
 
+BACKEND_ENV_NAME = "triton-backend-numpy1"
+PARENT_PTH = "ddpm_parent_env.pth"
+
+
+def _parent_site_dirs() -> List[str]:
+    return list(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
+
+
+def backend_env_dir(cache_dir=None) -> Path:
+    """Where numpy1_backend_env() keeps the stub's environment for this interpreter's environment.
+
+    Inside this virtual environment (``sys.prefix/triton-backend-numpy1``) when it is one: it
+    belongs to the environment whose packages it reuses, goes away with it, and two clones
+    (two virtual environments) never share one. Outside a virtual environment (``sys.prefix``
+    is a system Python's, often not writable): under the user cache, keyed by the Python
+    version and a hash of the resolved ``sys.prefix``. ``cache_dir`` overrides the cache root.
+    """
+    prefix = Path(sys.prefix).resolve()
+    if cache_dir is None and prefix != Path(sys.base_prefix).resolve():
+        return prefix / BACKEND_ENV_NAME
+    import hashlib
+
+    ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    key = hashlib.sha256(str(prefix).encode()).hexdigest()[:12]
+    root = Path(cache_dir or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ddpm-export"
+    return root / f"{BACKEND_ENV_NAME}-py{ver}-{key}"
+
+
+def backend_env_is_current(env_dir: Path) -> bool:
+    """Whether env_dir is a finished stub environment on top of this interpreter's site-packages."""
+    ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    pth = Path(env_dir) / "lib" / f"python{ver}" / "site-packages" / PARENT_PTH
+    return pth.is_file() and pth.read_text().split() == _parent_site_dirs()
+
+
 def numpy1_backend_env(cache_dir=None) -> Optional[Path]:
     """A Python environment for the backend stub when this one has NumPy 2, else None.
 
     The wheel's stub (Triton 2.51) needs numpy<2 (nvidia-pytriton pins it). Where this
     interpreter has NumPy 2, a small virtual environment holds numpy<2 only and sees
     this interpreter's site-packages after it (a .pth file), so the stub gets NumPy 1.x
-    and everything else (ONNX Runtime) from here. Built once with pip (~20 s, ~80 MB),
-    cached under ~/.cache/ddpm-export.
+    and everything else (ONNX Runtime) from here. Built once with pip (~20 s, ~80 MB)
+    at backend_env_dir(): inside this virtual environment. One whose .pth names other
+    site-packages than this interpreter's (a copied or moved environment) is built again.
     """
     import numpy
 
     if int(numpy.__version__.split(".")[0]) < 2:
         return None
     ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    root = Path(cache_dir or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ddpm-export"
-    env_dir = root / f"triton-backend-py{ver}-numpy1"
-    site = env_dir / "lib" / f"python{ver}" / "site-packages"
-    if (site / "ddpm_parent_env.pth").is_file():
+    env_dir = backend_env_dir(cache_dir)
+    if backend_env_is_current(env_dir):
         return env_dir
     with built_dir(env_dir, prefix=".triton-backend-") as tmp:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp)], check=True,
@@ -95,11 +129,11 @@ def numpy1_backend_env(cache_dir=None) -> Optional[Path]:
         if r.returncode != 0:
             raise ServerUnavailable(f"could not install numpy<2 for Triton's Python backend into "
                                     f"{tmp}: {r.stderr.strip()[-800:]}")
-        paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+        paths = _parent_site_dirs()
         # a venv records its own path; it is built under a temporary name
         cfg = tmp / "pyvenv.cfg"
         cfg.write_text(cfg.read_text().replace(str(tmp), str(env_dir)))
-        (tsite / "ddpm_parent_env.pth").write_text("\n".join(paths) + "\n")  # written last: "done"
+        (tsite / PARENT_PTH).write_text("\n".join(paths) + "\n")  # written last: "done"
     return env_dir
 
 

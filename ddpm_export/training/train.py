@@ -269,9 +269,9 @@ def _train(cfg: TrainConfig, progress: bool) -> Dict[str, Any]:
     n_img = images.shape[0]
     bar = None
     if progress and is_main:
-        from tqdm.auto import tqdm
+        from runtime.progress import progress_bar
 
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.preset}", unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=cfg.steps, initial=step, desc=f"train {cfg.preset}", unit="step")
     t_last, s_last = time.time(), step
     loss_acc, loss_n = 0.0, 0
     net.train()

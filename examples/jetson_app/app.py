@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=3, help="number of requests without --stdin (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first request; request k uses seed + k (default 0)")
     p.add_argument("--stdin", action="store_true", help="read requests 'NUM [SEED]' from standard input, one a line")
-    # the README's frontier: on the digits model UniPC at 10 engine calls scores a lower Frechet
+    # the frontier (docs/results.md): on the digits model UniPC at 10 engine calls scores a lower Frechet
     # distance than DDPM over all 1000 steps
     p.add_argument("--method", choices=METHODS, default="unipc", help="sampler (default unipc)")
     p.add_argument("--steps", type=int, default=10, help="sampling steps = engine calls (default 10)")

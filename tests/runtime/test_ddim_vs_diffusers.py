@@ -1,9 +1,9 @@
-"""The README's DDIM-vs-diffusers figures: the runtime's DDIM chain on the shipped
+"""The DDIM-vs-diffusers figures of docs/results.md: the runtime's DDIM chain on the shipped
 engines/digits.onnx against diffusers' DDIMScheduler driving the PyTorch model
 (engines/digits.pt) from the same x_T, in both clipping conventions (the runtime's
 variant="diffusers" against diffusers' default use_clipped_model_output=False, and the
 runtime's default variant="consistent" against use_clipped_model_output=True). Prints
-the max abs difference of the final images; the README quotes these prints."""
+the max abs difference of the final images; docs/results.md quotes these prints."""
 from pathlib import Path
 
 import numpy as np

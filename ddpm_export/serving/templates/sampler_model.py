@@ -4,11 +4,16 @@ Request (all inputs one-element tensors):
     num     INT32   images to draw (1 .. the config's max_num)
     seed    INT64   noise seed; same seed and settings -> the same images as
                     runtime.load(engine).sample(num, seed, ...)
-    method  BYTES   "ddpm" or "ddim" (optional, default "ddpm")
+    method  BYTES   a runtime method: ddpm, ddim, dpmsolver++, ... (optional, default "ddpm")
     steps   INT32   sampling steps (optional, default: T for ddpm, 50 for ddim)
     eta     FP32    DDIM eta (optional, default 0)
 Response:
     images  UINT8   [num, H, W, C]
+
+A request the sampler refuses (a missing or malformed input, a value out of range) fails
+with Triton's INVALID_ARG code (HTTP 400, gRPC INVALID_ARGUMENT) and a one-line message
+naming the input; a failure while sampling is INTERNAL (HTTP 500). A message quotes at
+most QUOTE_CHARS characters of any input and is at most MESSAGE_CHARS long.
 
 config.pbtxt parameters: mode "bls" (each U-Net call goes to the model named by
 unet_model through BLS) or "inprocess" (the engine beside this file runs through
@@ -33,12 +38,28 @@ from backend_env import check_numpy  # noqa: E402
 from runtime.contract import INPUT_T, INPUT_X, OUTPUT, read_manifest  # noqa: E402
 from runtime.io import to_uint8  # noqa: E402
 from runtime.loop import METHODS, sample  # noqa: E402
+from runtime.schedulers import make_scheduler  # noqa: E402
 
 OPTIONAL = {"method": "ddpm", "steps": None, "eta": None}
+QUOTE_CHARS = 40  # of a client's string quoted back in an error
+MESSAGE_CHARS = 1000  # longest error message sent back
+
+
+def _quote(text):
+    """repr() of at most QUOTE_CHARS characters of a client's string, and its length when cut."""
+    if len(text) <= QUOTE_CHARS:
+        return repr(text)
+    return f"{text[:QUOTE_CHARS]!r}... ({len(text)} characters)"
+
+
+def _bounded(message):
+    """One line of at most MESSAGE_CHARS characters (an error may carry text from anywhere)."""
+    line = " ".join(str(message).split())
+    return line if len(line) <= MESSAGE_CHARS else line[:MESSAGE_CHARS - 15] + "... (truncated)"
 
 
 class RequestError(ValueError):
-    """A request this sampler refuses; the message goes back to the client."""
+    """A request this sampler refuses (the client's mistake: INVALID_ARG); the message goes back."""
 
 
 class Cancelled(Exception):
@@ -86,7 +107,12 @@ def _scalar(request, name, kind):
     value = value.reshape(-1)[0]
     if kind is str:
         return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return kind(value)
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        raise RequestError(f"input {name!r} is {_quote(shown)}; expected a number "
+                           f"({'an integer' if kind is int else 'a float'})") from None
 
 
 class TritonPythonModel:
@@ -124,17 +150,21 @@ class TritonPythonModel:
         steps = _scalar(request, "steps", int)
         eta = _scalar(request, "eta", float)
         if not 1 <= num <= self.max_num:
-            raise RequestError(f"num {num} is out of range; expected 1 <= num <= {self.max_num} "
+            raise RequestError(f"input 'num': {num} is out of range; expected 1 <= num <= {self.max_num} "
                                f"(the repository's memory limit); split larger requests")
         if method not in METHODS:
-            raise RequestError(f"method {method!r} is unknown; expected one of {list(METHODS)}")
+            raise RequestError(f"input 'method': {_quote(method)} is unknown; expected one of {list(METHODS)}")
         if steps is not None and not 1 <= steps <= self.T:
-            raise RequestError(f"steps {steps} is out of range; expected 1 <= steps <= {self.T} "
+            raise RequestError(f"input 'steps': {steps} is out of range; expected 1 <= steps <= {self.T} "
                                f"(the schedule's T)")
         if eta is not None and not (np.isfinite(eta) and eta >= 0.0):
-            raise RequestError(f"eta {eta} is invalid; expected a finite value >= 0 (0: deterministic DDIM)")
+            raise RequestError(f"input 'eta': {eta} is invalid; expected a finite value >= 0 (0: deterministic DDIM)")
         if seed < 0:
-            raise RequestError(f"seed {seed} is negative; expected an integer >= 0")
+            raise RequestError(f"input 'seed': {seed} is negative; expected an integer >= 0")
+        try:  # the method's own rules (eta only for ddim, enough steps for the order): before sampling
+            make_scheduler(self.manifest["schedule"], method, steps, eta=eta)
+        except ValueError as e:
+            raise RequestError(f"inputs method/steps/eta: {e}") from None
         return dict(num=num, seed=seed, method=method, steps=steps, eta=eta)
 
     def execute(self, requests):
@@ -153,11 +183,12 @@ class TritonPythonModel:
                 pb_utils.Logger.log_info(f"{self.name}: {e}")
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.CANCELLED)))
-            except (RequestError, ValueError) as e:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))))
-            except Exception as e:  # the server keeps serving; the client learns what failed
+            except RequestError as e:  # the client's mistake: HTTP 400, gRPC INVALID_ARGUMENT
                 responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"sampling failed: {type(e).__name__}: {e}")))
+                    error=pb_utils.TritonError(_bounded(e), pb_utils.TritonError.INVALID_ARG)))
+            except Exception as e:  # the server keeps serving; the client learns what failed
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    _bounded(f"sampling failed: {type(e).__name__}: {e}"), pb_utils.TritonError.INTERNAL)))
         return responses
 
     def finalize(self):

@@ -113,3 +113,16 @@ def test_import_refuses_to_overwrite(run, tmp_path):
     line = _one_error_line(run("import", "--format", "diffusers", str(tmp_path / "src"), "--out", str(tmp_path / "out.pt")))
     assert "--force" in line
     assert (tmp_path / "out.pt").read_bytes() == b"precious"
+
+
+def test_python_dash_m_ddpm_export_runs_the_cli():
+    """``python -m ddpm_export`` is the ``ddpm-export`` script: its commands, under its own name
+    (one subprocess: each one imports torch)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    r = subprocess.run([sys.executable, "-m", "ddpm_export", "nll"], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr  # click's usage error
+    assert "Usage: python -m ddpm_export nll" in r.stderr and "Missing option '--engine'" in r.stderr, r.stderr

@@ -70,7 +70,7 @@ def test_validate_shipped_digits_engines_all_three_levels():
 @pytest.mark.slow
 def test_validate_default_run_passes_on_the_shipped_engines(tmp_path):
     """``ddpm-export validate`` with every default (450 samples per set, t stride 50, 4
-    trajectory images), as the README's figures are made."""
+    trajectory images), as the figures of docs/validation.md are made."""
     rep = _validate_both_engines(tmp_path / "report")
     assert rep["distribution"]["n"] == 450
     assert len(rep["engines"][0]["one_step"]) == 5 * 21  # t = 0, 50, ..., 950, 999

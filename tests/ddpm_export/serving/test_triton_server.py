@@ -113,30 +113,69 @@ def test_eight_concurrent_clients_get_their_own_images(server, engine):
                                       err_msg=f"client {i}: {model} num={num} seed={seed}")
 
 
+# (request, text of the one-line message); every one is the client's mistake: INVALID_ARG
+BAD_REQUESTS = [
+    (dict(num=0, seed=1), "input 'num': 0 is out of range; expected 1 <= num <= "),
+    (dict(num=-3, seed=1), "input 'num': -3 is out of range"),
+    (dict(num=10 ** 6, seed=1), "the repository's memory limit"),
+    (dict(num=1, seed=1, method="euler"), "input 'method': 'euler' is unknown; expected one of ['ddpm', 'ddim', "),
+    (dict(num=1, seed=1, steps=0), "input 'steps': 0 is out of range; expected 1 <= steps <= 1000"),
+    (dict(num=1, seed=1, steps=1001), "input 'steps': 1001 is out of range; expected 1 <= steps <= 1000"),
+    (dict(num=1, seed=1, method="unipc", steps=1), "inputs method/steps/eta: 1 steps are too few for unipc"),
+    (dict(num=1, seed=1, method="dpmsolver++", eta=0.5), "inputs method/steps/eta: eta=0.5: method dpmsolver++"),
+    (dict(num=1, seed=1, skip=("seed",)), "input 'seed' is missing"),
+    (dict(num=1, seed=1, skip=("num",)), "input 'num' is missing"),
+    (dict(num=1, seed=-5), "input 'seed': -5 is negative"),
+    (dict(num=1, seed=1, eta=-1.0), "input 'eta': -1.0 is invalid"),
+    # Triton itself checks dtypes against config.pbtxt before the model runs
+    (dict(num=1, seed=1, dtypes={"num": (np.array([1.0], np.float32), "FP32")}), "FP32"),
+]
+STATUS = {"http": "400", "grpc": "StatusCode.INVALID_ARGUMENT"}  # what INVALID_ARG becomes on each
+
+
+def _grpc(server):
+    return grpc.InferenceServerClient(server.grpc_url)
+
+
 @pytest.mark.parametrize("model", [BLS, INPROCESS])
-def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(server, engine, model):
-    c = _http(server)
-    bad = [
-        (dict(num=0, seed=1), "num 0 is out of range; expected 1 <= num <= "),
-        (dict(num=10 ** 6, seed=1), "the repository's memory limit"),
-        (dict(num=1, seed=1, method="euler"), "method 'euler' is unknown; expected one of ['ddpm', 'ddim', "),
-        (dict(num=1, seed=1, steps=1001), "steps 1001 is out of range; expected 1 <= steps <= 1000"),
-        (dict(num=1, seed=1, skip=("seed",)), "input 'seed' is missing"),
-        (dict(num=1, seed=1, eta=-1.0), "eta -1.0 is invalid"),
-        # Triton itself checks dtypes against config.pbtxt before the model runs
-        (dict(num=1, seed=1, dtypes={"num": (np.array([1.0], np.float32), "FP32")}), "FP32"),
-    ]
+def test_bad_requests_are_invalid_arg_with_one_line_naming_the_input(server, engine, model):
+    clients = {"http": _http(server), "grpc": _grpc(server)}
     try:
-        for kw, message in bad:
-            with pytest.raises(InferenceServerException) as info:
-                c.infer(model, sampler_inputs(http, method=kw.pop("method", "ddim"), **kw))
-            assert message in info.value.message(), (kw, info.value.message())
-            assert "\n" not in info.value.message().strip(), info.value.message()
-            np.testing.assert_array_equal(_images(c, model, 1, 3, "ddim", 2),
-                                          engine.sample(1, seed=3, method="ddim", steps=2))
-        assert c.is_server_live() and c.is_model_ready(model)
+        for kw, message in BAD_REQUESTS:
+            for proto, c in clients.items():
+                mod = http if proto == "http" else grpc
+                args = dict(kw, method=kw.get("method", "ddim"))
+                extra = {} if proto == "http" else {"client_timeout": TIMEOUT}
+                with pytest.raises(InferenceServerException) as info:
+                    c.infer(model, sampler_inputs(mod, **args), **extra)
+                got = info.value
+                assert message in got.message(), (proto, kw, got.message())
+                assert "\n" not in got.message().strip(), got.message()
+                assert got.status() == STATUS[proto], (proto, kw, got.status(), got.message())
+        # the server keeps serving after all of them
+        np.testing.assert_array_equal(_images(clients["http"], model, 1, 3, "ddim", 2),
+                                      engine.sample(1, seed=3, method="ddim", steps=2))
+        assert clients["http"].is_server_live() and clients["http"].is_model_ready(model)
     finally:
-        c.close()
+        for c in clients.values():
+            c.close()
+
+
+def test_an_error_quotes_only_a_short_prefix_of_a_huge_input(server):
+    """A 48 MiB method string: the answer is INVALID_ARG with a short message, not the input again."""
+    huge = "x" * (48 << 20)
+    for proto, c in (("http", _http(server)), ("grpc", _grpc(server))):
+        mod = http if proto == "http" else grpc
+        extra = {} if proto == "http" else {"client_timeout": TIMEOUT}
+        try:
+            with pytest.raises(InferenceServerException) as info:
+                c.infer(INPROCESS, sampler_inputs(mod, 1, 1, method=huge), **extra)
+        finally:
+            c.close()
+        msg = info.value.message()
+        assert info.value.status() == STATUS[proto], (proto, info.value.status(), msg[:200])
+        assert len(msg) < 1000, (proto, len(msg))
+        assert "input 'method': 'xxxx" in msg and f"({48 << 20} characters)" in msg, msg
 
 
 def test_a_client_disconnecting_mid_request_leaves_the_server_healthy(server, engine):
