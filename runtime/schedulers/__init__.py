@@ -10,7 +10,8 @@ Options (all optional; None or absent = the method's default):
   spacing                which timesteps: ddim uniform (the model's timestep_spacing) | quadratic |
                          leading | trailing | linspace; solvers linspace | leading | trailing
   order                  multistep order (solvers)
-  variant                ddim: consistent (eps re-derived from the clipped x0) | diffusers;
+  variant                ddim: consistent (eps re-derived from the clipped x0) | diffusers
+                         (diffusers' DDIMScheduler.step exactly, its t - T//N step included);
                          unipc: bh1 | bh2
   corrector              unipc: use UniC (default True)
   lower_order_final      solvers: lower orders near the end of short chains (default True)
@@ -65,7 +66,8 @@ def _solver(cls):
 
 
 def _ddim(cfg: ScheduleConfig, variant: str = "consistent", **kw):
-    return DDIMScheduler(cfg, use_clipped_model_output=(variant == "consistent"), **kw)
+    consistent = variant == "consistent"
+    return DDIMScheduler(cfg, use_clipped_model_output=consistent, diffusers_prev=not consistent, **kw)
 
 
 REGISTRY: Dict[str, Method] = {m.name: m for m in (

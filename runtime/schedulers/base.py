@@ -230,9 +230,11 @@ class Scheduler:
                 raise ValueError("pass num_inference_steps or timesteps to set_timesteps(), not both")
             t = check_timesteps(timesteps, T)
             n = len(t)
+            self.custom_timesteps = True
         else:
             n = T if num_inference_steps is None else check_num_steps(num_inference_steps, T)
             t = self._all_timesteps(T) if num_inference_steps is None else self._timesteps(n, T)
+            self.custom_timesteps = False
         self.num_inference_steps = n
         self.timesteps = t
         prev = np.append(t[1:], -1)
