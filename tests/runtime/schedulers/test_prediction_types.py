@@ -313,6 +313,13 @@ def test_bad_timesteps_are_refused_with_every_reason(timesteps, match):
             make_scheduler(ScheduleConfig(), method).set_timesteps(timesteps=timesteps)
 
 
+def test_make_scheduler_takes_given_timesteps():
+    for method in ("ddpm", "ddim", "dpmsolver++", "unipc"):
+        assert make_scheduler(ScheduleConfig(), method, timesteps=STUDENT).timesteps.tolist() == STUDENT
+    with pytest.raises(ValueError, match=r"steps=4 and timesteps=\[999, 749, 499, 249\] given together"):
+        make_scheduler(ScheduleConfig(), "ddim", 4, timesteps=STUDENT)
+
+
 def test_timesteps_and_a_count_together_are_refused():
     with pytest.raises(ValueError, match="not both"):
         DDPMScheduler().set_timesteps(10, timesteps=STUDENT)
