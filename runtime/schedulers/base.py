@@ -14,7 +14,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence
 import numpy as np
 
 from runtime.seeding import ImageStreams
-from runtime.schedulers.prediction import OutputConverter, clip_unit  # noqa: F401 (clip_unit: re-exported)
+from runtime.schedulers.prediction import OutputConverter
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
 
 

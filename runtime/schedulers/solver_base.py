@@ -26,7 +26,7 @@ from runtime.schedulers.base import (
     q_sample,
     step_inputs,
 )
-from runtime.schedulers.prediction import OutputConverter, apply_limit, dynamic_threshold, resolve_limit  # noqa: F401
+from runtime.schedulers.prediction import OutputConverter, apply_limit, resolve_limit
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
 
 SOLVER_SPACINGS = ("linspace", "leading", "trailing")
