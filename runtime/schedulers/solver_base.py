@@ -107,7 +107,7 @@ class MultistepSolver:
         self.lower_order_final = bool(lower_order_final)
         self.karras = bool(karras)
         self.dtype = check_dtype(dtype)
-        self.set_timesteps(20)
+        self.set_timesteps(min(20, self.num_train_timesteps))
 
     # --- grid -------------------------------------------------------------------
     def set_timesteps(self, num_inference_steps: Optional[int] = 20,
@@ -126,7 +126,7 @@ class MultistepSolver:
             n = len(given)
         else:
             given = None
-            n = 20 if num_inference_steps is None else check_num_steps(num_inference_steps, T)
+            n = min(20, T) if num_inference_steps is None else check_num_steps(num_inference_steps, T)
         need = self.min_steps()
         if n < need:
             raise ValueError(

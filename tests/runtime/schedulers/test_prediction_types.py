@@ -313,6 +313,19 @@ def test_bad_timesteps_are_refused_with_every_reason(timesteps, match):
             make_scheduler(ScheduleConfig(), method).set_timesteps(timesteps=timesteps)
 
 
+@pytest.mark.parametrize("method", ["ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++", "unipc"])
+def test_a_short_explicit_schedule_samples_with_every_method(method):
+    """T = 8 (a distilled or toy schedule): the solvers' default grid is capped at T steps."""
+    cfg = ScheduleConfig(kind="explicit", betas=sigmoid_betas(8), num_timesteps=8, prediction="v")
+    sched = make_scheduler(cfg, method, 4 if method != "ddpm" else None)
+    assert len(sched.timesteps) == (8 if method == "ddpm" else 4) and sched.timesteps.max() <= 7
+    rng = np.random.default_rng(0)
+    x = sched.init_noise(SHAPE, rng)
+    for t in sched.timesteps:
+        x = sched.step(model_output(x, t), t, x, rng=rng).prev_sample
+    assert np.isfinite(x).all() and np.abs(x).max() <= 1.0 + 1e-6
+
+
 def test_make_scheduler_takes_given_timesteps():
     for method in ("ddpm", "ddim", "dpmsolver++", "unipc"):
         assert make_scheduler(ScheduleConfig(), method, timesteps=STUDENT).timesteps.tolist() == STUDENT
