@@ -198,6 +198,8 @@ def test_new_keys_round_trip_and_raise_the_version():
     assert contract.validate_manifest(back)["schedule"] == sched
     assert contract.prediction(back) == "v"
     assert contract.schedule_config(back).betas == tuple(betas)
+    # a kind a version-1 reader does not know: version 2 too (it says "upgrade", not "bad kind")
+    assert _manifest(schedule=dict(OLD_SCHEDULE, kind="squaredcos_cap_v2"))["manifest_version"] == 2
     # eps with every later key at its default, written explicitly: still version 1
     assert _manifest(schedule=contract.ScheduleConfig().to_dict())["manifest_version"] == 1
 
