@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from runtime.schedulers.base import Scheduler, StepOutput, draw_noise, spaced_timesteps
-from runtime.schedulers.prediction import apply_limit, resolve_limit
+from runtime.schedulers.prediction import limiter, resolve_limit
 from runtime.schedulers.schedule import ScheduleConfig
 
 SPACINGS = ("uniform", "quadratic", "leading", "trailing", "linspace")  # the first is the default
@@ -80,6 +80,7 @@ class DDIMScheduler(Scheduler):
         self.use_clipped_model_output = bool(use_clipped_model_output)
         self.diffusers_prev = bool(diffusers_prev)
         self.limit = resolve_limit(schedule_config, clip, who="ddim")
+        self._limit_x0 = limiter(self.limit)
         self.clip = self.limit is not None
         self.set_timesteps(None)
 
@@ -119,12 +120,12 @@ class DDIMScheduler(Scheduler):
         """Eq. (12)'s step x_t -> x_{t'} from the "predicted x0" (not yet limited); z (from rng
         or noise) is added when sigma_t > 0 (eta > 0, not the last step)."""
         # 1. eps_hat from the model output and the unlimited x0_hat (diffusers' pred_epsilon)
-        eps = self._convert.eps(i, out, x_t, x0)
+        eps = out if self._eps_is_output else self._convert.eps(i, out, x_t, x0)
         # 2. clip or threshold x0_hat (diffusers clip_sample / thresholding); re-derive eps from
         #    it (eq. (12) solved for eps at the limited x0: the direction term then agrees with
         #    the x0 used)
-        if self.limit is not None:
-            x0 = apply_limit(x0, self.limit)
+        if self._limit_x0 is not None:
+            x0 = self._limit_x0(x0)
             if self.use_clipped_model_output:
                 eps = (x_t - self._sqrt_abar[i] * x0) / self._sqrt_one_minus_abar[i]
         # 3. eq. (12): x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z

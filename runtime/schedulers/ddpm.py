@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from runtime.schedulers.base import Scheduler, StepOutput, draw_noise
-from runtime.schedulers.prediction import apply_limit, resolve_limit
+from runtime.schedulers.prediction import limiter, resolve_limit
 from runtime.schedulers.schedule import ScheduleConfig
 
 
@@ -34,6 +34,7 @@ class DDPMScheduler(Scheduler):
                  clip: Optional[bool] = None):
         super().__init__(schedule_config, dtype)
         self.limit = resolve_limit(schedule_config, clip, who="ddpm")
+        self._limit_x0 = limiter(self.limit)
         self.set_timesteps(None)
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None,
@@ -70,7 +71,8 @@ class DDPMScheduler(Scheduler):
         """Algorithm 2's step x_t -> x_{t'} from x0_hat (not yet limited); z (from rng
         or noise) is added on every step but the last (into the clean sample), not drawn there."""
         # 2. clip x0_hat to [-1, 1] (or threshold it) before it enters the posterior mean
-        x0 = apply_limit(x0, self.limit)
+        if self._limit_x0 is not None:
+            x0 = self._limit_x0(x0)
         # 3. posterior mean of q(x_{t-1} | x_t, x0_hat), eq. (7)
         mean = self._coef_x0[i] * x0 + self._coef_xt[i] * x_t
         # 4. Algorithm 2, line 4: x_{t-1} = mean + sigma_t z with z ~ N(0, I) if t > 0,
