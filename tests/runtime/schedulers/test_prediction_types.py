@@ -229,6 +229,34 @@ def test_ddim_diffusers_variant_steps_like_diffusers_on_every_spacing(spacing):
     assert chain_against_diffusers(consistent, d, torch, eta=0.0)[0] > 1e-3
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_ddpm_pipeline_with_trailing_spacing_matches_diffusers(prediction):
+    """The issue's case: a pipeline saved with timestep_spacing="trailing", sampled at 10 steps
+    (999, 899, ..., 99). diffusers' last step, from t = 99 to the clean sample, adds noise of
+    std 1e-10 (fixed_small's variance 0, clamped at 1e-20); ours adds none: |z| <= 6 allows 6e-10."""
+    diffusers = pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch")
+    cfg = config("linear", prediction, variance_type="fixedsmall", timestep_spacing="trailing")
+    ours = DDPMScheduler(cfg, dtype=np.float64)
+    d = diffusers.DDPMScheduler(variance_type="fixed_small", **diffusers_kwargs(cfg))
+    ours.set_timesteps(10)
+    d.set_timesteps(10)
+    assert ours.timesteps[-1] == 99
+    use_our_tables(d, ours, torch)
+    worst_prev, worst_x0 = chain_against_diffusers(ours, d, torch, seed=4)
+    assert worst_prev <= CHAIN_TOL + 6e-10 and worst_x0 <= CHAIN_TOL, (worst_prev, worst_x0)
+
+
+def test_ddpm_last_step_into_the_clean_sample_adds_no_noise():
+    """Even with fixedlarge and a last timestep above 0 (where diffusers adds sqrt(1 - abar_t) z):
+    the step into abar = 1 returns the posterior mean, i.e. x0_hat."""
+    sched = DDPMScheduler(ScheduleConfig(timestep_spacing="trailing", clip_denoised=False), dtype=np.float64)
+    sched.set_timesteps(10)
+    x, eps = np.full(SHAPE, 0.3), np.full(SHAPE, 0.1)
+    out = sched.step(eps, 99, x, noise=np.full(SHAPE, 100.0))
+    np.testing.assert_allclose(out.prev_sample, out.pred_original_sample, rtol=1e-12)
+
+
 def test_pipeline_steps_use_the_schedules_spacing_solvers_keep_linspace():
     cfg = ScheduleConfig(timestep_spacing="trailing")
     assert make_scheduler(cfg, "ddpm", 10).timesteps.tolist() == list(range(999, 0, -100))
