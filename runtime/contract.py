@@ -10,18 +10,34 @@ Model I/O (every precision; an FP16 graph casts at its edges inside the graph)::
     x_t  float32 [batch, C, H, W]   noisy image
     t    int32   [batch]            code timestep 0..T-1 (int32, not int64:
                                     TensorRT 8.x only down-casts int64 inputs)
-    eps  float32 [batch, C, H, W]   predicted noise
+    eps  float32 [batch, C, H, W]   the network's prediction: the noise, or x0 or v
+                                    as ``schedule.prediction`` says (the name stays
+                                    "eps" for every prediction type, so engines and
+                                    Triton configs keep one I/O contract)
 
-Manifest schema (``manifest_version`` 1): a JSON object, embedded in the ONNX
+Manifest schema (``manifest_version`` 1 or 2): a JSON object, embedded in the ONNX
 file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
 ``NAME.json`` next to ``NAME.onnx`` (an engine ``NAME.plan`` reads the same
 ``NAME.json``). The runtime needs nothing else::
 
-    manifest_version  int   MANIFEST_VERSION
+    manifest_version  int   1 when the schedule keeps every optional key below at its
+                            default (what version 1 meant), else 2: a runtime that
+                            knows only version 1 then refuses the file rather than
+                            sampling an x0 or v model as eps (manifest_version_for)
     precision         str   "fp32" | "fp16" (FP16 graph, FP32 islands, FP32 I/O)
     image_shape       [C, H, W]
-    schedule          ScheduleConfig.to_dict(): kind, beta_start, beta_end,
-                      num_timesteps (T), variance_type, clip_denoised
+    schedule          ScheduleConfig.to_dict() (runtime/schedulers/schedule.py):
+                      required: kind ("linear" | "scaled_linear" | "squaredcos_cap_v2"
+                      | "explicit"), beta_start, beta_end, num_timesteps (T),
+                      variance_type ("fixedlarge" | "fixedsmall"), clip_denoised;
+                      optional, absent = the default (what older manifests meant):
+                      betas (list of T floats, only with kind "explicit"; default null),
+                      prediction ("eps" | "x0" | "v"; default "eps"),
+                      thresholding (default false), dynamic_thresholding_ratio (0.995),
+                      sample_max_value (1.0), clip_sample_range (1.0),
+                      timestep_spacing ("leading" | "trailing" | "linspace"; default
+                      "leading": the spacing of DDPM and DDIM at N < T steps),
+                      steps_offset (0). An unknown key is refused.
     io                {"inputs": [{"name", "dtype", "shape"}, ...],
                        "outputs": [...], "batch_axis": "batch"}  == io_spec(image_shape)
     batch_range       {"min", "opt", "max"}  the engine's optimization profile
@@ -62,7 +78,8 @@ OUTPUT_NAMES = (OUTPUT,)
 PRECISIONS = ("fp32", "fp16")
 
 MANIFEST_KEY = "ddpm_export.manifest"  # ONNX metadata_props key holding the JSON
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # the newest version this runtime writes and reads
+MANIFEST_VERSIONS = (1, 2)  # every version it reads
 SIDECAR_SUFFIX = ".json"
 
 
@@ -166,7 +183,7 @@ def manifest_dict(
 ) -> Dict[str, Any]:
     """Assemble and validate a manifest (schema in the module docstring)."""
     d = {
-        "manifest_version": MANIFEST_VERSION,
+        "manifest_version": _version_or_newest(schedule),
         "precision": precision,
         "image_shape": [int(v) for v in image_shape],
         "schedule": dict(schedule),
@@ -200,9 +217,9 @@ def validate_manifest(d: Any) -> Dict[str, Any]:
         if key not in d:
             _fail(key, "<missing>", "present (see runtime/contract.py for the schema)")
     v = d["manifest_version"]
-    if v != MANIFEST_VERSION:
+    if isinstance(v, bool) or v not in MANIFEST_VERSIONS:
         fix = "upgrade ddpm-export to read it" if isinstance(v, int) and v > MANIFEST_VERSION else _FIX
-        _fail("manifest_version", v, str(MANIFEST_VERSION), fix)
+        _fail("manifest_version", v, " or ".join(map(str, MANIFEST_VERSIONS)), fix)
     if d["precision"] not in PRECISIONS:
         _fail("precision", d["precision"], f"one of {PRECISIONS}")
     shape = d["image_shape"]
@@ -218,7 +235,7 @@ def validate_manifest(d: Any) -> Dict[str, Any]:
     try:
         ScheduleConfig.from_dict(dict(sched))
     except (TypeError, ValueError) as e:
-        _fail("schedule", dict(sched), f"a valid ScheduleConfig ({e})")
+        raise ManifestError(f"manifest {e}; {_FIX}") from None
     expected_io = io_spec(shape)
     io = d["io"]
     if not isinstance(io, Mapping):
@@ -249,6 +266,31 @@ def validate_manifest(d: Any) -> Dict[str, Any]:
     if not isinstance(d["command"], str):
         _fail("command", d["command"], "a string")
     return dict(d)
+
+
+def manifest_version_for(schedule: Mapping[str, Any]) -> int:
+    """1 for a schedule a version-1 reader samples exactly as this runtime does (every later
+    key absent or at its default), else 2."""
+    cfg = schedule if isinstance(schedule, ScheduleConfig) else ScheduleConfig.from_dict(dict(schedule))
+    return 1 if cfg.is_legacy else 2
+
+
+def _version_or_newest(schedule: Any) -> int:
+    try:
+        return manifest_version_for(schedule)
+    except (TypeError, ValueError, AttributeError):
+        return MANIFEST_VERSION  # validate_manifest then names what is wrong with the schedule
+
+
+def schedule_config(manifest: Mapping[str, Any]) -> ScheduleConfig:
+    """The ScheduleConfig of a (validated) manifest."""
+    return ScheduleConfig.from_dict(dict(manifest["schedule"]))
+
+
+def prediction(manifest: Mapping[str, Any]) -> str:
+    """What the model's output tensor ("eps") holds: "eps", "x0" or "v"
+    (older manifests, without the key, mean "eps")."""
+    return schedule_config(manifest).prediction
 
 
 def _is_sha256(s: Any) -> bool:

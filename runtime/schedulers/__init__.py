@@ -7,21 +7,27 @@ Adding a solver is one file in this package plus one ``Method(...)`` line in
 Options (all optional; None or absent = the method's default):
   steps                  model calls (= steps); default per method
   eta                    DDIM's noise scale in [0, 1] (only methods with takes_eta)
-  spacing                which timesteps: ddim uniform|quadratic; solvers linspace|leading|trailing
+  spacing                which timesteps: ddim uniform (the model's timestep_spacing) | quadratic |
+                         leading | trailing | linspace; solvers linspace | leading | trailing
   order                  multistep order (solvers)
-  variant                ddim: consistent (eps re-derived from the clipped x0) | diffusers;
+  variant                ddim: consistent (eps re-derived from the clipped x0) | diffusers
+                         (diffusers' DDIMScheduler.step exactly, its t - T//N step included);
                          unipc: bh1 | bh2
   corrector              unipc: use UniC (default True)
   lower_order_final      solvers: lower orders near the end of short chains (default True)
   karras                 solvers: Karras et al. sigma spacing (default False)
-  clip                   clamp x0_hat to [-1, 1]; default: the model's clip_denoised
+  clip                   limit x0_hat (clip to the model's clip_sample_range, or its dynamic
+                         thresholding); default: the model's clip_denoised / thresholding
   threshold_ratio        solvers: dynamic thresholding quantile (Imagen), needs clipping
   threshold_max          solvers: dynamic thresholding's largest s (>= 1), needs clipping
+DDPM and DDIM ("uniform") space N < T steps as the model's schedule says (timestep_spacing,
+steps_offset: diffusers' DDPMPipeline / set_timesteps(N)); the solvers keep diffusers' solver
+default, linspace, unless ``spacing`` says otherwise (steps_offset shifts their "leading").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from runtime.schedulers.ddim import SPACINGS as DDIM_SPACINGS
 from runtime.schedulers.ddim import DDIMScheduler
@@ -55,13 +61,13 @@ _SOLVER_DEFAULTS = {"spacing": "linspace", "lower_order_final": True, "karras": 
 
 def _solver(cls):
     def make(cfg: ScheduleConfig, threshold_ratio=None, threshold_max=None, **kw):
-        return cls(cfg, dynamic_threshold_ratio=threshold_ratio,
-                   sample_max_value=1.0 if threshold_max is None else threshold_max, **kw)
+        return cls(cfg, dynamic_threshold_ratio=threshold_ratio, sample_max_value=threshold_max, **kw)
     return make
 
 
 def _ddim(cfg: ScheduleConfig, variant: str = "consistent", **kw):
-    return DDIMScheduler(cfg, use_clipped_model_output=(variant == "consistent"), **kw)
+    consistent = variant == "consistent"
+    return DDIMScheduler(cfg, use_clipped_model_output=consistent, diffusers_prev=not consistent, **kw)
 
 
 REGISTRY: Dict[str, Method] = {m.name: m for m in (
@@ -126,13 +132,21 @@ def resolve_options(name: str, options: Optional[Mapping[str, Any]] = None) -> D
 
 def make_scheduler(
     schedule: Union[ScheduleConfig, Mapping[str, Any]], method: str = "ddpm",
-    steps: Optional[int] = None, **options: Any,
+    steps: Optional[int] = None, timesteps: Optional[Sequence[int]] = None, **options: Any,
 ):
     """A scheduler for the schedule (a ScheduleConfig or a manifest's schedule dict) with
-    ``steps`` (None = the method's default) and the method's ``options``; set_timesteps done."""
+    ``steps`` (None = the method's default) or exactly ``timesteps`` (ints, strictly
+    descending, in [0, T-1]: e.g. a distilled student's), and the method's ``options``;
+    set_timesteps done."""
     m = get_method(method)
     opts = {k: v for k, v in resolve_options(method, options).items() if v is not None}
     cfg = schedule if isinstance(schedule, ScheduleConfig) else ScheduleConfig.from_dict(dict(schedule))
     sched = m.factory(cfg, **opts)
-    sched.set_timesteps(m.default_steps if steps is None else steps)
+    if timesteps is not None:
+        if steps is not None:
+            raise ValueError(f"steps={steps!r} and timesteps={list(timesteps)!r} given together: pass one "
+                             f"(the number of steps is len(timesteps))")
+        sched.set_timesteps(timesteps=timesteps)
+    else:
+        sched.set_timesteps(m.default_steps if steps is None else steps)
     return sched
