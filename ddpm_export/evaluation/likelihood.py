@@ -12,7 +12,8 @@ in github.com/hojonathanho/diffusion (``normal_kl``, ``discretized_gaussian_log_
 * prior L_T = KL(q(x_T | x_0) || N(0, I));
 * for code timestep t >= 1, L_t = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)): the true
   posterior (mean, clipped log variance) against the model's mean (the posterior mean at
-  x0_hat, clipped to [-1, 1] when the schedule says so, as ``calc_bpd_loop(clip_denoised=True)``)
+  x0_hat read from the output by the schedule's prediction type (eps, x0 or v) and limited as the
+  samplers limit it: clipped to [-1, 1] when the schedule says so, as ``calc_bpd_loop(clip_denoised=True)``)
   and its fixed log variance (fixedlarge: log(append(posterior_variance[1], betas[1:])),
   fixedsmall: the clipped posterior log variance; ``runtime.schedulers.schedule``);
 * decoder L_0 = -log p(x_0 | x_1), a Gaussian discretized to 256 bins on [-1, 1]
@@ -47,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from runtime.schedulers.prediction import limiter, resolve_limit
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
 from runtime.seeding import image_generator
 
@@ -187,13 +189,28 @@ def prior_bpd(s: Schedule, x0: np.ndarray) -> np.ndarray:
     return _mean_flat(normal_kl(mean, logvar, 0.0, 0.0)) / LN2
 
 
-def vb_terms_bpd(s: Schedule, x0: np.ndarray, x_t: np.ndarray, t: np.ndarray, eps: np.ndarray,
-                 clip_denoised: bool = True):
-    """(bits/dim [B], x0_hat [B, ...]) of ``_vb_terms_bpd``: decoder NLL where t == 0, else the KL."""
-    eps = np.asarray(eps, dtype=np.float64)
-    x0_hat = _at(s.sqrt_recip_alphas_cumprod, t) * x_t - _at(s.sqrt_recipm1_alphas_cumprod, t) * eps
-    if clip_denoised:
-        x0_hat = np.clip(x0_hat, -1.0, 1.0)
+def predict_x0(s: Schedule, x_t: np.ndarray, t: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """x0_hat from the network output (eps, x0 or v by ``s.config.prediction``), limited as the
+    samplers limit it (``runtime.schedulers.prediction``): dynamic thresholding when the schedule
+    has it, else clipping to +-clip_sample_range when clip_denoised. Float64; the same arithmetic
+    as the PyTorch reference's ``GaussianDiffusion.predict_x0``."""
+    cfg = s.config
+    out = np.asarray(out, dtype=np.float64)
+    if cfg.prediction == "eps":
+        x0_hat = _at(s.sqrt_recip_alphas_cumprod, t) * x_t - _at(s.sqrt_recipm1_alphas_cumprod, t) * out
+    elif cfg.prediction == "v":
+        x0_hat = _at(s.sqrt_alphas_cumprod, t) * x_t - _at(s.sqrt_one_minus_alphas_cumprod, t) * out
+    else:
+        x0_hat = out.copy()
+    limit = limiter(resolve_limit(cfg))
+    return x0_hat if limit is None else limit(x0_hat)
+
+
+def vb_terms_bpd(s: Schedule, x0: np.ndarray, x_t: np.ndarray, t: np.ndarray, out: np.ndarray):
+    """(bits/dim [B], x0_hat [B, ...]) of ``_vb_terms_bpd``: decoder NLL where t == 0, else the KL.
+
+    ``out`` is the network's output, read by the schedule's prediction type."""
+    x0_hat = predict_x0(s, x_t, t, out)
     c1, c2 = _at(s.posterior_mean_coef1, t), _at(s.posterior_mean_coef2, t)
     model_mean = c1 * x0_hat + c2 * x_t
     model_logvar = _at(s.model_log_variance, t)
@@ -311,8 +328,8 @@ def compute_bound(eps_fn: EpsFn, x0: np.ndarray, schedule: ScheduleConfig, t_sam
             eps = eps_fn(x_t.astype(np.float32), t.astype(np.int32))
             if np.shape(eps) != xb.shape:
                 raise ValueError(f"the model returned eps of shape {np.shape(eps)} for x_t of shape "
-                                 f"{xb.shape}; expected the same shape (an eps-predicting DDPM)")
-            terms[lo:lo + len(xb), k], x0_hat = vb_terms_bpd(s, xb, x_t, t, eps, schedule.clip_denoised)
+                                 f"{xb.shape}; expected the same shape (a DDPM denoiser: eps, x0 or v, as its schedule says)")
+            terms[lo:lo + len(xb), k], x0_hat = vb_terms_bpd(s, xb, x_t, t, eps)
             mse[lo:lo + len(xb), k] = _mean_flat((x0_hat - xb) ** 2)
             if progress is not None:
                 progress(len(xb))

@@ -93,6 +93,28 @@ def test_numpy_bound_through_onnx_agrees_with_pytorch_per_image(tiny_export):
     assert (np.abs(small.total - ref.total) > 10 * tol).all()
 
 
+@pytest.mark.parametrize("prediction, extra", [("x0", {}), ("v", {}), ("v", {"thresholding": True}),
+                                               ("eps", {"clip_sample_range": 0.5})])
+def test_numpy_bound_reads_the_output_by_its_prediction_type_as_the_pytorch_reference(tiny_export, prediction,
+                                                                                      extra):
+    """An x0 or v network (or a thresholded / narrower-clipped schedule): the NumPy bound must read the
+    output the way the schedule says, as the PyTorch reference does (before: always as eps)."""
+    import torch
+    model = tiny_export["model"]
+    schedule = ScheduleConfig(prediction=prediction, **extra)
+    x0 = L.from_uint8(np.random.default_rng(3).integers(0, 256, (3, 1, 8, 8)))
+
+    def out_fn(x, t):  # the same float32 network the reference calls
+        with torch.no_grad():
+            return model(torch.from_numpy(x), torch.from_numpy(t.astype(np.int64))).numpy()
+
+    got = L.compute_bound(out_fn, x0, schedule, t_samples=6, batch=3, seed=2)
+    ref = reference_bound(model, x0, schedule, t_samples=6, batch=3, seed=2)
+    np.testing.assert_allclose(got.total, ref.total, rtol=1e-9, atol=1e-9)
+    as_eps = L.compute_bound(out_fn, x0, ScheduleConfig(), t_samples=6, batch=3, seed=2)
+    assert (np.abs(as_eps.total - ref.total) > 1e-3).all()  # the check can tell the readings apart
+
+
 # --- the known answer: Gaussian data and its optimal eps predictor --------------------------
 MU, SD = 0.1, 0.25
 
