@@ -22,8 +22,9 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
                         "20 for the solvers)")
     g.add_argument("--eta", type=float, default=None, help="ddim only: eta in [0, 1] (default 0: deterministic)")
     g.add_argument("--spacing", default=None,
-                   help="timesteps: ddim uniform|quadratic (default uniform); solvers "
-                        "linspace|leading|trailing (default linspace)")
+                   help="timesteps: ddpm and ddim default to the model's own timestep_spacing/steps_offset (as "
+                        "diffusers' set_timesteps); ddim also uniform (that default)|quadratic|leading|trailing|"
+                        "linspace; solvers linspace|leading|trailing (default linspace)")
     g.add_argument("--order", type=int, default=None,
                    help="solver order: dpmsolver++ and unipc 1-3, sde-dpmsolver++ 1-2 (default 2)")
     g.add_argument("--variant", default=None,
@@ -36,8 +37,9 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--karras", action="store_const", const=True, default=None,
                    help="solvers: Karras et al. sigma spacing instead of --spacing")
     g.add_argument("--clip", dest="clip", action="store_const", const=True, default=None,
-                   help="clamp x0_hat to [-1, 1] (default: the model's clip_denoised)")
-    g.add_argument("--no-clip", dest="clip", action="store_const", const=False, help="do not clamp x0_hat")
+                   help="limit x0_hat as the model's schedule does (clipping to +-clip_sample_range, or its dynamic "
+                        "thresholding), or clamp to [-1, 1] when it has no limit (default: the schedule decides)")
+    g.add_argument("--no-clip", dest="clip", action="store_const", const=False, help="no limit on x0_hat at all")
     g.add_argument("--threshold-ratio", type=float, default=None,
                    help="solvers: dynamic thresholding quantile (Imagen; e.g. 0.995); needs clipping")
     g.add_argument("--threshold-max", type=float, default=None,
