@@ -620,3 +620,51 @@ def test_sample_float_closes_what_it_opened(tmp_path):
         eng.sample_float(2, steps=2, method="ddim")
         assert eng.runner.is_active  # inside 'with': the caller's to close
     assert (Counting.opened, Counting.closed) == (2, 2)
+
+
+# --- the precision an engine computes in (issue 20, defect 3) --------------------------------
+def _builder_flag_manifest():
+    """An FP16 builder-flag plan of the float32 graph: top-level fp32, engine.precision fp16."""
+    m = _manifest(precision="fp16", precision_mode="fp16_builder_flag")
+    m["precision"] = "fp32"
+    return m
+
+
+def test_compute_precision_reads_the_engine_section_of_a_builder_flag_plan():
+    assert contract.compute_precision(_builder_flag_manifest()) == "fp16"
+    onnx_only = _builder_flag_manifest()
+    del onnx_only["engine"]
+    assert contract.compute_precision(onnx_only) == "fp32"
+    bad = _builder_flag_manifest()
+    bad["engine"]["precision"] = "int8"
+    with pytest.raises(ManifestError, match=r"engine\.precision: received 'int8'.*ddpm-export build"):
+        contract.compute_precision(bad)
+
+
+def test_sample_many_run_json_labels_a_builder_flag_plan_fp16(tmp_path):
+    import json
+
+    from runtime.api import Engine
+    from runtime.backends.base import Runner
+    from runtime.shards import RUN_FILE, sample_shards
+
+    class Zeros(Runner):
+        backend = "tensorrt"
+
+        def _activate(self):
+            pass
+
+        def _deactivate(self):
+            pass
+
+        def _infer(self, x_t, t):
+            return np.zeros_like(x_t)
+
+    m = _builder_flag_manifest()
+    m["schedule"]["num_timesteps"] = 10
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"plan")
+    sample_shards(Engine(Zeros(str(plan), m)), tmp_path / "out", 2, shard_size=2, method="ddim",
+                  steps=2, progress=False, log=lambda s: None)
+    run = json.loads((tmp_path / "out" / RUN_FILE).read_text())
+    assert run["engine"]["precision"] == "fp16"
