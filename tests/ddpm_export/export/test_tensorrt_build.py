@@ -373,7 +373,8 @@ def test_build_fp16_flag_on_trt85_static_batch(tmp_path, fake):
     assert m["engine"]["profiles"] == [{"min": 32, "opt": 32, "max": 32}] and m["engine"]["static_batch"] == 32
     assert m["engine"]["native_instancenorm"] is None
     assert m["engine"]["precision_mode"] == "fp16_builder_flag" and m["precision"] == "fp32"
-    assert rt.TensorRTRunner(str(tmp_path / "digits.plan"), m).use_cuda_graph
+    assert rt.TensorRTRunner(str(tmp_path / "digits.plan"), m).static
+    assert contract.compute_precision(m) == "fp16"  # what validate and sample-many judge it by
     import onnx
 
     islands = set(B.fp32_island_nodes(onnx.load(str(onnx_path))))
