@@ -39,7 +39,7 @@ from runtime.api import TRT_SUFFIXES
 from runtime.backends.onnxrt import BackendMissing as OrtMissing
 from runtime.backends.tensorrt import BackendMissing as TrtMissing
 from runtime.backends.tensorrt import NoCudaDevice
-from runtime.backends.tensorrt.compat import EngineMismatch, PlanNotLoadable
+from runtime.backends.tensorrt.compat import EngineMismatch
 from runtime.io import make_grid, save_png, to_uint8
 from runtime.loop import METHODS
 
