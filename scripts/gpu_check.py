@@ -48,6 +48,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -200,6 +201,113 @@ def gate_failures(rows, limit, what):
             out.append(f"{what} batch {r.get('validate_batch')}: max |eps - PyTorch FP32| "
                        f"{r.get('max_vs_torch')} > {limit:.3g}")
     return out
+
+
+# The plans the tensorrt section builds: (name, build options, batches validated in a fresh
+# process, batches timed in this one ("all": the run's batches), loaded with --allow-host-code).
+TRT_PLANS = (
+    ("dynamic", {"min_batch": 1, "opt_batch": 64, "max_batch": 256},
+     (1, 3, 64, 100, 256), "all", False),  # profile points and between them
+    ("static64", {"static_batch": 64}, (64, 5), (64,), False),  # 5: padded up to 64
+    ("version_compatible", {"min_batch": 1, "opt_batch": 8, "max_batch": 64,
+                            "version_compatible": True}, (1, 8, 64), None, True),
+)
+
+
+def tensorrt_section(sec, rep, ctx, trt_version):
+    """The tensorrt section (see the module docstring); ctx: what main() prepared."""
+    import torch
+
+    import runtime
+    from ddpm_export.export.onnx_export import FP16_ATOL
+    from ddpm_export.export.tensorrt import BuildConfig, build_engine, export_precision
+
+    onnx_files, tmp, preset, c, s, dev = ctx.onnx_files, ctx.tmp, ctx.preset, ctx.c, ctx.s, ctx.dev
+    m32, m16, batches, deadline = ctx.m32, ctx.m16, ctx.batches, ctx.deadline
+
+    prec = export_precision(trt_version, True)
+    onnx = onnx_files.get(prec)
+    if onnx is None:
+        raise RuntimeError(f"the onnx section did not export the {prec} graph (see its error)")
+    sec["tensorrt"] = trt_version
+    cache = str(tmp / "timing.cache")
+    rng = np.random.default_rng(0)
+    ts = np.array(TIMESTEPS, np.int32)
+    failures = []
+
+    def build(name, **kw):
+        plan = tmp / f"{preset}-{name}.plan"
+        m = build_engine(BuildConfig(onnx=str(onnx), fp16=True, out=str(plan), timing_cache=cache,
+                                     **kw), log=lambda s_: None)
+        sec.setdefault("builds", {})[name] = m["engine"]
+        rep.save()
+        return plan
+
+    def validate(name, plan, sizes, allow_host_code=False):
+        """Load the plan in a fresh process, compare with PyTorch and ONNX Runtime here."""
+        batches = [(rng.standard_normal((b, c, s, s)).astype(np.float32), np.resize(ts, b))
+                   for b in sizes]
+        eps, info = eps_in_fresh_process(plan, batches, tmp, allow_host_code)
+        sec.setdefault("fresh_process", {})[name] = info
+        rows = []
+        with runtime.load(onnx_files["fp32"], providers=ORT_FP32_PROVIDERS) as ref:
+            sec["onnxruntime_reference"] = {"providers": ref.runner.active_providers,
+                                            "cuda_options": {"use_tf32": "0"}}
+            for (x, t), got in zip(batches, eps):
+                xt, tt = torch.from_numpy(x).to(dev), torch.from_numpy(t).to(dev)
+                with torch.no_grad():
+                    torch_ref = m32(xt, tt).double().cpu().numpy()
+                    torch16 = m16(xt, tt).double().cpu().numpy()
+                ort = ref(x, t)
+                per_t = {}
+                for tv in TIMESTEPS:
+                    sel = t == tv
+                    if sel.any():
+                        d = np.abs(got[sel].astype(np.float64) - torch_ref[sel])
+                        per_t[int(tv)] = {"max": float(d.max()), "mean": float(d.mean())}
+                row = {"plan": name, "validate_batch": len(t), "finite": bool(np.isfinite(got).all()),
+                       "max_vs_torch": float(np.abs(got - torch_ref).max()),
+                       "max_vs_onnxruntime_fp32": float(np.abs(got - ort).max()),
+                       "torch_fp16_islands_max_vs_torch": float(np.abs(torch16 - torch_ref).max()),
+                       "per_timestep_vs_torch": per_t}
+                rows.append(row)
+                rep.row(sec, row)
+        limit, basis = fp16_limit(FP16_ATOL, max(r["torch_fp16_islands_max_vs_torch"] for r in rows))
+        sec.setdefault("limits", {})[name] = {"max_vs_torch": limit, "basis": basis}
+        failures.extend(gate_failures(rows, limit, name))
+        sampled = sample_in_fresh_process(plan, tmp, allow_host_code)
+        sec.setdefault("runtime_sample", {})[name] = sampled
+        if sampled["rc"] != 0:
+            failures.append(f"{name}: python -m runtime.sample exited {sampled['rc']}: {sampled['tail'][-300:]}")
+        rep.save()
+
+    def bench(name, plan, sizes):
+        with runtime.load(plan) as eng:
+            for b in sizes:
+                x = rng.standard_normal((b, c, s, s)).astype(np.float32)
+                t = np.full((b,), 500, np.int32)
+                dt = timed(lambda: eng(x, t), lambda: None, 50 if b < 64 else 20)
+                rep.row(sec, {"plan": name, "bench_batch": b, "image_steps_per_s_via_runtime": b / dt,
+                              "ms_per_call": dt * 1e3})
+
+    try:
+        for k, (name, kw, sizes, bench_sizes, host) in enumerate(TRT_PLANS):
+            if k and time.time() > deadline - 60:  # the first plan always runs
+                sec[name] = {"skipped": "time budget"}
+                rep.incomplete(f"tensorrt: {name} build/load not run (time budget spent)")
+                continue
+            if kw.get("version_compatible") and tuple(map(int, trt_version.split(".")[:2])) < (8, 6):
+                sec[name] = {"skipped": f"TensorRT {trt_version} has no version compatibility"}
+                continue
+            plan = build(name, **kw)
+            validate(name, plan, sizes, allow_host_code=host)
+            if bench_sizes:
+                bench(name, plan, batches if bench_sizes == "all" else bench_sizes)
+    finally:
+        sec["gate_failures"] = failures
+        rep.save()
+    if failures:
+        raise RuntimeError(f"{len(failures)} TensorRT gate(s) failed: {'; '.join(failures[:5])}")
 
 
 def naive_half(model):
@@ -399,101 +507,10 @@ def main(argv=None) -> int:
     except Exception as e:
         trt_skip = f"{NEEDS} (tensorrt not importable: {type(e).__name__}: {e})"
 
-    def _tensorrt(sec):
-        import runtime
-        from ddpm_export.export.onnx_export import FP16_ATOL
-        from ddpm_export.export.tensorrt import BuildConfig, build_engine, export_precision
-
-        prec = export_precision(trt.__version__, True)
-        onnx = onnx_files.get(prec)
-        if onnx is None:
-            raise RuntimeError(f"the onnx section did not export the {prec} graph (see its error)")
-        sec["tensorrt"] = trt.__version__
-        cache = str(tmp / "timing.cache")
-        rng = np.random.default_rng(0)
-        ts = np.array(TIMESTEPS, np.int32)
-        failures = []
-
-        def build(name, **kw):
-            plan = tmp / f"{preset}-{name}.plan"
-            m = build_engine(BuildConfig(onnx=str(onnx), fp16=True, out=str(plan), timing_cache=cache,
-                                         **kw), log=lambda s_: None)
-            sec.setdefault("builds", {})[name] = m["engine"]
-            rep.save()
-            return plan
-
-        def validate(name, plan, sizes, allow_host_code=False):
-            """Load the plan in a fresh process, compare with PyTorch and ONNX Runtime here."""
-            batches = [(rng.standard_normal((b, c, s, s)).astype(np.float32), np.resize(ts, b))
-                       for b in sizes]
-            eps, info = eps_in_fresh_process(plan, batches, tmp, allow_host_code)
-            sec.setdefault("fresh_process", {})[name] = info
-            rows = []
-            with runtime.load(onnx_files["fp32"], providers=ORT_FP32_PROVIDERS) as ref:
-                sec["onnxruntime_reference"] = {"providers": ref.runner.active_providers,
-                                                "cuda_options": {"use_tf32": "0"}}
-                for (x, t), got in zip(batches, eps):
-                    xt, tt = torch.from_numpy(x).to(dev), torch.from_numpy(t).to(dev)
-                    with torch.no_grad():
-                        torch_ref = m32(xt, tt).double().cpu().numpy()
-                        torch16 = m16(xt, tt).double().cpu().numpy()
-                    ort = ref(x, t)
-                    per_t = {}
-                    for tv in TIMESTEPS:
-                        sel = t == tv
-                        if sel.any():
-                            d = np.abs(got[sel].astype(np.float64) - torch_ref[sel])
-                            per_t[int(tv)] = {"max": float(d.max()), "mean": float(d.mean())}
-                    row = {"plan": name, "validate_batch": len(t), "finite": bool(np.isfinite(got).all()),
-                           "max_vs_torch": float(np.abs(got - torch_ref).max()),
-                           "max_vs_onnxruntime_fp32": float(np.abs(got - ort).max()),
-                           "torch_fp16_islands_max_vs_torch": float(np.abs(torch16 - torch_ref).max()),
-                           "per_timestep_vs_torch": per_t}
-                    rows.append(row)
-                    rep.row(sec, row)
-            limit, basis = fp16_limit(FP16_ATOL, max(r["torch_fp16_islands_max_vs_torch"] for r in rows))
-            sec.setdefault("limits", {})[name] = {"max_vs_torch": limit, "basis": basis}
-            failures.extend(gate_failures(rows, limit, name))
-            sampled = sample_in_fresh_process(plan, tmp, allow_host_code)
-            sec.setdefault("runtime_sample", {})[name] = sampled
-            if sampled["rc"] != 0:
-                failures.append(f"{name}: python -m runtime.sample exited {sampled['rc']}: {sampled['tail'][-300:]}")
-            rep.save()
-
-        def bench(name, plan, sizes):
-            with runtime.load(plan) as eng:
-                for b in sizes:
-                    x = rng.standard_normal((b, c, s, s)).astype(np.float32)
-                    t = np.full((b,), 500, np.int32)
-                    dt = timed(lambda: eng(x, t), lambda: None, 50 if b < 64 else 20)
-                    rep.row(sec, {"plan": name, "bench_batch": b, "image_steps_per_s_via_runtime": b / dt,
-                                  "ms_per_call": dt * 1e3})
-
-        try:
-            plan = build("dynamic", min_batch=1, opt_batch=64, max_batch=256)
-            validate("dynamic", plan, (1, 3, 64, 100, 256))  # profile points and between them
-            bench("dynamic", plan, batches)
-            for name, kw, sizes, host in (("static64", {"static_batch": 64}, (64, 5), False),
-                                          ("version_compatible", {"min_batch": 1, "opt_batch": 8,
-                                                                  "max_batch": 64, "version_compatible": True},
-                                           (1, 8, 64), True)):
-                if time.time() > deadline - 60:
-                    sec[name] = {"skipped": "time budget"}
-                    rep.incomplete(f"tensorrt: {name} build/load not run (time budget spent)")
-                    continue
-                if kw.get("version_compatible") and tuple(map(int, trt.__version__.split(".")[:2])) < (8, 6):
-                    sec[name] = {"skipped": f"TensorRT {trt.__version__} has no version compatibility"}
-                    continue
-                plan = build(name, **kw)
-                validate(name, plan, sizes, allow_host_code=host)
-                if name == "static64":
-                    bench(name, plan, (64,))
-        finally:
-            sec["gate_failures"] = failures
-            rep.save()
-        if failures:
-            raise RuntimeError(f"{len(failures)} TensorRT gate(s) failed: {'; '.join(failures[:5])}")
-    rep.section("tensorrt", _tensorrt, deadline, skip=trt_skip)
+    ctx = SimpleNamespace(onnx_files=onnx_files, tmp=tmp, preset=preset, c=c, s=s, dev=dev,
+                          m32=m32, m16=m16, batches=batches, deadline=deadline)
+    rep.section("tensorrt", lambda sec: tensorrt_section(sec, rep, ctx, trt.__version__), deadline,
+                skip=trt_skip)
 
     def _compile(sec):
         sec["mode"] = "default, FP16 with FP32 islands"
