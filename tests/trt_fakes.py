@@ -32,17 +32,21 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 TRT_API_DIR = Path(__file__).resolve().parent / "runtime" / "backends" / "trt_api"
-TRT_API_VERSIONS = ("8.5.3", "8.6.1", "10.3.0")
+TRT_API_VERSIONS = ("8.5.3", "8.6.1", "10.3.0", "10.16", "11.1")
+TRT_LEAN_API_VERSIONS = ("8.6.1", "10.3.0", "10.16", "11.1")  # lean/dispatch bindings: from 8.6
 
 
-def trt_api_list(version):
-    """The names extracted from TensorRT's binding sources at that tag (with their source)."""
-    return json.loads((TRT_API_DIR / f"tensorrt-{version}.json").read_text())
+def trt_api_list(version, variant="full"):
+    """The names extracted from TensorRT's binding sources at that tag (with their source);
+    variant "lean": the lean and dispatch modules (built without EXPORT_ALL_BINDINGS)."""
+    prefix = "tensorrt" if variant == "full" else "tensorrt_lean"
+    return json.loads((TRT_API_DIR / f"{prefix}-{version}.json").read_text())
 
 
-def missing_trt_names(api, used, since, version):
+def missing_trt_names(api, used, since, version, until=None):
     """'owner.name' for every used name (owner '' = the module) not bound at that version;
-    a bound class also has its bound bases' names. since: {(owner, name): (major, minor)}."""
+    a bound class also has its bound bases' names. since: {(owner, name): (major, minor)};
+    until: names used only before that version (e.g. what TensorRT 11 removed)."""
     classes, bases = api["classes"], api["bases"]
     v = tuple(int(p) for p in version.split(".")[:2])
 
@@ -59,7 +63,7 @@ def missing_trt_names(api, used, since, version):
         if owner and owner not in classes[""] and since.get(("", owner), (0, 0)) <= v:
             missing.append(f"tensorrt.{owner}")
         for n in members:
-            if since.get((owner, n), (0, 0)) > v:
+            if since.get((owner, n), (0, 0)) > v or (until or {}).get((owner, n), (99, 0)) <= v:
                 continue
             if n not in have:
                 missing.append(f"{owner or 'tensorrt'}.{n}")

@@ -101,6 +101,8 @@ BUILD_TRT_API: Dict[str, Tuple[str, ...]] = {
     "ITensor": ("dtype",),
 }
 BUILD_TRT_API_SINCE = {("", "OnnxParserFlag"): (8, 6), ("OnnxParserFlag", "NATIVE_INSTANCENORM"): (8, 6)}
+# used only by the FP16 builder-flag build, which TensorRT 11 no longer has (strong typing only)
+BUILD_TRT_API_UNTIL = {("ILayer", "precision"): NO_FP16_FLAG, ("ILayer", "set_output_type"): NO_FP16_FLAG}
 
 
 class BuildError(RuntimeError):
@@ -118,7 +120,7 @@ class BuildConfig:
     min_batch: Optional[int] = None  # None: the export's batch_range (1 / 8 / 64 by default)
     opt_batch: Optional[int] = None
     max_batch: Optional[int] = None
-    static_batch: Optional[int] = None  # min = opt = max = N; the runtime then uses a CUDA graph
+    static_batch: Optional[int] = None  # min = opt = max = N; the runtime pads smaller batches
     timing_cache: Optional[str] = None  # read if it exists, written after the build
     builder_opt_level: Optional[int] = None  # 0..5; None: TensorRT's default (3)
     version_compatible: bool = False  # runs on later TensorRT and on the lean runtime (>= 8.6)

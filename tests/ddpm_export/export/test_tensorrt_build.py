@@ -585,8 +585,12 @@ def test_keyword_check_catches_misspelt_keywords():
 @pytest.mark.parametrize("version", TRT_API_VERSIONS)
 def test_every_tensorrt_name_the_build_touches_is_bound_in_that_version(version):
     api = trt_api_list(version)
-    missing = missing_trt_names(api, B.BUILD_TRT_API, B.BUILD_TRT_API_SINCE, version)
+    missing = missing_trt_names(api, B.BUILD_TRT_API, B.BUILD_TRT_API_SINCE, version,
+                                B.BUILD_TRT_API_UNTIL)
     assert not missing, f"not bound in TensorRT {version}: {missing}"
+    if version.startswith("11."):  # what the UNTIL list relies on: 11 removed them
+        assert missing_trt_names(api, {"ILayer": ("precision", "set_output_type")}, {}, version) == \
+            ["ILayer.precision", "ILayer.set_output_type"]
 
 
 # --- item: the FP32-island rule on real exports -----------------------------------------------

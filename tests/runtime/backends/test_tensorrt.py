@@ -19,8 +19,8 @@ import pytest
 from runtime import contract
 from runtime.backends import tensorrt as rt  # noqa: E402
 from runtime.contract import BatchRange, ManifestError
-from trt_fakes import (TRT_API_VERSIONS, FakeCudaMemory, FakeEngine, fake_plan_bytes, fake_tensorrt,
-                       missing_trt_names, trt_api_list)
+from trt_fakes import (TRT_API_VERSIONS, TRT_LEAN_API_VERSIONS, FakeCudaMemory, FakeEngine,
+                       fake_plan_bytes, fake_tensorrt, missing_trt_names, trt_api_list)
 
 ROOT = Path(__file__).resolve().parents[3]
 SHA = "ab" * 32
@@ -370,6 +370,45 @@ def test_every_tensorrt_name_the_runner_touches_is_bound_in_that_version(version
     used = dict(rt.TRT_API, **{"": rt.TRT_API[""] + rt.TRT_API_FULL_ONLY[""]})
     missing = missing_trt_names(api, used, rt.runner.TRT_API_SINCE, version)
     assert not missing, f"not bound in TensorRT {version} ({api['source']['tag']}): {missing}"
+
+
+@pytest.mark.parametrize("version", TRT_LEAN_API_VERSIONS)
+def test_the_lean_and_dispatch_bindings_have_what_the_runner_uses_and_no_plugins(version):
+    """What the fakes model, from the sources: no init_libnvinfer_plugins and no TensorFormat
+    (Polygraphy's TrtRunner needs it) without EXPORT_ALL_BINDINGS."""
+    api = trt_api_list(version, "lean")
+    assert api["source"]["variant"] == "lean" and api["source"]["tag"].lstrip("v") == version
+    assert missing_trt_names(api, rt.TRT_API, rt.runner.TRT_API_SINCE, version) == []
+    assert missing_trt_names(api, rt.TRT_API_FULL_ONLY, {}, version) == ["tensorrt.init_libnvinfer_plugins"]
+    assert missing_trt_names(api, {"": ("TensorFormat",)}, {}, version) == ["tensorrt.TensorFormat"]
+    full = trt_api_list(version)
+    assert missing_trt_names(full, {"": ("TensorFormat", "init_libnvinfer_plugins")}, {}, version) == []
+
+
+def test_name_extractor_keeps_the_export_all_bindings_branch_of_its_variant():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import trt_api_names as x
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    code = textwrap.dedent("""
+        void bindPlugin(py::module& m) {
+        #if EXPORT_ALL_BINDINGS
+            m.def("init_libnvinfer_plugins", &initLibNvInferPlugins);
+        #else
+            m.def("lean_only", &f);
+        #endif // EXPORT_ALL_BINDINGS
+        #ifdef _MSC_VER
+            m.def("kept_either_way", &g);
+        #endif
+        }
+        """)
+    assert "init_libnvinfer_plugins" in x.preprocess(code, full=True)
+    lean = x.preprocess(code, full=False)
+    assert "init_libnvinfer_plugins" not in lean and "lean_only" in lean and "kept_either_way" in lean
+    top = "void bind(py::module& m) {\n bindPlugin(m);\n#if EXPORT_ALL_BINDINGS\n bindGraph(m);\n#endif\n}\n"
+    files = {"pyPlugin.cpp": "void bindPlugin(py::module& m) {}", "pyGraph.cpp": "void bindGraph(py::module& m) {}"}
+    assert list(x.lean_files(files, top)) == ["pyPlugin.cpp"]
 
 
 def test_the_version_lists_tell_versions_apart():
