@@ -640,6 +640,32 @@ def test_runner_data_path_pads_to_the_profile_min_and_returns_the_batch(tmp_path
     assert not r.is_active and len(fake_gpu.freed) == 3 and fake_gpu.buffers == {}
 
 
+def test_runner_data_path_imports_no_torch(tmp_path):
+    """Polygraphy's array helpers could pull torch in; the runtime must not (Jetson memory)."""
+    pytest.importorskip("polygraphy", reason="polygraphy not installed")
+    trt = fake_tensorrt()
+    plan, m = _fake_plan(tmp_path, trt)
+    r = _run(f"""
+        import sys
+        sys.path.insert(0, "tests")
+        import numpy as np
+        import polygraphy.cuda.cuda as pc
+        from trt_fakes import FakeCudaMemory, fake_tensorrt
+        from runtime.backends.tensorrt import runner as R, DeviceInfo
+        from runtime.contract import read_manifest
+        mem = FakeCudaMemory()
+        pc.wrapper = lambda: mem
+        R.probe_cuda_device = lambda: DeviceInfo(0, "Orin", (8, 7))
+        trt = fake_tensorrt()
+        R.import_tensorrt = lambda allow_lean=False: (trt, "full")
+        with R.TensorRTRunner({str(plan)!r}, read_manifest({str(plan)!r})) as r:
+            y = r(np.ones((3, 3, 32, 32), np.float32), np.full(3, 2, np.int32))
+        print(float(y.max()), "torch" in sys.modules)
+        """)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["2.5", "False"], r.stdout
+
+
 def test_plan_with_a_plugin_layer_loads_in_a_fresh_process_with_the_full_runtime(tmp_path, monkeypatch, fake_gpu):
     """Defect 1: nothing else in this 'process' (a fresh fake module) registered the plugins."""
     trt = fake_tensorrt("8.5.2.2")
@@ -791,3 +817,32 @@ def test_sample_many_run_json_labels_a_builder_flag_plan_fp16(tmp_path):
                   steps=2, progress=False, log=lambda s: None)
     run = json.loads((tmp_path / "out" / RUN_FILE).read_text())
     assert run["engine"]["precision"] == "fp16"
+
+
+def test_validate_judges_a_builder_flag_plan_by_the_fp16_limits(tmp_path, monkeypatch):
+    """Defect 3 in validate: the plan (here the digits ONNX export under a builder-flag plan's
+    manifest) was judged against the FP32 limit and labelled fp32."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    import json
+
+    import runtime
+    from ddpm_export.evaluation.validate import Thresholds, validate
+    from runtime.api import Engine
+    from runtime.backends.onnxrt import OnnxRuntimeRunner
+
+    onnx = ROOT / "engines" / "digits.onnx"
+    m = json.loads(onnx.with_suffix(".json").read_text())
+    m["engine"] = _engine(precision="fp16", precision_mode="fp16_builder_flag",
+                          profiles=[m["batch_range"]])
+    assert m["precision"] == "fp32"
+    plan = tmp_path / "digits.plan"
+    real_load = runtime.load
+    monkeypatch.setattr(runtime, "load", lambda p, **kw: Engine(OnnxRuntimeRunner(
+        str(onnx), m, providers=["CPUExecutionProvider"], threads=1)) if str(p) == str(plan)
+        else real_load(p, **kw))
+    report, _ = validate(str(ROOT / "engines" / "digits.pt"), [str(plan)], Thresholds(),
+                         t_stride=500, batches=(1,), trajectory_images=0)
+    e = report["engines"][0]
+    assert e["precision"] == "fp16"
+    assert e["checks"]["eps_max_abs"]["limit"] == Thresholds().eps_fp16
