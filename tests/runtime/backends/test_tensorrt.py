@@ -359,6 +359,28 @@ def test_build_and_run_tiny_engine_matches_onnxruntime(request, tmp_path):
         assert np.abs(got - want).max() < 1e-2
         got1 = trt_engine(x[:1], t[:1])  # another batch size: set_input_shape again
         assert np.abs(got1 - want[:1]).max() < 1e-2
+    # the same plan loaded in a fresh process (nothing of the build's process carries over),
+    # then an FP16 builder-flag plan, where TensorRT still has the flag (< 11)
+    np.savez(tmp_path / "in.npz", x=x, t=t)
+    code = ("import sys, numpy as np, runtime; d = np.load(sys.argv[1]); "
+            "eng = runtime.load(sys.argv[2]).__enter__(); np.save(sys.argv[3], eng(d['x'], d['t']))")
+    plans = [onnx.with_suffix(".plan")]
+    import tensorrt
+
+    if rt.parse_version(tensorrt.__version__) < (11, 0):
+        fp16 = tmp_path / "tiny-flag.plan"
+        shutil.copy(exp["onnx"], fp16.with_suffix(".onnx"))
+        shutil.copy(contract.sidecar_path(exp["onnx"]), contract.sidecar_path(fp16))
+        build_engine(BuildConfig(onnx=str(fp16.with_suffix(".onnx")), fp16=True, max_batch=8),
+                     log=lambda s: None)
+        plans.append(fp16)
+    for plan in plans:
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in.npz"), str(plan),
+                            str(tmp_path / "out.npy")], capture_output=True, text=True, cwd=ROOT,
+                           timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert r.returncode == 0, (plan, r.stderr[-2000:])
+        fresh = np.load(tmp_path / "out.npy")
+        assert np.isfinite(fresh).all() and np.abs(fresh - want).max() < 2e-2, plan
 
 
 # --- names against TensorRT 8.5.3 / 8.6.1 / 10.3 binding sources -----------------------
