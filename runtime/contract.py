@@ -393,3 +393,23 @@ def read_embedded_manifest(onnx_path: PathLike) -> Optional[str]:
             f"the file is truncated or not ONNX: {_FIX}"
         ) from None
     return sess.get_modelmeta().custom_metadata_map.get(MANIFEST_KEY)
+
+
+def compute_precision(manifest: Mapping[str, Any]) -> str:
+    """The precision the engine computes in: "fp32" or "fp16".
+
+    A TensorRT plan says it in its ``engine.precision``: a plan built from the
+    float32 graph with the FP16 builder flag computes in FP16 while the export's
+    top-level ``precision`` stays "fp32". Anything without an engine section (an
+    ONNX export) computes in its top-level ``precision``. Judge, label and report
+    an engine by this value, never by the top-level field alone.
+    """
+    engine = manifest.get("engine")
+    if isinstance(engine, Mapping) and "precision" in engine:
+        value, field = engine["precision"], "engine.precision"
+    else:
+        value, field = manifest.get("precision"), "precision"
+    if value not in PRECISIONS:
+        _fail(field, value, f"one of {PRECISIONS}",
+              "rebuild the plan with 'ddpm-export build' or re-export the model")
+    return value

@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from runtime.contract import compute_precision
 from runtime.io import NpzError, load_npz, save_npz, sha256_file, to_uint8, write_json
 from runtime.progress import progress_bar
 from runtime.schedulers import make_scheduler, resolve_options
@@ -255,7 +256,7 @@ def _open_run(out: Path, config: Dict[str, Any], engine, n_shards: int) -> None:
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "config": config,
         "engine": {"path": str(engine.runner.path), "backend": getattr(engine.runner, "backend", None),
-                   "precision": manifest.get("precision"), "onnx_sha256": manifest.get("onnx_sha256"),
+                   "precision": compute_precision(manifest), "onnx_sha256": manifest.get("onnx_sha256"),
                    "checkpoint_sha256": (manifest.get("source") or {}).get("checkpoint_sha256")},
         "shards": n_shards,
         "layout": "shard-NNNNN.npz: images uint8 [n, H, W, C] = images [k*shard_size, ...), "

@@ -11,16 +11,28 @@ run killed mid-section keeps every finished row:
   torch          image-steps/s: eager FP32/FP16, CUDA graphs FP16, at batch 1, 64, 256
   host           runtime host cost per step: NumPy DDPM step + pinned H2D/D2H copies,
                  relative to one FP16 U-Net call (CUDA graph) at the same batch
-  tensorrt       only if tensorrt imports: build (dynamic 1/64/256), validate vs ONNX
-                 Runtime/PyTorch at batches inside and between the profile points,
-                 calls/s through runtime.load(), then a static-64 build with a CUDA graph
+  tensorrt       only if tensorrt imports: build (dynamic 1/64/256); every plan is then
+                 loaded in a fresh Python process, as python -m runtime.sample and the
+                 Jetson app load it (nothing of the build, e.g. Polygraphy's plugin
+                 registration, carries over), validated there vs PyTorch FP32 and ONNX
+                 Runtime FP32 (CUDA provider, TF32 off) at batches inside and between
+                 the profile points, and sampled once with python -m runtime.sample;
+                 calls/s through runtime.load(); then a static-64 build and one
+                 --version-compatible build (loaded with --allow-host-code). Gates:
+                 every output finite and within the FP16 limit (the export's FP16
+                 gate, FP16_ATOL; twice PyTorch's own FP16-with-islands error when that
+                 is larger, as with random weights); a broken gate fails the section
   torch_compile  torch.compile FP16 at batch 1, 64, 256 (last: compiling is slow)
 On a GPU without TensorRT (PyTorch + onnx + CPU ONNX Runtime) everything but
 ``tensorrt`` runs, well within the 420 s budget.
 
 --smoke (CI, no GPU needed): the tiny model, small batches and few iterations;
-sections that need CUDA or TensorRT say "skipped: needs CUDA/TensorRT". Any other
-error fails the run.
+sections that need CUDA or TensorRT say "skipped: needs CUDA/TensorRT"; the
+fresh-process loader is checked on the ONNX export. Any other error fails the run.
+
+Exit status: 0 all ran and passed; 1 a section failed (an error or a broken gate);
+2 nothing failed but the run is incomplete (a section or step was skipped because
+the time budget was spent: listed under "incomplete" in the report and summary).
 The weights are random unless --checkpoint names a cifar10 checkpoint: error numbers
 from random weights are a proxy, say so when you report them.
 """
@@ -36,6 +48,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -44,6 +57,9 @@ sys.path.insert(0, str(ROOT))
 
 NEEDS = "skipped: needs CUDA/TensorRT"
 TIMESTEPS = (0, 1, 10, 100, 250, 500, 750, 999)
+# The float32 reference on ONNX Runtime: its CUDA provider turns TF32 on by default
+# (cuda_execution_provider_info.h: use_tf32 true), which is not a float32 reference.
+ORT_FP32_PROVIDERS = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
 
 
 class Report:
@@ -68,6 +84,7 @@ class Report:
             sec["skipped"] = skip
         elif time.time() > deadline:
             sec["skipped"] = "time budget spent"
+            self.incomplete(f"{name}: not run (time budget spent)")
         else:
             try:
                 fn(sec)
@@ -84,6 +101,16 @@ class Report:
     def errors(self):
         return [k for k, v in self.data.items() if isinstance(v, dict) and "error" in v]
 
+    def incomplete(self, what=None):
+        """Record a step left out for time (with what), or return the list of them."""
+        if what is not None:
+            self.data.setdefault("incomplete", []).append(what)
+            self.save()
+        return list(self.data.get("incomplete", []))
+
+    def exit_status(self):
+        return 1 if self.errors() else 2 if self.incomplete() else 0
+
 
 def timed(fn, sync, iters, warmup=3):
     for _ in range(warmup):
@@ -94,6 +121,193 @@ def timed(fn, sync, iters, warmup=3):
         fn()
     sync()
     return (time.perf_counter() - t0) / iters
+
+
+FRESH_CHILD = r"""
+import json, sys
+import numpy as np
+import runtime
+inputs, engine, out, allow = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+d = np.load(inputs)
+kw = {"allow_host_code": True} if allow else {}
+eps, i = {}, 0
+with runtime.load(engine, **kw) as eng:
+    while f"x{i}" in d.files:
+        eps[f"eps{i}"] = eng(d[f"x{i}"], d[f"t{i}"])
+        i += 1
+    r = eng.runner
+    info = {"backend": r.backend, "runtime_kind": getattr(r, "runtime_kind", None),
+            "trt_version": getattr(r, "trt_version", None), "device": str(getattr(r, "device", None))}
+np.savez(out, **eps)
+print(json.dumps(info))
+"""
+
+
+def eps_in_fresh_process(engine, batches, work, allow_host_code=False, timeout=300):
+    """eps for each (x, t) in batches from ``engine`` loaded by runtime.load in a new Python
+    process that has imported nothing else (the way python -m runtime.sample and the Jetson app
+    load it). Returns (list of eps, info about the runner)."""
+    import subprocess
+
+    work = Path(work)
+    inputs, out = work / "fresh_inputs.npz", work / "fresh_eps.npz"
+    arrays = {}
+    for i, (x, t) in enumerate(batches):
+        arrays[f"x{i}"], arrays[f"t{i}"] = x, t
+    np.savez(inputs, **arrays)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", FRESH_CHILD, str(inputs), str(engine), str(out),
+                        "1" if allow_host_code else "0"], capture_output=True, text=True,
+                       env=env, timeout=timeout, cwd=str(work))
+    if r.returncode != 0:
+        raise RuntimeError(f"loading {engine} in a fresh process failed (exit {r.returncode}): "
+                           f"{(r.stderr or r.stdout).strip()[-1500:]}")
+    with np.load(out) as d:
+        eps = [d[f"eps{i}"] for i in range(len(batches))]
+    return eps, json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def sample_in_fresh_process(engine, work, allow_host_code=False, timeout=300):
+    """python -m runtime.sample on the engine, as a user runs it: {"rc", "seconds", "tail"}."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "runtime.sample", "--engine", str(engine), "--num", "4",
+           "--method", "ddim", "--steps", "5", "--no-progress",
+           "--out", str(Path(work) / (Path(engine).stem + "-samples.png"))]
+    if allow_host_code:
+        cmd.append("--allow-host-code")
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=str(work))
+    return {"rc": r.returncode, "seconds": round(time.time() - t0, 1),
+            "tail": (r.stderr or r.stdout).strip()[-600:]}
+
+
+def fp16_limit(export_gate, torch_fp16_error):
+    """(limit, basis) for a TensorRT FP16 engine's max |eps - PyTorch FP32|."""
+    if torch_fp16_error > export_gate:
+        return 2 * torch_fp16_error, (f"2 x PyTorch FP16-with-islands error {torch_fp16_error:.3g} "
+                                      f"(above the export gate {export_gate:g}: random weights?)")
+    return export_gate, f"the export's FP16 gate (FP16_ATOL = {export_gate:g})"
+
+
+def gate_failures(rows, limit, what):
+    """One line per row that is not finite or exceeds the limit (rows from the validation)."""
+    out = []
+    for r in rows:
+        if not r.get("finite", False):
+            out.append(f"{what} batch {r.get('validate_batch')}: non-finite output")
+        elif not r.get("max_vs_torch", float("inf")) <= limit:
+            out.append(f"{what} batch {r.get('validate_batch')}: max |eps - PyTorch FP32| "
+                       f"{r.get('max_vs_torch')} > {limit:.3g}")
+    return out
+
+
+# The plans the tensorrt section builds: (name, build options, batches validated in a fresh
+# process, batches timed in this one ("all": the run's batches), loaded with --allow-host-code).
+TRT_PLANS = (
+    ("dynamic", {"min_batch": 1, "opt_batch": 64, "max_batch": 256},
+     (1, 3, 64, 100, 256), "all", False),  # profile points and between them
+    ("static64", {"static_batch": 64}, (64, 5), (64,), False),  # 5: padded up to 64
+    ("version_compatible", {"min_batch": 1, "opt_batch": 8, "max_batch": 64,
+                            "version_compatible": True}, (1, 8, 64), None, True),
+)
+
+
+def tensorrt_section(sec, rep, ctx, trt_version):
+    """The tensorrt section (see the module docstring); ctx: what main() prepared."""
+    import torch
+
+    import runtime
+    from ddpm_export.export.onnx_export import FP16_ATOL
+    from ddpm_export.export.tensorrt import BuildConfig, build_engine, export_precision
+
+    onnx_files, tmp, preset, c, s, dev = ctx.onnx_files, ctx.tmp, ctx.preset, ctx.c, ctx.s, ctx.dev
+    m32, m16, batches, deadline = ctx.m32, ctx.m16, ctx.batches, ctx.deadline
+
+    prec = export_precision(trt_version, True)
+    onnx = onnx_files.get(prec)
+    if onnx is None:
+        raise RuntimeError(f"the onnx section did not export the {prec} graph (see its error)")
+    sec["tensorrt"] = trt_version
+    cache = str(tmp / "timing.cache")
+    rng = np.random.default_rng(0)
+    ts = np.array(TIMESTEPS, np.int32)
+    failures = []
+
+    def build(name, **kw):
+        plan = tmp / f"{preset}-{name}.plan"
+        m = build_engine(BuildConfig(onnx=str(onnx), fp16=True, out=str(plan), timing_cache=cache,
+                                     **kw), log=lambda s_: None)
+        sec.setdefault("builds", {})[name] = m["engine"]
+        rep.save()
+        return plan
+
+    def validate(name, plan, sizes, allow_host_code=False):
+        """Load the plan in a fresh process, compare with PyTorch and ONNX Runtime here."""
+        batches = [(rng.standard_normal((b, c, s, s)).astype(np.float32), np.resize(ts, b))
+                   for b in sizes]
+        eps, info = eps_in_fresh_process(plan, batches, tmp, allow_host_code)
+        sec.setdefault("fresh_process", {})[name] = info
+        rows = []
+        with runtime.load(onnx_files["fp32"], providers=ORT_FP32_PROVIDERS) as ref:
+            sec["onnxruntime_reference"] = {"providers": ref.runner.active_providers,
+                                            "cuda_options": {"use_tf32": "0"}}
+            for (x, t), got in zip(batches, eps):
+                xt, tt = torch.from_numpy(x).to(dev), torch.from_numpy(t).to(dev)
+                with torch.no_grad():
+                    torch_ref = m32(xt, tt).double().cpu().numpy()
+                    torch16 = m16(xt, tt).double().cpu().numpy()
+                ort = ref(x, t)
+                per_t = {}
+                for tv in TIMESTEPS:
+                    sel = t == tv
+                    if sel.any():
+                        d = np.abs(got[sel].astype(np.float64) - torch_ref[sel])
+                        per_t[int(tv)] = {"max": float(d.max()), "mean": float(d.mean())}
+                row = {"plan": name, "validate_batch": len(t), "finite": bool(np.isfinite(got).all()),
+                       "max_vs_torch": float(np.abs(got - torch_ref).max()),
+                       "max_vs_onnxruntime_fp32": float(np.abs(got - ort).max()),
+                       "torch_fp16_islands_max_vs_torch": float(np.abs(torch16 - torch_ref).max()),
+                       "per_timestep_vs_torch": per_t}
+                rows.append(row)
+                rep.row(sec, row)
+        limit, basis = fp16_limit(FP16_ATOL, max(r["torch_fp16_islands_max_vs_torch"] for r in rows))
+        sec.setdefault("limits", {})[name] = {"max_vs_torch": limit, "basis": basis}
+        failures.extend(gate_failures(rows, limit, name))
+        sampled = sample_in_fresh_process(plan, tmp, allow_host_code)
+        sec.setdefault("runtime_sample", {})[name] = sampled
+        if sampled["rc"] != 0:
+            failures.append(f"{name}: python -m runtime.sample exited {sampled['rc']}: {sampled['tail'][-300:]}")
+        rep.save()
+
+    def bench(name, plan, sizes):
+        with runtime.load(plan) as eng:
+            for b in sizes:
+                x = rng.standard_normal((b, c, s, s)).astype(np.float32)
+                t = np.full((b,), 500, np.int32)
+                dt = timed(lambda: eng(x, t), lambda: None, 50 if b < 64 else 20)
+                rep.row(sec, {"plan": name, "bench_batch": b, "image_steps_per_s_via_runtime": b / dt,
+                              "ms_per_call": dt * 1e3})
+
+    try:
+        for k, (name, kw, sizes, bench_sizes, host) in enumerate(TRT_PLANS):
+            if k and time.time() > deadline - 60:  # the first plan always runs
+                sec[name] = {"skipped": "time budget"}
+                rep.incomplete(f"tensorrt: {name} build/load not run (time budget spent)")
+                continue
+            if kw.get("version_compatible") and tuple(map(int, trt_version.split(".")[:2])) < (8, 6):
+                sec[name] = {"skipped": f"TensorRT {trt_version} has no version compatibility"}
+                continue
+            plan = build(name, **kw)
+            validate(name, plan, sizes, allow_host_code=host)
+            if bench_sizes:
+                bench(name, plan, batches if bench_sizes == "all" else bench_sizes)
+    finally:
+        sec["gate_failures"] = failures
+        rep.save()
+    if failures:
+        raise RuntimeError(f"{len(failures)} TensorRT gate(s) failed: {'; '.join(failures[:5])}")
 
 
 def naive_half(model):
@@ -226,9 +440,12 @@ def main(argv=None) -> int:
                 got = eng(x, t)
             with torch.no_grad():
                 want = model(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+            (fresh,), info = eps_in_fresh_process(path, [(x, t)], tmp)
             rep.row(sec, {"graph": prec, "export_seconds": round(time.time() - t0, 1), "batch": b,
                           "max_vs_torch_fp32": float(np.abs(got.astype(np.float64) - want).max()),
-                          "finite": bool(np.isfinite(got).all())})
+                          "finite": bool(np.isfinite(got).all()),
+                          "fresh_process_max_diff": float(np.abs(fresh - got).max()),
+                          "fresh_process_backend": info["backend"]})
     rep.section("onnx", _onnx, deadline)
 
     def cuda_graph_fn(mod, x, t):
@@ -290,62 +507,10 @@ def main(argv=None) -> int:
     except Exception as e:
         trt_skip = f"{NEEDS} (tensorrt not importable: {type(e).__name__}: {e})"
 
-    def _tensorrt(sec):
-        import runtime
-        from ddpm_export.export.tensorrt import BuildConfig, build_engine, export_precision
-
-        prec = export_precision(trt.__version__, True)
-        onnx = onnx_files.get(prec)
-        if onnx is None:
-            raise RuntimeError(f"the onnx section did not export the {prec} graph (see its error)")
-        sec["tensorrt"] = trt.__version__
-        cache = str(tmp / "timing.cache")
-        m = build_engine(BuildConfig(onnx=str(onnx), fp16=True, min_batch=1, opt_batch=64,
-                                     max_batch=256, timing_cache=cache), log=lambda s_: None)
-        sec["build"] = m["engine"]
-        rep.save()
-        rng = np.random.default_rng(0)
-        ts = np.array(TIMESTEPS, np.int32)
-        with runtime.load(onnx_files["fp32"], providers=["CUDAExecutionProvider", "CPUExecutionProvider"]) as ref, \
-                runtime.load(onnx.with_suffix(".plan")) as eng:
-            sec["runner"] = {"cuda_graph": eng.runner.use_cuda_graph, "device": str(eng.runner.device)}
-            for b in (1, 3, 64, 100, 256):  # profile points and between them
-                x = rng.standard_normal((b, c, s, s)).astype(np.float32)
-                t = np.resize(ts, b)
-                got = eng(x, t)
-                with torch.no_grad():
-                    torch_ref = m32(torch.from_numpy(x).to(dev), torch.from_numpy(t).to(dev)).cpu().numpy()
-                ort = ref(x, t)
-                per_t = {}
-                for tv in TIMESTEPS:
-                    sel = t == tv
-                    if sel.any():
-                        d = np.abs(got[sel].astype(np.float64) - torch_ref[sel])
-                        per_t[int(tv)] = {"max": float(d.max()), "mean": float(d.mean())}
-                rep.row(sec, {"validate_batch": b, "finite": bool(np.isfinite(got).all()),
-                              "max_vs_torch": float(np.abs(got - torch_ref).max()),
-                              "max_vs_onnxruntime_fp32": float(np.abs(got - ort).max()),
-                              "per_timestep_vs_torch": per_t})
-            for b in batches:
-                x = rng.standard_normal((b, c, s, s)).astype(np.float32)
-                t = np.full((b,), 500, np.int32)
-                dt = timed(lambda: eng(x, t), lambda: None, 50 if b < 64 else 20)
-                rep.row(sec, {"bench_batch": b, "image_steps_per_s_via_runtime": b / dt,
-                              "ms_per_call": dt * 1e3})
-        if time.time() < deadline - 60:
-            static_plan = tmp / "cifar10-static64.plan"
-            build_engine(BuildConfig(onnx=str(onnx), fp16=True, static_batch=64, out=str(static_plan),
-                                     timing_cache=cache), log=lambda s_: None)
-            with runtime.load(static_plan) as eng:
-                x = rng.standard_normal((64, c, s, s)).astype(np.float32)
-                t = np.full((64,), 500, np.int32)
-                dt = timed(lambda: eng(x, t), lambda: None, 50)
-                with torch.no_grad():
-                    d = float(np.abs(eng(x, t) - m32(torch.from_numpy(x).to(dev), torch.from_numpy(t).to(dev)).cpu().numpy()).max())
-                sec["static64"] = {"cuda_graph": eng.runner.use_cuda_graph,
-                                   "cuda_graph_error": eng.runner.cuda_graph_error,
-                                   "image_steps_per_s_via_runtime": 64 / dt, "max_vs_torch": d}
-    rep.section("tensorrt", _tensorrt, deadline, skip=trt_skip)
+    ctx = SimpleNamespace(onnx_files=onnx_files, tmp=tmp, preset=preset, c=c, s=s, dev=dev,
+                          m32=m32, m16=m16, batches=batches, deadline=deadline)
+    rep.section("tensorrt", lambda sec: tensorrt_section(sec, rep, ctx, trt.__version__), deadline,
+                skip=trt_skip)
 
     def _compile(sec):
         sec["mode"] = "default, FP16 with FP32 islands"
@@ -353,6 +518,7 @@ def main(argv=None) -> int:
         for b in batches:
             if time.time() > deadline - 30:
                 rep.row(sec, {"batch": b, "skipped": "time budget"})
+                rep.incomplete(f"torch_compile: batch {b} not run (time budget spent)")
                 continue
             x = torch.randn(b, c, s, s, device=dev)
             t = torch.randint(0, 1000, (b,), device=dev, dtype=torch.int32)
@@ -367,10 +533,13 @@ def main(argv=None) -> int:
 
     summary = {k: v.get("skipped") or v.get("error") or f"ok ({v.get('seconds')} s)"
                for k, v in rep.data.items() if isinstance(v, dict)}
+    summary["incomplete"] = rep.incomplete() or "no: every section and step ran"
     print(json.dumps(summary, indent=1))
-    errors = rep.errors()
-    print(f"wrote {out}; sections with errors: {errors or 'none'}")
-    return 1 if errors else 0
+    errors, status = rep.errors(), rep.exit_status()
+    state = {0: "complete, all passed", 1: "FAILED", 2: "INCOMPLETE (time budget spent; nothing failed)"}
+    print(f"wrote {out}; {state[status]}; sections with errors: {errors or 'none'}; "
+          f"incomplete: {rep.incomplete() or 'none'}")
+    return status
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# One command on a CUDA machine (under 8 minutes on an H100): writes a JSON report and exits
-# non-zero when a section failed (a section that cannot run says "skipped: ...").
+# One command on a CUDA machine (under 8 minutes on an H100): writes a JSON report. Exit 0: every
+# section ran and passed; 1: a section failed (an error, or TensorRT numbers outside their
+# gates); 2: nothing failed but the time budget ran out before every step ran (the report's
+# "incomplete" list says which); 124: killed at the hard stop (the report keeps finished rows).
+# A section that cannot run here says "skipped: ...". Every TensorRT plan is loaded in a fresh
+# Python process, the way python -m runtime.sample and the Jetson app load it.
 #   bash scripts/gpu_check.sh [REPORT.json] [--checkpoint engines/cifar10.pt] [--budget S]
 # Report path default: $OUT/gpu_check.json when $OUT is set (device machines), else ./gpu_check.json.
 # Needs a Python with a CUDA build of torch, onnx and onnxruntime (CPU is enough). Without

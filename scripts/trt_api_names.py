@@ -3,6 +3,14 @@
     git clone https://github.com/NVIDIA/TensorRT   (or any clone / mirror with the tags)
     python scripts/trt_api_names.py --git-dir TensorRT/.git --tag v10.3.0 \
         --out tests/runtime/backends/trt_api/tensorrt-10.3.0.json
+    python scripts/trt_api_names.py --git-dir TensorRT/.git --tag v10.3.0 --variant lean \
+        --out tests/runtime/backends/trt_api/tensorrt_lean-10.3.0.json
+
+--variant: "full" (the tensorrt module) or "lean" (the lean and dispatch modules, the same
+sources built without EXPORT_ALL_BINDINGS, TensorRT >= 8.6). The sources are read as the C
+preprocessor would for that variant: code under ``#if EXPORT_ALL_BINDINGS`` is kept only for
+"full" (its ``#else`` branch only for "lean"), and for "lean" only the files whose bind
+function python/src/pyTensorRT.cpp still calls are read.
 
 Reads python/src/infer/*.cpp, python/src/parsers/pyOnnx.cpp and the package's
 __init__.py (pure-Python names such as ``__version__`` and ``nptype``) at the tag,
@@ -84,6 +92,43 @@ def statements(code: str) -> List[str]:
     return [st for st in out if st.strip()]
 
 
+_GUARD = re.compile(r"^\s*#\s*if\s+(?P<neg>!?)\s*EXPORT_ALL_BINDINGS\b")
+
+
+def preprocess(code: str, full: bool) -> str:
+    """code with the EXPORT_ALL_BINDINGS branches of the other variant removed (other
+    preprocessor conditionals are kept whole, both branches)."""
+    out, stack = [], []  # stack: None for other #if, else whether the guarded branch is kept
+    for line in code.splitlines(keepends=True):
+        d = line.strip()
+        m = _GUARD.match(line)
+        if m:
+            stack.append(full if not m.group("neg") else not full)
+            continue
+        if d.startswith("#if"):
+            stack.append(None)
+        elif d.startswith("#else") and stack and stack[-1] is not None:
+            stack[-1] = not stack[-1]
+            continue
+        elif d.startswith("#endif") and stack:
+            if stack.pop() is not None:
+                continue
+        if all(k is not False for k in stack):
+            out.append(line)
+    return "".join(out)
+
+
+def lean_files(files: Dict[str, str], top: str) -> Dict[str, str]:
+    """The sources whose bind function the lean build of pyTensorRT.cpp still calls."""
+    called = set(re.findall(r"\b(bind\w+)\s*\(\s*m\s*\)", preprocess(top, full=False)))
+    keep = {}
+    for path, code in files.items():
+        defined = set(re.findall(r"\bvoid\s+(bind\w+)\s*\(", code))
+        if defined & called:
+            keep[path] = code
+    return keep
+
+
 def _cpp_name(targs: str) -> str:
     return re.split(r"[,<]", targs, 1)[0].strip()
 
@@ -159,6 +204,8 @@ def main(argv=None) -> int:
     ap.add_argument("--git-dir", required=True, help="a TensorRT clone's .git (or a bare mirror)")
     ap.add_argument("--tag", required=True, help="e.g. 8.5.3, v8.6.1, v10.3.0 (see 'git tag')")
     ap.add_argument("--out", required=True, help="JSON file to write")
+    ap.add_argument("--variant", choices=("full", "lean"), default="full",
+                    help="full: the tensorrt module; lean: tensorrt_lean / tensorrt_dispatch")
     args = ap.parse_args(argv)
     listing = _git(args.git_dir, "ls-tree", "-r", "--name-only", args.tag, "python/").split()
     paths = [p for p in listing if p.endswith(".cpp") and any(p.startswith(s) for s in SOURCES)]
@@ -166,11 +213,19 @@ def main(argv=None) -> int:
         print(f"no binding sources under {SOURCES} at {args.tag}", file=sys.stderr)
         return 1
     files = {p: _git(args.git_dir, "show", f"{args.tag}:{p}") for p in paths}
+    if not any("EXPORT_ALL_BINDINGS" in code for code in files.values()) and args.variant == "lean":
+        print(f"{args.tag} has no lean bindings (EXPORT_ALL_BINDINGS appears from 8.6)", file=sys.stderr)
+        return 1
+    full = args.variant == "full"
+    files = {p: preprocess(code, full) for p, code in files.items()}
+    if not full:
+        files = lean_files(files, _git(args.git_dir, "show", f"{args.tag}:python/src/pyTensorRT.cpp"))
     init = next((p for p in INIT_FILES if p in listing), None)
     init_py = _git(args.git_dir, "show", f"{args.tag}:{init}") if init else ""
     commit = _git(args.git_dir, "rev-list", "-n", "1", args.tag).strip()
     result = {"source": {"repository": "https://github.com/NVIDIA/TensorRT", "tag": args.tag,
-                         "commit": commit, "files": paths + ([init] if init else []),
+                         "commit": commit, "variant": args.variant,
+                         "files": sorted(files) + ([init] if init else []),
                          "generated_by": "scripts/trt_api_names.py"}}
     result.update(extract(files, init_py))
     with open(args.out, "w") as f:

@@ -32,17 +32,21 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 TRT_API_DIR = Path(__file__).resolve().parent / "runtime" / "backends" / "trt_api"
-TRT_API_VERSIONS = ("8.5.3", "8.6.1", "10.3.0")
+TRT_API_VERSIONS = ("8.5.3", "8.6.1", "10.3.0", "10.16", "11.1")
+TRT_LEAN_API_VERSIONS = ("8.6.1", "10.3.0", "10.16", "11.1")  # lean/dispatch bindings: from 8.6
 
 
-def trt_api_list(version):
-    """The names extracted from TensorRT's binding sources at that tag (with their source)."""
-    return json.loads((TRT_API_DIR / f"tensorrt-{version}.json").read_text())
+def trt_api_list(version, variant="full"):
+    """The names extracted from TensorRT's binding sources at that tag (with their source);
+    variant "lean": the lean and dispatch modules (built without EXPORT_ALL_BINDINGS)."""
+    prefix = "tensorrt" if variant == "full" else "tensorrt_lean"
+    return json.loads((TRT_API_DIR / f"{prefix}-{version}.json").read_text())
 
 
-def missing_trt_names(api, used, since, version):
+def missing_trt_names(api, used, since, version, until=None):
     """'owner.name' for every used name (owner '' = the module) not bound at that version;
-    a bound class also has its bound bases' names. since: {(owner, name): (major, minor)}."""
+    a bound class also has its bound bases' names. since: {(owner, name): (major, minor)};
+    until: names used only before that version (e.g. what TensorRT 11 removed)."""
     classes, bases = api["classes"], api["bases"]
     v = tuple(int(p) for p in version.split(".")[:2])
 
@@ -59,8 +63,151 @@ def missing_trt_names(api, used, since, version):
         if owner and owner not in classes[""] and since.get(("", owner), (0, 0)) <= v:
             missing.append(f"tensorrt.{owner}")
         for n in members:
-            if since.get((owner, n), (0, 0)) > v:
+            if since.get((owner, n), (0, 0)) > v or (until or {}).get((owner, n), (99, 0)) <= v:
                 continue
             if n not in have:
                 missing.append(f"{owner or 'tensorrt'}.{n}")
     return missing
+
+
+# --- a TensorRT module and CUDA memory that model what the runner relies on ------------------
+# Semantics taken from TensorRT's binding sources and headers (each is what a real run does):
+#  - Runtime.deserialize_cuda_engine returns None on failure (it does not raise);
+#  - a plan holding a plugin layer (InstanceNormalization_TRT: TensorRT 8.5 plans, 8.6/9.x plans
+#    built without NATIVE_INSTANCENORM) deserializes only after init_libnvinfer_plugins was
+#    called in that process: the creators are registered only by initLibNvInferPlugins;
+#  - the lean and dispatch bindings have no init_libnvinfer_plugins (bound only with
+#    EXPORT_ALL_BINDINGS) and no plugin library;
+#  - a version-compatible plan deserializes only with engine_host_code_allowed set;
+#  - a plan that is not version-compatible deserializes only on the version that built it.
+import ctypes  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+FAKE_PLAN_MAGIC = b"FAKEPLAN"
+
+
+def fake_plan_bytes(version="10.3.0.30", plugins=False, version_compatible=False,
+                    profile=(1, 8, 64), image_shape=(3, 32, 32)):
+    head = {"version": version, "plugins": plugins, "vc": version_compatible,
+            "profile": list(profile), "image_shape": list(image_shape)}
+    return FAKE_PLAN_MAGIC + json.dumps(head).encode()
+
+
+class FakeCudaMemory:
+    """polygraphy.cuda's wrapper() with host memory as 'device' memory: copies really copy."""
+
+    def __init__(self):
+        self.buffers, self.freed, self.streams = {}, [], 0
+
+    def malloc(self, nbytes):
+        buf = ctypes.create_string_buffer(max(int(nbytes), 1))
+        self.buffers[ctypes.addressof(buf)] = buf
+        return ctypes.addressof(buf)
+
+    def free(self, ptr):
+        if ptr:
+            self.freed.append(ptr)
+            self.buffers.pop(ptr, None)
+
+    def memcpy(self, dst, src, nbytes, kind, stream_ptr=None):
+        ctypes.memmove(dst, src, nbytes)
+
+    def create_stream(self):
+        self.streams += 1
+        return 1000 + self.streams
+
+    def stream_synchronize(self, ptr):
+        pass
+
+    def destroy_stream(self, ptr):
+        pass
+
+
+def fake_tensorrt(version="10.3.0.30", kind="full"):
+    """A fresh fake ``tensorrt`` module (a fresh process: no plugins registered yet)."""
+    import types
+
+    # not named "tensorrt": the runner would ask Polygraphy for its logger, made from the real one
+    trt = types.SimpleNamespace(__version__=version, __name__=f"fake_tensorrt_{kind}")
+    state = {"plugins": False, "contexts": []}
+    trt._state = state
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity=2):
+            self.severity = severity
+
+    class TensorIOMode:
+        INPUT, OUTPUT = "INPUT", "OUTPUT"
+
+    class DataType:
+        FLOAT, INT32 = "FLOAT", "INT32"
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.shapes, self.addresses, self.runs = engine, {}, {}, []
+            state["contexts"].append(self)
+
+        def set_input_shape(self, name, shape):
+            lo, hi = self.engine.head["profile"][0], self.engine.head["profile"][2]
+            if not lo <= shape[0] <= hi:
+                return False
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = ptr
+            return True
+
+        def execute_async_v3(self, stream):
+            """eps = 0.5 * x_t + t, read from and written to the bound addresses."""
+            b = self.shapes["x_t"][0]
+            chw = tuple(self.engine.head["image_shape"])
+            n = b * int(np.prod(chw))
+            x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addresses["x_t"]))
+            t = np.ctypeslib.as_array((ctypes.c_int32 * b).from_address(self.addresses["t"]))
+            out = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addresses["eps"]))
+            out[:] = (0.5 * x.reshape((b,) + chw) + t[:, None, None, None]).ravel()
+            self.runs.append((b, stream))
+            return True
+
+    class Engine(FakeEngine):
+        def __init__(self, head):
+            self.head = head
+            mn, opt, mx = head["profile"]
+            c, h, w = head["image_shape"]
+            tensors = {"x_t": (TensorIOMode.INPUT, DataType.FLOAT, (-1, c, h, w)),
+                       "t": (TensorIOMode.INPUT, DataType.INT32, (-1,)),
+                       "eps": (TensorIOMode.OUTPUT, DataType.FLOAT, (-1, c, h, w))}
+            super().__init__(tensors, ((mn, c, h, w), (opt, c, h, w), (mx, c, h, w)))
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            self.engine_host_code_allowed = False
+
+        def deserialize_cuda_engine(self, data):
+            data = bytes(data)
+            if not data.startswith(FAKE_PLAN_MAGIC):
+                return None
+            head = json.loads(data[len(FAKE_PLAN_MAGIC):])
+            if head["plugins"] and not state["plugins"]:
+                return None  # "getPluginCreator could not find plugin InstanceNormalization_TRT"
+            if head["vc"] and not self.engine_host_code_allowed:
+                return None
+            if not head["vc"] and head["version"] != trt.__version__:
+                return None
+            return Engine(head)
+
+    trt.Logger, trt.TensorIOMode, trt.DataType, trt.Runtime = Logger, TensorIOMode, DataType, Runtime
+    trt.ICudaEngine, trt.IExecutionContext = Engine, Context
+    if kind == "full":
+        def init_libnvinfer_plugins(logger, namespace):
+            state["plugins"] = True
+            return True
+        trt.init_libnvinfer_plugins = init_libnvinfer_plugins
+    return trt

@@ -42,8 +42,8 @@ def _user_errors() -> tuple:
               help=f"Profile max batch. Default: the export's ({DEFAULT_BATCH_RANGE.max}: fills a desktop "
               f"GPU at 32x32 and keeps an Orin Nano's shared 8 GB comfortable).")
 @click.option("--static-batch", type=click.IntRange(min=1), default=None,
-              help="One batch size N (min = opt = max = N): the runtime replays a CUDA graph; "
-              "smaller batches are padded.")
+              help="One batch size N (min = opt = max = N): fixed shapes; smaller batches are "
+              "padded.")
 @click.option("--timing-cache", default=None, type=click.Path(dir_okay=False),
               help="Tactic timing cache: read if present, updated after the build (speeds up "
               "rebuilds; use one per GPU model).")

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from runtime.contract import sha256_file
+from runtime.contract import compute_precision, sha256_file
 from runtime.schedulers.schedule import ScheduleConfig
 from runtime.seeding import ImageStreams
 
@@ -343,7 +343,8 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
                 res = engine.sample_float(samples, seed=seed + 1, progress=progress, method=method,
                                           steps=steps, **method_options)
                 engine_samples[name] = res.images
-        fp16 = m["precision"] == "fp16"
+        precision = compute_precision(m)  # an FP16 builder-flag plan of the float32 graph is fp16
+        fp16 = precision == "fp16"
         eps_limit = thresholds.eps_fp16 if fp16 else thresholds.eps_fp32
         final_limit = thresholds.final_fp16 if fp16 else thresholds.final_fp32
         eps_max = max(r["max_abs"] for r in one)
@@ -352,7 +353,7 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
             checks["final_max_abs"] = {"value": traj["final_max_abs"], "limit": final_limit,
                                        "passed": None if final_limit is None else traj["final_max_abs"] <= final_limit}
         report["engines"].append({
-            "engine": str(path), "name": name, "precision": m["precision"], "backend": engine.runner.backend,
+            "engine": str(path), "name": name, "precision": precision, "backend": engine.runner.backend,
             "onnx_reference": None if onnx_ref is None else str(onnx_ref.runner.path),
             "one_step": one, "trajectory": traj, "checks": checks,
         })

@@ -28,6 +28,15 @@ layers that the FP16 export keeps in float32 (``fp32_island_nodes``: the
 timestep embedding, GroupNorm, softmax) are pinned to FP32 (layer precision
 and output types, with precision constraints obeyed), found by the names the
 ONNX parser gives the layers (a single-node layer is named after its node).
+Only layers that compute are pinned: shuffles (reshapes, whose second input
+may be a shape tensor), shapes and constants are left to TensorRT. Every
+normalization, softmax and timestep-embedding matrix product of the islands
+must have been pinned, else the build stops (``unpinned_island_nodes``): a
+partial name mismatch would otherwise leave them in FP16 silently. That step
+needs the ``onnx`` package (in the ``trt`` extra). TensorRT >= 10.12 marks
+layer precision and output types deprecated in favour of strong typing
+(a DeprecationWarning on each call); the build silences that warning for the
+pinning only, and the strongly typed FP16 export remains the preferred build.
 
 The plan's manifest is the export's manifest plus an ``engine`` section
 (``engine_section_dict``); the runtime checks that section against the running
@@ -39,10 +48,11 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from runtime.contract import (
     INPUT_T,
@@ -85,12 +95,14 @@ BUILD_TRT_API: Dict[str, Tuple[str, ...]] = {
     "OnnxParserFlag": ("NATIVE_INSTANCENORM",),
     "MemoryPoolType": ("WORKSPACE",),
     "DataType": ("FLOAT", "HALF", "INT32"),
-    "LayerType": ("SHAPE", "CONSTANT"),
+    "LayerType": ("SHAPE", "CONSTANT", "SHUFFLE"),
     "INetworkDefinition": ("num_layers", "get_layer"),
     "ILayer": ("name", "type", "precision", "num_outputs", "get_output", "set_output_type"),
     "ITensor": ("dtype",),
 }
 BUILD_TRT_API_SINCE = {("", "OnnxParserFlag"): (8, 6), ("OnnxParserFlag", "NATIVE_INSTANCENORM"): (8, 6)}
+# used only by the FP16 builder-flag build, which TensorRT 11 no longer has (strong typing only)
+BUILD_TRT_API_UNTIL = {("ILayer", "precision"): NO_FP16_FLAG, ("ILayer", "set_output_type"): NO_FP16_FLAG}
 
 
 class BuildError(RuntimeError):
@@ -108,7 +120,7 @@ class BuildConfig:
     min_batch: Optional[int] = None  # None: the export's batch_range (1 / 8 / 64 by default)
     opt_batch: Optional[int] = None
     max_batch: Optional[int] = None
-    static_batch: Optional[int] = None  # min = opt = max = N; the runtime then uses a CUDA graph
+    static_batch: Optional[int] = None  # min = opt = max = N; the runtime pads smaller batches
     timing_cache: Optional[str] = None  # read if it exists, written after the build
     builder_opt_level: Optional[int] = None  # 0..5; None: TensorRT's default (3)
     version_compatible: bool = False  # runs on later TensorRT and on the lean runtime (>= 8.6)
@@ -280,6 +292,9 @@ ISLAND_NORM_OPS = ("InstanceNormalization", "GroupNormalization")  # GroupNorm a
 ISLAND_OPS = ("Softmax",)  # attention softmax
 ISLAND_SCOPE = "temb"  # the U-Net's timestep embedding module (sinusoid + MLP)
 NO_COMPUTE_OPS = ("Constant", "Shape", "Identity")
+# island nodes that must be pinned: the numerically sensitive operations themselves
+ISLAND_MUST_PIN_OPS = ISLAND_NORM_OPS + ISLAND_OPS + ("Gemm", "MatMul")
+_DEPRECATED_PRECISION = r".*Superseded by strong typing"  # TensorRT >= 10.12's warning text
 
 
 def _scope(node_name: str) -> str:
@@ -311,23 +326,38 @@ def fp32_island_nodes(graph: Any) -> List[str]:
     return out
 
 
-def island_layer(layer_name: str, islands: set, node_names: set) -> bool:
-    """Whether a TensorRT layer belongs to an island node: by its name, which the ONNX parser
-    sets to the node's name (a node that becomes several layers: the node name + a suffix)."""
+def node_of_layer(layer_name: str, node_names: set) -> Optional[str]:
+    """The ONNX node a TensorRT layer comes from, by its name, which the ONNX parser sets to the
+    node's name (a node that becomes several layers: the node name + a suffix)."""
     if layer_name in node_names:
-        return layer_name in islands
+        return layer_name
     for k in range(len(layer_name) - 1, 0, -1):  # the longest node name it starts with
         if layer_name[:k] in node_names:
-            return layer_name[:k] in islands
-    return False
+            return layer_name[:k]
+    return None
+
+
+def island_layer(layer_name: str, islands: set, node_names: set) -> bool:
+    """Whether a TensorRT layer belongs to an island node."""
+    return node_of_layer(layer_name, node_names) in islands
+
+
+def unpinned_island_nodes(op_types: Mapping[str, str], islands: Iterable[str],
+                          pinned_layers: Iterable[str]) -> List[str]:
+    """Island nodes of the ops that must run in FP32 (ISLAND_MUST_PIN_OPS) with no pinned layer."""
+    names = set(op_types)
+    covered = {node_of_layer(name, names) for name in pinned_layers}
+    return [n for n in islands if op_types.get(n) in ISLAND_MUST_PIN_OPS and n not in covered]
 
 
 def pin_fp32_islands(network: Any, trt: Any, islands: Sequence[str],
                      node_names: Iterable[str]) -> List[str]:
-    """Set FP32 precision and FP32 float outputs on the island layers; returns their names."""
+    """Set FP32 precision and FP32 float outputs on the island layers that compute; returns their
+    names. Shuffles (a reshape's second input may be a shape tensor), shapes and constants are
+    left to TensorRT."""
     islands, node_names = set(islands), set(node_names)
     floats = (trt.DataType.FLOAT, trt.DataType.HALF)
-    skip = (trt.LayerType.SHAPE, trt.LayerType.CONSTANT)
+    skip = (trt.LayerType.SHAPE, trt.LayerType.CONSTANT, trt.LayerType.SHUFFLE)
     pinned = []
     for i in range(network.num_layers):
         layer = network.get_layer(i)
@@ -336,9 +366,11 @@ def pin_fp32_islands(network: Any, trt: Any, islands: Sequence[str],
         outs = [k for k in range(layer.num_outputs) if layer.get_output(k).dtype in floats]
         if not outs:
             continue
-        layer.precision = trt.DataType.FLOAT
-        for k in outs:
-            layer.set_output_type(k, trt.DataType.FLOAT)
+        with warnings.catch_warnings():  # TensorRT >= 10.12: deprecated, superseded by strong typing
+            warnings.filterwarnings("ignore", message=_DEPRECATED_PRECISION, category=DeprecationWarning)
+            layer.precision = trt.DataType.FLOAT
+            for k in outs:
+                layer.set_output_type(k, trt.DataType.FLOAT)
         pinned.append(layer.name)
     return pinned
 
@@ -487,19 +519,28 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
     if mode == "fp16_builder_flag":
         cfg_kw["fp16"] = True
         cfg_kw["precision_constraints"] = "obey"  # the FP32 islands stay FP32
-        import onnx as onnx_lib
+        try:
+            import onnx as onnx_lib
+        except ImportError as e:
+            raise BackendMissing(
+                f"an FP16 build from the float32 export ({onnx}, TensorRT {pg.version}: the FP16 "
+                f"builder flag) reads the ONNX graph to keep GroupNorm, softmax and the timestep "
+                f"embedding in FP32, and needs the onnx package ({e}): pip install onnx (it is in "
+                f"'ddpm-export[trt]'); on TensorRT >= 10 the FP16 export builds without it") from None
 
         graph = onnx_lib.load(str(onnx), load_external_data=False).graph
         islands, names = fp32_island_nodes(graph), [n.name for n in graph.node]
+        op_types = {n.name: n.op_type for n in graph.node}
 
         def pin(network):
             pinned[:] = pin_fp32_islands(network, trt, islands, names)
-            if islands and not pinned:
+            missed = unpinned_island_nodes(op_types, islands, pinned)
+            if missed:
                 raise BuildError(
-                    f"none of the {len(islands)} FP32-island nodes of {onnx} matched a TensorRT "
-                    f"layer name, so an FP16 builder-flag build could run GroupNorm, softmax and "
-                    f"the timestep embedding in FP16; build the FP16 export strongly typed "
-                    f"(TensorRT >= 10: ddpm-export export --fp16) or build without --fp16")
+                    f"{len(missed)} FP32-island nodes of {onnx} matched no TensorRT layer name "
+                    f"(e.g. {', '.join(missed[:3])}), so this FP16 builder-flag build would run "
+                    f"them in FP16; build the FP16 export strongly typed (TensorRT >= 10: "
+                    f"ddpm-export export --fp16) or build without --fp16")
             return network
         network = pg.PostprocessNetwork(network, func=pin, name="pin FP32 islands")
     if cfg.timing_cache:

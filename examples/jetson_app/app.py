@@ -4,7 +4,11 @@ It loads an engine once, then samples on request and reports each request's
 latency and memory. Given a TensorRT plan (NAME.plan) it runs the plan; when
 TensorRT or a CUDA GPU is missing, or the plan was built for another TensorRT or
 GPU, it says why and falls back to ONNX Runtime on the ONNX export of the same
-model (NAME.onnx next to the plan, or --onnx).
+model (NAME.onnx next to the plan, or --onnx). A plan that TensorRT refuses
+although its manifest says it fits (a damaged file, or not the plan its
+NAME.json describes) is an error, not a fallback: rebuild it. A
+version-compatible plan runs only with --allow-host-code (it embeds code that
+TensorRT runs in this process; pass it only for plans you trust).
 
     python3 examples/jetson_app/app.py --engine engines/cifar10-fp16.plan --requests 3
     python3 examples/jetson_app/app.py --engine engines/digits.onnx --num 4 --method ddim --steps 20
@@ -39,7 +43,8 @@ from runtime.backends.tensorrt.compat import EngineMismatch
 from runtime.io import make_grid, save_png, to_uint8
 from runtime.loop import METHODS
 
-# why a plan cannot run on this machine: then ONNX Runtime takes over
+# why a plan cannot run on this machine: then ONNX Runtime takes over. PlanNotLoadable (TensorRT
+# refused a plan that fits this machine by its manifest) is a broken plan, never a fallback.
 PLAN_UNAVAILABLE = (TrtMissing, NoCudaDevice, EngineMismatch)
 
 
@@ -52,10 +57,11 @@ class SamplerApp:
     """Load once (``open``), sample on request (``handle``), close at the end."""
 
     def __init__(self, engine_path: str, onnx_fallback: Optional[str] = None, threads: Optional[int] = None,
-                 log=lambda s: print(s, file=sys.stderr)):
+                 log=lambda s: print(s, file=sys.stderr), allow_host_code: bool = False):
         self.engine_path = Path(engine_path)
         self.onnx_fallback = Path(onnx_fallback) if onnx_fallback else self.engine_path.with_suffix(".onnx")
         self.threads = threads
+        self.allow_host_code = allow_host_code
         self.log = log
         self.engine = None
         self.backend: Optional[str] = None
@@ -66,7 +72,8 @@ class SamplerApp:
         t0 = time.perf_counter()
         if self.engine_path.suffix in TRT_SUFFIXES:
             try:
-                self.engine = runtime.load(self.engine_path).__enter__()
+                self.engine = runtime.load(self.engine_path,
+                                           allow_host_code=self.allow_host_code).__enter__()
             except PLAN_UNAVAILABLE as e:
                 self.fallback_reason = f"{type(e).__name__}: {e}"
                 if not self.onnx_fallback.is_file():
@@ -138,13 +145,16 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10, help="sampling steps = engine calls (default 10)")
     p.add_argument("--batch", type=int, default=None, help="images per engine call (default: min(num, engine max)); "
                    "does not change the images")
+    p.add_argument("--allow-host-code", action="store_true",
+                   help="run a version-compatible plan, which embeds host code TensorRT runs in this "
+                        "process; only for plans you trust")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: ONNX Runtime's)")
     p.add_argument("--out", default=None, help="folder for one PNG grid per request (needs Pillow)")
     args = p.parse_args(argv)
     if args.num < 1 or args.requests < 1:
         p.error(f"--num and --requests must be >= 1, got {args.num} and {args.requests}")
 
-    app = SamplerApp(args.engine, args.onnx, threads=args.threads)
+    app = SamplerApp(args.engine, args.onnx, threads=args.threads, allow_host_code=args.allow_host_code)
     try:
         app.open()
         print(f"loaded {args.engine if not app.fallback_reason else app.onnx_fallback} "

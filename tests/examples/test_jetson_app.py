@@ -92,3 +92,54 @@ def test_the_app_runs_on_jetpack_5_python_3_8():
     r = subprocess.run([vermin, "--no-tips", "--violations", "-t=3.8-", "--eval-annotations", "--backport",
                         "typing", "--no-parse-comments", str(APP)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _plan_beside_digits(tmp_path, **engine_over):
+    onnx = tmp_path / "digits.onnx"
+    shutil.copy(ENGINE, onnx)
+    m = json.loads(ENGINE.with_suffix(".json").read_text())
+    m["engine"] = {"section_version": 1, "tensorrt_version": "10.3.0.30", "device_name": "Orin",
+                   "compute_capability": "8.7", "precision": "fp32", "precision_mode": "fp32",
+                   "version_compatible": False, "profiles": [{"min": 1, "opt": 8, "max": 64}],
+                   "hardware_compatibility": "none", "plan_sha256": None, **engine_over}
+    (tmp_path / "digits.json").write_text(json.dumps(m))
+    (tmp_path / "digits.plan").write_bytes(b"not a real plan")
+    return tmp_path / "digits.plan"
+
+
+def test_a_version_compatible_plan_runs_only_with_allow_host_code(tmp_path):
+    """Defect 12: without the flag the app could never load a version-compatible plan."""
+    plan = _plan_beside_digits(tmp_path, version_compatible=True)
+    proc = _run("--engine", plan, *FAST)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("error: ") and "--allow-host-code" in last
+    proc = _run("--engine", plan, "--allow-host-code", *FAST)
+    assert proc.returncode == 0, proc.stderr  # past the opt-in; on to the GPU/TensorRT checks
+    s = _summary(proc)
+    assert "HostCodeNotAllowed" not in (s["fallback_reason"] or "")
+
+
+def test_a_plan_tensorrt_refuses_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    """Defect 12: 'could not deserialize' is a broken plan, not this machine's version or GPU."""
+    import importlib.util
+
+    from runtime.backends.tensorrt import EngineMismatch, PlanNotLoadable
+
+    spec = importlib.util.spec_from_file_location("jetson_app", APP)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    assert not issubclass(PlanNotLoadable, app.PLAN_UNAVAILABLE)
+    plan = _plan_beside_digits(tmp_path)
+
+    def load(path, **kw):
+        if Path(path).suffix == ".plan":
+            raise PlanNotLoadable(f"{path}: TensorRT 10.3.0.30 (full runtime) could not deserialize it")
+        raise AssertionError("fell back to the ONNX export")
+    monkeypatch.setattr(app.runtime, "load", load)
+    with pytest.raises(PlanNotLoadable, match="could not deserialize"):
+        app.SamplerApp(str(plan), log=lambda s: None).open()
+    monkeypatch.setattr(app.runtime, "load", lambda p, **kw: (_ for _ in ()).throw(
+        EngineMismatch("built for compute capability 8.7")) if Path(p).suffix == ".plan"
+        else type("E", (), {"__enter__": lambda self: self, "runner": None})())
+    opened = app.SamplerApp(str(plan), log=lambda s: None).open()
+    assert "EngineMismatch" in opened.fallback_reason  # a real mismatch still falls back

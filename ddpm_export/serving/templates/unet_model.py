@@ -4,7 +4,8 @@
 A stand-in for the native ONNX Runtime / TensorRT backend on a server that has
 only the Python backend: same name, inputs and outputs (x_t FP32 [B, C, H, W],
 t INT32 [B, 1] -> eps FP32 [B, C, H, W]), same dynamic batching. The engine and
-its manifest are ``model.onnx``/``model.json`` (or .plan) beside this file.
+its manifest are ``model.onnx``/``model.json`` beside this file (a TensorRT plan
+is served by Triton's native TensorRT backend, never by this stand-in).
 """
 import json
 import os

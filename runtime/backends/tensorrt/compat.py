@@ -11,7 +11,17 @@ from typing import Any, Dict, List, Mapping, Tuple
 from runtime.backends.tensorrt.cuda import BackendMissing, DeviceInfo
 from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError
 
-LEAN_MODULES = ("tensorrt_lean", "tensorrt_lean_bindings")  # TRT 10 pip name, 11.x wheel name
+# The modules that can run a plan, in the order tried; names: TensorRT 8.6-10 wheels, 11.x wheels.
+# "full" runs any plan its version built and version-compatible plans per the matrix below;
+# "dispatch" runs version-compatible plans per that matrix (it loads the lean runtime the plan
+# embeds: NVIDIA's own version-compatibility sample imports it); "lean" runs version-compatible
+# plans built by its own version only (NvInferRuntime.h, IRuntime::loadRuntime). Neither of
+# the latter two has a plugin registry to fill (init_libnvinfer_plugins is a full-bindings name).
+FULL, DISPATCH, LEAN = "full", "dispatch", "lean"
+RUNTIME_MODULES = (("tensorrt", FULL), ("tensorrt_dispatch", DISPATCH),
+                   ("tensorrt_dispatch_bindings", DISPATCH), ("tensorrt_lean", LEAN),
+                   ("tensorrt_lean_bindings", LEAN))
+LEAN_MODULES = tuple(m for m, kind in RUNTIME_MODULES if kind != FULL)
 ENGINE_SECTION_VERSION = 1
 _INSTALL = (
     "desktop/server: pip install tensorrt-cu12 (tensorrt-cu13 for CUDA 13; the wheels come from "
@@ -20,25 +30,33 @@ _INSTALL = (
 )
 
 
-
 class EngineMismatch(RuntimeError):
-    """A plan that cannot run with this TensorRT or on this GPU."""
+    """A plan that cannot run with this TensorRT or on this GPU (known before deserializing)."""
+
+
+class PlanNotLoadable(RuntimeError):
+    """TensorRT refused a plan whose manifest says it fits this TensorRT and GPU: the file is
+    damaged or not the plan its NAME.json describes (or needs what this runtime lacks)."""
 
 
 class HostCodeNotAllowed(PermissionError):
     """A version-compatible plan (it embeds host code) loaded without allow_host_code=True."""
 
 
-def import_tensorrt(allow_lean: bool = False) -> Tuple[Any, bool]:
-    """(module, is_lean): ``tensorrt``, else with allow_lean the lean runtime."""
+def import_tensorrt(allow_lean: bool = False) -> Tuple[Any, str]:
+    """(module, kind): ``tensorrt`` ("full"), else with allow_lean (a version-compatible plan)
+    the dispatch or the lean runtime ("dispatch" / "lean")."""
     errors = []
-    for name in ("tensorrt",) + (LEAN_MODULES if allow_lean else ()):
+    for name, kind in RUNTIME_MODULES:
+        if kind != FULL and not allow_lean:
+            continue
         try:
-            return __import__(name), name != "tensorrt"
+            return __import__(name), kind
         except (ImportError, OSError) as e:  # OSError: bindings without libnvinfer
             errors.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    lean = ("; this plan is version-compatible, so the lean runtime also runs it: pip install "
-            "tensorrt-lean-cu12-libs tensorrt-lean-cu12-bindings") if allow_lean else ""
+    lean = ("; this plan is version-compatible, so the dispatch runtime also runs it: pip install "
+            "tensorrt-dispatch-cu12 (or, for a plan built by exactly that version, "
+            "tensorrt-lean-cu12)") if allow_lean else ""
     raise BackendMissing(f"TensorRT is not installed ({'; '.join(errors)}). {_INSTALL}{lean}")
 
 
@@ -67,13 +85,23 @@ def version_compatible_range(built: Tuple[int, ...]) -> Tuple[Tuple[int, int], i
 
 
 def parse_version(v: Any) -> Tuple[int, ...]:
-    """'10.3.0.30' -> (10, 3, 0); raises ValueError for anything else."""
+    """'10.3.0.30' -> (10, 3, 0, 30), '8.5' -> (8, 5, 0); raises ValueError for anything else.
+
+    The build number (4th component) is kept when given: TensorRT checks it too when it
+    deserializes a plan that is not version-compatible."""
     parts = str(v).split(".")
     try:
-        nums = tuple(int(p) for p in parts[:3])
+        nums = tuple(int(p) for p in parts[:4])
     except ValueError:
-        raise ValueError(f"version {v!r}: expected MAJOR.MINOR[.PATCH], e.g. '10.3.0'") from None
+        raise ValueError(f"version {v!r}: expected MAJOR.MINOR[.PATCH[.BUILD]], e.g. "
+                         f"'10.3.0.30'") from None
     return nums + (0,) * (3 - len(nums))
+
+
+def same_build(built: Tuple[int, ...], running: Tuple[int, ...]) -> bool:
+    """Equal on every component both give (the build number only when both record it)."""
+    n = min(len(built), len(running))
+    return built[:n] == running[:n]
 
 
 def engine_section(manifest: Mapping[str, Any]) -> Dict[str, Any]:
@@ -100,22 +128,30 @@ def engine_section(manifest: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def check_engine_compat(engine: Mapping[str, Any], trt_version: str, device: DeviceInfo,
-                        lean: bool = False) -> List[str]:
-    """Raise EngineMismatch when the plan cannot run here; return warnings for what may be slow."""
+                        kind: str = FULL) -> List[str]:
+    """Raise EngineMismatch when the plan cannot run here; return warnings for what may be slow.
+
+    kind: the running module's kind (``import_tensorrt``): "full", "dispatch" or "lean"."""
     built, running = parse_version(engine["tensorrt_version"]), parse_version(trt_version)
     b, r = ".".join(map(str, built)), ".".join(map(str, running))
     vc = bool(engine["version_compatible"])
     rebuild = "rebuild it on this machine with 'ddpm-export build'"
-    if lean and not vc:
+    if kind != FULL and not vc:
         raise EngineMismatch(
-            f"the plan was built without --version-compatible, and only TensorRT's lean runtime "
+            f"the plan was built without --version-compatible, and only TensorRT's {kind} runtime "
             f"({r}) is installed, which runs version-compatible plans only: install TensorRT {b} "
             f"({_INSTALL}) or {rebuild} --version-compatible")
-    if vc:
-        if built[:2] < VERSION_COMPAT_MIN:
-            raise EngineMismatch(
-                f"the manifest says the plan is version-compatible, but it was built with TensorRT "
-                f"{b}, and version compatibility exists from TensorRT 8.6: {rebuild}")
+    if vc and built[:2] < VERSION_COMPAT_MIN:
+        raise EngineMismatch(
+            f"the manifest says the plan is version-compatible, but it was built with TensorRT "
+            f"{b}, and version compatibility exists from TensorRT 8.6: {rebuild}")
+    if kind == LEAN and not same_build(built, running):
+        raise EngineMismatch(
+            f"the plan was built with TensorRT {b} and this is TensorRT's lean runtime {r}, "
+            f"which runs version-compatible plans built by its own version only: install the "
+            f"lean runtime {b}, or the dispatch runtime (pip install tensorrt-dispatch-cu12), "
+            f"which runs version-compatible plans of older versions, or {rebuild}")
+    if vc and kind != LEAN:
         oldest, newest_major = version_compatible_range(built)
         if running[:2] < oldest:
             raise EngineMismatch(
@@ -126,10 +162,11 @@ def check_engine_compat(engine: Mapping[str, Any], trt_version: str, device: Dev
                 f"the plan was built with TensorRT {b} (version-compatible), which runs on "
                 f"TensorRT {oldest[0]}.{oldest[1]} through {newest_major}.x per "
                 f"{VERSION_COMPAT_SOURCE}; this is TensorRT {r}: {rebuild}")
-    if not vc and running != built:
+    if not vc and not same_build(built, running):
         raise EngineMismatch(
             f"the plan was built with TensorRT {b} and this is TensorRT {r}: a plan runs only on "
-            f"the TensorRT version that built it; {rebuild} (or build with --version-compatible)")
+            f"the TensorRT version (and build) that built it; {rebuild} (or build with "
+            f"--version-compatible)")
     want = parse_version(engine["compute_capability"])[:2]
     got = device.compute_capability
     hw = engine.get("hardware_compatibility") or "none"

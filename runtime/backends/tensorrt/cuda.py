@@ -1,11 +1,11 @@
 """CUDA through libcudart, for the TensorRT backend: the device probe and the symbols used.
 
-Device memory goes through Polygraphy's ``polygraphy.cuda``: it is pure Python
-(ctypes over the ``libcudart`` that every CUDA install and JetPack ships), so it
-works on JetPack 5's Python 3.8, where cuda-python (Python >= 3.9, and its major
-version must follow the CUDA driver's) does not install; it is also what the
-build already needs. It has no pinned memory, device query or CUDA graph calls,
-so those few go through the same ``libcudart`` handle (``CUDART_API``).
+Device memory and streams go through Polygraphy's ``polygraphy.cuda``: it is
+pure Python (ctypes over the ``libcudart`` that every CUDA install and JetPack
+ships), so it works on JetPack 5's Python 3.8, where cuda-python (Python >= 3.9,
+and its major version must follow the CUDA driver's) does not install; it is
+also what the build already needs. It has no device query, so the probe calls
+the few symbols in ``CUDART_API`` through the same ``libcudart`` handle.
 """
 from __future__ import annotations
 
@@ -21,15 +21,12 @@ from typing import Callable, Iterable, Optional, Tuple
 # cudaMemcpyAsync, cudaStreamCreate/Synchronize/Destroy itself).
 CUDART_API: Tuple[str, ...] = (
     "cudaGetDeviceCount", "cudaGetDevice", "cudaDeviceGetAttribute", "cudaGetErrorName",
-    "cudaDriverGetVersion", "cudaRuntimeGetVersion", "cudaHostAlloc", "cudaFreeHost",
-    "cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaGraphInstantiateWithFlags",
-    "cudaGraphLaunch", "cudaGraphExecDestroy", "cudaGraphDestroy",
+    "cudaDriverGetVersion", "cudaRuntimeGetVersion",
 )
 # cudaGetDeviceProperties: CUDA 12 exports both (the _v2 is the current struct), CUDA 13
 # only the unsuffixed name. Only the name (char[256] at offset 0 in every layout) is read.
 CUDART_PROPS = ("cudaGetDeviceProperties_v2", "cudaGetDeviceProperties")
 _ATTR_CC_MAJOR, _ATTR_CC_MINOR = 75, 76  # cudaDevAttrComputeCapabilityMajor/Minor
-_CAPTURE_MODE_THREAD_LOCAL = 1  # cudaStreamCaptureModeThreadLocal
 
 class BackendMissing(ImportError):
     """TensorRT or Polygraphy is not installed."""
@@ -83,16 +80,20 @@ CUDART_HINT = (
 
 
 def _loaded_path(soname: str) -> Optional[str]:
-    """The file the dynamic loader maps for soname (Linux /proc/self/maps), else None."""
+    """The file the dynamic loader maps for soname (Linux /proc/self/maps), else None.
+
+    The maps list the resolved file (libcudart.so.12 -> libcudart.so.12.4.127), so a mapped
+    file matches when the soname in its own folder resolves to it."""
     try:
         ctypes.CDLL(soname)
         with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.split()[-1] if line.strip() else ""
-                if os.path.basename(path) == soname:
-                    return path
+            mapped = {line.split()[-1] for line in f if line.split()[-1:] and "/" in line.split()[-1]}
     except OSError:
-        pass
+        return None
+    for path in sorted(mapped):
+        candidate = os.path.join(os.path.dirname(path), soname)
+        if os.path.exists(candidate) and os.path.realpath(candidate) == os.path.realpath(path):
+            return candidate
     return None
 
 

@@ -10,26 +10,27 @@ TensorRT's own "incompatible device" or a crash):
    TensorRT call: without a GPU, ``Runtime.deserialize_cuda_engine`` segfaults
    (seen with the 11.4 lean runtime, see docs/deployment.md);
 3. TensorRT imports: ``tensorrt``, or for a version-compatible plan also the
-   lean runtime (``tensorrt_lean`` / ``tensorrt_lean_bindings``), which only
-   runs version-compatible plans;
-4. the plan's TensorRT version and compute capability fit the running ones
-   (``check_engine_compat``), and the plan's sha256 is the manifest's;
-5. deserialize, then check the engine's I/O against the contract.
+   dispatch or lean runtime (``compat.RUNTIME_MODULES``);
+4. the plan's TensorRT version (with its build number) and compute capability
+   fit the running ones (``check_engine_compat``), and the plan's sha256 is the
+   manifest's (the plan is read once: hashed, then deserialized from the same bytes);
+5. the full ``tensorrt`` registers TensorRT's bundled plugins
+   (``init_libnvinfer_plugins``): a plan from TensorRT 8.5, or from 8.6/9.x
+   without --version-compatible, holds the InstanceNormalization plugin and
+   deserializes only after that call, in every process that loads it;
+6. deserialize (None -> ``PlanNotLoadable``), then check the engine's I/O
+   against the contract.
 
-Device memory goes through Polygraphy's ``polygraphy.cuda``: it is pure Python
-(ctypes over the ``libcudart`` that every CUDA install and JetPack ships), so
-it works on JetPack 5's Python 3.8, where cuda-python (Python >= 3.9, and its
-major version must follow the CUDA driver's) does not install; it is also what
-the build already needs. It has no pinned memory, device query or CUDA graph
-calls, so those few go through the same ``libcudart`` handle (``CUDART_API``).
-
-Buffers are allocated once for the profile's max batch; each call copies
-the batch into pinned host buffers, sets the input shapes when the batch size
-changes, and runs H2D copy, ``execute_async_v3`` and D2H copy on one stream.
-Static-batch engines (min == max) replay a CUDA graph captured at the first
-activation (``cuda_graph=None`` means: on for static engines); when capture
-fails the runner falls back to ``execute_async_v3`` and says why in
-``cuda_graph_error``. Batches below the profile's min are zero-padded.
+Execution is TensorRT's own API (``execute_async_v3``) on device buffers and a
+stream from Polygraphy's ``polygraphy.cuda`` (pure Python over ``libcudart``, so
+it works on JetPack 5's Python 3.8). Polygraphy's ``TrtRunner`` is not used: it
+needs ``tensorrt.TensorFormat``, which the lean and dispatch bindings do not
+bind (TensorRT's python/src/pyTensorRT.cpp binds it only with the full
+bindings), and its ``EngineFromBytes`` sets ``engine_host_code_allowed`` for
+every plan, which would bypass the opt-in below. Buffers are allocated once for
+the profile's max batch; each call copies the batch in, sets the input shapes
+when the batch size changes, runs, and copies the output back on one stream.
+Batches below the profile's min are zero-padded.
 
 Trust: a version-compatible plan carries TensorRT's lean runtime, host code
 that TensorRT runs in this process when ``Runtime.engine_host_code_allowed`` is
@@ -45,7 +46,7 @@ uses, whenever it runs on the full ``tensorrt`` module.
 """
 from __future__ import annotations
 
-import ctypes
+import hashlib
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -53,19 +54,18 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from runtime.backends.base import Runner
-from runtime.backends.tensorrt.compat import (EngineMismatch, HostCodeNotAllowed,
-                                              check_engine_compat, check_engine_io,
-                                              engine_section, import_tensorrt)
-from runtime.backends.tensorrt.cuda import (_CAPTURE_MODE_THREAD_LOCAL, DeviceInfo, _err_name,
-                                            import_polygraphy_cuda, probe_cuda_device)
-from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError, sha256_file
+from runtime.backends.tensorrt.compat import (FULL, EngineMismatch, HostCodeNotAllowed,
+                                              PlanNotLoadable, check_engine_compat,
+                                              check_engine_io, engine_section, import_tensorrt)
+from runtime.backends.tensorrt.cuda import DeviceInfo, import_polygraphy_cuda, probe_cuda_device
+from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError
 
 # Every TensorRT attribute this module touches, in one place:
 # tests/runtime/backends/test_tensorrt.py checks each against the real lean bindings and
-# against TensorRT's Python binding sources at 8.5.3, 8.6.1 and 10.3 (trt_api/).
+# against TensorRT's Python binding sources at 8.5.3, 8.6.1, 10.3, 10.16 and 11.1 (trt_api/).
 TRT_API: Dict[str, Tuple[str, ...]] = {
     "": ("__version__", "Logger", "Runtime", "ICudaEngine", "IExecutionContext",
-         "TensorIOMode", "DataType", "nptype"),
+         "TensorIOMode", "DataType"),
     "Logger": ("WARNING",),
     "Runtime": ("deserialize_cuda_engine", "engine_host_code_allowed"),
     "ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_dtype",
@@ -74,6 +74,8 @@ TRT_API: Dict[str, Tuple[str, ...]] = {
     "TensorIOMode": ("INPUT", "OUTPUT"),
     "DataType": ("FLOAT", "INT32"),
 }
+# Used only with the full bindings (the lean and dispatch bindings do not have them).
+TRT_API_FULL_ONLY: Dict[str, Tuple[str, ...]] = {"": ("init_libnvinfer_plugins",)}
 # Names needed only from a TensorRT version on (the others exist in 8.5 and later):
 # engine_host_code_allowed is set for version-compatible plans, which need TensorRT >= 8.6.
 TRT_API_SINCE: Dict[Tuple[str, str], Tuple[int, int]] = {("Runtime", "engine_host_code_allowed"): (8, 6)}
@@ -106,17 +108,38 @@ def host_code_refusal(path: str) -> str:
             f"otherwise rebuild it here without --version-compatible ('ddpm-export build')")
 
 
-def _check_rc(h, what: str, rc: int) -> None:
-    if rc != 0:
-        raise RuntimeError(f"{what} returned {rc} ({_err_name(h, rc)})")
+def deserialize(trt: Any, kind: str, data: bytes, allow_host_code: bool, path: str,
+                engine_info: Dict[str, Any]) -> Tuple[Any, Any]:
+    """(runtime, engine) for the plan bytes; the plugins first, the host-code flag only on opt-in."""
+    logger = shared_logger(trt)
+    if kind == FULL:
+        # The creators of TensorRT's bundled plugins (InstanceNormalization_TRT among them) are
+        # registered only by this call, once per process; harmless when the plan holds none.
+        trt.init_libnvinfer_plugins(logger, "")
+    runtime = trt.Runtime(logger)
+    if engine_info["version_compatible"]:
+        if not allow_host_code:  # checked in __init__; never set the flag without it
+            raise HostCodeNotAllowed(host_code_refusal(path))
+        runtime.engine_host_code_allowed = True  # the caller trusts this plan
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        why = ("the file is damaged, or it is not the plan its NAME.json describes (the manifest "
+               "said it fits this TensorRT and GPU)")
+        if kind != FULL and engine_info.get("native_instancenorm") is False:
+            why = (f"the plan holds TensorRT plugin layers (built without the native InstanceNorm) "
+                   f"and the {kind} runtime has no plugins: install the full TensorRT")
+        raise PlanNotLoadable(f"{path}: TensorRT {trt.__version__} ({kind} runtime) could not "
+                              f"deserialize it: {why}; TensorRT's log above has the details. "
+                              f"Rebuild it with 'ddpm-export build'")
+    return runtime, engine
 
 
 # --- the runner ----------------------------------------------------------------
 class TensorRTRunner(Runner):
     backend = "tensorrt"
 
-    def __init__(self, path: str, manifest: Dict[str, Any], cuda_graph: Optional[bool] = None,
-                 verify_sha256: bool = True, allow_host_code: bool = False):
+    def __init__(self, path: str, manifest: Dict[str, Any], verify_sha256: bool = True,
+                 allow_host_code: bool = False):
         super().__init__(path, manifest)
         self.engine_info = engine_section(manifest)
         self.allow_host_code = bool(allow_host_code)
@@ -127,186 +150,99 @@ class TensorRTRunner(Runner):
         # Batches below the profile's min are padded, so every size up to max is accepted.
         self.min_batch, self.max_batch = 1, self.profile.max
         self.batch_range = {"min": 1, "opt": self.profile.opt, "max": self.profile.max}
-        self.use_cuda_graph = self.static if cuda_graph is None else bool(cuda_graph)
-        if self.use_cuda_graph and not self.static:
-            raise ValueError(f"cuda_graph=True needs a static-batch plan (min == max); "
-                             f"{path} has batch range {self.profile.to_dict()}")
         self.verify_sha256 = verify_sha256
-        self.cuda_graph_error: Optional[str] = None
         self.device: Optional[DeviceInfo] = None
         self.trt_version: Optional[str] = None
+        self.runtime_kind: Optional[str] = None
         self._reset()
 
     def _reset(self) -> None:
         self._runtime = self._engine = self._context = self._stream = None
-        self._dev: Dict[str, int] = {}
-        self._host: Dict[str, Tuple[int, np.ndarray]] = {}
-        self._graph = self._graph_exec = None
+        self._dev: Dict[str, Any] = {}
         self._batch = -1
 
     def _activate(self) -> None:
         self.device = probe_cuda_device()  # before TensorRT: no GPU -> crash inside TensorRT
-        trt, lean = import_tensorrt(allow_lean=bool(self.engine_info["version_compatible"]))
-        self.trt_version = trt.__version__
-        for note in check_engine_compat(self.engine_info, trt.__version__, self.device, lean):
+        trt, kind = import_tensorrt(allow_lean=bool(self.engine_info["version_compatible"]))
+        self.trt_version, self.runtime_kind = trt.__version__, kind
+        for note in check_engine_compat(self.engine_info, trt.__version__, self.device, kind):
             warnings.warn(note, RuntimeWarning, stacklevel=3)
+        data = Path(self.path).read_bytes()  # read once: hashed and deserialized
         want = self.engine_info.get("plan_sha256")
-        if self.verify_sha256 and want and sha256_file(self.path) != want:
+        if self.verify_sha256 and want and hashlib.sha256(data).hexdigest() != want:
             raise ManifestError(f"{self.path}: sha256 differs from its NAME.json's engine."
                                 f"plan_sha256: the plan and its manifest come from different "
                                 f"builds; rebuild with 'ddpm-export build'")
         cuda = import_polygraphy_cuda()
         try:
-            self._load(trt, cuda)
+            self._load(trt, kind, data, cuda)
         except BaseException:
             self._free()
             raise
 
-    def _load(self, trt, cuda) -> None:
-        self._runtime = trt.Runtime(shared_logger(trt))
-        if self.engine_info["version_compatible"]:
-            if not self.allow_host_code:  # checked in __init__; never set the flag without it
-                raise HostCodeNotAllowed(host_code_refusal(self.path))
-            self._runtime.engine_host_code_allowed = True  # the caller trusts this plan
-        engine = self._runtime.deserialize_cuda_engine(Path(self.path).read_bytes())
-        if engine is None:
-            raise EngineMismatch(f"{self.path}: TensorRT {trt.__version__} could not deserialize "
-                                 f"it (see its log above); rebuild with 'ddpm-export build'")
-        self._engine = engine
-        got = check_engine_io(engine, trt, self.image_shape)
+    def _load(self, trt, kind: str, data: bytes, cuda) -> None:
+        self._runtime, self._engine = deserialize(trt, kind, data, self.allow_host_code,
+                                                  self.path, self.engine_info)
+        got = check_engine_io(self._engine, trt, self.image_shape)
         if got != self.profile:
             raise EngineMismatch(f"{self.path}: engine profile {got.to_dict()} differs from its "
                                  f"manifest's {self.profile.to_dict()}; rebuild with 'ddpm-export build'")
-        self._context = engine.create_execution_context()
+        self._context = self._engine.create_execution_context()
         if self._context is None:
             raise EngineMismatch(f"{self.path}: TensorRT could not create an execution context "
                                  f"(out of GPU memory?); close other GPU programs or rebuild with "
                                  f"a smaller --max-batch")
-        h = cuda.wrapper().handle
         self._stream = cuda.Stream()
-        c, hh, w = self.image_shape
-        n = self.profile.max
-        for name, shape, dtype in ((INPUT_X, (n, c, hh, w), np.float32), (INPUT_T, (n,), np.int32),
-                                   (OUTPUT, (n, c, hh, w), np.float32)):
-            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            self._dev[name] = cuda.wrapper().malloc(nbytes)
-            ptr = ctypes.c_void_p()
-            rc = h.cudaHostAlloc(ctypes.byref(ptr), ctypes.c_size_t(nbytes), ctypes.c_uint(0))
-            if rc != 0:
-                raise MemoryError(f"cudaHostAlloc({nbytes}) failed: {_err_name(h, rc)}")
-            arr = np.frombuffer((ctypes.c_char * nbytes).from_address(ptr.value), dtype=dtype)
-            arr = arr.reshape(shape)
-            arr[...] = 0
-            self._host[name] = (ptr.value, arr)
-            if not self._context.set_tensor_address(name, self._dev[name]):
+        n, chw = self.profile.max, tuple(self.image_shape)
+        for name, shape, dtype in ((INPUT_X, (n,) + chw, np.float32), (INPUT_T, (n,), np.int32),
+                                   (OUTPUT, (n,) + chw, np.float32)):
+            self._dev[name] = cuda.DeviceArray(shape=shape, dtype=dtype)
+            if not self._context.set_tensor_address(name, self._dev[name].ptr):
                 raise EngineMismatch(f"set_tensor_address({name!r}) failed")
-        if self.use_cuda_graph:
-            self._capture_graph(h, cuda)
 
     def _set_batch(self, b: int) -> None:
         if b != self._batch:
-            c, h, w = self.image_shape
-            if not (self._context.set_input_shape(INPUT_X, (b, c, h, w))
+            chw = tuple(self.image_shape)
+            if not (self._context.set_input_shape(INPUT_X, (b,) + chw)
                     and self._context.set_input_shape(INPUT_T, (b,))):
                 raise EngineMismatch(f"set_input_shape(batch={b}) failed; profile {self.profile.to_dict()}")
             self._batch = b
 
-    def _enqueue(self) -> None:
-        if not self._context.execute_async_v3(self._stream.ptr):
-            raise RuntimeError("TensorRT execute_async_v3 failed (see its log above)")
-
-    def _capture_graph(self, h, cuda) -> None:
-        """Capture execute_async_v3 at the static batch; on failure fall back (see cuda_graph_error)."""
-        from polygraphy.cuda import MemcpyKind
-
-        self._set_batch(self.profile.max)
-        for name in (INPUT_X, INPUT_T):  # the warm-up reads defined inputs: the zeroed host buffers
-            ptr, arr = self._host[name]
-            cuda.wrapper().memcpy(self._dev[name], ptr, arr.nbytes, MemcpyKind.HostToDevice,
-                                  self._stream.ptr)
-        self._enqueue()  # one plain run first: TensorRT finishes lazy setup outside the capture
-        self._stream.synchronize()
-        s = ctypes.c_void_p(self._stream.ptr)
-        graph, exec_ = ctypes.c_void_p(), ctypes.c_void_p()
-        rc = h.cudaStreamBeginCapture(s, ctypes.c_int(_CAPTURE_MODE_THREAD_LOCAL))
-        if rc == 0:
-            ok = self._context.execute_async_v3(self._stream.ptr)
-            rc = h.cudaStreamEndCapture(s, ctypes.byref(graph))  # always end a begun capture
-            if rc == 0 and not ok:
-                rc = -1
-        if rc == 0:
-            rc = h.cudaGraphInstantiateWithFlags(ctypes.byref(exec_), graph, ctypes.c_ulonglong(0))
-        if rc != 0:
-            if graph.value:
-                h.cudaGraphDestroy(graph)
-            self.cuda_graph_error = (f"CUDA graph capture failed ({_err_name(h, rc) if rc > 0 else 'enqueue'}"
-                                     f"); running execute_async_v3 per call instead")
-            warnings.warn(self.cuda_graph_error, RuntimeWarning, stacklevel=4)
-            self.use_cuda_graph = False
-            return
-        self._graph, self._graph_exec = graph, exec_
-
     def _infer(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
-        from polygraphy.cuda import MemcpyKind, wrapper
-
         b = x_t.shape[0]
         run_b = max(b, self.profile.min)  # pad up to the profile's min
-        hx, ht, he = self._host[INPUT_X][1], self._host[INPUT_T][1], self._host[OUTPUT][1]
-        hx[:b], ht[:b] = x_t, t
-        if run_b > b:
-            hx[b:run_b], ht[b:run_b] = 0.0, 0
-        cu, stream = wrapper(), self._stream.ptr
-        for name, arr in ((INPUT_X, hx), (INPUT_T, ht)):
-            nbytes = run_b * arr[0].nbytes
-            cu.memcpy(self._dev[name], self._host[name][0], nbytes, MemcpyKind.HostToDevice, stream)
-        if self._graph_exec is not None:
-            rc = cu.handle.cudaGraphLaunch(self._graph_exec, ctypes.c_void_p(stream))
-            if rc != 0:
-                raise RuntimeError(f"cudaGraphLaunch failed: {_err_name(cu.handle, rc)}")
-        else:
-            self._set_batch(run_b)
-            self._enqueue()
-        cu.memcpy(self._host[OUTPUT][0], self._dev[OUTPUT], b * he[0].nbytes,
-                  MemcpyKind.DeviceToHost, stream)
+        x = np.zeros((run_b,) + x_t.shape[1:], np.float32)
+        tt = np.zeros((run_b,), np.int32)
+        x[:b], tt[:b] = x_t, t
+        self._dev[INPUT_X].copy_from(x, self._stream)
+        self._dev[INPUT_T].copy_from(tt, self._stream)
+        self._set_batch(run_b)
+        if not self._context.execute_async_v3(self._stream.ptr):
+            raise RuntimeError("TensorRT execute_async_v3 failed (see its log above)")
+        out = np.empty_like(x)
+        self._dev[OUTPUT].view(shape=out.shape).copy_to(out, self._stream)
         self._stream.synchronize()
-        return he[:b].copy()  # the pinned buffer is reused by the next call
+        return out[:b]
 
     def _free(self) -> None:
         """Release everything, each step on its own: one failing call (e.g. after a sticky CUDA
         error) neither leaks the rest nor raises out of close(); failures become one warning."""
         errors = []
 
-        def attempt(what, fn, *args):
+        def attempt(what, fn):
             try:
-                fn(*args)
+                fn()
             except Exception as e:  # noqa: BLE001 - collected and reported below
                 errors.append(f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
-        try:
-            from polygraphy.cuda import wrapper
-
-            cu = wrapper()
-        except Exception:  # nothing was allocated without libcudart
-            cu = None
-        if cu is not None:
-            h = cu.handle
-            if self._stream is not None:
-                attempt("stream synchronize", self._stream.synchronize)
-            for what, obj in (("cudaGraphExecDestroy", self._graph_exec),
-                              ("cudaGraphDestroy", self._graph)):
-                if obj is not None:
-                    attempt(what, lambda w=what, o=obj: _check_rc(h, w, getattr(h, w)(o)))
-        self._graph = self._graph_exec = None
+        if self._stream is not None:
+            attempt("stream synchronize", self._stream.synchronize)
         # the context uses the device buffers and its own activation memory: it goes first
         self._context = None
-        if cu is not None:
-            for name, ptr in self._dev.items():
-                attempt(f"cudaFree({name})", cu.free, ptr)
-            for name, (ptr, _) in self._host.items():
-                attempt(f"cudaFreeHost({name})", lambda p=ptr: _check_rc(
-                    cu.handle, "cudaFreeHost", cu.handle.cudaFreeHost(ctypes.c_void_p(p))))
-            if self._stream is not None:
-                attempt("stream free", self._stream.free)
+        for name, arr in self._dev.items():
+            attempt(f"free({name})", arr.free)
+        if self._stream is not None:
+            attempt("stream free", self._stream.free)
         # then the TensorRT objects in dependency order: engine, runtime
         self._engine = None
         self._runtime = None

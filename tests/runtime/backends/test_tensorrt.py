@@ -19,7 +19,8 @@ import pytest
 from runtime import contract
 from runtime.backends import tensorrt as rt  # noqa: E402
 from runtime.contract import BatchRange, ManifestError
-from trt_fakes import TRT_API_VERSIONS, FakeEngine, missing_trt_names, trt_api_list
+from trt_fakes import (TRT_API_VERSIONS, TRT_LEAN_API_VERSIONS, FakeCudaMemory, FakeEngine,
+                       fake_plan_bytes, fake_tensorrt, missing_trt_names, trt_api_list)
 
 ROOT = Path(__file__).resolve().parents[3]
 SHA = "ab" * 32
@@ -69,17 +70,19 @@ def test_every_tensorrt_name_the_runner_touches_exists_in_the_lean_bindings():
         obj = getattr(trt, owner) if owner else trt
         missing += [f"{owner or 'tensorrt'}.{n}" for n in names if not hasattr(obj, n)]
     assert not missing, f"not in tensorrt_lean_bindings {trt.__version__}: {missing}"
-    assert trt.nptype(trt.DataType.FLOAT) is np.float32
-    assert trt.nptype(trt.DataType.INT32) is np.int32
     assert rt.parse_version(trt.__version__) >= (8, 5, 0)
+    # what the fakes model: the lean bindings cannot register plugins (full bindings only)
+    full_only = [n for n in rt.TRT_API_FULL_ONLY[""] if hasattr(trt, n)]
+    assert full_only == [], f"{full_only} unexpectedly in the lean bindings {trt.__version__}"
+    assert not hasattr(trt, "TensorFormat")  # why Polygraphy's TrtRunner cannot run on lean
 
 
 def test_import_tensorrt_falls_back_to_lean_only_for_version_compatible_plans(monkeypatch):
     trt = _lean()
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on this CI: no full TensorRT
-    monkeypatch.setitem(sys.modules, "tensorrt_lean", None)
-    mod, lean = rt.import_tensorrt(allow_lean=True)
-    assert mod is trt and lean
+    for name in ("tensorrt", "tensorrt_dispatch", "tensorrt_dispatch_bindings", "tensorrt_lean"):
+        monkeypatch.setitem(sys.modules, name, None)  # as on this CI: only the lean 11.x wheel
+    mod, kind = rt.import_tensorrt(allow_lean=True)
+    assert mod is trt and kind == rt.LEAN
     with pytest.raises(rt.BackendMissing) as e:
         rt.import_tensorrt(allow_lean=False)
     msg = str(e.value)
@@ -168,7 +171,7 @@ def test_engine_section_is_required_and_checked():
 
 
 def test_parse_version():
-    assert rt.parse_version("10.3.0.30") == (10, 3, 0)
+    assert rt.parse_version("10.3.0.30") == (10, 3, 0, 30)
     assert rt.parse_version("8.5") == (8, 5, 0)
     with pytest.raises(ValueError, match="MAJOR.MINOR"):
         rt.parse_version("ten")
@@ -188,7 +191,6 @@ def test_compat_other_tensorrt_version_refused(running):
 def test_compat_version_compatible_plans_run_forward_only():
     e = _engine(version_compatible=True)
     assert rt.check_engine_compat(e, "10.4.0", ORIN) == []
-    assert rt.check_engine_compat(e, "11.4.0", ORIN, lean=True) == []
     with pytest.raises(rt.EngineMismatch, match="that version or later.*10.2.0"):
         rt.check_engine_compat(e, "10.2.0", ORIN)
 
@@ -209,6 +211,41 @@ def test_compat_version_compatible_matrix(built, running, ok):
             rt.check_engine_compat(e, running, ORIN)
 
 
+def test_compat_lean_runs_only_its_own_version_and_dispatch_the_matrix():
+    """Defect 7: a loaded lean runtime runs plans built by its own version (NvInferRuntime.h,
+    IRuntime::loadRuntime); the dispatch runtime gets the cross-version matrix."""
+    e = _engine(version_compatible=True, tensorrt_version="10.3.0.30")
+    with pytest.raises(rt.EngineMismatch, match=r"lean runtime 11\.4\.0.*own version.*tensorrt-dispatch"):
+        rt.check_engine_compat(e, "11.4.0.106", ORIN, kind=rt.LEAN)
+    assert rt.check_engine_compat(e, "10.3.0.30", ORIN, kind=rt.LEAN) == []
+    assert rt.check_engine_compat(e, "11.4.0.106", ORIN, kind=rt.DISPATCH) == []
+    with pytest.raises(rt.EngineMismatch, match="through 11.x"):
+        rt.check_engine_compat(e, "12.0.0", ORIN, kind=rt.DISPATCH)
+    with pytest.raises(rt.EngineMismatch, match="dispatch runtime.*version-compatible plans only"):
+        rt.check_engine_compat(_engine(), "10.3.0", ORIN, kind=rt.DISPATCH)
+
+
+def test_import_tensorrt_tries_dispatch_before_lean(monkeypatch):
+    import types
+
+    dispatch = types.ModuleType("tensorrt_dispatch")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_dispatch", dispatch)
+    assert rt.import_tensorrt(allow_lean=True) == (dispatch, rt.DISPATCH)
+    with pytest.raises(rt.BackendMissing, match="tensorrt: "):
+        rt.import_tensorrt(allow_lean=False)
+
+
+def test_compat_compares_the_build_number_for_plans_that_are_not_version_compatible():
+    """Defect 13: TensorRT's own check includes the build number."""
+    assert rt.parse_version("10.3.0.30") == (10, 3, 0, 30)
+    e = _engine(tensorrt_version="10.3.0.30")
+    assert rt.check_engine_compat(e, "10.3.0.30", ORIN) == []
+    with pytest.raises(rt.EngineMismatch, match=r"10\.3\.0\.30 and this is TensorRT 10\.3\.0\.31"):
+        rt.check_engine_compat(e, "10.3.0.31", ORIN)
+    assert rt.check_engine_compat(_engine(tensorrt_version="10.3.0"), "10.3.0.31", ORIN) == []  # no build recorded
+
+
 def test_compat_version_compatible_claim_before_8_6_refused():
     with pytest.raises(rt.EngineMismatch, match="version compatibility exists from TensorRT 8.6"):
         rt.check_engine_compat(_engine(version_compatible=True, tensorrt_version="8.5.2"), "10.3.0", ORIN)
@@ -216,7 +253,7 @@ def test_compat_version_compatible_claim_before_8_6_refused():
 
 def test_compat_lean_runtime_refuses_plans_not_version_compatible():
     with pytest.raises(rt.EngineMismatch, match="lean runtime.*version-compatible"):
-        rt.check_engine_compat(_engine(), "10.3.0", ORIN, lean=True)
+        rt.check_engine_compat(_engine(), "10.3.0", ORIN, kind=rt.LEAN)
 
 
 def test_compat_compute_capability_and_device_name():
@@ -253,12 +290,10 @@ def test_load_plan_gives_a_tensorrt_runner_with_the_plans_profile(tmp_path):
     eng = runtime.load(_plan(tmp_path, profiles=[{"min": 4, "opt": 16, "max": 128}]))
     r = eng.runner
     assert isinstance(r, rt.TensorRTRunner) and not r.is_active
-    assert (r.min_batch, r.max_batch, r.use_cuda_graph) == (1, 128, False)  # min padded
+    assert (r.min_batch, r.max_batch, r.static) == (1, 128, False)  # min padded
     assert eng.batch_range == {"min": 1, "opt": 16, "max": 128}
     static = rt.TensorRTRunner(str(tmp_path / "m.plan"), _manifest(profiles=[{"min": 16, "opt": 16, "max": 16}]))
-    assert static.static and static.use_cuda_graph
-    with pytest.raises(ValueError, match="static-batch"):
-        rt.TensorRTRunner("m.plan", _manifest(), cuda_graph=True)
+    assert static.static and static.batch_range == {"min": 1, "opt": 16, "max": 16}
     with pytest.raises(RuntimeError, match="not active"):
         eng(np.zeros((1, 3, 32, 32), np.float32), 0)
 
@@ -280,8 +315,9 @@ def test_activation_order_without_touching_tensorrt_objects(tmp_path, monkeypatc
     _lean()
     pytest.importorskip("polygraphy", reason="polygraphy not installed")
     monkeypatch.setattr(rt.runner, "probe_cuda_device", lambda: ORIN)
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
-    monkeypatch.setitem(sys.modules, "tensorrt_lean", None)
+    lean = _lean()
+    for name in ("tensorrt", "tensorrt_dispatch", "tensorrt_dispatch_bindings", "tensorrt_lean"):
+        monkeypatch.setitem(sys.modules, name, None)
     r = rt.TensorRTRunner(str(_plan(tmp_path)), _manifest())  # not version-compatible
     with pytest.raises(rt.BackendMissing, match="JetPack"):
         r.__enter__()
@@ -289,7 +325,7 @@ def test_activation_order_without_touching_tensorrt_objects(tmp_path, monkeypatc
                           allow_host_code=True)
     with pytest.raises(rt.EngineMismatch, match="99.0.0"):
         r.__enter__()
-    ok = dict(version_compatible=True, tensorrt_version="10.0.0", plan_sha256="0" * 64)
+    ok = dict(version_compatible=True, tensorrt_version=lean.__version__, plan_sha256="0" * 64)
     r = rt.TensorRTRunner(str(_plan(tmp_path, **ok)), _manifest(**ok), allow_host_code=True)
     with pytest.raises(ManifestError, match="plan_sha256"):
         r.__enter__()
@@ -323,6 +359,28 @@ def test_build_and_run_tiny_engine_matches_onnxruntime(request, tmp_path):
         assert np.abs(got - want).max() < 1e-2
         got1 = trt_engine(x[:1], t[:1])  # another batch size: set_input_shape again
         assert np.abs(got1 - want[:1]).max() < 1e-2
+    # the same plan loaded in a fresh process (nothing of the build's process carries over),
+    # then an FP16 builder-flag plan, where TensorRT still has the flag (< 11)
+    np.savez(tmp_path / "in.npz", x=x, t=t)
+    code = ("import sys, numpy as np, runtime; d = np.load(sys.argv[1]); "
+            "eng = runtime.load(sys.argv[2]).__enter__(); np.save(sys.argv[3], eng(d['x'], d['t']))")
+    plans = [onnx.with_suffix(".plan")]
+    import tensorrt
+
+    if rt.parse_version(tensorrt.__version__) < (11, 0):
+        fp16 = tmp_path / "tiny-flag.plan"
+        shutil.copy(exp["onnx"], fp16.with_suffix(".onnx"))
+        shutil.copy(contract.sidecar_path(exp["onnx"]), contract.sidecar_path(fp16))
+        build_engine(BuildConfig(onnx=str(fp16.with_suffix(".onnx")), fp16=True, max_batch=8),
+                     log=lambda s: None)
+        plans.append(fp16)
+    for plan in plans:
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in.npz"), str(plan),
+                            str(tmp_path / "out.npy")], capture_output=True, text=True, cwd=ROOT,
+                           timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert r.returncode == 0, (plan, r.stderr[-2000:])
+        fresh = np.load(tmp_path / "out.npy")
+        assert np.isfinite(fresh).all() and np.abs(fresh - want).max() < 2e-2, plan
 
 
 # --- names against TensorRT 8.5.3 / 8.6.1 / 10.3 binding sources -----------------------
@@ -331,8 +389,48 @@ def test_every_tensorrt_name_the_runner_touches_is_bound_in_that_version(version
     api = trt_api_list(version)
     assert api["source"]["repository"] == "https://github.com/NVIDIA/TensorRT"
     assert api["source"]["tag"].lstrip("v") == version and len(api["source"]["commit"]) == 40
-    missing = missing_trt_names(api, rt.TRT_API, rt.runner.TRT_API_SINCE, version)
+    used = dict(rt.TRT_API, **{"": rt.TRT_API[""] + rt.TRT_API_FULL_ONLY[""]})
+    missing = missing_trt_names(api, used, rt.runner.TRT_API_SINCE, version)
     assert not missing, f"not bound in TensorRT {version} ({api['source']['tag']}): {missing}"
+
+
+@pytest.mark.parametrize("version", TRT_LEAN_API_VERSIONS)
+def test_the_lean_and_dispatch_bindings_have_what_the_runner_uses_and_no_plugins(version):
+    """What the fakes model, from the sources: no init_libnvinfer_plugins and no TensorFormat
+    (Polygraphy's TrtRunner needs it) without EXPORT_ALL_BINDINGS."""
+    api = trt_api_list(version, "lean")
+    assert api["source"]["variant"] == "lean" and api["source"]["tag"].lstrip("v") == version
+    assert missing_trt_names(api, rt.TRT_API, rt.runner.TRT_API_SINCE, version) == []
+    assert missing_trt_names(api, rt.TRT_API_FULL_ONLY, {}, version) == ["tensorrt.init_libnvinfer_plugins"]
+    assert missing_trt_names(api, {"": ("TensorFormat",)}, {}, version) == ["tensorrt.TensorFormat"]
+    full = trt_api_list(version)
+    assert missing_trt_names(full, {"": ("TensorFormat", "init_libnvinfer_plugins")}, {}, version) == []
+
+
+def test_name_extractor_keeps_the_export_all_bindings_branch_of_its_variant():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import trt_api_names as x
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    code = textwrap.dedent("""
+        void bindPlugin(py::module& m) {
+        #if EXPORT_ALL_BINDINGS
+            m.def("init_libnvinfer_plugins", &initLibNvInferPlugins);
+        #else
+            m.def("lean_only", &f);
+        #endif // EXPORT_ALL_BINDINGS
+        #ifdef _MSC_VER
+            m.def("kept_either_way", &g);
+        #endif
+        }
+        """)
+    assert "init_libnvinfer_plugins" in x.preprocess(code, full=True)
+    lean = x.preprocess(code, full=False)
+    assert "init_libnvinfer_plugins" not in lean and "lean_only" in lean and "kept_either_way" in lean
+    top = "void bind(py::module& m) {\n bindPlugin(m);\n#if EXPORT_ALL_BINDINGS\n bindGraph(m);\n#endif\n}\n"
+    files = {"pyPlugin.cpp": "void bindPlugin(py::module& m) {}", "pyGraph.cpp": "void bindGraph(py::module& m) {}"}
+    assert list(x.lean_files(files, top)) == ["pyPlugin.cpp"]
 
 
 def test_the_version_lists_tell_versions_apart():
@@ -396,6 +494,24 @@ def test_find_cudart_finds_the_cuda13_wheel_and_the_loader_cache(tmp_path, monke
     assert "cu12" in cuda.CUDART_HINT and "cu13" in cuda.CUDART_HINT
 
 
+def test_loaded_path_finds_a_library_whose_soname_is_a_symlink(tmp_path):
+    """Defect 6: /proc/self/maps lists the resolved file (libX.so.7 -> libX.so.7.0.1)."""
+    import _ctypes
+    import shutil
+
+    if not os.path.exists("/proc/self/maps"):
+        pytest.skip("no /proc/self/maps (not Linux)")
+    real = tmp_path / "libddpmcheck.so.7.0.1"
+    shutil.copy(_ctypes.__file__, real)  # any shared object the loader can map
+    (tmp_path / "libddpmcheck.so.7").symlink_to(real.name)
+    env = dict(os.environ, LD_LIBRARY_PATH=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", "from runtime.backends.tensorrt.cuda import _loaded_path; "
+                        "print(_loaded_path('libddpmcheck.so.7'))"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == str(tmp_path / "libddpmcheck.so.7"), r.stdout
+
+
 def test_make_cudart_findable_puts_the_cuda13_wheel_on_ld_library_path(tmp_path, monkeypatch):
     from runtime.backends.tensorrt import cuda
 
@@ -443,14 +559,14 @@ def test_host_code_flag_is_never_set_without_the_opt_in(tmp_path, monkeypatch):
     """Even if engine_info is changed after construction, _load refuses before setting it."""
     r = rt.TensorRTRunner(str(_plan(tmp_path)), _manifest())
     r.engine_info["version_compatible"] = True
-    runtime_obj = type("R", (), {"engine_host_code_allowed": False})()
-    trt = type("T", (), {"__name__": "tensorrt_lean_bindings", "__version__": "10.3.0",
-                         "Runtime": staticmethod(lambda logger: runtime_obj),
-                         "Logger": type("L", (), {"WARNING": 1, "__init__": lambda self, s: None})})
+    trt = fake_tensorrt("10.3.0.30", kind="lean")
+    made = []
+    real_runtime = trt.Runtime
+    trt.Runtime = lambda logger: made.append(real_runtime(logger)) or made[-1]
     monkeypatch.setattr(rt.runner, "_LOGGERS", {})
     with pytest.raises(rt.HostCodeNotAllowed):
-        r._load(trt, None)
-    assert runtime_obj.engine_host_code_allowed is False
+        r._load(trt, rt.LEAN, fake_plan_bytes(version_compatible=True), None)
+    assert [m.engine_host_code_allowed for m in made] == [False]
 
 
 def test_missing_plan_says_how_to_get_it(tmp_path):
@@ -495,104 +611,159 @@ def test_runner_logger_for_the_lean_module_is_made_once(monkeypatch):
     assert a is rt.runner.shared_logger(trt) and isinstance(a, trt.Logger)
 
 
-# --- memory: exception-safe frees, zeroed warm-up, sample_float closes ----------------------
-class _Recorder:
-    def __init__(self):
-        self.calls = []
-
-
-def _fake_cuda(rec, fail_free=()):
-    class Handle:
-        def __getattr__(self, name):
-            def f(*a):
-                rec.calls.append((name,) + tuple(getattr(x, "value", x) for x in a))
-                return 0
-            return f
-
-    class Wrapper:
-        handle = Handle()
-
-        def free(self, ptr):
-            rec.calls.append(("free", ptr))
-            if ptr in fail_free:
-                raise RuntimeError("CUDA Error: 700")
-
-        def memcpy(self, dst, src, nbytes, kind, stream_ptr=None):
-            rec.calls.append(("memcpy", dst, src, nbytes))
-
-    w = Wrapper()
-    return w
-
-
-class _Stream:
-    ptr = 77
-
-    def __init__(self, rec, fail=False):
-        self.rec, self.fail = rec, fail
-
-    def synchronize(self):
-        self.rec.calls.append(("sync",))
-        if self.fail:
-            raise RuntimeError("sticky error")
-
-    def free(self):
-        self.rec.calls.append(("stream free",))
-
-
-class _Context:
-    def __init__(self, rec):
-        self.rec = rec
-
-    def __del__(self):
-        self.rec.calls.append(("context dropped",))
-
-    def set_input_shape(self, name, shape):
-        self.rec.calls.append(("set_input_shape", name))
-        return True
-
-    def execute_async_v3(self, stream):
-        self.rec.calls.append(("execute_async_v3",))
-        return True
-
-
-def test_free_is_exception_safe_and_drops_the_context_first(tmp_path, monkeypatch):
+# --- the runner on a fake TensorRT and fake CUDA memory (control and data flow only) --------
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """The runner's CUDA side on host memory: Polygraphy's own DeviceArray/Stream code runs."""
     pytest.importorskip("polygraphy", reason="polygraphy not installed")
-    import polygraphy.cuda
+    import polygraphy.cuda.cuda as pc
 
-    rec = _Recorder()
-    w = _fake_cuda(rec, fail_free=(1,))
-    monkeypatch.setattr(polygraphy.cuda, "wrapper", lambda: w)
-    r = rt.TensorRTRunner(str(_plan(tmp_path)), _manifest())
-    r._stream, r._context = _Stream(rec, fail=True), _Context(rec)
-    r._dev = {"x_t": 1, "t": 2, "eps": 3}
-    r._host = {"x_t": (11, None), "t": (12, None), "eps": (13, None)}
-    r._engine, r._runtime = object(), object()
-    r.is_active = True
-    with pytest.warns(RuntimeWarning, match=r"stream synchronize: RuntimeError: sticky error.*cudaFree\(x_t\)"):
+    mem = FakeCudaMemory()
+    monkeypatch.setattr(pc, "wrapper", lambda: mem)
+    monkeypatch.setattr(rt.runner, "probe_cuda_device", lambda: ORIN)
+    monkeypatch.setattr(rt.runner, "_LOGGERS", {})
+    return mem
+
+
+def _fake_plan(tmp_path, trt, plugins=False, vc=False, profile=(2, 4, 8), **engine_over):
+    data = fake_plan_bytes(trt.__version__ if not vc else engine_over.get("tensorrt_version", trt.__version__),
+                           plugins=plugins, version_compatible=vc, profile=profile)
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(data)
+    import hashlib
+
+    over = dict(tensorrt_version=trt.__version__, version_compatible=vc,
+                profiles=[dict(zip(("min", "opt", "max"), profile))],
+                plan_sha256=hashlib.sha256(data).hexdigest(), native_instancenorm=not plugins)
+    over.update(engine_over)
+    m = _manifest(**over)
+    contract.write_manifest(plan, m)
+    return plan, m
+
+
+def _use(monkeypatch, trt, kind):
+    monkeypatch.setattr(rt.runner, "import_tensorrt", lambda allow_lean=False: (trt, kind))
+
+
+def test_runner_data_path_pads_to_the_profile_min_and_returns_the_batch(tmp_path, monkeypatch, fake_gpu):
+    trt = fake_tensorrt()
+    _use(monkeypatch, trt, rt.FULL)
+    plan, m = _fake_plan(tmp_path, trt, profile=(2, 4, 8))
+    rng = np.random.default_rng(0)
+    with rt.TensorRTRunner(str(plan), m) as r:
+        for b in (1, 3, 8, 3):
+            x = rng.standard_normal((b, 3, 32, 32)).astype(np.float32)
+            t = rng.integers(0, 1000, b).astype(np.int32)
+            got = r(x, t)
+            np.testing.assert_allclose(got, 0.5 * x + t[:, None, None, None], rtol=1e-6)
+            assert got.shape == (b, 3, 32, 32)
+        ctx = trt._state["contexts"][0]
+        assert [n for n, _ in ctx.runs] == [2, 3, 8, 3]  # batch 1 ran padded to the min, 2
+    assert not r.is_active and len(fake_gpu.freed) == 3 and fake_gpu.buffers == {}
+
+
+def test_runner_data_path_imports_no_torch(tmp_path):
+    """Polygraphy's array helpers could pull torch in; the runtime must not (Jetson memory)."""
+    pytest.importorskip("polygraphy", reason="polygraphy not installed")
+    trt = fake_tensorrt()
+    plan, m = _fake_plan(tmp_path, trt)
+    r = _run(f"""
+        import sys
+        sys.path.insert(0, "tests")
+        import numpy as np
+        import polygraphy.cuda.cuda as pc
+        from trt_fakes import FakeCudaMemory, fake_tensorrt
+        from runtime.backends.tensorrt import runner as R, DeviceInfo
+        from runtime.contract import read_manifest
+        mem = FakeCudaMemory()
+        pc.wrapper = lambda: mem
+        R.probe_cuda_device = lambda: DeviceInfo(0, "Orin", (8, 7))
+        trt = fake_tensorrt()
+        R.import_tensorrt = lambda allow_lean=False: (trt, "full")
+        with R.TensorRTRunner({str(plan)!r}, read_manifest({str(plan)!r})) as r:
+            y = r(np.ones((3, 3, 32, 32), np.float32), np.full(3, 2, np.int32))
+        print(float(y.max()), "torch" in sys.modules)
+        """)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["2.5", "False"], r.stdout
+
+
+def test_plan_with_a_plugin_layer_loads_in_a_fresh_process_with_the_full_runtime(tmp_path, monkeypatch, fake_gpu):
+    """Defect 1: nothing else in this 'process' (a fresh fake module) registered the plugins."""
+    trt = fake_tensorrt("8.5.2.2")
+    _use(monkeypatch, trt, rt.FULL)
+    plan, m = _fake_plan(tmp_path, trt, plugins=True, profile=(1, 1, 4))
+    assert trt._state["plugins"] is False
+    with rt.TensorRTRunner(str(plan), m) as r:
+        assert trt._state["plugins"] is True
+        np.testing.assert_allclose(r(np.ones((1, 3, 32, 32), np.float32), np.array([3], np.int32)), 3.5)
+
+
+def test_lean_runtime_has_no_plugins_and_says_so(tmp_path, monkeypatch, fake_gpu):
+    trt = fake_tensorrt("10.3.0.30", kind="lean")
+    assert not hasattr(trt, "init_libnvinfer_plugins")
+    _use(monkeypatch, trt, rt.LEAN)
+    plan, m = _fake_plan(tmp_path, trt, vc=True)  # version-compatible: native InstanceNorm
+    with rt.TensorRTRunner(str(plan), m, allow_host_code=True) as r:
+        assert r.runtime_kind == rt.LEAN and r(np.zeros((2, 3, 32, 32), np.float32), np.zeros(2, np.int32)).shape[0] == 2
+    plan, m = _fake_plan(tmp_path, trt, vc=True, plugins=True)  # a hand-made plan with plugins
+    with pytest.raises(rt.PlanNotLoadable, match="plugin layers.*lean runtime has no plugins"):
+        rt.TensorRTRunner(str(plan), m, allow_host_code=True).__enter__()
+    assert fake_gpu.buffers == {}
+
+
+def test_a_plan_tensorrt_refuses_is_not_called_a_version_mismatch(tmp_path, monkeypatch, fake_gpu):
+    trt = fake_tensorrt()
+    _use(monkeypatch, trt, rt.FULL)
+    plan, m = _fake_plan(tmp_path, trt, plan_sha256=None)
+    plan.write_bytes(b"damaged")
+    with pytest.raises(rt.PlanNotLoadable, match="could not deserialize it: the file is damaged") as e:
+        rt.TensorRTRunner(str(plan), m).__enter__()
+    assert not isinstance(e.value, rt.EngineMismatch)
+
+
+def test_runner_reads_the_plan_once(tmp_path, monkeypatch, fake_gpu):
+    trt = fake_tensorrt()
+    _use(monkeypatch, trt, rt.FULL)
+    plan, m = _fake_plan(tmp_path, trt)
+    reads = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real(self))
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    with rt.TensorRTRunner(str(plan), m):
+        pass
+    assert [p.name for p in reads] == ["m.plan"] and str(plan) not in opened
+
+
+def test_free_is_exception_safe_and_drops_the_context_first(tmp_path, monkeypatch, fake_gpu):
+    trt = fake_tensorrt()
+    _use(monkeypatch, trt, rt.FULL)
+    plan, m = _fake_plan(tmp_path, trt)
+    r = rt.TensorRTRunner(str(plan), m).__enter__()
+    order = []
+
+    class Ctx:
+        def __del__(self):
+            order.append("context dropped")
+    r._context = Ctx()
+    real_free = fake_gpu.free
+
+    def free(ptr):
+        order.append("free")
+        real_free(ptr)
+        if len(order) == 2:
+            raise RuntimeError("CUDA Error: 700")
+    fake_gpu.free = free
+
+    def sync():
+        raise RuntimeError("sticky error")
+    r._stream.synchronize = sync
+    with pytest.warns(RuntimeWarning, match=r"stream synchronize: RuntimeError: sticky error.*free\(x_t\)"):
         r.close()  # never raises
-    names = [c[0] for c in rec.calls]
-    assert names.index("context dropped") < names.index("free")
-    assert [c for c in rec.calls if c[0] == "free"] == [("free", 1), ("free", 2), ("free", 3)]
-    assert [c[1] for c in rec.calls if c[0] == "cudaFreeHost"] == [11, 12, 13]
-    assert "stream free" in names and not r.is_active
-    assert r._context is None and r._engine is None and r._dev == {} and r._host == {}
-
-
-def test_graph_warm_up_reads_zeroed_inputs(tmp_path, monkeypatch):
-    pytest.importorskip("polygraphy", reason="polygraphy not installed")
-    rec = _Recorder()
-    w = _fake_cuda(rec)
-    m = _manifest(profiles=[{"min": 4, "opt": 4, "max": 4}])
-    r = rt.TensorRTRunner(str(_plan(tmp_path, profiles=[{"min": 4, "opt": 4, "max": 4}])), m)
-    r._stream, r._context = _Stream(rec), _Context(rec)
-    r._dev = {"x_t": 1, "t": 2, "eps": 3}
-    x, t = np.zeros((4, 3, 32, 32), np.float32), np.zeros((4,), np.int32)
-    r._host = {"x_t": (11, x), "t": (12, t), "eps": (13, np.zeros_like(x))}
-    r._capture_graph(w.handle, type("C", (), {"wrapper": staticmethod(lambda: w)}))
-    first_run = [c[0] for c in rec.calls].index("execute_async_v3")
-    copies = [c for c in rec.calls[:first_run] if c[0] == "memcpy"]
-    assert copies == [("memcpy", 1, 11, x.nbytes), ("memcpy", 2, 12, t.nbytes)]
-    assert r._graph_exec is not None
+    assert order == ["context dropped", "free", "free", "free"]
+    assert not r.is_active and r._context is None and r._engine is None and r._dev == {}
 
 
 def test_sample_float_closes_what_it_opened(tmp_path):
@@ -620,3 +791,80 @@ def test_sample_float_closes_what_it_opened(tmp_path):
         eng.sample_float(2, steps=2, method="ddim")
         assert eng.runner.is_active  # inside 'with': the caller's to close
     assert (Counting.opened, Counting.closed) == (2, 2)
+
+
+# --- the precision an engine computes in (issue 20, defect 3) --------------------------------
+def _builder_flag_manifest():
+    """An FP16 builder-flag plan of the float32 graph: top-level fp32, engine.precision fp16."""
+    m = _manifest(precision="fp16", precision_mode="fp16_builder_flag")
+    m["precision"] = "fp32"
+    return m
+
+
+def test_compute_precision_reads_the_engine_section_of_a_builder_flag_plan():
+    assert contract.compute_precision(_builder_flag_manifest()) == "fp16"
+    onnx_only = _builder_flag_manifest()
+    del onnx_only["engine"]
+    assert contract.compute_precision(onnx_only) == "fp32"
+    bad = _builder_flag_manifest()
+    bad["engine"]["precision"] = "int8"
+    with pytest.raises(ManifestError, match=r"engine\.precision: received 'int8'.*ddpm-export build"):
+        contract.compute_precision(bad)
+
+
+def test_sample_many_run_json_labels_a_builder_flag_plan_fp16(tmp_path):
+    import json
+
+    from runtime.api import Engine
+    from runtime.backends.base import Runner
+    from runtime.shards import RUN_FILE, sample_shards
+
+    class Zeros(Runner):
+        backend = "tensorrt"
+
+        def _activate(self):
+            pass
+
+        def _deactivate(self):
+            pass
+
+        def _infer(self, x_t, t):
+            return np.zeros_like(x_t)
+
+    m = _builder_flag_manifest()
+    m["schedule"]["num_timesteps"] = 10
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"plan")
+    sample_shards(Engine(Zeros(str(plan), m)), tmp_path / "out", 2, shard_size=2, method="ddim",
+                  steps=2, progress=False, log=lambda s: None)
+    run = json.loads((tmp_path / "out" / RUN_FILE).read_text())
+    assert run["engine"]["precision"] == "fp16"
+
+
+def test_validate_judges_a_builder_flag_plan_by_the_fp16_limits(tmp_path, monkeypatch):
+    """Defect 3 in validate: the plan (here the digits ONNX export under a builder-flag plan's
+    manifest) was judged against the FP32 limit and labelled fp32."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    import json
+
+    import runtime
+    from ddpm_export.evaluation.validate import Thresholds, validate
+    from runtime.api import Engine
+    from runtime.backends.onnxrt import OnnxRuntimeRunner
+
+    onnx = ROOT / "engines" / "digits.onnx"
+    m = json.loads(onnx.with_suffix(".json").read_text())
+    m["engine"] = _engine(precision="fp16", precision_mode="fp16_builder_flag",
+                          profiles=[m["batch_range"]])
+    assert m["precision"] == "fp32"
+    plan = tmp_path / "digits.plan"
+    real_load = runtime.load
+    monkeypatch.setattr(runtime, "load", lambda p, **kw: Engine(OnnxRuntimeRunner(
+        str(onnx), m, providers=["CPUExecutionProvider"], threads=1)) if str(p) == str(plan)
+        else real_load(p, **kw))
+    report, _ = validate(str(ROOT / "engines" / "digits.pt"), [str(plan)], Thresholds(),
+                         t_stride=500, batches=(1,), trajectory_images=0)
+    e = report["engines"][0]
+    assert e["precision"] == "fp16"
+    assert e["checks"]["eps_max_abs"]["limit"] == Thresholds().eps_fp16
