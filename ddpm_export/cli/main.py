@@ -414,14 +414,15 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
 def _register_optional_commands() -> None:
     from ddpm_export.cli.build import build_command
     from ddpm_export.cli.convert import convert_checkpoint_command
+    from ddpm_export.cli.distill import distill_command
     from ddpm_export.cli.fid import fid_command
     from ddpm_export.cli.nll import nll_command
     from ddpm_export.cli.sample_many import sample_many_command
     from ddpm_export.cli.steps_table import steps_table_command
     from ddpm_export.cli.triton import triton_command
 
-    for command in (build_command, convert_checkpoint_command, fid_command, nll_command, sample_many_command,
-                    steps_table_command, triton_command):
+    for command in (build_command, convert_checkpoint_command, distill_command, fid_command, nll_command,
+                    sample_many_command, steps_table_command, triton_command):
         main.add_command(command)
 
 
