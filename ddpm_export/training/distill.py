@@ -142,6 +142,10 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
     cfg = model.config
     s = Schedule(schedule)
     clip = schedule.clip_denoised if clip is None else clip
+    if clip and schedule.thresholding:
+        raise ValueError("sample_student clips to clip_sample_range; a schedule with dynamic thresholding "
+                         "is not supported here: sample through the runtime instead")
+    r = float(schedule.clip_sample_range)
     ts = [int(t) for t in consistency_timesteps(steps, s.num_timesteps)]
     shape = (num, cfg.in_channels, cfg.image_size, cfg.image_size)
     streams = ImageStreams(seed, first_image, num)
@@ -154,7 +158,7 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
             v = model(x.to(torch.float32).to(device), tt.to(device)).to("cpu", torch.float64)
             x0 = student_x0(s, v, x, tt)
             if clip:
-                x0 = x0.clamp(-1.0, 1.0)
+                x0 = x0.clamp(-r, r)
             if i == len(ts) - 1:
                 x = x0
             else:
@@ -215,9 +219,6 @@ _FIXED = ("teacher_steps", "student_steps", "trajectories", "data_seed", "chunk"
 
 
 def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> Dict[str, Any]:
-    if "prediction" not in ScheduleConfig.__dataclass_fields__:
-        raise DistillError("this ddpm-export has no ScheduleConfig.prediction: a v-prediction student "
-                           "could not say how it is sampled; update ddpm-export")
     device = torch.device(cfg.device)
     out = Path(cfg.out)
     last = out / "last.pt"

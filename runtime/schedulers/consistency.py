@@ -20,7 +20,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from runtime.schedulers.base import Scheduler, StepOutput, check_rng, clip_unit, draw_noise, step_inputs
+from runtime.schedulers.base import Scheduler, StepOutput, draw_noise
+from runtime.schedulers.prediction import apply_limit, resolve_limit
 from runtime.schedulers.schedule import ScheduleConfig
 
 DEFAULT_STEPS = 4
@@ -32,52 +33,35 @@ def consistency_timesteps(num_inference_steps: int, num_timesteps: int) -> np.nd
     return t.astype(np.int64)
 
 
-def output_to_x0(prediction: str, output: np.ndarray, x_t: np.ndarray, sqrt_abar: float,
-                 sqrt_one_minus_abar: float) -> np.ndarray:
-    """x0_hat from a model output of the given prediction type (float64 in, float64 out)."""
-    if prediction == "v":  # v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022)
-        return sqrt_abar * x_t - sqrt_one_minus_abar * output
-    if prediction == "x0":
-        return output
-    if prediction == "eps":
-        return (x_t - sqrt_one_minus_abar * output) / sqrt_abar
-    raise ValueError(f"prediction {prediction!r} is unknown: expected eps, x0 or v")
-
-
 class ConsistencyScheduler(Scheduler):
     """x0 = student(x_t, t); x_t' = sqrt(abar_t') x0 + sqrt(1 - abar_t') z; the last step returns x0.
 
-    clip: clamp x0 to [-1, 1] before re-noising and at the end (None = the schedule's
-    clip_denoised). dtype: of the returned arrays; the math is float64.
+    clip: limit x0 (clip, or the schedule's dynamic thresholding) before re-noising and at
+    the end; None = the schedule's clip_denoised. dtype: of the returned arrays; the math
+    is float64.
     """
 
     def __init__(self, schedule_config: ScheduleConfig = ScheduleConfig(), clip: Optional[bool] = None,
                  dtype: Any = np.float32):
         super().__init__(schedule_config, dtype)
-        self.prediction = str(getattr(schedule_config, "prediction", "eps"))
-        self.clip = schedule_config.clip_denoised if clip is None else bool(clip)
+        self._limit = resolve_limit(schedule_config, clip, who="consistency")
         self.set_timesteps(DEFAULT_STEPS)
 
     def _timesteps(self, num_inference_steps: int, num_timesteps: int) -> np.ndarray:
         return consistency_timesteps(num_inference_steps, num_timesteps)
 
     def _set_coefficients(self, t, prev, abar, abar_prev) -> None:
-        self._sqrt_abar = np.sqrt(abar)
-        self._sqrt_one_minus_abar = np.sqrt(1.0 - abar)
         self._sqrt_abar_prev = np.sqrt(abar_prev)
         self._sqrt_one_minus_abar_prev = np.sqrt(1.0 - abar_prev)
         self._last = len(t) - 1
 
-    def step(self, eps: np.ndarray, t: int, x_t: np.ndarray, rng: Optional[np.random.Generator] = None,
-             noise: Optional[np.ndarray] = None) -> StepOutput:
-        """One call: ``eps`` is the model output (of the schedule's prediction type)."""
-        i, t, out, x_t = step_inputs(eps, t, x_t, self._index)
-        check_rng(rng)
-        x0 = output_to_x0(self.prediction, out, x_t, self._sqrt_abar[i], self._sqrt_one_minus_abar[i])
-        if self.clip:
-            x0 = clip_unit(x0)
-        if i == self._last:
+    def _finish_step(self, i: int, t: int, out: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
+                     rng: Optional[np.random.Generator], noise: Optional[np.ndarray]) -> StepOutput:
+        # 1. x0 = the student's jump to the end of the ODE trajectory through x_t, limited
+        x0 = apply_limit(x0 if x0 is not out else out.copy(), self._limit)
+        if i == self._last:  # 2. the last call's x0 is the sample
             return StepOutput(x0.astype(self.dtype), x0.astype(self.dtype))
+        # 3. re-noise to the next timestep with fresh noise: x_t' ~ q(x_t' | x0)
         z = draw_noise(rng, noise, x_t.shape, t)
         prev = self._sqrt_abar_prev[i] * x0 + self._sqrt_one_minus_abar_prev[i] * z
         return StepOutput(prev.astype(self.dtype), x0.astype(self.dtype))
