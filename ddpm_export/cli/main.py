@@ -348,9 +348,10 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_
               "coarse check, since the bound barely moves with small eps errors.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Compare even if the engine's manifest names another checkpoint.")
-@click.option("--method", default="ddpm", show_default=True,
+@click.option("--method", default=None,
               help="How the engines sample for the trajectory and distribution levels: any runtime "
-              "method (ddpm, ddim, dpmsolver++, sde-dpmsolver++, unipc); its defaults.")
+              "method (ddpm, ddim, dpmsolver++, sde-dpmsolver++, unipc, consistency); its defaults. "
+              "Default: the checkpoint's sampling section (a distilled student's), else ddpm.")
 @click.option("--steps", "method_steps", type=click.IntRange(min=1), default=None,
               help="Steps of --method (default: the method's).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")

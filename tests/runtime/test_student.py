@@ -32,7 +32,7 @@ def student(tmp_path_factory):
                      "sampling": SAMPLING}, ckpt)
     onnx = d / "student.onnx"
     manifest = export_onnx(ckpt, onnx, command="ddpm-export export --checkpoint student.pt")
-    return {"model": model, "onnx": onnx, "manifest": manifest}
+    return {"model": model, "onnx": onnx, "manifest": manifest, "checkpoint": ckpt}
 
 
 def test_manifest_carries_prediction_and_sampling(student):
@@ -111,3 +111,14 @@ def test_sample_many_takes_the_students_defaults(student, tmp_path):
     assert run["config"]["method"] == "consistency" and run["config"]["steps"] == 2
     with runtime.load(student["onnx"]) as engine:
         np.testing.assert_array_equal(load_shards(out), engine.sample(5, seed=0))
+
+
+def test_validate_takes_the_student(student):
+    from ddpm_export.evaluation.validate import validate
+
+    rep, _ = validate(str(student["checkpoint"]), [str(student["onnx"])], t_stride=250, batches=[1, 3],
+                      trajectory_images=2, samples=0, likelihood_images=4)
+    e = rep["engines"][0]
+    assert e["trajectory"]["method"] == "consistency" and e["trajectory"]["steps"] == 2
+    assert e["trajectory"]["final_max_abs"] < 1e-4 and rep["passed"]
+    assert "no variational bound" in rep["likelihood"]["skipped"]
