@@ -35,10 +35,12 @@ def _counts(ctx, param, value) -> Tuple[int, ...]:
                 help="Teacher trajectories (distinct x_T) to regress onto.")
 @library_option("--data-seed", type=int, default_from=DC + "data_seed",
                 help="Runtime seed of the trajectories' x_T; keep it off the seeds you evaluate with.")
-@library_option("--steps", type=int, default_from=DC + "steps", help="Student optimizer steps.")
+@library_option("--steps", type=int, default_from=DC + "steps",
+                help="Student optimizer steps in all; --resume with another value extends the run, or "
+                "ends it at the last checkpoint (writing model.pt) when that is already past it.")
 @library_option("--batch-size", type=int, default_from=DC + "batch_size")
 @library_option("--lr", type=float, default_from=DC + "lr",
-                help="Adam learning rate after warmup; decays linearly to 0 at the last step.")
+                help="Adam learning rate after the linear warmup, then constant.")
 @library_option("--warmup", type=int, default_from=DC + "warmup")
 @library_option("--ema-decay", type=float, default_from=DC + "ema_decay",
                 help="EMA decay of the student (export uses the EMA weights).")

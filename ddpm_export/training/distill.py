@@ -63,7 +63,7 @@ class DistillConfig:
     chunk: int = 256  # trajectories per teacher file and per teacher call
     steps: int = 3000  # optimizer steps
     batch_size: int = 128
-    lr: float = 1e-4  # Adam learning rate after warmup, decayed linearly to 0 at the last step
+    lr: float = 1e-4  # Adam learning rate after the linear warmup (constant: a run can be extended)
     warmup: int = 100
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # warmed up as min(decay, (1+s)/(10+s)); export uses the EMA
@@ -214,7 +214,8 @@ def distill(cfg: DistillConfig, progress: bool = True, log: Callable[[str], None
 
 
 # options that must not change on --resume (the run would not continue the same trajectory)
-_FIXED = ("teacher_steps", "student_steps", "trajectories", "data_seed", "chunk", "steps", "batch_size",
+# (steps may change: nothing depends on the total, so a run can be extended or ended early)
+_FIXED = ("teacher_steps", "student_steps", "trajectories", "data_seed", "chunk", "batch_size",
           "lr", "warmup", "grad_clip", "ema_decay", "seed")
 
 
@@ -368,7 +369,7 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
             idx = torch.randint(n_traj, (B,), generator=gen)
             k = torch.randint(n_rec, (B,), generator=gen)
             x_t, t, target = states[k, idx].to(device), t_of[k].to(device), targets[idx].to(device)
-            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) * (1.0 - step / max(1, cfg.steps))
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
             for g_ in opt.param_groups:
                 g_["lr"] = lr
             loss = torch.mean((student_x0(schedule, model(x_t, t), x_t, t) - target) ** 2)
