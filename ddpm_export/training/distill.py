@@ -272,13 +272,17 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
         write_json(meta_path, meta)
     n_chunks = (cfg.trajectories + cfg.chunk - 1) // cfg.chunk
     states_l, x0_l = [], []
-    data_seconds = float(ckpt.get("train_state", {}).get("data_seconds", 0.0)) if ckpt else 0.0
+    data_seconds = 0.0  # the teacher's time, summed over the chunk files (whichever run made them)
     bar = _bar(progress, n_chunks, "teacher trajectories", "chunk")
     for k in range(n_chunks):
         path = data_dir / f"chunk{k:05d}.npz"
         n = min(cfg.chunk, cfg.trajectories - k * cfg.chunk)
         if path.exists():
-            d = load_npz(path, "teacher trajectories", keys=("states", "x0", "timesteps"))
+            d = load_npz(path, "teacher trajectories")
+            for key in ("states", "x0", "timesteps"):
+                if key not in d:
+                    raise DistillError(f"{path}: no {key!r} array; it was not written by distill: use another --out")
+            data_seconds += float(d.get("seconds", 0.0))
             if d["x0"].shape[0] != n or list(d["timesteps"]) != record:
                 raise DistillError(f"{path}: holds {d['x0'].shape[0]} trajectories at {list(d['timesteps'])}, "
                                    f"expected {n} at {record}; use another --out")
@@ -286,8 +290,9 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
             t0 = time.time()
             d = teacher_chunk(teacher, t_sched, k * cfg.chunk, n, cfg.data_seed, cfg.teacher_steps, record,
                               str(device))
+            d["seconds"] = np.float64(time.time() - t0)
             save_npz(path, **d)
-            data_seconds += time.time() - t0
+            data_seconds += float(d["seconds"])
         states_l.append(d["states"])
         x0_l.append(d["x0"])
         if bar is not None:

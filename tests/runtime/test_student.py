@@ -122,3 +122,70 @@ def test_validate_takes_the_student(student):
     assert e["trajectory"]["method"] == "consistency" and e["trajectory"]["steps"] == 2
     assert e["trajectory"]["final_max_abs"] < 1e-4 and rep["passed"]
     assert "no variational bound" in rep["likelihood"]["skipped"]
+
+
+def test_the_jetson_app_takes_the_student_with_no_flags(student, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    app_py = Path(__file__).resolve().parents[2] / "examples" / "jetson_app" / "app.py"
+    spec = importlib.util.spec_from_file_location("jetson_app_under_test", app_py)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    assert app.main(["--engine", str(student["onnx"]), "--num", "2", "--requests", "1", "--threads", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["requests"][0]["network_calls"] == 2  # the manifest's default: 2 calls
+
+
+class _FakeTensor:
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+
+    def as_numpy(self):
+        return self.value
+
+
+def test_the_triton_sampler_takes_the_students_defaults_and_refuses_another_method(student, tmp_path,
+                                                                                   monkeypatch):
+    """The generated Triton sampler (inprocess), driven through a stand-in for Triton's
+    triton_python_backend_utils: a request without method/steps gets the runtime's images."""
+    import importlib.util
+    import sys
+    import types
+
+    from ddpm_export.serving.triton_repo import RepositoryConfig, write_repository
+
+    repo = tmp_path / "repo"
+    write_repository(RepositoryConfig(engine=str(student["onnx"]), out=str(repo), mode="inprocess", name="s"))
+    pb = types.ModuleType("triton_python_backend_utils")
+    pb.Tensor = _FakeTensor
+    pb.get_input_tensor_by_name = lambda req, name: req.get(name)
+    pb.InferenceResponse = lambda tensors=None, error=None: {"tensors": tensors, "error": error}
+    pb.TritonError = lambda msg, code=None: msg
+    pb.TritonError.CANCELLED = 1
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    version = repo / "s_sampler" / "1"
+    monkeypatch.syspath_prepend(str(version))
+    spec = importlib.util.spec_from_file_location("sampler_model_under_test", version / "model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # the check guards Triton's real stub (NumPy 1 only); our stand-in passes arrays through unchanged
+    monkeypatch.setattr(mod, "check_numpy", lambda: None)
+    config = json.dumps({"parameters": {k: {"string_value": v} for k, v in
+                                        {"mode": "inprocess", "max_num": "8", "max_batch": "8",
+                                         "engine_file": "model.onnx"}.items()}})
+    model = mod.TritonPythonModel()
+    model.initialize({"model_config": config, "model_name": "s_sampler", "model_repository": str(repo / "s_sampler"),
+                      "model_version": "1"})
+
+    class Req(dict):
+        def is_cancelled(self):
+            return False
+
+    num_seed = {"num": _FakeTensor("num", np.array([3], np.int32)), "seed": _FakeTensor("seed", np.array([4]))}
+    ok, bad = model.execute([Req(num_seed), Req(num_seed, method=_FakeTensor("method", np.array([b"ddpm"],
+                                                                                               dtype=object)))])
+    with runtime.load(student["onnx"]) as engine:
+        np.testing.assert_array_equal(ok["tensors"][0].value, engine.sample(3, seed=4))
+    assert "few-step student" in bad["error"]
+    model.finalize()
