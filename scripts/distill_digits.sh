@@ -8,7 +8,7 @@ set -e
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 RUN=${RUN:-runs/digits-distilled}
-OPTS="--teacher engines/digits.pt --out $RUN --teacher-steps 8 --trajectories 4096 --steps 3000
+OPTS="--teacher engines/digits.pt --out $RUN --teacher-steps 8 --trajectories 4096 --steps ${STEPS:-3000}
       --batch-size 64 --lr 0.0002 --ema-decay 0.995 --sample-every 250 --ckpt-every 50"
 if [ ! -f "$RUN/model.pt" ]; then
   [ -f "$RUN/last.pt" ] && R=--resume || R=

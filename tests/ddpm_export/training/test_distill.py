@@ -123,7 +123,7 @@ def test_tiny_distill_runs_and_resume_after_a_crash_is_bit_equal(tmp_path, tiny_
     assert not unequal, f"{len(unequal)} tensors differ after resume, e.g. {unequal[:3]}"
 
     # resuming with other options, a finished run without --resume, a locked folder: refused
-    with pytest.raises(DistillError, match=r"lr 0.0001 -> 0.001.*pass the options it was started with"):
+    with pytest.raises(DistillError, match=r"lr 0.0002 -> 0.001.*pass the options it was started with"):
         distill(_cfg(teacher, b, resume=True, lr=1e-3), progress=False)
     with pytest.raises(DistillError, match="already exists; pass --resume"):
         distill(_cfg(teacher, b), progress=False)
