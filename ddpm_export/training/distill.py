@@ -42,7 +42,7 @@ from runtime.schedulers.schedule import Schedule, ScheduleConfig
 from runtime.schedulers.solver_base import solver_timesteps
 from runtime.seeding import ImageStreams
 
-from ddpm_export.model.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint, slim
+from ddpm_export.model.checkpoint import build_model, load_checkpoint, save_checkpoint, slim
 from ddpm_export.training.train import ema_update
 
 SAMPLING_METHOD = "consistency"  # runtime.schedulers registry name of the student's sampler
