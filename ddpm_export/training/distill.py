@@ -315,7 +315,11 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-8)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, train_seconds = 0, 0.0
+    command = " ".join(["ddpm-export"] + sys.argv[1:]) if sys.argv else ""
+    commands = [command]  # every command that ran this folder, the first one first
     if ckpt is not None:
+        old_prov = ckpt.get("provenance", {})
+        commands = list(old_prov.get("commands", [old_prov.get("command", "")])) + [command]
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -326,7 +330,8 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
         ckpt = None
 
     provenance = {
-        "command": " ".join(["ddpm-export"] + sys.argv[1:]) if sys.argv else "",
+        "command": command,
+        "commands": commands,
         "argv": list(sys.argv),
         "method": "trajectory-endpoint regression (teacher UniPC ODE end from x_t), v head, "
                   "multistep consistency sampling",

@@ -121,6 +121,7 @@ def test_tiny_distill_runs_and_resume_after_a_crash_is_bit_equal(tmp_path, tiny_
     assert ta.keys() == tb.keys()
     unequal = [k for k in ta if not torch.equal(ta[k], tb[k])]
     assert not unequal, f"{len(unequal)} tensors differ after resume, e.g. {unequal[:3]}"
+    assert len(load_checkpoint(b / "model.pt")["provenance"]["commands"]) == 2  # started, resumed
 
     # resuming with other options, a finished run without --resume, a locked folder: refused
     with pytest.raises(DistillError, match=r"lr 0.0002 -> 0.001.*pass the options it was started with"):
