@@ -189,3 +189,13 @@ def test_the_triton_sampler_takes_the_students_defaults_and_refuses_another_meth
         np.testing.assert_array_equal(ok["tensors"][0].value, engine.sample(3, seed=4))
     assert "few-step student" in bad["error"]
     model.finalize()
+
+
+def test_nll_refuses_a_student_in_one_line(student):
+    from click.testing import CliRunner
+
+    from ddpm_export.cli.main import main
+
+    r = CliRunner().invoke(main, ["nll", "--engine", str(student["onnx"]), "--num", "2"])
+    assert r.exit_code == 1 and r.output.count("\n") == 1
+    assert "few-step student" in r.output and "no variational bound" in r.output
