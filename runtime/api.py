@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from runtime.contract import read_manifest
+from runtime.contract import read_manifest, sampling_plan
 from runtime.io import to_uint8
 from runtime.backends.base import Runner
 from runtime.loop import SampleResult, StepCallback, sample
@@ -48,7 +48,7 @@ class Engine:
         return dict(getattr(self.runner, "batch_range", None) or self.manifest["batch_range"])
 
     def sample_float(
-        self, num: int, seed: int = 0, steps: Optional[int] = None, method: str = "ddpm",
+        self, num: int, seed: int = 0, steps: Optional[int] = None, method: Optional[str] = None,
         eta: Optional[float] = None, spacing: Optional[str] = None, batch: Optional[int] = None,
         callback: Optional[StepCallback] = None, trajectory_frames: int = 0, progress: bool = False,
         first_image: int = 0,
@@ -58,14 +58,17 @@ class Engine:
         Images first_image, ... of ``seed``: the same at any ``batch``.
 
         method: any of runtime.METHODS; method options (order=, variant=, corrector=,
-        karras=, clip=, ...) as keywords, see runtime.schedulers."""
+        karras=, clip=, ...) as keywords, see runtime.schedulers. method/steps None: the
+        manifest's ``sampling`` section (a distilled student's) when it has one, else ddpm
+        over all T; a student refuses what it was not trained for (runtime.contract.sampling_plan)."""
+        plan = sampling_plan(self.manifest, method, steps)
         if batch is None:
             batch = min(num, self.runner.max_batch)
         opened_here = not self.runner.is_active  # outside 'with engine:' we open and close
         self.runner.__enter__()
         try:
             return sample(self.runner, self.image_shape, self.manifest["schedule"], num, seed=seed,
-                          steps=steps, method=method, eta=eta, spacing=spacing, batch=batch,
+                          steps=plan["steps"], method=plan["method"], eta=eta, spacing=spacing, batch=batch,
                           callback=callback, trajectory_frames=trajectory_frames,
                           progress=progress, first_image=first_image, **options)
         finally:

@@ -16,10 +16,12 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     which ones the chosen method takes (exit 1 through cli_main)."""
     summary = "; ".join(f"{m.name}: {m.summary}" for m in REGISTRY.values())
     g = p.add_argument_group("method", "how to sample; every option defaults to the method's own default")
-    g.add_argument("--method", default="ddpm", help=f"one of {', '.join(METHODS)} (default ddpm). {summary}")
+    g.add_argument("--method", default=None,
+                   help=f"one of {', '.join(METHODS)} (default: the manifest's sampling method, which a "
+                        f"distilled student has, else ddpm). {summary}")
     g.add_argument("--steps", type=int, default=None,
-                   help="sampling steps = engine calls per image (default: all T for ddpm, 50 for ddim, "
-                        "20 for the solvers)")
+                   help="sampling steps = engine calls per image (default: the manifest's sampling steps, "
+                        "else all T for ddpm, 50 for ddim, 20 for the solvers, 4 for consistency)")
     g.add_argument("--eta", type=float, default=None, help="ddim only: eta in [0, 1] (default 0: deterministic)")
     g.add_argument("--spacing", default=None,
                    help="timesteps: ddpm and ddim default to the model's own timestep_spacing/steps_offset (as "

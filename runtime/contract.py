@@ -51,6 +51,13 @@ file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
                       PyTorch through ONNX Runtime CPU, with its tolerance)
     tools             {"python", "torch", "onnx", "onnxruntime", "ddpm_export", ...}
     command           str   the command that made the file
+    sampling          optional; only a model that must be sampled one way (a few-step
+                      student of 'ddpm-export distill') has it:
+                      {"method": a runtime.schedulers method name, "steps": the default
+                       call count, "allowed_steps": [call counts it was trained for],
+                       "timesteps": {"N": [the N descending timesteps], ...}}
+                      ``sampling_plan(manifest, method, steps)`` resolves a request
+                      against it: defaults from it, anything else refused.
 
 Keys not listed (e.g. an ``engine`` section added by an engine build) are kept
 and ignored, so later tools can extend the manifest without a version bump.
@@ -180,8 +187,10 @@ def manifest_dict(
     tools: Optional[Mapping[str, Any]] = None,
     command: str = "",
     onnx_sha256: Optional[str] = None,
+    sampling: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """Assemble and validate a manifest (schema in the module docstring)."""
+    """Assemble and validate a manifest (schema in the module docstring); ``sampling`` is
+    added only when given."""
     d = {
         "manifest_version": _version_or_newest(schedule),
         "precision": precision,
@@ -196,6 +205,8 @@ def manifest_dict(
         "tools": dict(tools or {}),
         "command": command,
     }
+    if sampling is not None:
+        d[SAMPLING_KEY] = dict(sampling)
     validate_manifest(d)
     return d
 
@@ -265,6 +276,8 @@ def validate_manifest(d: Any) -> Dict[str, Any]:
         _fail("tools", d["tools"], "an object of tool versions")
     if not isinstance(d["command"], str):
         _fail("command", d["command"], "a string")
+    if SAMPLING_KEY in d:
+        _check_sampling(d[SAMPLING_KEY], int(sched["num_timesteps"]))
     return dict(d)
 
 
@@ -280,6 +293,70 @@ def _version_or_newest(schedule: Any) -> int:
         return manifest_version_for(schedule)
     except (TypeError, ValueError, AttributeError):
         return MANIFEST_VERSION  # validate_manifest then names what is wrong with the schedule
+
+
+SAMPLING_KEY = "sampling"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_sampling(sec: Any, T: int) -> None:
+    from runtime.schedulers import METHODS
+
+    if not isinstance(sec, Mapping):
+        _fail("sampling", sec, "an object {method, steps, allowed_steps, timesteps}")
+    if sec.get("method") not in METHODS:
+        _fail("sampling.method", sec.get("method", "<missing>"), f"one of {', '.join(METHODS)}")
+    allowed = sec.get("allowed_steps")
+    if not (isinstance(allowed, list) and allowed and all(_is_int(n) and n >= 1 for n in allowed)):
+        _fail("sampling.allowed_steps", allowed if allowed is not None else "<missing>",
+              "a non-empty list of call counts >= 1")
+    if sec.get("steps") not in allowed:
+        _fail("sampling.steps", sec.get("steps", "<missing>"), f"one of allowed_steps {allowed}")
+    ts = sec.get("timesteps")
+    if not isinstance(ts, Mapping) or sorted(ts) != sorted(str(n) for n in allowed):
+        _fail("sampling.timesteps", ts if ts is not None else "<missing>",
+              f"an object with one entry per allowed call count {allowed}")
+    for n in allowed:
+        t = ts[str(n)]
+        ok = (isinstance(t, list) and len(t) == n and all(_is_int(v) and 0 <= v < T for v in t)
+              and all(a > b for a, b in zip(t, t[1:])))
+        if not ok:
+            _fail(f"sampling.timesteps[{n!r}]", t, f"{n} descending ints in [0, {T})")
+
+
+def sampling_plan(manifest: Mapping[str, Any], method: Optional[str] = None,
+                  steps: Optional[int] = None) -> Dict[str, Any]:
+    """The method and step count to sample this model with: {"method", "steps"}.
+
+    Without a ``sampling`` section: ``method`` (None = "ddpm") and ``steps`` as given.
+    With one, None takes its method and default call count, and a request it was not
+    trained for (another method, an unlisted call count) raises ValueError, as does a
+    runtime whose scheduler would not use the timesteps the section records.
+    """
+    sec = manifest.get(SAMPLING_KEY)
+    if sec is None:
+        return {"method": "ddpm" if method is None else method, "steps": steps}
+    m = sec["method"] if method is None else method
+    n = sec["steps"] if steps is None else steps
+    allowed = list(sec["allowed_steps"])
+    if m != sec["method"] or n not in allowed:
+        raise ValueError(
+            f"this model is a few-step student: it was trained to be sampled with method {sec['method']} at "
+            f"{', '.join(map(str, allowed))} calls (its manifest's 'sampling' section), and received method "
+            f"{m} with {n} steps; drop --method/--steps for its default ({sec['method']}, {sec['steps']} calls) "
+            f"or pass --steps {'|'.join(map(str, allowed))}")
+    from runtime.schedulers import make_scheduler
+
+    got = [int(t) for t in make_scheduler(manifest["schedule"], m, n).timesteps]
+    if got != list(sec["timesteps"][str(n)]):
+        raise ValueError(
+            f"method {m} at {n} calls would use timesteps {got} in this runtime, but the model was trained "
+            f"for {sec['timesteps'][str(n)]} (manifest 'sampling'); use the ddpm-export version that "
+            f"exported it")
+    return {"method": m, "steps": n}
 
 
 def schedule_config(manifest: Mapping[str, Any]) -> ScheduleConfig:

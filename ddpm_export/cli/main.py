@@ -348,9 +348,10 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_
               "coarse check, since the bound barely moves with small eps errors.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Compare even if the engine's manifest names another checkpoint.")
-@click.option("--method", default="ddpm", show_default=True,
+@click.option("--method", default=None,
               help="How the engines sample for the trajectory and distribution levels: any runtime "
-              "method (ddpm, ddim, dpmsolver++, sde-dpmsolver++, unipc); its defaults.")
+              "method (ddpm, ddim, dpmsolver++, sde-dpmsolver++, unipc, consistency); its defaults. "
+              "Default: the checkpoint's sampling section (a distilled student's), else ddpm.")
 @click.option("--steps", "method_steps", type=click.IntRange(min=1), default=None,
               help="Steps of --method (default: the method's).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
@@ -414,14 +415,15 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
 def _register_optional_commands() -> None:
     from ddpm_export.cli.build import build_command
     from ddpm_export.cli.convert import convert_checkpoint_command
+    from ddpm_export.cli.distill import distill_command
     from ddpm_export.cli.fid import fid_command
     from ddpm_export.cli.nll import nll_command
     from ddpm_export.cli.sample_many import sample_many_command
     from ddpm_export.cli.steps_table import steps_table_command
     from ddpm_export.cli.triton import triton_command
 
-    for command in (build_command, convert_checkpoint_command, fid_command, nll_command, sample_many_command,
-                    steps_table_command, triton_command):
+    for command in (build_command, convert_checkpoint_command, distill_command, fid_command, nll_command,
+                    sample_many_command, steps_table_command, triton_command):
         main.add_command(command)
 
 

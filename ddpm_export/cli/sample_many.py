@@ -27,8 +27,9 @@ from runtime.shards import DEFAULT_SHARD_SIZE, INTERRUPTED
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Images per engine call. Default: min(shard size, the engine's max batch). "
               "Changes the speed, not the images, so a resumed run may use another.")
-@click.option("--method", default="ddpm", show_default=True,
-              help=f"One of {', '.join(METHODS)}.")
+@click.option("--method", default=None,
+              help=f"One of {', '.join(METHODS)}. Default: the engine manifest's sampling method (a distilled "
+              "student's), else ddpm.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Sampling steps = engine calls per image. Default: all T for ddpm, 50 for ddim, "
               "20 for the solvers.")

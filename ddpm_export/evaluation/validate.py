@@ -149,13 +149,9 @@ def _trajectory_same_scheduler(engine, model, schedule, num, seed, method, steps
             frames[name].append((t, x0.copy()))
         return on_step
 
-    def torch_runner(x, t):
-        with torch.no_grad():
-            return model(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(t.astype(np.int64))).numpy()
-
     kw = dict(seed=seed, steps=steps, method=method, batch=num, **opts)
     res = engine.sample_float(num, callback=recorder("engine"), **kw)
-    ref = run_loop(torch_runner, tuple(engine.image_shape), schedule.to_dict(), num,
+    ref = run_loop(_torch_runner(model), tuple(engine.image_shape), schedule.to_dict(), num,
                    callback=recorder("reference"), **kw)
     ts = list(chains["engine"])
     drift = {t: float(np.abs(chains["engine"][t] - chains["reference"][t]).max()) for t in ts}
@@ -164,6 +160,14 @@ def _trajectory_same_scheduler(engine, model, schedule, num, seed, method, steps
             "drift": [{"t": t, "max_abs": drift[t]} for t in ts],
             "first_step_above_1e-3": next((i + 1 for i, t in enumerate(ts) if drift[t] > 1e-3), None)}
     return part, frames
+
+
+def _torch_runner(model):
+    """The PyTorch model as a runtime runner: (x_t float32 [N, C, H, W], t int32 [N]) -> output."""
+    def run(x, t):
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(t.astype(np.int64))).numpy()
+    return run
 
 
 def _engine_name(path: str, paths: Sequence[str]) -> str:
@@ -269,7 +273,7 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
              inception_weights: Optional[str] = None, onnx_reference: Optional[str] = None,
              seed: int = 0, force: bool = False, progress: bool = False,
              likelihood_images: int = 0, likelihood_t_samples: Optional[int] = 50,
-             log: Callable[[str], None] = lambda s: None, method: str = "ddpm",
+             log: Callable[[str], None] = lambda s: None, method: Optional[str] = None,
              steps: Optional[int] = None, method_options: Optional[Dict[str, Any]] = None,
              allow_host_code: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Compare each engine with the checkpoint's PyTorch model.
@@ -277,17 +281,23 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
     Returns (report, artifacts): the JSON-able report and the arrays the plots
     need (samples per set, progressive frames). method / steps / method_options: how the
     engines sample for the trajectory and distribution levels (any runtime.schedulers
-    method); the distribution's reference stays the PyTorch model's DDPM over all T steps.
+    method; None: the checkpoint's ``sampling`` section, a distilled student's, else ddpm);
+    the distribution's reference stays the PyTorch model's DDPM over all T steps, except for a
+    student: the PyTorch student through its own sampler. A student has no likelihood level.
     allow_host_code: load version-compatible TensorRT plans (see runtime.load).
     """
     import runtime
     from runtime.schedulers import make_scheduler
 
-    method_options = {k: v for k, v in (method_options or {}).items() if v is not None}
-    make_scheduler(ScheduleConfig(), method, steps, **method_options)  # bad method/options: fail now
+    from runtime.contract import sampling_plan
 
+    method_options = {k: v for k, v in (method_options or {}).items() if v is not None}
     model, ckpt = load_model(checkpoint)
     schedule = ScheduleConfig.from_dict(ckpt["schedule_config"])
+    student = ckpt.get("sampling") is not None  # a few-step student of 'ddpm-export distill'
+    plan = sampling_plan({"schedule": ckpt["schedule_config"], "sampling": ckpt.get("sampling")}, method, steps)
+    method, steps = plan["method"], plan["steps"]
+    make_scheduler(schedule, method, steps, **method_options)  # bad method/options: fail now
     ckpt_sha = sha256_file(checkpoint)
     report: Dict[str, Any] = {"checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha,
                               "thresholds": asdict(thresholds), "seed": seed, "engines": []}
@@ -360,6 +370,11 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
     if samples:
         log(f"reference: {samples} samples" + (f" from {reference_samples_path}" if reference_samples_path
                                                 else " from the PyTorch model"))
+        if ref is None and student:
+            from runtime.loop import sample as run_loop
+
+            ref = run_loop(_torch_runner(model), model_shape, schedule.to_dict(), samples, seed=seed,
+                           method=method, steps=steps, batch=min(samples, 64), **method_options).images
         if ref is None:
             ref = reference_samples(model, schedule, samples, seed, reference_samples_path, progress)
         dist = distribution_level(model_shape, ref, engine_samples, thresholds, inception_weights)
@@ -367,7 +382,10 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
         artifacts["samples"] = {"reference": ref, **engine_samples}
         for e in report["engines"]:
             e["checks"].update({f"distribution_{k}": v for k, v in dist.get("checks", {}).get(e["name"], {}).items()})
-    if likelihood_images:
+    if likelihood_images and student:
+        report["likelihood"] = {"skipped": "a distilled student has no variational bound (it jumps to the end "
+                                           "of the teacher's ODE): score its teacher with 'ddpm-export nll'"}
+    elif likelihood_images:
         report["likelihood"] = lik = likelihood_level(
             model, schedule, [(_engine_name(p, engines), e) for p, e, _ in opened], likelihood_images,
             likelihood_t_samples, seed, thresholds.nll_bpd, log)

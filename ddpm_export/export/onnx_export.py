@@ -152,6 +152,7 @@ def export_onnx(
               "normalization": "GroupNorm as Reshape+InstanceNormalization+Reshape+Mul+Add",
               "attention": "Conv1x1 + MatMul + Softmax(axis=-1) + MatMul",
               "fp32_islands": ["GroupNorm", "softmax", "timestep embedding"] if fp16 else []},
+        sampling=ckpt.get("sampling"),  # a distilled student's method and timesteps
     )
     # Embedded copy: onnx_sha256 is null (a file cannot hold its own hash).
     del proto.metadata_props[:]

@@ -141,8 +141,10 @@ def main(argv=None) -> int:
     p.add_argument("--stdin", action="store_true", help="read requests 'NUM [SEED]' from standard input, one a line")
     # the frontier (docs/results.md): on the digits model UniPC at 10 engine calls scores a lower Frechet
     # distance than DDPM over all 1000 steps
-    p.add_argument("--method", choices=METHODS, default="unipc", help="sampler (default unipc)")
-    p.add_argument("--steps", type=int, default=10, help="sampling steps = engine calls (default 10)")
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help="sampler (default: the manifest's for a distilled student, else unipc)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps = engine calls (default: the manifest's for a student, else 10)")
     p.add_argument("--batch", type=int, default=None, help="images per engine call (default: min(num, engine max)); "
                    "does not change the images")
     p.add_argument("--allow-host-code", action="store_true",
@@ -160,8 +162,11 @@ def main(argv=None) -> int:
         print(f"loaded {args.engine if not app.fallback_reason else app.onnx_fallback} "
               f"({app.backend}) in {app.load_seconds:.2f} s; peak RSS {peak_rss_mb():.0f} MB")
         rows = []
+        how = {"method": args.method, "steps": args.steps}
+        if "sampling" not in app.engine.manifest:  # a student's manifest says how it samples
+            how = {"method": args.method or "unipc", "steps": 10 if args.steps is None else args.steps}
         for k, req in enumerate(_requests(args)):
-            r = app.handle(req["num"], req["seed"], method=args.method, steps=args.steps, batch=args.batch)
+            r = app.handle(req["num"], req["seed"], batch=args.batch, **how)
             if args.out:
                 Path(args.out).mkdir(parents=True, exist_ok=True)
                 save_png(make_grid(r["images"]), Path(args.out) / f"request-{k:03d}.png", scale=4)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+from runtime.schedulers.consistency import ConsistencyScheduler
 from runtime.schedulers.ddim import SPACINGS as DDIM_SPACINGS
 from runtime.schedulers.ddim import DDIMScheduler
 from runtime.schedulers.ddpm import DDPMScheduler
@@ -86,6 +87,9 @@ REGISTRY: Dict[str, Method] = {m.name: m for m in (
            "UniPC predictor-corrector (Zhao et al. 2023), orders 1-3, bh1/bh2",
            dict(order=(1, 2, 3), variant=UNIPC_VARIANTS, corrector=bool, **_SOLVER),
            dict(order=2, variant="bh2", corrector=True, **_SOLVER_DEFAULTS)),
+    Method("consistency", ConsistencyScheduler, 4, False,
+           "multistep consistency sampling (Song et al. 2023) for students of 'ddpm-export distill'",
+           {"clip": bool}, {"clip": None}),
 )}
 METHODS: Tuple[str, ...] = tuple(REGISTRY)
 

@@ -4,8 +4,9 @@ Request (all inputs one-element tensors):
     num     INT32   images to draw (1 .. the config's max_num)
     seed    INT64   noise seed; same seed and settings -> the same images as
                     runtime.load(engine).sample(num, seed, ...)
-    method  BYTES   a runtime method: ddpm, ddim, dpmsolver++, ... (optional, default "ddpm")
-    steps   INT32   sampling steps (optional, default: T for ddpm, 50 for ddim)
+    method  BYTES   a runtime method (optional; default: the manifest's sampling section,
+                    a distilled student's, else "ddpm")
+    steps   INT32   sampling steps (optional; default: the manifest's, else the method's)
     eta     FP32    DDIM eta (optional, default 0)
 Response:
     images  UINT8   [num, H, W, C]
@@ -35,12 +36,12 @@ if _HERE in sys.path:
 sys.path.insert(0, _HERE)  # the runtime/ copied beside this file wins over any installed one
 
 from backend_env import check_numpy  # noqa: E402
-from runtime.contract import INPUT_T, INPUT_X, OUTPUT, read_manifest  # noqa: E402
+from runtime.contract import INPUT_T, INPUT_X, OUTPUT, read_manifest, sampling_plan  # noqa: E402
 from runtime.io import to_uint8  # noqa: E402
 from runtime.loop import METHODS, sample  # noqa: E402
 from runtime.schedulers import make_scheduler  # noqa: E402
 
-OPTIONAL = {"method": "ddpm", "steps": None, "eta": None}
+OPTIONAL = {"method": None, "steps": None, "eta": None}  # method/steps None: runtime.contract.sampling_plan
 QUOTE_CHARS = 40  # of a client's string quoted back in an error
 MESSAGE_CHARS = 1000  # longest error message sent back
 
@@ -152,8 +153,13 @@ class TritonPythonModel:
         if not 1 <= num <= self.max_num:
             raise RequestError(f"input 'num': {num} is out of range; expected 1 <= num <= {self.max_num} "
                                f"(the repository's memory limit); split larger requests")
-        if method not in METHODS:
+        if method is not None and method not in METHODS:
             raise RequestError(f"input 'method': {_quote(method)} is unknown; expected one of {list(METHODS)}")
+        try:
+            plan = sampling_plan(self.manifest, method, steps)
+        except ValueError as e:
+            raise RequestError(f"inputs method/steps: {e}") from None
+        method, steps = plan["method"], plan["steps"]
         if steps is not None and not 1 <= steps <= self.T:
             raise RequestError(f"input 'steps': {steps} is out of range; expected 1 <= steps <= {self.T} "
                                f"(the schedule's T)")

@@ -1,0 +1,440 @@
+"""Few-step students: distil a DDPM teacher into a model sampled in 1-8 calls.
+
+Method (trajectory-endpoint regression, Luhman & Luhman 2021 extended to several
+timesteps, sampled like a consistency model, Song et al. 2023):
+
+1. The teacher solves its probability-flow ODE with UniPC (``teacher_steps`` calls,
+   the solvers' linspace timesteps) from x_T drawn from the runtime's per-image
+   streams of ``data_seed``; the state x_t entering each call at the student's
+   timesteps and the ODE's end x_0 are stored in the run folder (``teacher/``).
+2. The student, initialised from the teacher's weights, predicts v; its
+   x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v is regressed (mean squared error)
+   onto the trajectory's end x_0 from every stored x_t. A v head rather than eps:
+   recovering x0 from eps multiplies errors by sigma/alpha (157 at t = 999).
+3. It is sampled by ``runtime.schedulers.consistency``: one call at t = T-1 gives
+   a sample; N calls re-noise it to the next timestep and ask again.
+
+The run folder behaves like ``train``'s: a lock, exact resume from ``last.pt``
+(weights, EMA, Adam, step, generator states; the teacher data is regenerated
+bit-for-bit or reread), ``metrics.jsonl``, a progress bar, sample grids in
+``samples/`` (rows: 1, 2, 4, 8 calls) and provenance. ``model.pt`` carries the
+student's schedule (``prediction: "v"``) and a ``sampling`` section that
+``ddpm-export export`` copies into the manifest.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime.io import (FolderLocked, folder_lock, load_npz, remove_stale_temporaries, save_grid, save_npz,
+                        sha256_file, write_json)
+from runtime.schedulers.consistency import consistency_timesteps
+from runtime.schedulers.schedule import Schedule, ScheduleConfig
+from runtime.schedulers.solver_base import solver_timesteps
+from runtime.seeding import ImageStreams
+
+from ddpm_export.model.checkpoint import build_model, load_checkpoint, save_checkpoint, slim
+from ddpm_export.training.train import ema_update
+
+SAMPLING_METHOD = "consistency"  # runtime.schedulers registry name of the student's sampler
+STUDENT_PREDICTION = "v"
+TEACHER_METHOD = "unipc"
+LOCK_FILE = ".distill.lock"
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = "engines/digits.pt"  # teacher checkpoint (eps prediction)
+    out: str = "runs/digits-distilled"  # run folder: last.pt, model.pt, metrics.jsonl, samples/, teacher/
+    teacher_steps: int = 8  # UniPC calls per teacher trajectory (linspace timesteps)
+    student_steps: Tuple[int, ...] = (1, 2, 4, 8)  # call counts the student is trained for
+    default_steps: int = 4  # the call count the manifest names as the default
+    trajectories: int = 4096  # teacher trajectories (distinct x_T)
+    data_seed: int = 1000  # runtime seed of the trajectories' x_T (evaluation uses 0, 1, 2)
+    chunk: int = 256  # trajectories per teacher file and per teacher call
+    steps: int = 3000  # optimizer steps
+    batch_size: int = 64
+    lr: float = 2e-4  # Adam learning rate after the linear warmup (constant: a run can be extended)
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995  # warmed up as min(decay, (1+s)/(10+s)); export uses the EMA
+    seed: int = 0  # batch order and sample grids
+    sample_every: int = 250  # steps between sample grids (0: never)
+    ckpt_every: int = 50  # steps between checkpoints
+    log_every: int = 10
+    num_samples: int = 16  # images per row of each grid
+    device: str = "cpu"
+    resume: bool = False
+
+    def check(self) -> "DistillConfig":
+        c = copy.copy(self)
+        c.student_steps = tuple(int(n) for n in c.student_steps)
+        bad = [f"{k}={getattr(c, k)!r}" for k in ("teacher_steps", "trajectories", "chunk", "batch_size")
+               if int(getattr(c, k)) < 1]
+        bad += [f"{k}={getattr(c, k)!r}" for k in ("steps", "warmup", "sample_every", "ckpt_every",
+                                                     "num_samples") if int(getattr(c, k)) < 0]
+        if c.lr <= 0 or c.log_every < 1 or not c.student_steps or min(c.student_steps) < 1:
+            bad.append(f"lr={c.lr!r}, log_every={c.log_every!r}, student_steps={c.student_steps!r}")
+        if bad:
+            raise ValueError(f"distill options out of range: {'; '.join(bad)}; expected counts >= 1 "
+                             f"(steps, warmup and the *_every >= 0) and lr > 0")
+        if c.default_steps not in c.student_steps:
+            raise ValueError(f"default_steps={c.default_steps} is not among the student's call counts "
+                             f"{list(c.student_steps)}; pick one of them")
+        return c
+
+
+class DistillError(RuntimeError):
+    pass
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def student_timesteps(student_steps: Sequence[int], teacher_steps: int, T: int) -> Dict[int, List[int]]:
+    """{N: the student's N timesteps}; each must lie on the teacher's UniPC grid, else ValueError."""
+    grid = set(int(t) for t in solver_timesteps("linspace", teacher_steps, T))
+    out, bad = {}, []
+    for n in student_steps:
+        ts = [int(t) for t in consistency_timesteps(int(n), T)]
+        if not set(ts) <= grid:
+            bad.append(n)
+        out[int(n)] = ts
+    if bad:
+        fits = [n for n in range(1, teacher_steps + 1) if set(consistency_timesteps(n, T)) <= grid]
+        raise ValueError(
+            f"student call counts {bad} need timesteps off the teacher's {teacher_steps}-step grid; "
+            f"with teacher_steps={teacher_steps} the call counts that fit are {fits} "
+            f"(or raise teacher_steps to a multiple of every count)")
+    return out
+
+
+def sampling_section(timesteps: Dict[int, List[int]], default_steps: int) -> Dict[str, Any]:
+    """The checkpoint's (and the manifest's) ``sampling`` section."""
+    return {"method": SAMPLING_METHOD, "steps": int(default_steps),
+            "allowed_steps": sorted(timesteps),
+            "timesteps": {str(n): list(ts) for n, ts in sorted(timesteps.items())}}
+
+
+def student_x0(schedule: Schedule, v: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v, in v's dtype."""
+    a = torch.from_numpy(schedule.sqrt_alphas_cumprod).to(v.device)[t.long()].to(v.dtype)
+    s = torch.from_numpy(schedule.sqrt_one_minus_alphas_cumprod).to(v.device)[t.long()].to(v.dtype)
+    shape = (-1,) + (1,) * (v.ndim - 1)
+    return a.reshape(shape) * x_t - s.reshape(shape) * v
+
+
+@torch.no_grad()
+def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: int, seed: int = 0,
+                   first_image: int = 0, clip: Optional[bool] = None, device: str = "cpu") -> np.ndarray:
+    """The PyTorch student's own sampler (float64 step math, float32 network), on the runtime's
+    per-image noise streams: images first_image, ... of ``seed`` [num, C, H, W] float32."""
+    cfg = model.config
+    s = Schedule(schedule)
+    clip = schedule.clip_denoised if clip is None else clip
+    if clip and schedule.thresholding:
+        raise ValueError("sample_student clips to clip_sample_range; a schedule with dynamic thresholding "
+                         "is not supported here: sample through the runtime instead")
+    r = float(schedule.clip_sample_range)
+    ts = [int(t) for t in consistency_timesteps(steps, s.num_timesteps)]
+    shape = (num, cfg.in_channels, cfg.image_size, cfg.image_size)
+    streams = ImageStreams(seed, first_image, num)
+    x = torch.from_numpy(streams.standard_normal(shape, dtype=np.float32)).to(torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        for i, t in enumerate(ts):
+            tt = torch.full((num,), t, dtype=torch.int64)
+            v = model(x.to(torch.float32).to(device), tt.to(device)).to("cpu", torch.float64)
+            x0 = student_x0(s, v, x, tt)
+            if clip:
+                x0 = x0.clamp(-r, r)
+            if i == len(ts) - 1:
+                x = x0
+            else:
+                z = torch.from_numpy(streams.standard_normal(shape, dtype=np.float32)).to(torch.float64)
+                nxt = ts[i + 1]
+                x = float(s.sqrt_alphas_cumprod[nxt]) * x0 + float(s.sqrt_one_minus_alphas_cumprod[nxt]) * z
+    finally:
+        model.train(was_training)
+    return x.to(torch.float32).numpy()
+
+
+def teacher_chunk(model: nn.Module, schedule: ScheduleConfig, first: int, n: int, seed: int,
+                  teacher_steps: int, record: Sequence[int], device: str = "cpu") -> Dict[str, np.ndarray]:
+    """Trajectories first..first+n-1 of ``seed``: the UniPC state entering each call at the
+    ``record`` timesteps [len(record), n, C, H, W] and the ODE's end x0 [n, C, H, W]."""
+    from runtime.loop import sample
+
+    cfg = model.config
+    states: Dict[int, np.ndarray] = {}
+
+    @torch.no_grad()
+    def runner(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        if int(t[0]) in record:
+            states[int(t[0])] = np.array(x, dtype=np.float32)
+        out = model(torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(t).long().to(device))
+        return out.to("cpu").numpy()
+
+    model.eval()
+    res = sample(runner, (cfg.in_channels, cfg.image_size, cfg.image_size), schedule.to_dict(), n, seed=seed,
+                 steps=teacher_steps, method=TEACHER_METHOD, batch=n, first_image=first)
+    return {"states": np.stack([states[t] for t in record]), "x0": res.images.astype(np.float32),
+            "timesteps": np.asarray(record, dtype=np.int64)}
+
+
+def distill(cfg: DistillConfig, progress: bool = True, log: Callable[[str], None] = _stderr) -> Dict[str, Any]:
+    """Run (or resume) a distillation; returns a summary dict. Raises on bad input.
+
+    Holds a lock on the run folder for the whole run (a second run on the same folder
+    is refused), and removes the temporaries a killed run left there."""
+    cfg = cfg.check()
+    out = Path(cfg.out)
+    try:
+        with folder_lock(out, "another distillation", LOCK_FILE):
+            removed = []
+            for sub in (out, out / "samples", out / "teacher"):
+                removed += remove_stale_temporaries(sub)
+            if removed:
+                log(f"removed {len(removed)} temporary file(s) that a killed run left in {out}: "
+                    f"{', '.join(p.name for p, _ in removed)}")
+            return _distill(cfg, progress, log)
+    except FolderLocked as e:
+        raise DistillError(str(e)) from None
+
+
+# options that must not change on --resume (the run would not continue the same trajectory)
+# (steps may change: nothing depends on the total, so a run can be extended or ended early)
+_FIXED = ("teacher_steps", "student_steps", "trajectories", "data_seed", "chunk", "batch_size",
+          "lr", "warmup", "grad_clip", "ema_decay", "seed")
+
+
+def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> Dict[str, Any]:
+    device = torch.device(cfg.device)
+    out = Path(cfg.out)
+    last = out / "last.pt"
+    if last.exists() and not cfg.resume:
+        raise DistillError(f"{last} already exists; pass --resume to continue it, or choose another --out "
+                           f"(nothing was overwritten)")
+    if cfg.resume and not last.exists():
+        raise DistillError(f"--resume: no checkpoint at {last}; start without --resume")
+    ckpt = load_checkpoint(last) if cfg.resume else None
+    teacher_ckpt = load_checkpoint(cfg.teacher)
+    teacher_sha = sha256_file(cfg.teacher)
+    teacher, unet_cfg, t_sched = build_model(teacher_ckpt, cfg.teacher)
+    if getattr(t_sched, "prediction", "eps") != "eps":
+        raise DistillError(f"{cfg.teacher}: the teacher predicts {t_sched.prediction!r}; distill takes an eps "
+                           f"teacher (a checkpoint from 'ddpm-export train' or 'import')")
+    teacher = teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    T = int(t_sched.num_timesteps)
+    timesteps = student_timesteps(cfg.student_steps, cfg.teacher_steps, T)
+    record = sorted({t for ts in timesteps.values() for t in ts}, reverse=True)
+    s_sched = ScheduleConfig.from_dict(dict(t_sched.to_dict(), prediction=STUDENT_PREDICTION))
+    schedule = Schedule(s_sched)
+    sampling = sampling_section(timesteps, cfg.default_steps)
+
+    if ckpt is not None:
+        old = ckpt.get("distill_config", {})
+        changed = [f"{k} {old[k]!r} -> {getattr(cfg, k)!r}" for k in _FIXED
+                   if k in old and _norm(old[k]) != _norm(getattr(cfg, k))]
+        if ckpt.get("provenance", {}).get("teacher_sha256") != teacher_sha:
+            changed.append(f"teacher sha256 {str(ckpt.get('provenance', {}).get('teacher_sha256'))[:12]}... "
+                           f"-> {teacher_sha[:12]}...")
+        if changed:
+            raise DistillError(f"{last}: resuming with other options ({'; '.join(changed)}) would not continue "
+                               f"the same run; pass the options it was started with")
+
+    # 1. the teacher's trajectories, one file per chunk (a killed run keeps the finished ones)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = out / "teacher"
+    data_dir.mkdir(exist_ok=True)
+    meta = {"teacher_sha256": teacher_sha, "method": TEACHER_METHOD, "teacher_steps": cfg.teacher_steps,
+            "record": record, "data_seed": cfg.data_seed, "chunk": cfg.chunk}
+    meta_path = data_dir / "meta.json"
+    if meta_path.exists():
+        old_meta = json.loads(meta_path.read_text())
+        if old_meta != meta:
+            raise DistillError(f"{meta_path}: teacher data made with {old_meta}, this run needs {meta}; "
+                               f"use another --out")
+    else:
+        write_json(meta_path, meta)
+    n_chunks = (cfg.trajectories + cfg.chunk - 1) // cfg.chunk
+    states_l, x0_l = [], []
+    data_seconds = 0.0  # the teacher's time, summed over the chunk files (whichever run made them)
+    bar = _bar(progress, n_chunks, "teacher trajectories", "chunk")
+    for k in range(n_chunks):
+        path = data_dir / f"chunk{k:05d}.npz"
+        n = min(cfg.chunk, cfg.trajectories - k * cfg.chunk)
+        if path.exists():
+            d = load_npz(path, "teacher trajectories")
+            for key in ("states", "x0", "timesteps"):
+                if key not in d:
+                    raise DistillError(f"{path}: no {key!r} array; it was not written by distill: use another --out")
+            data_seconds += float(d.get("seconds", 0.0))
+            if d["x0"].shape[0] != n or list(d["timesteps"]) != record:
+                raise DistillError(f"{path}: holds {d['x0'].shape[0]} trajectories at {list(d['timesteps'])}, "
+                                   f"expected {n} at {record}; use another --out")
+        else:
+            t0 = time.time()
+            d = teacher_chunk(teacher, t_sched, k * cfg.chunk, n, cfg.data_seed, cfg.teacher_steps, record,
+                              str(device))
+            d["seconds"] = np.float64(time.time() - t0)
+            save_npz(path, **d)
+            data_seconds += float(d["seconds"])
+        states_l.append(d["states"])
+        x0_l.append(d["x0"])
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    states = torch.from_numpy(np.concatenate(states_l, axis=1))  # [R, N, C, H, W]
+    targets = torch.from_numpy(np.concatenate(x0_l))
+    del states_l, x0_l
+    t_of = torch.tensor(record, dtype=torch.int64)
+
+    # 2. the student
+    torch.manual_seed(cfg.seed)
+    model = copy.deepcopy(teacher).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-8)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, train_seconds = 0, 0.0
+    command = " ".join(["ddpm-export"] + sys.argv[1:]) if sys.argv else ""
+    commands = [command]  # every command that ran this folder, the first one first
+    if ckpt is not None:
+        old_prov = ckpt.get("provenance", {})
+        commands = list(old_prov.get("commands", [old_prov.get("command", "")])) + [command]
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step = int(ckpt["step"])
+        gen.set_state(ckpt["rng"]["data"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        train_seconds = float(ckpt.get("train_state", {}).get("seconds", 0.0))
+        ckpt = None
+
+    provenance = {
+        "command": command,
+        "commands": commands,
+        "argv": list(sys.argv),
+        "method": "trajectory-endpoint regression (teacher UniPC ODE end from x_t), v head, "
+                  "multistep consistency sampling",
+        "teacher": str(cfg.teacher),
+        "teacher_sha256": teacher_sha,
+        "teacher_step": teacher_ckpt.get("step"),
+        "seed": cfg.seed,
+        "torch": str(torch.__version__),
+    }
+    teacher_ckpt = None
+
+    def checkpoint(final: bool = False) -> None:
+        c = {
+            "model_config": unet_cfg.to_dict(),
+            "schedule_config": s_sched.to_dict(),
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "rng": {"data": gen.get_state(), "torch": torch.get_rng_state()},
+            "distill_config": _plain_cfg(cfg),
+            "train_state": {"seconds": train_seconds, "data_seconds": data_seconds},
+            "provenance": dict(provenance, steps=step, wall_seconds=train_seconds + data_seconds),
+            "sampling": sampling,
+        }
+        save_checkpoint(c, last)
+        if final:
+            save_checkpoint(dict(slim(c), sampling=sampling), out / "model.pt")
+
+    def sample_grid() -> None:
+        if cfg.num_samples <= 0:
+            return
+        rows = [sample_student(ema, s_sched, cfg.num_samples, n, seed=cfg.seed, device=str(device))
+                for n in sorted(timesteps)]
+        save_grid(np.concatenate(rows), out / "samples" / f"step{step:07d}.png", nrow=cfg.num_samples, scale=2)
+
+    metrics = open(out / "metrics.jsonl", "a")
+    bar = _bar(progress, cfg.steps, "distill", "step", initial=step)
+    n_traj, n_rec = targets.shape[0], len(record)
+    t_last, s_last, loss_acc, loss_n = time.time(), step, 0.0, 0
+    try:
+        while step < cfg.steps:
+            t0 = time.time()
+            B = cfg.batch_size
+            idx = torch.randint(n_traj, (B,), generator=gen)
+            k = torch.randint(n_rec, (B,), generator=gen)
+            x_t, t, target = states[k, idx].to(device), t_of[k].to(device), targets[idx].to(device)
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            for g_ in opt.param_groups:
+                g_["lr"] = lr
+            loss = torch.mean((student_x0(schedule, model(x_t, t), x_t, t) - target) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
+            ema_update(ema, model, decay)
+            step += 1
+            train_seconds += time.time() - t0
+            lv = float(loss.detach())
+            if not np.isfinite(lv):
+                raise DistillError(f"loss became {lv} at step {step}; lower --lr "
+                                   f"(last good checkpoint: {last if last.exists() else 'none'})")
+            loss_acc, loss_n = loss_acc + lv, loss_n + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{lv:.4f}")
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.time()
+                metrics.write(json.dumps({
+                    "step": step, "loss": loss_acc / loss_n, "lr": lr, "grad_norm": float(grad_norm),
+                    "ema_decay": decay, "steps_per_s": (step - s_last) / max(now - t_last, 1e-9),
+                    "train_seconds": train_seconds, "data_seconds": data_seconds}) + "\n")
+                metrics.flush()
+                t_last, s_last, loss_acc, loss_n = now, step, 0.0, 0
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step != cfg.steps:
+                checkpoint()
+            if cfg.sample_every and step % cfg.sample_every == 0 and step != cfg.steps:
+                sample_grid()
+        checkpoint(final=True)
+        if cfg.sample_every:
+            sample_grid()
+    finally:
+        if bar is not None:
+            bar.close()
+        metrics.close()
+    return {"step": step, "train_seconds": train_seconds, "data_seconds": data_seconds,
+            "checkpoint": str(last), "model": str(out / "model.pt"), "sampling": sampling}
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def _plain_cfg(cfg: DistillConfig) -> Dict[str, Any]:
+    d = asdict(cfg)
+    d["student_steps"] = list(cfg.student_steps)
+    return d
+
+
+def _bar(enabled: bool, total: int, desc: str, unit: str, initial: int = 0):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)

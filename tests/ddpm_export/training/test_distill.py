@@ -1,0 +1,142 @@
+"""ddpm-export distill: the target and sampler on a hand case, a tiny run, exact resume, refusals."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import ddpm_export.training.distill as distill_mod
+from ddpm_export.cli.main import main
+from ddpm_export.model.checkpoint import load_checkpoint
+from ddpm_export.training.distill import (DistillConfig, DistillError, distill, sample_student, student_timesteps,
+                                          student_x0)
+from runtime.io import folder_lock
+from runtime.schedulers import make_scheduler
+from runtime.schedulers.schedule import Schedule, ScheduleConfig
+from runtime.seeding import ImageStreams
+
+
+def _cfg(teacher, out, **kw):
+    base = dict(teacher=str(teacher), out=str(out), teacher_steps=4, student_steps=(1, 2, 4), default_steps=2,
+                trajectories=8, chunk=4, steps=6, batch_size=4, warmup=2, sample_every=3, ckpt_every=3,
+                log_every=2, num_samples=2, seed=1)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def _tensors(ckpt):
+    out = {}
+    for k in ("model", "ema"):
+        for n, v in ckpt[k].items():
+            out[f"{k}.{n}"] = v
+    for i, st in ckpt["optimizer"]["state"].items():
+        for n, v in st.items():
+            out[f"opt.{i}.{n}"] = v
+    return out
+
+
+class _EndpointStudent(torch.nn.Module):
+    """A perfect student for a known end x_end: from any x_t it returns the v that makes
+    x0 = sqrt(abar) x_t - sqrt(1 - abar) v equal x_end."""
+
+    def __init__(self, x_end, schedule):
+        super().__init__()
+        self.x_end, self.s = x_end, schedule
+        self.config = type("C", (), {"in_channels": x_end.shape[1], "image_size": x_end.shape[2]})()
+
+    def forward(self, x, t):
+        a = torch.from_numpy(self.s.sqrt_alphas_cumprod)[t].reshape(-1, 1, 1, 1)
+        b = torch.from_numpy(self.s.sqrt_one_minus_alphas_cumprod)[t].reshape(-1, 1, 1, 1)
+        return ((a * x.double() - self.x_end) / b).float()
+
+
+def test_target_formula_and_both_samplers_land_on_the_end_of_a_perfect_students_trajectory():
+    """Hand case: v -> x0 is exact, and a student that always jumps to x_end makes the runtime
+    scheduler and the PyTorch sampler return x_end at 1, 2 and 4 calls (re-noising in between)."""
+    sched_cfg = ScheduleConfig(prediction="v")
+    s = Schedule(sched_cfg)
+    g = torch.Generator().manual_seed(0)
+    x_end = (torch.rand(3, 1, 4, 4, generator=g, dtype=torch.float64) * 1.6 - 0.8)
+    eps = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([999, 500, 3])
+    a = torch.from_numpy(s.sqrt_alphas_cumprod)[t].reshape(-1, 1, 1, 1)
+    b = torch.from_numpy(s.sqrt_one_minus_alphas_cumprod)[t].reshape(-1, 1, 1, 1)
+    x_t = a * x_end + b * eps
+    v = a * eps - b * x_end  # the definition of v (Salimans & Ho 2022)
+    torch.testing.assert_close(student_x0(s, v, x_t, t), x_end, rtol=0, atol=1e-12)
+
+    student = _EndpointStudent(x_end, s)
+    for n in (1, 2, 4):
+        got = sample_student(student, sched_cfg, 3, n, seed=5)
+        np.testing.assert_allclose(got, x_end.float().numpy(), rtol=0, atol=2e-6)
+        sched = make_scheduler(sched_cfg, "consistency", n)
+        rng = ImageStreams(5, 0, 3)
+        x = sched.init_noise((3, 1, 4, 4), rng)
+        for tt in sched.timesteps:
+            out = student(torch.from_numpy(x), torch.full((3,), int(tt))).numpy()
+            x, _ = sched.step(out, int(tt), x, rng)
+        np.testing.assert_allclose(x, got, rtol=0, atol=2e-6)
+
+
+def test_student_timesteps_lie_on_the_teacher_grid_or_are_refused():
+    assert student_timesteps((1, 2, 4, 8), 8, 1000) == {
+        1: [999], 2: [999, 500], 4: [999, 749, 500, 250], 8: [999, 874, 749, 624, 500, 375, 250, 125]}
+    with pytest.raises(ValueError, match=r"call counts \[3\] need timesteps off the teacher's 8-step grid.*"
+                                         r"fit are \[1, 2, 4, 8\]"):
+        student_timesteps((3, 4), 8, 1000)
+
+
+def test_tiny_distill_runs_and_resume_after_a_crash_is_bit_equal(tmp_path, tiny_checkpoint, monkeypatch):
+    _, teacher, _ = tiny_checkpoint
+    a = tmp_path / "whole"
+    summary = distill(_cfg(teacher, a), progress=False)
+    assert summary["step"] == 6 and summary["data_seconds"] > 0
+    lines = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4, 6] and all(np.isfinite(r["loss"]) for r in lines)
+    assert sorted(p.name for p in (a / "samples").iterdir()) == ["step0000003.png", "step0000006.png"]
+    model = load_checkpoint(a / "model.pt")
+    assert model["schedule_config"]["prediction"] == "v"
+    assert model["sampling"] == {"method": "consistency", "steps": 2, "allowed_steps": [1, 2, 4],
+                                 "timesteps": {"1": [999], "2": [999, 500], "4": [999, 749, 500, 250]}}
+    prov = model["provenance"]
+    assert prov["teacher_sha256"] and prov["steps"] == 6 and prov["wall_seconds"] > 0 and "command" in prov
+
+    # the same run, crashed right after its step-3 checkpoint, one teacher file lost, then resumed
+    b = tmp_path / "crashed"
+    real_save = distill_mod.save_checkpoint
+
+    def save_then_die(ckpt, path):
+        real_save(ckpt, path)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(distill_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        distill(_cfg(teacher, b), progress=False)
+    monkeypatch.setattr(distill_mod, "save_checkpoint", real_save)
+    assert load_checkpoint(b / "last.pt")["step"] == 3
+    (b / "teacher" / "chunk00001.npz").unlink()
+    distill(_cfg(teacher, b, resume=True), progress=False)
+    ta, tb = _tensors(load_checkpoint(a / "last.pt")), _tensors(load_checkpoint(b / "last.pt"))
+    assert ta.keys() == tb.keys()
+    unequal = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not unequal, f"{len(unequal)} tensors differ after resume, e.g. {unequal[:3]}"
+    assert len(load_checkpoint(b / "model.pt")["provenance"]["commands"]) == 2  # started, resumed
+
+    # resuming with other options, a finished run without --resume, a locked folder: refused
+    with pytest.raises(DistillError, match=r"lr 0.0002 -> 0.001.*pass the options it was started with"):
+        distill(_cfg(teacher, b, resume=True, lr=1e-3), progress=False)
+    with pytest.raises(DistillError, match="already exists; pass --resume"):
+        distill(_cfg(teacher, b), progress=False)
+    with folder_lock(b, "a test", distill_mod.LOCK_FILE):
+        with pytest.raises(DistillError, match="another distillation"):
+            distill(_cfg(teacher, b, resume=True), progress=False)
+
+
+def test_cli_refuses_a_call_count_off_the_grid_in_one_line(tmp_path, tiny_checkpoint):
+    _, teacher, _ = tiny_checkpoint
+    r = CliRunner().invoke(main, ["distill", "--teacher", str(teacher), "--out", str(tmp_path / "r"),
+                                  "--teacher-steps", "8", "--student-steps", "1,3", "--default-steps", "1",
+                                  "--no-progress"])
+    assert r.exit_code == 1
+    assert r.output.count("\n") == 1 and "call counts [3] need timesteps off the teacher's 8-step grid" in r.output
