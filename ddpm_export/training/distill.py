@@ -435,6 +435,6 @@ def _plain_cfg(cfg: DistillConfig) -> Dict[str, Any]:
 def _bar(enabled: bool, total: int, desc: str, unit: str, initial: int = 0):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from runtime.progress import progress_bar  # a bar on a terminal, a line per 10 % in a log
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
+    return progress_bar(total=total, initial=initial, desc=desc, unit=unit)
