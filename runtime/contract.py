@@ -10,7 +10,10 @@ Model I/O (every precision; an FP16 graph casts at its edges inside the graph)::
     x_t  float32 [batch, C, H, W]   noisy image
     t    int32   [batch]            code timestep 0..T-1 (int32, not int64:
                                     TensorRT 8.x only down-casts int64 inputs)
-    eps  float32 [batch, C, H, W]   predicted noise
+    eps  float32 [batch, C, H, W]   the network's prediction: the noise, or x0 or v
+                                    as ``schedule.prediction`` says (the name stays
+                                    "eps" for every prediction type, so engines and
+                                    Triton configs keep one I/O contract)
 
 Manifest schema (``manifest_version`` 1): a JSON object, embedded in the ONNX
 file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
@@ -20,8 +23,18 @@ file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
     manifest_version  int   MANIFEST_VERSION
     precision         str   "fp32" | "fp16" (FP16 graph, FP32 islands, FP32 I/O)
     image_shape       [C, H, W]
-    schedule          ScheduleConfig.to_dict(): kind, beta_start, beta_end,
-                      num_timesteps (T), variance_type, clip_denoised
+    schedule          ScheduleConfig.to_dict() (runtime/schedulers/schedule.py):
+                      required: kind ("linear" | "scaled_linear" | "squaredcos_cap_v2"
+                      | "explicit"), beta_start, beta_end, num_timesteps (T),
+                      variance_type ("fixedlarge" | "fixedsmall"), clip_denoised;
+                      optional, absent = the default (what older manifests meant):
+                      betas (list of T floats, only with kind "explicit"; default null),
+                      prediction ("eps" | "x0" | "v"; default "eps"),
+                      thresholding (default false), dynamic_thresholding_ratio (0.995),
+                      sample_max_value (1.0), clip_sample_range (1.0),
+                      timestep_spacing ("leading" | "trailing" | "linspace"; default
+                      "leading": the spacing of DDPM and DDIM at N < T steps),
+                      steps_offset (0). An unknown key is refused.
     io                {"inputs": [{"name", "dtype", "shape"}, ...],
                        "outputs": [...], "batch_axis": "batch"}  == io_spec(image_shape)
     batch_range       {"min", "opt", "max"}  the engine's optimization profile
@@ -218,7 +231,7 @@ def validate_manifest(d: Any) -> Dict[str, Any]:
     try:
         ScheduleConfig.from_dict(dict(sched))
     except (TypeError, ValueError) as e:
-        _fail("schedule", dict(sched), f"a valid ScheduleConfig ({e})")
+        raise ManifestError(f"manifest {e}; {_FIX}") from None
     expected_io = io_spec(shape)
     io = d["io"]
     if not isinstance(io, Mapping):
@@ -249,6 +262,17 @@ def validate_manifest(d: Any) -> Dict[str, Any]:
     if not isinstance(d["command"], str):
         _fail("command", d["command"], "a string")
     return dict(d)
+
+
+def schedule_config(manifest: Mapping[str, Any]) -> ScheduleConfig:
+    """The ScheduleConfig of a (validated) manifest."""
+    return ScheduleConfig.from_dict(dict(manifest["schedule"]))
+
+
+def prediction(manifest: Mapping[str, Any]) -> str:
+    """What the model's output tensor ("eps") holds: "eps", "x0" or "v"
+    (older manifests, without the key, mean "eps")."""
+    return schedule_config(manifest).prediction
 
 
 def _is_sha256(s: Any) -> bool:

@@ -1,5 +1,8 @@
 """The PyTorch reference diffusion: forward process, L_simple, ancestral sampling, the bound L_vlb.
 
+The network may predict eps, x0 or v (the schedule's ``prediction``): ``target`` gives
+the training target, ``predict_x0`` converts its output (as runtime/schedulers/prediction.py).
+
 Kept plain and close to the paper (Ho et al. 2020, Algorithms 1 and 2) and the
 official ``diffusion_utils_2.py``: every other backend is validated against it.
 Schedule constants come from ``runtime.schedulers.schedule`` (float64); the step math runs
@@ -38,6 +41,20 @@ class GaussianDiffusion:
         b = _extract(s.sqrt_one_minus_alphas_cumprod, t, x0.ndim).to(x0.dtype)
         return a * x0 + b * noise
 
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network learns to output at x_t = q_sample(x0, t, noise), by the schedule's
+        prediction type: the noise ("eps"), x0 ("x0") or v = sqrt(abar) noise - sqrt(1 - abar) x0
+        ("v", Salimans & Ho 2022; diffusers' get_velocity); same dtype as x0."""
+        p = self.config.prediction
+        if p == "eps":
+            return noise
+        if p == "x0":
+            return x0
+        s = self.schedule
+        a = _extract(s.sqrt_alphas_cumprod, t, x0.ndim).to(x0.dtype)
+        b = _extract(s.sqrt_one_minus_alphas_cumprod, t, x0.ndim).to(x0.dtype)
+        return a * noise - b * x0
+
     def loss(
         self,
         model: nn.Module,
@@ -45,9 +62,10 @@ class GaussianDiffusion:
         t: torch.Tensor,
         noise: torch.Tensor,
     ) -> torch.Tensor:
-        """L_simple = mean((eps - eps_theta(x_t, t))^2) (eq. 14), a scalar."""
+        """L_simple = mean((target - model(x_t, t))^2), a scalar; target = eps (eq. 14) for an
+        eps model, x0 or v for the other prediction types (``target``), all unweighted."""
         x_t = self.q_sample(x0, t, noise)
-        return torch.mean((noise - model(x_t, t)) ** 2)
+        return torch.mean((self.target(x0, t, noise) - model(x_t, t)) ** 2)
 
     # --- the variational bound (official diffusion_utils_2.py) ----------------
     def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
@@ -95,13 +113,27 @@ class GaussianDiffusion:
         return torch.stack(terms, 1), torch.stack(mse, 1), self.prior_bpd(x0)
 
     # --- reverse process -------------------------------------------------
-    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        s = self.schedule
-        x0 = (
-            _extract(s.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
-            - _extract(s.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps
-        )
-        return x0.clamp(-1.0, 1.0) if self.config.clip_denoised else x0
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """x0_hat from the model output ``out`` (eps, x0 or v by the schedule's prediction type),
+        then limited as the runtime schedulers do (runtime/schedulers/prediction.py): dynamic
+        thresholding when the schedule has it, else clipping to +-clip_sample_range when
+        clip_denoised. Float64 in, float64 out."""
+        s, c = self.schedule, self.config
+        if c.prediction == "eps":  # DDPM eq. (15)
+            x0 = (
+                _extract(s.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
+                - _extract(s.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * out
+            )
+        elif c.prediction == "v":
+            x0 = (_extract(s.sqrt_alphas_cumprod, t, x_t.ndim) * x_t
+                  - _extract(s.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * out)
+        else:
+            x0 = out
+        if c.thresholding:
+            return _dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
+        if c.clip_denoised:
+            return x0.clamp(-c.clip_sample_range, c.clip_sample_range)
+        return x0
 
     def p_mean_logvar(
         self, model: nn.Module, x_t: torch.Tensor, t: torch.Tensor
@@ -109,8 +141,8 @@ class GaussianDiffusion:
         """Mean, log-variance and x0_hat of p(x_{t-1} | x_t), all float64."""
         s = self.schedule
         x_t = x_t.to(torch.float64)
-        eps = model(x_t.to(torch.float32), t.to(torch.int64)).to(torch.float64)
-        x0 = self.predict_x0(x_t, t, eps)
+        out = model(x_t.to(torch.float32), t.to(torch.int64)).to(torch.float64)
+        x0 = self.predict_x0(x_t, t, out)
         mean = (
             _extract(s.posterior_mean_coef1, t, x_t.ndim) * x0
             + _extract(s.posterior_mean_coef2, t, x_t.ndim) * x_t
@@ -181,6 +213,14 @@ class GaussianDiffusion:
         if tuple(z.shape) != shape:
             raise ValueError(f"noise for t={t} has shape {tuple(z.shape)}, expected {shape}")
         return z
+
+
+def _dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Per image s = the ratio-quantile of |x0|, clamped to [1, max_value]; clip(x0, -s, s) / s
+    (Saharia et al. 2022, Section 2.3; diffusers' _threshold_sample)."""
+    flat = x0.reshape(x0.shape[0], -1)
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1.0, max=max_value)[:, None]
+    return (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(x0.shape)
 
 
 def _normal_kl(mean1, logvar1, mean2, logvar2):

@@ -7,16 +7,21 @@ Adding a solver is one file in this package plus one ``Method(...)`` line in
 Options (all optional; None or absent = the method's default):
   steps                  model calls (= steps); default per method
   eta                    DDIM's noise scale in [0, 1] (only methods with takes_eta)
-  spacing                which timesteps: ddim uniform|quadratic; solvers linspace|leading|trailing
+  spacing                which timesteps: ddim uniform (the model's timestep_spacing) | quadratic |
+                         leading | trailing | linspace; solvers linspace | leading | trailing
   order                  multistep order (solvers)
   variant                ddim: consistent (eps re-derived from the clipped x0) | diffusers;
                          unipc: bh1 | bh2
   corrector              unipc: use UniC (default True)
   lower_order_final      solvers: lower orders near the end of short chains (default True)
   karras                 solvers: Karras et al. sigma spacing (default False)
-  clip                   clamp x0_hat to [-1, 1]; default: the model's clip_denoised
+  clip                   limit x0_hat (clip to the model's clip_sample_range, or its dynamic
+                         thresholding); default: the model's clip_denoised / thresholding
   threshold_ratio        solvers: dynamic thresholding quantile (Imagen), needs clipping
   threshold_max          solvers: dynamic thresholding's largest s (>= 1), needs clipping
+DDPM and DDIM ("uniform") space N < T steps as the model's schedule says (timestep_spacing,
+steps_offset: diffusers' DDPMPipeline / set_timesteps(N)); the solvers keep diffusers' solver
+default, linspace, unless ``spacing`` says otherwise (steps_offset shifts their "leading").
 """
 from __future__ import annotations
 
@@ -55,8 +60,7 @@ _SOLVER_DEFAULTS = {"spacing": "linspace", "lower_order_final": True, "karras": 
 
 def _solver(cls):
     def make(cfg: ScheduleConfig, threshold_ratio=None, threshold_max=None, **kw):
-        return cls(cfg, dynamic_threshold_ratio=threshold_ratio,
-                   sample_max_value=1.0 if threshold_max is None else threshold_max, **kw)
+        return cls(cfg, dynamic_threshold_ratio=threshold_ratio, sample_max_value=threshold_max, **kw)
     return make
 
 

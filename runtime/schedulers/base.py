@@ -14,6 +14,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence
 import numpy as np
 
 from runtime.seeding import ImageStreams
+from runtime.schedulers.prediction import OutputConverter, clip_unit  # noqa: F401 (clip_unit: re-exported)
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
 
 
@@ -38,11 +39,65 @@ def leading_timesteps(num_inference_steps: int, num_timesteps: int) -> np.ndarra
     return (np.arange(num_inference_steps, dtype=np.int64) * step)[::-1].copy()
 
 
-def clip_unit(x: np.ndarray) -> np.ndarray:
-    """Clamp to [-1, 1] in place; the same values as np.clip at a fifth of its call
-    overhead, which matters on a 256-pixel batch-1 step (NaN stays NaN)."""
-    np.maximum(x, -1.0, out=x)
-    return np.minimum(x, 1.0, out=x)
+def spaced_timesteps(spacing: str, num_inference_steps: int, num_timesteps: int,
+                     steps_offset: int = 0) -> np.ndarray:
+    """The N descending timesteps of diffusers' DDPMScheduler/DDIMScheduler.set_timesteps(N)
+    for ``timestep_spacing`` (Lin et al. 2023, Table 2):
+      leading:  arange(N) * (T // N) + steps_offset   (N=10, T=1000: 900, ..., 0)
+      trailing: round(arange(T, 0, -T/N)) - 1          (999, 899, ..., 99)
+      linspace: round(linspace(0, T - 1, N))           (999, 888, ..., 0)
+    Raises ValueError when steps_offset pushes a leading timestep past T - 1."""
+    n, T = num_inference_steps, num_timesteps
+    if spacing == "leading":
+        t = leading_timesteps(n, T) + int(steps_offset)
+        if t[0] > T - 1:
+            raise ValueError(
+                f"steps={n} with timestep_spacing 'leading' and steps_offset={steps_offset} reaches "
+                f"t={int(t[0])}, past the last timestep {T - 1}; use fewer steps (at most "
+                f"{max_leading_steps(T, steps_offset)}) or pass the timesteps explicitly")
+        return t
+    if spacing == "trailing":
+        return (np.round(np.arange(T, 0, -T / n)) - 1).astype(np.int64)
+    if spacing == "linspace":
+        return np.linspace(0, T - 1, n).round()[::-1].astype(np.int64)
+    raise ValueError(f"timestep_spacing={spacing!r} is unknown: expected leading, trailing or linspace")
+
+
+def max_leading_steps(num_timesteps: int, steps_offset: int) -> int:
+    """The most steps "leading" spacing with this offset can take inside [0, T - 1]."""
+    return max(n for n in range(1, num_timesteps + 1)
+               if (n - 1) * (num_timesteps // n) + steps_offset <= num_timesteps - 1)
+
+
+def check_timesteps(timesteps: Any, num_timesteps: int) -> np.ndarray:
+    """An explicit timestep list (diffusers' set_timesteps(timesteps=[...])) as descending int64.
+
+    Refuses, listing every problem: not a 1-D sequence of ints, empty, out of [0, T-1],
+    not strictly descending."""
+    T = num_timesteps
+    arr = np.asarray(timesteps) if not isinstance(timesteps, (str, bytes)) else np.asarray([])
+    if isinstance(timesteps, (str, bytes)) or arr.ndim != 1 or arr.size == 0:
+        raise ValueError(
+            f"timesteps={timesteps!r} is invalid: expected a non-empty list of ints, strictly "
+            f"descending, in [0, {T - 1}] (e.g. [999, 749, 499, 249])")
+    problems = []
+    if arr.dtype.kind not in "iu":
+        non_int = [v for v in timesteps if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+        problems.append(f"not ints: {non_int[:4]}")
+    else:
+        arr = arr.astype(np.int64)
+        out = arr[(arr < 0) | (arr > T - 1)]
+        if out.size:
+            problems.append(f"outside [0, {T - 1}] (T={T}): {out[:4].tolist()}")
+        up = np.nonzero(np.diff(arr) >= 0)[0]
+        if up.size:
+            shown = ", ".join(f"{arr[k]} -> {arr[k + 1]}" for k in up[:3])
+            problems.append(f"not strictly descending at {shown}")
+    if problems:
+        shown = arr.tolist() if arr.size <= 8 else arr[:4].tolist() + ["..."] + arr[-2:].tolist()
+        raise ValueError(f"timesteps={shown} is invalid: {'; '.join(problems)}; expected ints, "
+                         f"strictly descending, in [0, {T - 1}]")
+    return arr
 
 
 def check_dtype(dtype: Any) -> np.dtype:
@@ -138,8 +193,9 @@ class Scheduler:
     """Base of the NumPy schedulers: schedule, dtype, timesteps and their shared constants.
 
     After ``set_timesteps(n)``: ``timesteps`` (descending int64), ``num_inference_steps``,
-    ``_index`` (t -> position), ``_sqrt_recip`` / ``_sqrt_recipm1`` (x0_hat =
-    sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps, DDPM eq. 15) per position.
+    ``_index`` (t -> position), ``_convert`` (the model output -> x0_hat / eps per position,
+    by the schedule's prediction type; for eps x0_hat = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps,
+    DDPM eq. 15).
     """
 
     def __init__(self, schedule_config: ScheduleConfig = ScheduleConfig(), dtype: Any = np.float32):
@@ -149,25 +205,42 @@ class Scheduler:
         self.dtype = check_dtype(dtype)
 
     def _timesteps(self, num_inference_steps: int, num_timesteps: int) -> np.ndarray:
-        """The descending timesteps for N steps (default: diffusers' "leading" spacing)."""
-        return leading_timesteps(num_inference_steps, num_timesteps)
+        """The descending timesteps for N steps: the schedule's timestep_spacing and
+        steps_offset (older manifests: "leading", 0)."""
+        c = self.config
+        return spaced_timesteps(c.timestep_spacing, num_inference_steps, num_timesteps, c.steps_offset)
+
+    def _all_timesteps(self, num_timesteps: int) -> np.ndarray:
+        """The timesteps of set_timesteps(None): every one, T-1 ... 0 (whatever the spacing)."""
+        return np.arange(num_timesteps - 1, -1, -1, dtype=np.int64)
 
     def _set_coefficients(self, t: np.ndarray, prev: np.ndarray, abar: np.ndarray,
                           abar_prev: np.ndarray) -> None:
         """Per-step constants of the subclass; prev = the next timestep, -1 after the last."""
         raise NotImplementedError
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None) -> None:
-        """N steps (None = all T) with this scheduler's spacing; ``timesteps`` is descending."""
+    def set_timesteps(self, num_inference_steps: Optional[int] = None,
+                      timesteps: Optional[Sequence[int]] = None) -> None:
+        """N steps (None = all T, T-1 ... 0) with this scheduler's spacing, or the given
+        ``timesteps`` (ints, strictly descending, in [0, T-1]; e.g. those a distilled
+        model was trained on); ``timesteps`` is descending."""
         s, T = self.schedule, self.num_train_timesteps
-        n = T if num_inference_steps is None else check_num_steps(num_inference_steps, T)
+        if timesteps is not None:
+            if num_inference_steps is not None:
+                raise ValueError("pass num_inference_steps or timesteps to set_timesteps(), not both")
+            t = check_timesteps(timesteps, T)
+            n = len(t)
+        else:
+            n = T if num_inference_steps is None else check_num_steps(num_inference_steps, T)
+            t = self._all_timesteps(T) if num_inference_steps is None else self._timesteps(n, T)
         self.num_inference_steps = n
-        self.timesteps = t = self._timesteps(n, T)
+        self.timesteps = t
         prev = np.append(t[1:], -1)
         abar = s.alphas_cumprod[t]
         abar_prev = np.where(prev >= 0, s.alphas_cumprod[np.maximum(prev, 0)], 1.0)
-        self._sqrt_recip = s.sqrt_recip_alphas_cumprod[t]
-        self._sqrt_recipm1 = s.sqrt_recipm1_alphas_cumprod[t]
+        self._convert = OutputConverter(
+            self.config.prediction, np.sqrt(abar), np.sqrt(1.0 - abar),
+            recip=s.sqrt_recip_alphas_cumprod[t], recipm1=s.sqrt_recipm1_alphas_cumprod[t])
         self._index = {int(v): i for i, v in enumerate(t)}
         self._set_coefficients(t, prev, abar, abar_prev)
 
@@ -181,18 +254,21 @@ class Scheduler:
     ) -> StepOutput:
         """One reverse step x_t -> x_{t'} (t' = the next entry of ``timesteps``).
 
-        eps: eps_theta(x_t, t), [N, C, H, W] float32/float64; x_t: same shape.
+        eps: the model output at (x_t, t), [N, C, H, W] float32/float64: the noise, or x0
+        or v as the schedule's ``prediction`` says; x_t: same shape.
         rng / noise: where z comes from when the step adds noise (one of them).
         Returns StepOutput(prev_sample, pred_original_sample) in ``self.dtype``.
         """
-        i, t, eps, x_t = step_inputs(eps, t, x_t, self._index)
+        i, t, out, x_t = step_inputs(eps, t, x_t, self._index)
         check_rng(rng)
-        x0 = self._sqrt_recip[i] * x_t - self._sqrt_recipm1[i] * eps  # x0_hat, DDPM eq. (15)
-        return self._finish_step(i, t, eps, x_t, x0, rng, noise)
+        x0 = self._convert.x0(i, out, x_t)  # x0_hat (DDPM eq. (15) for an eps model), not limited
+        return self._finish_step(i, t, out, x_t, x0, rng, noise)
 
-    def _finish_step(self, i: int, t: int, eps: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
+    def _finish_step(self, i: int, t: int, out: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
                      rng: Optional[np.random.Generator], noise: Optional[np.ndarray]) -> StepOutput:
-        """The scheduler's own update, float64 inputs; i is t's position in ``timesteps``."""
+        """The scheduler's own update, float64 inputs; i is t's position in ``timesteps``;
+        out: the model output (eps, x0 or v: ``self._convert`` turns it into eps);
+        x0: x0_hat not yet limited (it may be ``out`` itself: the subclass owns both)."""
         raise NotImplementedError
 
     def add_noise(self, x0: np.ndarray, noise: np.ndarray, t: Any) -> np.ndarray:

@@ -12,10 +12,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from runtime.schedulers.base import Scheduler, StepOutput, clip_unit, draw_noise, leading_timesteps
+from runtime.schedulers.base import Scheduler, StepOutput, draw_noise, spaced_timesteps
+from runtime.schedulers.prediction import apply_limit, resolve_limit
 from runtime.schedulers.schedule import ScheduleConfig
 
-SPACINGS = ("uniform", "quadratic")  # the first is the default
+SPACINGS = ("uniform", "quadratic", "leading", "trailing", "linspace")  # the first is the default
 DEFAULT_STEPS = 50  # DDIM steps when none are asked for (the DDIM paper's and diffusers' usual)
 
 
@@ -35,7 +36,10 @@ class DDIMScheduler(Scheduler):
     """DDIM over a subset of the T training timesteps.
 
     eta: 0 = deterministic DDIM, 1 = DDPM-like posterior noise (sigma of eq. 16).
-    spacing: "uniform" (diffusers' "leading": arange(N) * (T // N)) or "quadratic".
+    spacing: "uniform" (the schedule's timestep_spacing and steps_offset, as diffusers'
+    DDIMScheduler.set_timesteps(N); "leading", arange(N) * (T // N), for older manifests),
+    "quadratic" (the DDIM paper's CIFAR-10 subset), or "leading" / "trailing" / "linspace"
+    to override the schedule's spacing.
     use_clipped_model_output: after clipping x0_hat, recompute eps from it, so that the
     direction term points at the x0_hat actually used (improved-diffusion's
     ddim_sample). True by default: with False (diffusers' DDIMScheduler.step and
@@ -43,7 +47,8 @@ class DDIMScheduler(Scheduler):
     x_prev is no longer on the line from x0_hat through x_t, and the error compounds
     with the step count (on the digits model: Frechet 2 at 20 steps, worse at 100,
     collapse at 1000). Only matters when clipping.
-    clip: clamp x0_hat to [-1, 1]; None = the schedule's clip_denoised.
+    clip: None = the schedule's x0 limit (clip_denoised / thresholding), False = none, True =
+    the schedule's, clipping when it has none (runtime.schedulers.prediction).
     dtype: dtype of the returned arrays; the math is float64.
     The step after the last timestep uses abar_prev = 1 (diffusers
     set_alpha_to_one=True; the DDIM code's alpha at t = -1), so it returns x0_hat.
@@ -69,13 +74,21 @@ class DDIMScheduler(Scheduler):
         self.eta = float(eta)
         self.spacing = spacing
         self.use_clipped_model_output = bool(use_clipped_model_output)
-        self.clip = schedule_config.clip_denoised if clip is None else bool(clip)
+        self.limit = resolve_limit(schedule_config, clip, who="ddim")
+        self.clip = self.limit is not None
         self.set_timesteps(None)
 
     def _timesteps(self, num_inference_steps: int, num_timesteps: int) -> np.ndarray:
-        if self.spacing == "uniform":
-            return leading_timesteps(num_inference_steps, num_timesteps)
-        return quadratic_timesteps(num_inference_steps, num_timesteps)
+        if self.spacing == "uniform":  # the schedule's timestep_spacing / steps_offset
+            return super()._timesteps(num_inference_steps, num_timesteps)
+        if self.spacing == "quadratic":
+            return quadratic_timesteps(num_inference_steps, num_timesteps)
+        return spaced_timesteps(self.spacing, num_inference_steps, num_timesteps, self.config.steps_offset)
+
+    def _all_timesteps(self, num_timesteps: int) -> np.ndarray:
+        if self.spacing == "quadratic":
+            return quadratic_timesteps(num_timesteps, num_timesteps)
+        return super()._all_timesteps(num_timesteps)
 
     def _set_coefficients(self, t, prev, abar, abar_prev) -> None:
         # eq. (16): sigma_t(eta) = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev)
@@ -88,14 +101,17 @@ class DDIMScheduler(Scheduler):
         # max(., 0) only guards rounding: 1 - abar_prev - sigma^2 >= 0 for eta <= 1
         self._dir_coef = np.sqrt(np.maximum(1.0 - abar_prev - sigma**2, 0.0))
 
-    def _finish_step(self, i: int, t: int, eps: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
+    def _finish_step(self, i: int, t: int, out: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
                      rng: Optional[np.random.Generator], noise: Optional[np.ndarray]) -> StepOutput:
-        """Eq. (12)'s step x_t -> x_{t'} from the "predicted x0" (not yet clipped); z (from rng
+        """Eq. (12)'s step x_t -> x_{t'} from the "predicted x0" (not yet limited); z (from rng
         or noise) is added when sigma_t > 0 (eta > 0, not the last step)."""
-        # 2. clip x0_hat (diffusers clip_sample); re-derive eps from it (eq. (12) solved for
-        #    eps at the clipped x0: the direction term then agrees with the x0 used)
-        if self.clip:
-            x0 = clip_unit(x0)
+        # 1. eps_hat from the model output and the unlimited x0_hat (diffusers' pred_epsilon)
+        eps = self._convert.eps(i, out, x_t, x0)
+        # 2. clip or threshold x0_hat (diffusers clip_sample / thresholding); re-derive eps from
+        #    it (eq. (12) solved for eps at the limited x0: the direction term then agrees with
+        #    the x0 used)
+        if self.limit is not None:
+            x0 = apply_limit(x0, self.limit)
             if self.use_clipped_model_output:
                 eps = (x_t - self._sqrt_abar[i] * x0) / self._sqrt_one_minus_abar[i]
         # 3. eq. (12): x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z

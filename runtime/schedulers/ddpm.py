@@ -10,36 +10,44 @@ a ``runtime.seeding.ImageStreams`` (one stream per image: what the sampling loop
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from runtime.schedulers.base import Scheduler, StepOutput, clip_unit, draw_noise
+from runtime.schedulers.base import Scheduler, StepOutput, draw_noise
+from runtime.schedulers.prediction import apply_limit, resolve_limit
 from runtime.schedulers.schedule import ScheduleConfig
 
 
 class DDPMScheduler(Scheduler):
     """Ancestral DDPM sampler over all T steps or a strided subset of them.
 
-    schedule_config: betas, T, variance_type ("fixedlarge" | "fixedsmall") and
-    clip_denoised. dtype: dtype of the arrays step()/add_noise() return
-    (float32 by default; float64 keeps the chain in float64 as the PyTorch
-    reference sampler does). The math is float64 whatever the input dtype.
+    schedule_config: betas, T, variance_type ("fixedlarge" | "fixedsmall"), the
+    prediction type and how x0_hat is limited (clip_denoised, thresholding).
+    dtype: dtype of the arrays step()/add_noise() return (float32 by default; float64
+    keeps the chain in float64 as the PyTorch reference sampler does). The math is
+    float64 whatever the input dtype. clip: None = the schedule's limit, False = none,
+    True = the schedule's, clipping when it has none (runtime.schedulers.prediction).
     """
 
-    def __init__(self, schedule_config: ScheduleConfig = ScheduleConfig(), dtype: Any = np.float32):
+    def __init__(self, schedule_config: ScheduleConfig = ScheduleConfig(), dtype: Any = np.float32,
+                 clip: Optional[bool] = None):
         super().__init__(schedule_config, dtype)
+        self.limit = resolve_limit(schedule_config, clip, who="ddpm")
         self.set_timesteps(None)
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None) -> None:
-        """None or T: t = T-1, ..., 0. N < T: t = arange(N) * (T // N) descending.
+    def set_timesteps(self, num_inference_steps: Optional[int] = None,
+                      timesteps: Optional[Sequence[int]] = None) -> None:
+        """None: t = T-1, ..., 0. N: the schedule's timestep_spacing and steps_offset, as
+        diffusers' DDPMScheduler.set_timesteps(N) (leading, the default: arange(N) * (T // N)
+        descending). ``timesteps``: exactly those (ints, strictly descending, in [0, T-1]).
 
         A strided step from t to the next timestep t' of the subset uses the
         respaced beta' = 1 - abar_t / abar_t' (improved-diffusion respace.py;
         diffusers' DDPMScheduler via previous_timestep) in eq. (7) and in the
         variance. With all T steps the constants are runtime.schedulers.schedule's, bit for bit.
         """
-        super().set_timesteps(num_inference_steps)
+        super().set_timesteps(num_inference_steps, timesteps)
 
     def _set_coefficients(self, t, prev, abar, abar_prev) -> None:
         s = self.schedule
@@ -57,13 +65,12 @@ class DDPMScheduler(Scheduler):
         var[-1] = post_var[-2] if len(t) > 1 else 1.0
         self._std = np.exp(0.5 * np.log(var))
 
-    def _finish_step(self, i: int, t: int, eps: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
+    def _finish_step(self, i: int, t: int, out: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
                      rng: Optional[np.random.Generator], noise: Optional[np.ndarray]) -> StepOutput:
-        """Algorithm 2's step x_t -> x_{t'} from x0_hat (eq. 15, not yet clipped); z (from rng
+        """Algorithm 2's step x_t -> x_{t'} from x0_hat (not yet limited); z (from rng
         or noise) is added when t > 0 and not drawn at t = 0."""
-        # 2. clip x0_hat to [-1, 1] before it enters the posterior mean (official code)
-        if self.config.clip_denoised:
-            x0 = clip_unit(x0)
+        # 2. clip x0_hat to [-1, 1] (or threshold it) before it enters the posterior mean
+        x0 = apply_limit(x0, self.limit)
         # 3. posterior mean of q(x_{t-1} | x_t, x0_hat), eq. (7)
         mean = self._coef_x0[i] * x0 + self._coef_xt[i] * x_t
         # 4. Algorithm 2, line 4: x_{t-1} = mean + sigma_t z with z ~ N(0, I) if t > 0,

@@ -21,26 +21,32 @@ from runtime.schedulers.base import (
     check_dtype,
     check_num_steps,
     check_rng,
-    clip_unit,
+    check_timesteps,
     init_noise,
     q_sample,
     step_inputs,
 )
+from runtime.schedulers.prediction import OutputConverter, apply_limit, dynamic_threshold, resolve_limit  # noqa: F401
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
 
 SOLVER_SPACINGS = ("linspace", "leading", "trailing")
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. (5)
-DEFAULT_RATIO = 0.995  # Imagen's (and diffusers') dynamic thresholding quantile
 
 
-def solver_timesteps(spacing: str, n: int, num_timesteps: int) -> np.ndarray:
+def solver_timesteps(spacing: str, n: int, num_timesteps: int, steps_offset: int = 0) -> np.ndarray:
     """The N descending integer timesteps of diffusers' three spacings (Lin et al. 2023,
-    "Common diffusion noise schedules and sample steps are flawed", Table 2)."""
+    "Common diffusion noise schedules and sample steps are flawed", Table 2) for the
+    multistep solvers; ``steps_offset`` shifts "leading" only, as diffusers does."""
     T = num_timesteps
     if spacing == "linspace":  # round(linspace(0, T-1, N+1)) without the 0
         return np.linspace(0, T - 1, n + 1).round()[::-1][:-1].astype(np.int64)
-    if spacing == "leading":  # arange(N+1) * (T // (N+1)) without the 0
-        return (np.arange(n + 1) * (T // (n + 1))).round()[::-1][:-1].astype(np.int64)
+    if spacing == "leading":  # arange(N+1) * (T // (N+1)) without the 0, + steps_offset
+        t = (np.arange(n + 1) * (T // (n + 1))).round()[::-1][:-1].astype(np.int64) + int(steps_offset)
+        if t[0] > T - 1:
+            raise ValueError(f"steps={n} with spacing 'leading' and steps_offset={steps_offset} reaches "
+                             f"t={int(t[0])}, past the last timestep {T - 1}; use fewer steps or "
+                             f"another spacing")
+        return t
     if spacing == "trailing":  # round(arange(T, 0, -T/N)) - 1: starts at T-1
         return (np.arange(T, 0, -T / n).round() - 1).astype(np.int64)
     raise ValueError(f"spacing={spacing!r} is unknown: expected one of {SOLVER_SPACINGS}")
@@ -58,15 +64,6 @@ def karras_grid(schedule: Schedule, n: int):
     # log s is increasing in t: np.interp inverts it piecewise linearly (clamped at the ends)
     t = np.interp(np.log(s), log_s_all, np.arange(len(s_all), dtype=np.float64))
     return t.round().astype(np.int64), s
-
-
-def dynamic_threshold(x0: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
-    """Saharia et al. 2022 (Imagen), Section 2.3: per image, s = the ratio-quantile of |x0|,
-    clamped to [1, max_value]; x0 <- clip(x0, -s, s) / s. max_value 1 is plain clipping."""
-    flat = x0.reshape(x0.shape[0], -1)
-    s = np.quantile(np.abs(flat), ratio, axis=1)
-    s = np.clip(s, 1.0, max_value)[:, None]
-    return (np.clip(flat, -s, s) / s).reshape(x0.shape)
 
 
 class MultistepSolver:
@@ -91,7 +88,7 @@ class MultistepSolver:
         karras: bool = False,
         clip: Optional[bool] = None,
         dynamic_threshold_ratio: Optional[float] = None,
-        sample_max_value: float = 1.0,
+        sample_max_value: Optional[float] = None,
         dtype: Any = np.float32,
     ):
         if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not (
@@ -101,47 +98,48 @@ class MultistepSolver:
         if spacing not in SOLVER_SPACINGS:
             raise ValueError(f"spacing={spacing!r} is unknown for {self.name}: expected one of {SOLVER_SPACINGS}")
         self.config = schedule_config
-        self.clip = schedule_config.clip_denoised if clip is None else bool(clip)
-        thresholding = dynamic_threshold_ratio is not None or float(sample_max_value) != 1.0
-        if thresholding and not self.clip:
-            raise ValueError(
-                "dynamic thresholding (dynamic_threshold_ratio / sample_max_value) needs clipping, which is "
-                "off (clip=False or the model's clip_denoised=false); drop those options or turn clipping on"
-            )
-        if dynamic_threshold_ratio is not None and not 0.0 < float(dynamic_threshold_ratio) <= 1.0:
-            raise ValueError(f"dynamic_threshold_ratio={dynamic_threshold_ratio!r}: expected a quantile "
-                             f"in (0, 1], e.g. 0.995 (Imagen)")
-        if float(sample_max_value) < 1.0:
-            raise ValueError(f"sample_max_value={sample_max_value!r}: expected >= 1 (1 = plain clipping)")
+        self.limit = resolve_limit(schedule_config, clip, dynamic_threshold_ratio, sample_max_value, who=self.name)
+        self.clip = self.limit is not None
         self.schedule = Schedule(schedule_config)
         self.num_train_timesteps = self.schedule.num_timesteps
         self.order = int(order)
         self.spacing = spacing
         self.lower_order_final = bool(lower_order_final)
         self.karras = bool(karras)
-        self.dynamic_threshold_ratio = None if dynamic_threshold_ratio is None else float(dynamic_threshold_ratio)
-        self.sample_max_value = float(sample_max_value)
         self.dtype = check_dtype(dtype)
         self.set_timesteps(20)
 
     # --- grid -------------------------------------------------------------------
-    def set_timesteps(self, num_inference_steps: Optional[int] = 20) -> None:
-        """N steps on this solver's spacing (or the Karras grid); ``timesteps`` is descending.
+    def set_timesteps(self, num_inference_steps: Optional[int] = 20,
+                      timesteps: Optional[Sequence[int]] = None) -> None:
+        """N steps on this solver's spacing (or the Karras grid), or exactly ``timesteps``
+        (ints, strictly descending, in [0, T-1]); ``timesteps`` is descending.
 
         Raises ValueError when N is too small for the solver to ever use ``order``.
         """
         T = self.num_train_timesteps
-        n = 20 if num_inference_steps is None else check_num_steps(num_inference_steps, T)
+        if timesteps is not None:
+            if self.karras:
+                raise ValueError(f"timesteps={list(timesteps)!r} with karras=True: the Karras grid "
+                                 f"chooses its own timesteps; drop one of them")
+            given = check_timesteps(timesteps, T)
+            n = len(given)
+        else:
+            given = None
+            n = 20 if num_inference_steps is None else check_num_steps(num_inference_steps, T)
         need = self.min_steps()
         if n < need:
             raise ValueError(
                 f"{n} steps are too few for {self.name} order {self.order}: with these options it "
                 f"reaches that order from {need} steps on; use --steps >= {need} or a lower --order"
             )
-        if self.karras:
+        if given is not None:
+            self.timesteps = given
+            s = self.schedule.sqrt_recipm1_alphas_cumprod[self.timesteps]
+        elif self.karras:
             self.timesteps, s = karras_grid(self.schedule, n)
         else:
-            self.timesteps = solver_timesteps(self.spacing, n, T)
+            self.timesteps = solver_timesteps(self.spacing, n, T, self.config.steps_offset)
             s = self.schedule.sqrt_recipm1_alphas_cumprod[self.timesteps]
         self.num_inference_steps = n
         # s_i for i = 0..N, with s_N = 0 (the clean end of the grid)
@@ -151,6 +149,7 @@ class MultistepSolver:
         with np.errstate(divide="ignore"):
             self.lambdas = -np.log(self.sigmas)  # lambda_N = +inf
         self.orders = self._plan(n)
+        self._convert = OutputConverter(self.config.prediction, self.alpha, self.sigma)
         self.reset()
 
     def min_steps(self) -> int:
@@ -169,16 +168,10 @@ class MultistepSolver:
         self._history: List[np.ndarray] = []  # data predictions, newest last (at most `order`)
 
     # --- data prediction (DPM-Solver++ eq. (4)'s x_theta; UniPC's data-prediction form) ---
-    def data_prediction(self, eps: np.ndarray, x: np.ndarray, i: int) -> np.ndarray:
-        """x0 = (x - sigma_i eps) / alpha_i, then clipped or dynamically thresholded."""
-        x0 = (x - self.sigma[i] * eps) / self.alpha[i]
-        if self.clip:
-            if self.dynamic_threshold_ratio is None and self.sample_max_value == 1.0:
-                x0 = clip_unit(x0)
-            else:
-                x0 = dynamic_threshold(x0, DEFAULT_RATIO if self.dynamic_threshold_ratio is None
-                                       else self.dynamic_threshold_ratio, self.sample_max_value)
-        return x0
+    def data_prediction(self, out: np.ndarray, x: np.ndarray, i: int) -> np.ndarray:
+        """x0 from the model output (for eps: (x - sigma_i eps) / alpha_i), then clipped or
+        dynamically thresholded (runtime.schedulers.prediction)."""
+        return apply_limit(self._convert.x0(i, out, x), self.limit)
 
     def _chain_index(self, t: int) -> int:
         """Index of this step in the chain; a new chain starts at timesteps[0]."""

@@ -181,7 +181,7 @@ def ten_steps(eta=1.0):
 
 @pytest.mark.parametrize("call, match", [
     (lambda: DDIMScheduler(spacing="linear"),
-     r"spacing='linear' is unknown: expected one of \('uniform', 'quadratic'\)"),
+     r"spacing='linear' is unknown: expected one of \('uniform', 'quadratic', 'leading', 'trailing', 'linspace'\)"),
     *[(lambda e=e: DDIMScheduler(eta=e), "eta=.* out of range: expected 0 <= eta <= 1")
       for e in (-0.1, 1.5, float("nan"))],
     *[(lambda n=n: DDIMScheduler().set_timesteps(n), r"expected an int in \[1, 1000\]")
