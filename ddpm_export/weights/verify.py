@@ -100,7 +100,7 @@ def verify_import(checkpoint: Any, unet_dir: Path, schedule: ScheduleConfig,
     with torch.no_grad():
         want = pipe(batch_size=1, generator=torch.Generator().manual_seed(seed), num_inference_steps=n,
                     output_type="np").images
-    got, got_raw = _runtime_chain(ours, schedule, (1, c, h, w), n, seed)
+    got, _ = runtime_chain(torch_fn(ours), schedule, (1, c, h, w), n, seed)
     report["chain"] = {
         "reference": f"diffusers {diffusers.__version__} DDPMPipeline "
                      f"({type(scheduler).__name__}, num_inference_steps={n})",
@@ -113,17 +113,28 @@ def verify_import(checkpoint: Any, unet_dir: Path, schedule: ScheduleConfig,
     return report
 
 
-def _runtime_chain(model, schedule: ScheduleConfig, shape, steps: int, seed: int):
-    """The runtime DDPM scheduler driven by model, with DDPMPipeline's noise order."""
+def torch_fn(model):
+    """model(x_t, t) as a NumPy function (float32 x_t, int t), for runtime_chain."""
+    def fn(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                         torch.from_numpy(np.asarray(t, dtype=np.int32))).numpy()
+    return fn
+
+
+def runtime_chain(fn, schedule: Any, shape: Sequence[int], steps: int, seed: int):
+    """The runtime DDPM scheduler driven by ``fn(x_t, t) -> prediction`` (NumPy in and out),
+    with DDPMPipeline's noise: one torch generator seeded ``seed`` draws x_T, then one
+    draw per step with t > 0. Returns (images [N, H, W, C] on [0, 1] as DDPMPipeline's
+    output_type="np", the float64 [-1, 1] samples [N, C, H, W])."""
     sch = make_scheduler(schedule, "ddpm", steps)
     g = torch.Generator().manual_seed(seed)
+    shape = tuple(int(v) for v in shape)
     x = torch.randn(shape, generator=g).numpy()
-    with torch.no_grad():
-        for t in sch.timesteps:
-            out = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                        torch.full((shape[0],), int(t), dtype=torch.int32)).numpy()
-            noise = torch.randn(shape, generator=g).numpy() if t > 0 else np.zeros(shape, np.float32)
-            x = sch.step(out, int(t), x, noise=noise).prev_sample
+    for t in sch.timesteps:
+        out = fn(x.astype(np.float32), np.full((shape[0],), int(t), dtype=np.int32))
+        noise = torch.randn(shape, generator=g).numpy() if t > 0 else np.zeros(shape, np.float32)
+        x = sch.step(out, int(t), x, noise=noise).prev_sample
     raw = np.asarray(x, dtype=np.float64)
     img = np.clip(raw / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
     return img, raw
