@@ -658,8 +658,6 @@ def import_diffusers(
     unet_dir, weights_path, sched_path = _locate_diffusers(src)
     config_path = unet_dir / CONFIG_FILE
     config_json = _read_json(config_path)
-    sched, sched_json, schedule_source = _resolve_schedule(schedule_config, sched_path, src)
-
     raw = _read_weights(weights_path)
     mapped_error: Optional[str] = None
     use_ours = network in ("auto", "ours")
@@ -686,6 +684,7 @@ def import_diffusers(
         model_config, state = _native_model(config_json, raw, image_size, config_path, weights_path)
         image_shape = tuple(model_config["image_shape"])
         net_name = "diffusers.UNet2DModel"
+    sched, sched_json, schedule_source = _resolve_schedule(schedule_config, sched_path, src)
 
     provenance: Dict[str, Any] = {
         "command": command or f"ddpm_export.weights.import_diffusers({str(src)!r}, {str(out_path)!r})",
