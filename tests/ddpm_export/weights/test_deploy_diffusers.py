@@ -269,3 +269,45 @@ def test_every_network_refusal_in_one_line(tmp_path):
     for part in ("unknown settings ['brand_new_setting']", "out_channels=6 != in_channels=3",
                  "num_class_embeds=10", "image size [32, 40]"):
         assert part in msg
+
+
+# ---------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from ddpm_export.cli.main import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_import_verifies_by_default_and_prints_the_numbers(tmp_path):
+    net = make_unet(tiny(TRAIN_UNCONDITIONAL, size=32, div=16, groups=4))
+    src = save_pipeline(tmp_path / "pipe", net, num_train_timesteps=50, prediction_type="v_prediction")
+    r = _cli("import", "--format", "diffusers", src, "--out", tmp_path / "m.pt", "--verify-steps", 3)
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert "network diffusers.UNet2DModel" in lines[0] and "prediction v" in lines[0]
+    eps_line = next(x for x in lines if x.startswith("verify: output vs diffusers"))
+    chain_line = next(x for x in lines if x.startswith("verify: 3-step chain vs diffusers"))
+    for t in (0, 12, 25, 37, 49):
+        assert f"t={t}: " in eps_line
+    assert float(eps_line.split("max abs ")[1].split(" ")[0]) < 1e-5
+    assert float(chain_line.split("max abs ")[1].split(" ")[0]) < 1e-5
+    r = _cli("import", "--format", "diffusers", src, "--out", tmp_path / "m.pt", "--force", "--no-verify")
+    assert r.exit_code == 0 and "verify: skipped (--no-verify)" in r.output
+    assert "verify" not in load_checkpoint(tmp_path / "m.pt")["provenance"]
+
+
+def test_cli_unet_without_scheduler_needs_scheduler_config(tmp_path, small_unet_dir):
+    r = _cli("import", "--format", "diffusers", small_unet_dir, "--out", tmp_path / "m.pt")
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "--scheduler-config FILE" in line and "prediction type" in line
+    DDPMScheduler(prediction_type="sample", num_train_timesteps=50).save_config(str(tmp_path / "s"))
+    r = _cli("import", "--format", "diffusers", small_unet_dir, "--out", tmp_path / "m.pt", "--no-verify",
+             "--scheduler-config", tmp_path / "s" / "scheduler_config.json")
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(tmp_path / "m.pt")["schedule_config"]["prediction"] == "x0"
