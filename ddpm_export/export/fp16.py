@@ -290,3 +290,22 @@ def fp16_error_table(
                 "ref_rms": float(np.sqrt(np.mean(want ** 2))),
             })
     return rows
+
+
+def node_precisions(proto) -> List[Dict[str, str]]:
+    """The element type each node of an ONNX graph computes in (its first output's, after
+    shape inference): [{"name", "op_type", "dtype"}]. This is how the FP32 islands of an
+    FP16 export are checked on the graph itself."""
+    import onnx
+    from onnx import helper
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.output) + list(g.input)}
+    types.update({i.name: i.data_type for i in g.initializer})
+    rows = []
+    for n in g.node:
+        elem = types.get(n.output[0]) if n.output else None
+        dtype = str(helper.tensor_dtype_to_np_dtype(elem)) if elem else "unknown"
+        rows.append({"name": n.name, "op_type": n.op_type, "dtype": dtype})
+    return rows
