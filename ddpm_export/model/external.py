@@ -152,3 +152,51 @@ def image_shape_of(model: nn.Module) -> Tuple[int, int, int]:
         return model.image_shape
     cfg = model.config
     return (int(cfg.in_channels), int(cfg.image_size), int(cfg.image_size))
+
+
+# ---------------------------------------------------------------------------
+# denoising-diffusion-pytorch (lucidrains): Unet + GaussianDiffusion
+# ---------------------------------------------------------------------------
+
+FAMILY_DDP = "denoising_diffusion_pytorch.Unet"
+_DDP_OBJECTIVES = {"pred_noise": "eps", "pred_x0": "x0", "pred_v": "v"}
+
+
+def from_denoising_diffusion_pytorch(diffusion: nn.Module):
+    """``GaussianDiffusion(Unet(...))`` of denoising-diffusion-pytorch -> (ExternalDenoiser, schedule dict).
+
+    The schedule is the one its ancestral sampler (``p_sample_loop``) uses: its own betas
+    (kind "explicit": the library's default is the sigmoid schedule, cosine and linear
+    are options; the betas are read from the model, whichever it was), its
+    ``objective`` as the prediction (pred_noise -> eps, pred_x0 -> x0, pred_v -> v, the
+    default in 2.x), the posterior variance (fixedsmall) and x0 clipped to [-1, 1].
+    Images are in [-1, 1] as the network sees them (the library's ``auto_normalize``
+    maps them to [0, 1] afterwards: (x + 1) / 2). Raises ValueError listing every
+    setting the export contract cannot carry.
+    """
+    problems = []
+    kind = type(diffusion).__name__
+    if kind != "GaussianDiffusion":
+        problems.append(f"{kind} (supported: GaussianDiffusion; learned-variance, continuous-time and "
+                        f"elucidated variants sample differently)")
+    objective = getattr(diffusion, "objective", None)
+    if objective not in _DDP_OBJECTIVES:
+        problems.append(f"objective={objective!r} (supported: {', '.join(_DDP_OBJECTIVES)})")
+    if getattr(diffusion, "self_condition", False):
+        problems.append("self_condition=True (the network also takes its previous x0 estimate, which the "
+                        "export contract has no input for)")
+    net = getattr(diffusion, "model", None)
+    if not isinstance(net, nn.Module):
+        problems.append(f"diffusion.model is {type(net).__name__} (expected the Unet module)")
+    elif getattr(net, "learned_variance", False) or getattr(net, "out_dim", None) not in (None, getattr(net, "channels", None)):
+        problems.append(f"out_dim={getattr(net, 'out_dim', None)!r} != channels={getattr(net, 'channels', None)!r} "
+                        f"(a learned variance is not part of the export contract)")
+    if problems:
+        raise ValueError(f"denoising-diffusion-pytorch model cannot be exported: {'; '.join(problems)}")
+    h, w = diffusion.image_size
+    image_shape = (int(diffusion.channels), int(h), int(w))
+    betas = [float(b) for b in diffusion.betas.detach().double().cpu()]
+    schedule = {"kind": "explicit", "betas": betas, "num_timesteps": len(betas),
+                "prediction": _DDP_OBJECTIVES[objective], "variance_type": "fixedsmall", "clip_denoised": True}
+    fp32 = ("time_mlp",) if "time_mlp" in dict(net.named_children()) else ()
+    return ExternalDenoiser(net, image_shape, family=FAMILY_DDP, fp32_modules=fp32).eval(), schedule
