@@ -128,6 +128,36 @@ def test_tutorial_model_exports_diffusers_network(tutorial_onnx):
     assert manifest["schedule"] == ckpt["schedule_config"]
 
 
+def test_validate_one_step_against_the_diffusers_network(tutorial_onnx):
+    from ddpm_export.evaluation.validate import one_step
+    from ddpm_export.model.checkpoint import load_model
+    from ddpm_export.model.external import DiffusersUNet
+
+    _, _, onnx_path = tutorial_onnx
+    model, _ = load_model(onnx_path.with_name("m.pt"))  # the reference validate uses
+    assert isinstance(model, DiffusersUNet)
+    with runtime.load(onnx_path) as engine:
+        rows = one_step(engine, model, 100, t_stride=50, batches=(1,))
+    assert [r["t"] for r in rows] == [0, 50, 99] and max(r["max_abs"] for r in rows) < 1e-4
+
+
+@pytest.mark.slow  # ~30 s: a 100-step trajectory through PyTorch and ONNX Runtime
+def test_validate_uses_the_diffusers_network_as_reference(tutorial_onnx):
+    from ddpm_export.evaluation.validate import validate
+    from ddpm_export.model.checkpoint import load_model
+    from ddpm_export.model.external import DiffusersUNet
+
+    _, _, onnx_path = tutorial_onnx
+    model, _ = load_model(onnx_path.with_name("m.pt"))
+    assert isinstance(model, DiffusersUNet)
+    rep, _ = validate(str(onnx_path.with_name("m.pt")), [str(onnx_path)], t_stride=50, batches=[1],
+                      trajectory_images=1)
+    e = rep["engines"][0]
+    assert e["passed"] and e["checks"]["eps_max_abs"]["value"] < 1e-4
+    assert [r["t"] for r in e["one_step"]] == [0, 50, 99]
+    assert e["trajectory"]["final_max_abs"] < 1e-3
+
+
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_tutorial_model_samples_equal_ddpmpipeline(tmp_path, tutorial_net, tutorial_onnx, name):
     src = save_pipeline(tmp_path / "pipe", tutorial_net, **SCHEDULES[name])
