@@ -19,7 +19,14 @@ resolution, we index them by resolution level), ``upsamplers.0.conv`` <-> ``upsa
 The attention names of diffusers <= 0.13 (``query``, ``key``, ``value``, ``proj_attn``)
 are read too.
 
-diffusers itself is only needed for ``import_diffusers(..., verify=True)``.
+A model our U-Net cannot express exactly (several attention heads, cos-first or
+shifted sinusoids, padded downsampling, other block types, non-square...) is
+imported as diffusers' own ``UNet2DModel`` instead (:mod:`ddpm_export.model.external`):
+its state_dict is kept under diffusers' names, and exporting it needs diffusers.
+The scheduler config is translated option by option (:func:`schedule_from_diffusers`);
+nothing that changes the samples is guessed, and every refusal is one line listing
+all its reasons. ``verify=True`` compares the result with diffusers itself
+(:mod:`ddpm_export.weights.verify`).
 """
 from __future__ import annotations
 
