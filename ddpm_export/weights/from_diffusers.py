@@ -688,9 +688,13 @@ def import_diffusers(
         image_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
         net_name = "ddpm_export UNet (diffusers weights renamed)"
     else:
-        model_config, state = _native_model(config_json, raw, image_size, config_path, weights_path)
-        image_shape = tuple(model_config["image_shape"])
         net_name = "diffusers.UNet2DModel"
+        try:
+            model_config, state = _native_model(config_json, raw, image_size, config_path, weights_path)
+        except ValueError as e:
+            # one line with every reason: the network's and the scheduler's
+            raise ValueError(_with_schedule_problems(str(e), schedule_config, sched_path, src)) from e
+        image_shape = tuple(model_config["image_shape"])
     sched, sched_json, schedule_source = _resolve_schedule(schedule_config, sched_path, src)
 
     provenance: Dict[str, Any] = {
@@ -721,6 +725,14 @@ def import_diffusers(
         ckpt["provenance"]["verify"] = report
         ckpt = _write_checkpoint(out_path, model_config, sched, state, ckpt["provenance"])
     return ckpt
+
+
+def _with_schedule_problems(message: str, schedule_config, sched_path: Optional[Path], src: Path) -> str:
+    try:
+        _resolve_schedule(schedule_config, sched_path, src)
+    except (TypeError, ValueError) as e:
+        return f"{message}; and {e}"
+    return message
 
 
 def _diffusers_version() -> Optional[str]:
