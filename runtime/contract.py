@@ -15,12 +15,15 @@ Model I/O (every precision; an FP16 graph casts at its edges inside the graph)::
                                     "eps" for every prediction type, so engines and
                                     Triton configs keep one I/O contract)
 
-Manifest schema (``manifest_version`` 1): a JSON object, embedded in the ONNX
+Manifest schema (``manifest_version`` 1 or 2): a JSON object, embedded in the ONNX
 file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
 ``NAME.json`` next to ``NAME.onnx`` (an engine ``NAME.plan`` reads the same
 ``NAME.json``). The runtime needs nothing else::
 
-    manifest_version  int   MANIFEST_VERSION
+    manifest_version  int   1 when the schedule keeps every optional key below at its
+                            default (what version 1 meant), else 2: a runtime that
+                            knows only version 1 then refuses the file rather than
+                            sampling an x0 or v model as eps (manifest_version_for)
     precision         str   "fp32" | "fp16" (FP16 graph, FP32 islands, FP32 I/O)
     image_shape       [C, H, W]
     schedule          ScheduleConfig.to_dict() (runtime/schedulers/schedule.py):
@@ -75,7 +78,8 @@ OUTPUT_NAMES = (OUTPUT,)
 PRECISIONS = ("fp32", "fp16")
 
 MANIFEST_KEY = "ddpm_export.manifest"  # ONNX metadata_props key holding the JSON
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # the newest version this runtime writes and reads
+MANIFEST_VERSIONS = (1, 2)  # every version it reads
 SIDECAR_SUFFIX = ".json"
 
 
@@ -179,7 +183,7 @@ def manifest_dict(
 ) -> Dict[str, Any]:
     """Assemble and validate a manifest (schema in the module docstring)."""
     d = {
-        "manifest_version": MANIFEST_VERSION,
+        "manifest_version": _version_or_newest(schedule),
         "precision": precision,
         "image_shape": [int(v) for v in image_shape],
         "schedule": dict(schedule),
@@ -213,9 +217,9 @@ def validate_manifest(d: Any) -> Dict[str, Any]:
         if key not in d:
             _fail(key, "<missing>", "present (see runtime/contract.py for the schema)")
     v = d["manifest_version"]
-    if v != MANIFEST_VERSION:
+    if isinstance(v, bool) or v not in MANIFEST_VERSIONS:
         fix = "upgrade ddpm-export to read it" if isinstance(v, int) and v > MANIFEST_VERSION else _FIX
-        _fail("manifest_version", v, str(MANIFEST_VERSION), fix)
+        _fail("manifest_version", v, " or ".join(map(str, MANIFEST_VERSIONS)), fix)
     if d["precision"] not in PRECISIONS:
         _fail("precision", d["precision"], f"one of {PRECISIONS}")
     shape = d["image_shape"]
@@ -262,6 +266,20 @@ def validate_manifest(d: Any) -> Dict[str, Any]:
     if not isinstance(d["command"], str):
         _fail("command", d["command"], "a string")
     return dict(d)
+
+
+def manifest_version_for(schedule: Mapping[str, Any]) -> int:
+    """1 for a schedule a version-1 reader samples exactly as this runtime does (every later
+    key absent or at its default), else 2."""
+    cfg = schedule if isinstance(schedule, ScheduleConfig) else ScheduleConfig.from_dict(dict(schedule))
+    return 1 if cfg.is_legacy else 2
+
+
+def _version_or_newest(schedule: Any) -> int:
+    try:
+        return manifest_version_for(schedule)
+    except (TypeError, ValueError, AttributeError):
+        return MANIFEST_VERSION  # validate_manifest then names what is wrong with the schedule
 
 
 def schedule_config(manifest: Mapping[str, Any]) -> ScheduleConfig:

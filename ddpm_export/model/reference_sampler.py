@@ -5,6 +5,8 @@ Image i of a run with seed s draws x_T and every z from its own stream,
 the images do not depend on the batch size, any batch can be regenerated alone
 (the tests regenerate batch 0 of the shipped digits samples), and the runtime
 with the same seed follows the same chain up to the engine's rounding.
+The schedule decides what the model's output means (eps, x0 or v) and how x0_hat is
+limited (clipping, clip_sample_range, dynamic thresholding), as in the runtime.
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ Options (all optional; None or absent = the method's default):
   spacing                which timesteps: ddim uniform (the model's timestep_spacing) | quadratic |
                          leading | trailing | linspace; solvers linspace | leading | trailing
   order                  multistep order (solvers)
-  variant                ddim: consistent (eps re-derived from the clipped x0) | diffusers;
+  variant                ddim: consistent (eps re-derived from the clipped x0) | diffusers
+                         (diffusers' DDIMScheduler.step exactly, its t - T//N step included);
                          unipc: bh1 | bh2
   corrector              unipc: use UniC (default True)
   lower_order_final      solvers: lower orders near the end of short chains (default True)
@@ -26,7 +27,7 @@ default, linspace, unless ``spacing`` says otherwise (steps_offset shifts their 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from runtime.schedulers.ddim import SPACINGS as DDIM_SPACINGS
 from runtime.schedulers.ddim import DDIMScheduler
@@ -65,7 +66,8 @@ def _solver(cls):
 
 
 def _ddim(cfg: ScheduleConfig, variant: str = "consistent", **kw):
-    return DDIMScheduler(cfg, use_clipped_model_output=(variant == "consistent"), **kw)
+    consistent = variant == "consistent"
+    return DDIMScheduler(cfg, use_clipped_model_output=consistent, diffusers_prev=not consistent, **kw)
 
 
 REGISTRY: Dict[str, Method] = {m.name: m for m in (
@@ -130,13 +132,21 @@ def resolve_options(name: str, options: Optional[Mapping[str, Any]] = None) -> D
 
 def make_scheduler(
     schedule: Union[ScheduleConfig, Mapping[str, Any]], method: str = "ddpm",
-    steps: Optional[int] = None, **options: Any,
+    steps: Optional[int] = None, timesteps: Optional[Sequence[int]] = None, **options: Any,
 ):
     """A scheduler for the schedule (a ScheduleConfig or a manifest's schedule dict) with
-    ``steps`` (None = the method's default) and the method's ``options``; set_timesteps done."""
+    ``steps`` (None = the method's default) or exactly ``timesteps`` (ints, strictly
+    descending, in [0, T-1]: e.g. a distilled student's), and the method's ``options``;
+    set_timesteps done."""
     m = get_method(method)
     opts = {k: v for k, v in resolve_options(method, options).items() if v is not None}
     cfg = schedule if isinstance(schedule, ScheduleConfig) else ScheduleConfig.from_dict(dict(schedule))
     sched = m.factory(cfg, **opts)
-    sched.set_timesteps(m.default_steps if steps is None else steps)
+    if timesteps is not None:
+        if steps is not None:
+            raise ValueError(f"steps={steps!r} and timesteps={list(timesteps)!r} given together: pass one "
+                             f"(the number of steps is len(timesteps))")
+        sched.set_timesteps(timesteps=timesteps)
+    else:
+        sched.set_timesteps(m.default_steps if steps is None else steps)
     return sched

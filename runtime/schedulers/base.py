@@ -14,7 +14,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence
 import numpy as np
 
 from runtime.seeding import ImageStreams
-from runtime.schedulers.prediction import OutputConverter, clip_unit  # noqa: F401 (clip_unit: re-exported)
+from runtime.schedulers.prediction import OutputConverter
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
 
 
@@ -230,9 +230,11 @@ class Scheduler:
                 raise ValueError("pass num_inference_steps or timesteps to set_timesteps(), not both")
             t = check_timesteps(timesteps, T)
             n = len(t)
+            self.custom_timesteps = True
         else:
             n = T if num_inference_steps is None else check_num_steps(num_inference_steps, T)
             t = self._all_timesteps(T) if num_inference_steps is None else self._timesteps(n, T)
+            self.custom_timesteps = False
         self.num_inference_steps = n
         self.timesteps = t
         prev = np.append(t[1:], -1)
@@ -241,6 +243,9 @@ class Scheduler:
         self._convert = OutputConverter(
             self.config.prediction, np.sqrt(abar), np.sqrt(1.0 - abar),
             recip=s.sqrt_recip_alphas_cumprod[t], recipm1=s.sqrt_recipm1_alphas_cumprod[t])
+        self._to_x0 = self._convert.x0
+        self._x0_coef = self._convert.linear  # (c1, c2): x0 = c1 x - c2 out, formed inline
+        self._eps_is_output = self._convert.eps_is_output
         self._index = {int(v): i for i, v in enumerate(t)}
         self._set_coefficients(t, prev, abar, abar_prev)
 
@@ -261,7 +266,10 @@ class Scheduler:
         """
         i, t, out, x_t = step_inputs(eps, t, x_t, self._index)
         check_rng(rng)
-        x0 = self._convert.x0(i, out, x_t)  # x0_hat (DDPM eq. (15) for an eps model), not limited
+        # x0_hat, not limited (DDPM eq. (15) for an eps model): the converter's coefficients,
+        # applied here without a call (this runs once per step and image batch)
+        c = self._x0_coef
+        x0 = c[0][i] * x_t - c[1][i] * out if c is not None else self._to_x0(i, out, x_t)
         return self._finish_step(i, t, out, x_t, x0, rng, noise)
 
     def _finish_step(self, i: int, t: int, out: np.ndarray, x_t: np.ndarray, x0: np.ndarray,

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from runtime.schedulers.base import Scheduler, StepOutput, draw_noise, spaced_timesteps
-from runtime.schedulers.prediction import apply_limit, resolve_limit
+from runtime.schedulers.prediction import limiter, resolve_limit
 from runtime.schedulers.schedule import ScheduleConfig
 
 SPACINGS = ("uniform", "quadratic", "leading", "trailing", "linspace")  # the first is the default
@@ -40,6 +40,9 @@ class DDIMScheduler(Scheduler):
     DDIMScheduler.set_timesteps(N); "leading", arange(N) * (T // N), for older manifests),
     "quadratic" (the DDIM paper's CIFAR-10 subset), or "leading" / "trailing" / "linspace"
     to override the schedule's spacing.
+    diffusers_prev: step from t to t - T // N as diffusers' DDIMScheduler does, rather than to
+    the next entry of ``timesteps`` (they differ for "linspace" / "trailing" spacing; set by
+    the "diffusers" variant).
     use_clipped_model_output: after clipping x0_hat, recompute eps from it, so that the
     direction term points at the x0_hat actually used (improved-diffusion's
     ddim_sample). True by default: with False (diffusers' DDIMScheduler.step and
@@ -62,6 +65,7 @@ class DDIMScheduler(Scheduler):
         use_clipped_model_output: bool = True,
         clip: Optional[bool] = None,
         dtype: Any = np.float32,
+        diffusers_prev: bool = False,
     ):
         if not 0.0 <= float(eta) <= 1.0:
             raise ValueError(
@@ -74,7 +78,9 @@ class DDIMScheduler(Scheduler):
         self.eta = float(eta)
         self.spacing = spacing
         self.use_clipped_model_output = bool(use_clipped_model_output)
+        self.diffusers_prev = bool(diffusers_prev)
         self.limit = resolve_limit(schedule_config, clip, who="ddim")
+        self._limit_x0 = limiter(self.limit)
         self.clip = self.limit is not None
         self.set_timesteps(None)
 
@@ -91,6 +97,14 @@ class DDIMScheduler(Scheduler):
         return super()._all_timesteps(num_timesteps)
 
     def _set_coefficients(self, t, prev, abar, abar_prev) -> None:
+        if self.diffusers_prev and not self.custom_timesteps and self.spacing != "quadratic":
+            # diffusers' DDIMScheduler.step steps to t - T // N, not to the next timestep: the
+            # same with "leading" spacing, a different point with "linspace" (and "trailing"
+            # when N does not divide T), where the next step then starts from x at the
+            # wrong noise level. Reproduced only for the "diffusers" variant.
+            s = self.schedule
+            prev = t - self.num_train_timesteps // self.num_inference_steps
+            abar_prev = np.where(prev >= 0, s.alphas_cumprod[np.maximum(prev, 0)], 1.0)
         # eq. (16): sigma_t(eta) = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev)
         sigma = self.eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar))
         sigma = sigma * np.sqrt(1.0 - abar / abar_prev)
@@ -106,12 +120,12 @@ class DDIMScheduler(Scheduler):
         """Eq. (12)'s step x_t -> x_{t'} from the "predicted x0" (not yet limited); z (from rng
         or noise) is added when sigma_t > 0 (eta > 0, not the last step)."""
         # 1. eps_hat from the model output and the unlimited x0_hat (diffusers' pred_epsilon)
-        eps = self._convert.eps(i, out, x_t, x0)
+        eps = out if self._eps_is_output else self._convert.eps(i, out, x_t, x0)
         # 2. clip or threshold x0_hat (diffusers clip_sample / thresholding); re-derive eps from
         #    it (eq. (12) solved for eps at the limited x0: the direction term then agrees with
         #    the x0 used)
-        if self.limit is not None:
-            x0 = apply_limit(x0, self.limit)
+        if self._limit_x0 is not None:
+            x0 = self._limit_x0(x0)
             if self.use_clipped_model_output:
                 eps = (x_t - self._sqrt_abar[i] * x0) / self._sqrt_one_minus_abar[i]
         # 3. eq. (12): x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from runtime.schedulers.base import Scheduler, StepOutput, draw_noise
-from runtime.schedulers.prediction import apply_limit, resolve_limit
+from runtime.schedulers.prediction import limiter, resolve_limit
 from runtime.schedulers.schedule import ScheduleConfig
 
 
@@ -34,6 +34,7 @@ class DDPMScheduler(Scheduler):
                  clip: Optional[bool] = None):
         super().__init__(schedule_config, dtype)
         self.limit = resolve_limit(schedule_config, clip, who="ddpm")
+        self._limit_x0 = limiter(self.limit)
         self.set_timesteps(None)
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None,
@@ -68,14 +69,18 @@ class DDPMScheduler(Scheduler):
     def _finish_step(self, i: int, t: int, out: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
                      rng: Optional[np.random.Generator], noise: Optional[np.ndarray]) -> StepOutput:
         """Algorithm 2's step x_t -> x_{t'} from x0_hat (not yet limited); z (from rng
-        or noise) is added when t > 0 and not drawn at t = 0."""
+        or noise) is added on every step but the last (into the clean sample), not drawn there."""
         # 2. clip x0_hat to [-1, 1] (or threshold it) before it enters the posterior mean
-        x0 = apply_limit(x0, self.limit)
+        if self._limit_x0 is not None:
+            x0 = self._limit_x0(x0)
         # 3. posterior mean of q(x_{t-1} | x_t, x0_hat), eq. (7)
         mean = self._coef_x0[i] * x0 + self._coef_xt[i] * x_t
         # 4. Algorithm 2, line 4: x_{t-1} = mean + sigma_t z with z ~ N(0, I) if t > 0,
-        #    sigma_t^2 = beta_t (fixedlarge) or beta_tilde_t (fixedsmall); z = 0 at t = 0
-        if t > 0:
+        #    sigma_t^2 = beta_t (fixedlarge) or beta_tilde_t (fixedsmall); z = 0 on the last
+        #    step, into the clean sample (t = 0, or the smallest timestep of a chain that
+        #    ends above 0: trailing spacing, steps_offset, given timesteps). diffusers adds
+        #    noise there when t > 0: ~1e-10 with fixed_small, sqrt(1 - abar_t) with fixed_large.
+        if i < self.num_inference_steps - 1:
             prev = mean + self._std[i] * draw_noise(rng, noise, x_t.shape, t)
         else:
             prev = mean

@@ -8,7 +8,7 @@ a = sqrt(abar_t) and b = sqrt(1 - abar_t) at a step's timestep (x_t = a x0 + b e
   prediction "v"   (diffusers "v_prediction", v = a eps - b x0):
                                             x0 = a x_t - b out,      eps = a out + b x_t
 
-then x0 is limited (``resolve_limit`` / ``apply_limit``) as diffusers' schedulers do: dynamic thresholding when the schedule
+then x0 is limited (``resolve_limit`` / ``limiter``) as diffusers' schedulers do: dynamic thresholding when the schedule
 asks for it (Saharia et al. 2022, Section 2.3), else clipping to [-r, r]
 (``clip_sample_range``) when clipping is on. eps is formed from the unlimited x0, as
 diffusers' DDIMScheduler does; a scheduler that wants eps to agree with the limited x0
@@ -19,7 +19,7 @@ c2 = b/a: the same three array operations per step as before prediction types ex
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -82,17 +82,23 @@ def resolve_limit(config: ScheduleConfig, clip: Optional[bool] = None,
     return ("clip", config.clip_sample_range)
 
 
-def apply_limit(x0: np.ndarray, limit: Limit) -> np.ndarray:
-    """x0 limited by ``limit`` (in place for clipping; x0 must be the caller's own float64 array)."""
+def limiter(limit: Limit) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    """The function that applies ``limit`` to x0_hat (None: no limit), chosen once per
+    scheduler so a step pays one call. Clipping works in place: x0 must be the caller's
+    own float64 array."""
     if limit is None:
-        return x0
+        return None
     if limit[0] == "clip":
-        r = limit[1]
+        r = float(limit[1])
         if r == 1.0:
-            return clip_unit(x0)
-        np.maximum(x0, -r, out=x0)
-        return np.minimum(x0, r, out=x0)
-    return dynamic_threshold(x0, limit[1], limit[2])
+            return clip_unit
+
+        def clip_range(x0: np.ndarray) -> np.ndarray:
+            np.maximum(x0, -r, out=x0)
+            return np.minimum(x0, r, out=x0)
+        return clip_range
+    ratio, top = float(limit[1]), float(limit[2])
+    return lambda x0: dynamic_threshold(x0, ratio, top)
 
 
 class OutputConverter:
@@ -103,6 +109,11 @@ class OutputConverter:
     (the DDPM/DDIM form, the reference sampler's arithmetic); not given, x0 =
     (x - sigma out) / alpha (the solvers' form). Each keeps its scheduler's results bit
     for bit as they were before prediction types existed.
+
+    ``x0(i, out, x)``: x0_hat before limiting (a new array, or ``out`` itself for "x0").
+    ``eps(i, out, x, x0)``: eps_hat from the output and the unlimited x0_hat; for an eps
+    model it is ``out`` itself (``eps_is_output``: a caller may skip the call).
+    Both are plain functions picked once here, so a step pays one call and no branching.
     """
 
     def __init__(self, prediction: str, alpha: np.ndarray, sigma: np.ndarray,
@@ -111,24 +122,35 @@ class OutputConverter:
             raise ValueError(f"prediction={prediction!r} is unknown: expected one of {', '.join(PREDICTIONS)}")
         self.prediction = prediction
         self.alpha, self.sigma = alpha, sigma
-        self._recip, self._recipm1 = recip, recipm1
+        self.eps_is_output = prediction == "eps"
+        # x0 = c1[i] x - c2[i] out for "eps" (table form) and "v"; None for "x0" and the
+        # solvers' division form: lets the DDPM/DDIM step form x0 without a call
+        self.linear = None
+        if prediction == "eps":
+            if recip is None:
+                def x0(i, out, x):
+                    return (x - sigma[i] * out) / alpha[i]
+            else:
+                self.linear = (recip, recipm1)
 
-    def x0(self, i: int, out: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """x0_hat before limiting: a new array, or ``out`` itself for "x0"."""
-        p = self.prediction
-        if p == "eps":
-            if self._recip is None:
-                return (x - self.sigma[i] * out) / self.alpha[i]
-            return self._recip[i] * x - self._recipm1[i] * out
-        if p == "v":
-            return self.alpha[i] * x - self.sigma[i] * out
-        return out
+                def x0(i, out, x):
+                    return recip[i] * x - recipm1[i] * out
 
-    def eps(self, i: int, out: np.ndarray, x: np.ndarray, x0: np.ndarray) -> np.ndarray:
-        """eps_hat; ``x0`` = this step's x0_hat before limiting (call before limiting it)."""
-        p = self.prediction
-        if p == "eps":
-            return out
-        if p == "v":
-            return self.alpha[i] * out + self.sigma[i] * x
-        return (x - self.alpha[i] * x0) / self.sigma[i]
+            def eps(i, out, x, x0):
+                return out
+        elif prediction == "v":
+            self.linear = (alpha, sigma)
+
+            def x0(i, out, x):
+                return alpha[i] * x - sigma[i] * out
+
+            def eps(i, out, x, x0):
+                return alpha[i] * out + sigma[i] * x
+        else:
+            def x0(i, out, x):
+                return out
+
+            def eps(i, out, x, x0):
+                return (x - alpha[i] * x0) / sigma[i]
+        self.x0: Callable[[int, np.ndarray, np.ndarray], np.ndarray] = x0
+        self.eps: Callable[[int, np.ndarray, np.ndarray, np.ndarray], np.ndarray] = eps

@@ -169,9 +169,9 @@ class ScheduleConfig:
 
     @property
     def is_legacy(self) -> bool:
-        """True when every field added after the first manifest version has its default,
-        i.e. an older runtime would sample this config exactly as this one does."""
-        return all(getattr(self, name) == default for name, default in _LATER_FIELDS)
+        """True when a first-version reader (linear betas only, no later fields) samples this
+        config exactly as this runtime does: kind "linear" and every later field at its default."""
+        return self.kind == "linear" and all(getattr(self, name) == default for name, default in _LATER_FIELDS)
 
 
 _LATER_FIELDS = tuple(

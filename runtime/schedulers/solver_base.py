@@ -26,7 +26,7 @@ from runtime.schedulers.base import (
     q_sample,
     step_inputs,
 )
-from runtime.schedulers.prediction import OutputConverter, apply_limit, dynamic_threshold, resolve_limit  # noqa: F401
+from runtime.schedulers.prediction import OutputConverter, limiter, resolve_limit
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
 
 SOLVER_SPACINGS = ("linspace", "leading", "trailing")
@@ -100,6 +100,7 @@ class MultistepSolver:
         self.config = schedule_config
         self.limit = resolve_limit(schedule_config, clip, dynamic_threshold_ratio, sample_max_value, who=self.name)
         self.clip = self.limit is not None
+        self._limit_x0 = limiter(self.limit)
         self.schedule = Schedule(schedule_config)
         self.num_train_timesteps = self.schedule.num_timesteps
         self.order = int(order)
@@ -107,7 +108,7 @@ class MultistepSolver:
         self.lower_order_final = bool(lower_order_final)
         self.karras = bool(karras)
         self.dtype = check_dtype(dtype)
-        self.set_timesteps(20)
+        self.set_timesteps(min(20, self.num_train_timesteps))
 
     # --- grid -------------------------------------------------------------------
     def set_timesteps(self, num_inference_steps: Optional[int] = 20,
@@ -126,7 +127,7 @@ class MultistepSolver:
             n = len(given)
         else:
             given = None
-            n = 20 if num_inference_steps is None else check_num_steps(num_inference_steps, T)
+            n = min(20, T) if num_inference_steps is None else check_num_steps(num_inference_steps, T)
         need = self.min_steps()
         if n < need:
             raise ValueError(
@@ -150,6 +151,7 @@ class MultistepSolver:
             self.lambdas = -np.log(self.sigmas)  # lambda_N = +inf
         self.orders = self._plan(n)
         self._convert = OutputConverter(self.config.prediction, self.alpha, self.sigma)
+        self._to_x0 = self._convert.x0
         self.reset()
 
     def min_steps(self) -> int:
@@ -171,7 +173,8 @@ class MultistepSolver:
     def data_prediction(self, out: np.ndarray, x: np.ndarray, i: int) -> np.ndarray:
         """x0 from the model output (for eps: (x - sigma_i eps) / alpha_i), then clipped or
         dynamically thresholded (runtime.schedulers.prediction)."""
-        return apply_limit(self._convert.x0(i, out, x), self.limit)
+        x0 = self._to_x0(i, out, x)
+        return x0 if self._limit_x0 is None else self._limit_x0(x0)
 
     def _chain_index(self, t: int) -> int:
         """Index of this step in the chain; a new chain starts at timesteps[0]."""

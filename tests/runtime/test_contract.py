@@ -41,7 +41,7 @@ def test_engines_exported_earlier_still_meet_the_contract():
         for v in list(g.input) + list(g.output):
             assert v.type.tensor_type.shape.dim[0].dim_param == contract.BATCH_AXIS
         embedded = json.loads(contract.read_embedded_manifest(path))
-        assert embedded["manifest_version"] == contract.MANIFEST_VERSION
+        assert embedded["manifest_version"] in contract.MANIFEST_VERSIONS
         spec = contract.io_spec(embedded["image_shape"])
         assert contract.read_manifest(path)["io"] == spec == embedded["io"]
     # the exporter's dynamic axes are the io spec's batch axes
@@ -90,7 +90,7 @@ def test_manifest_dict_validates_and_round_trips(tmp_path):
     (lambda d: d["io"]["outputs"][0].update(name="out"), "io.outputs\\[0\\].name: received 'out'"),
     (lambda d: d["io"]["inputs"][0].update(shape=[1, 3, 32, 32]), "io.inputs\\[0\\].shape"),
     (lambda d: d.update(precision="int8"), "precision: received 'int8', expected one of"),
-    (lambda d: d.update(manifest_version=2), "received 2, expected 1; upgrade ddpm-export"),
+    (lambda d: d.update(manifest_version=3), "received 3, expected 1 or 2; upgrade ddpm-export"),
     (lambda d: d.update(image_shape=[3, 32]), "image_shape: received \\[3, 32\\]"),
     (lambda d: d["schedule"].pop("num_timesteps"), "schedule.num_timesteps: received '<missing>'"),
     (lambda d: d["schedule"].update(beta_start=0.5),
@@ -165,3 +165,79 @@ def test_contract_imports_without_torch_or_onnx():
             "print(c.MANIFEST_KEY)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.strip() == "ddpm_export.manifest", r.stderr
+
+
+# --- schedule: prediction type, schedules, thresholding, spacing ----------------------
+OLD_SCHEDULE = {"kind": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000,
+                "variance_type": "fixedlarge", "clip_denoised": True}
+
+
+def test_an_old_manifest_loads_with_todays_meaning():
+    """A version-1 schedule (none of the later keys) is an eps model, linear betas, clipping to
+    [-1, 1], leading spacing: every new field takes its default."""
+    d = _manifest(schedule=dict(OLD_SCHEDULE))
+    assert d["manifest_version"] == 1
+    cfg = contract.schedule_config(d)
+    assert contract.prediction(d) == "eps"
+    assert (cfg.kind, cfg.betas, cfg.thresholding, cfg.clip_sample_range, cfg.timestep_spacing,
+            cfg.steps_offset) == ("linear", None, False, 1.0, "leading", 0)
+    assert cfg.is_legacy and cfg == contract.ScheduleConfig()
+    shipped = contract.read_manifest(ROOT / "engines" / "digits.json")
+    assert shipped["manifest_version"] == 1 and contract.prediction(shipped) == "eps"
+
+
+def test_new_keys_round_trip_and_raise_the_version():
+    """A schedule an older (version-1) runtime would misread is written as version 2, which
+    that runtime refuses ("upgrade ddpm-export") instead of sampling v as eps."""
+    betas = list(np.linspace(1e-4, 0.02, 50))
+    sched = contract.ScheduleConfig(kind="explicit", betas=betas, num_timesteps=50, prediction="v",
+                                    timestep_spacing="trailing", thresholding=True).to_dict()
+    d = _manifest(schedule=sched)
+    assert d["manifest_version"] == 2
+    back = json.loads(json.dumps(d))  # through JSON, as on disk
+    assert contract.validate_manifest(back)["schedule"] == sched
+    assert contract.prediction(back) == "v"
+    assert contract.schedule_config(back).betas == tuple(betas)
+    # a kind a version-1 reader does not know: version 2 too (it says "upgrade", not "bad kind")
+    assert _manifest(schedule=dict(OLD_SCHEDULE, kind="squaredcos_cap_v2"))["manifest_version"] == 2
+    # eps with every later key at its default, written explicitly: still version 1
+    assert _manifest(schedule=contract.ScheduleConfig().to_dict())["manifest_version"] == 1
+
+
+def test_every_schedule_problem_in_one_line():
+    bad = dict(OLD_SCHEDULE, kind="cosine", prediction="epsilon", thresholding="yes",
+               dynamic_thresholding_ratio=1.5, sample_max_value=0.5, clip_sample_range=0,
+               timestep_spacing="uniform", steps_offset=-1, betas=[0.1, 0.2])
+    with pytest.raises(ManifestError) as e:
+        contract.validate_manifest(dict(_manifest(), schedule=bad))
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in ("kind='cosine' (expected one of linear, scaled_linear, squaredcos_cap_v2, explicit)",
+                 "betas=<2 values> with kind='cosine' (expected betas only with kind 'explicit'",
+                 "prediction='epsilon' (expected one of eps, x0, v (diffusers' epsilon, sample, v_prediction))",
+                 "thresholding='yes' (expected true or false)",
+                 "dynamic_thresholding_ratio=1.5 (expected a quantile in (0, 1]",
+                 "sample_max_value=0.5 (expected a number >= 1",
+                 "clip_sample_range=0 (expected a number > 0)",
+                 "timestep_spacing='uniform' (expected one of leading, trailing, linspace)",
+                 "steps_offset=-1 (expected an int >= 0)"):
+        assert part in msg, part
+
+
+@pytest.mark.parametrize("schedule, match", [
+    (dict(kind="explicit"), r"betas=None \(expected a list of at least 2 betas with kind 'explicit'\)"),
+    (dict(kind="explicit", betas=[0.1, 1.0, 0.0, "x"], num_timesteps=4),
+     r"betas\[1\]=1.0, betas\[2\]=0.0, betas\[3\]='x' \(expected every beta a number with 0 < beta < 1\)"),
+    (dict(kind="explicit", betas=[0.1, 0.2]), r"num_timesteps=1000 but len\(betas\)=2"),
+    (dict(kind="scaled_linear", beta_start=0.02, beta_end=0.01), r"0 < beta_start < beta_end < 1 for kind"),
+    (dict(steps_offset=1000), r"steps_offset=1000 \(expected an int below num_timesteps=1000\)"),
+    (dict(num_timesteps=10.5), r"num_timesteps=10.5 \(expected an int >= 2\)"),
+])
+def test_bad_schedules_are_refused(schedule, match):
+    with pytest.raises(ValueError, match=match):
+        contract.ScheduleConfig.from_dict(dict(OLD_SCHEDULE, **schedule))
+
+
+def test_unknown_schedule_keys_are_refused_not_ignored():
+    with pytest.raises(ManifestError, match=r"unknown key\(s\) 'rescale_betas_zero_snr' .*upgrade"):
+        contract.validate_manifest(dict(_manifest(), schedule=dict(OLD_SCHEDULE, rescale_betas_zero_snr=True)))

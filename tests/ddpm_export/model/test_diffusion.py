@@ -96,3 +96,71 @@ def test_sampling_leaves_model_mode_alone():
     m = UNet(PRESETS["tiny"].unet).train()
     GaussianDiffusion(ScheduleConfig(num_timesteps=3)).sample(m, (1, 1, 8, 8))
     assert m.training
+
+
+# --- prediction types: training target, reference chain ----------------------------------
+class Oracle(torch.nn.Module):
+    """Outputs the exact eps, x0 or v that maps x_t to a fixed x0 (float32, like a network)."""
+
+    def __init__(self, x0, diffusion):
+        super().__init__()
+        self.x0, self.d = x0, diffusion
+
+    def forward(self, x_t, t):
+        s = self.d.schedule
+        a = torch.from_numpy(s.sqrt_alphas_cumprod[t.long().numpy()]).float()[:, None, None, None]
+        b = torch.from_numpy(s.sqrt_one_minus_alphas_cumprod[t.long().numpy()]).float()[:, None, None, None]
+        eps = (x_t - a * self.x0) / b
+        return {"eps": eps, "x0": self.x0.expand_as(x_t), "v": a * eps - b * self.x0}[self.d.config.prediction]
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_loss_target_is_what_the_prediction_type_names(prediction):
+    """An oracle for each prediction type has zero loss; the v target is diffusers' get_velocity."""
+    d = GaussianDiffusion(ScheduleConfig(prediction=prediction))
+    x0 = torch.rand(3, 1, 4, 4, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0, 400, 999])
+    oracle = Oracle(x0, d)
+    loss = d.loss(lambda x, tt: oracle(x.float(), tt).double(), x0, t, noise)
+    assert loss.item() < 1e-10
+    if prediction == "v":
+        diffusers = pytest.importorskip("diffusers")
+        sched = diffusers.DDPMScheduler(num_train_timesteps=1000)
+        sched.alphas_cumprod = torch.from_numpy(d.schedule.alphas_cumprod.copy())
+        torch.testing.assert_close(d.target(x0, t, noise), sched.get_velocity(x0, noise, t), rtol=1e-12, atol=1e-12)
+    # and it differs from the eps target whenever x0 != 0
+    if prediction != "eps":
+        assert not torch.allclose(d.target(x0, t, noise), noise)
+
+
+@pytest.mark.parametrize("schedule", [
+    dict(prediction="x0", kind="squaredcos_cap_v2", variance_type="fixedsmall"),
+    dict(prediction="v", kind="scaled_linear", beta_start=0.00085, beta_end=0.012),
+    dict(prediction="v", thresholding=True, dynamic_thresholding_ratio=0.8, sample_max_value=1.3),
+    dict(prediction="eps", clip_sample_range=0.5),
+])
+def test_reference_chain_equals_the_runtime_ddpm(schedule):
+    """validate's PyTorch reference and the NumPy runtime run the same chain for every prediction
+    type and limit: same x_T and noise, float64 both; the reference returns float32, so the two
+    agree to one float32 ulp of values <= 1 (2.4e-7; the float64 chains differ by ~1e-15)."""
+    from runtime.schedulers.ddpm import DDPMScheduler
+
+    cfg = ScheduleConfig(num_timesteps=50, **schedule)
+    d = GaussianDiffusion(cfg)
+    shape = (2, 1, 4, 4)
+    target = torch.rand(shape) * 2.4 - 1.2  # partly outside [-1, 1]: the limit acts
+    net = Oracle(target, d)
+    rng = np.random.default_rng(0)
+    x_T = rng.standard_normal(shape).astype(np.float32)
+    zs = {t: rng.standard_normal(shape).astype(np.float32) for t in range(1, 50)}
+    ref, _ = d.sample(net, shape, x_T=torch.from_numpy(x_T), noise=lambda t: torch.from_numpy(zs[t]))
+    sched = DDPMScheduler(cfg, dtype=np.float64)
+    x = x_T.astype(np.float64)
+    for t in sched.timesteps:
+        out = net(torch.from_numpy(x).float(), torch.full((2,), int(t))).numpy()
+        x = sched.step(out, t, x, noise=zs.get(int(t))).prev_sample
+    np.testing.assert_allclose(ref.numpy(), x.astype(np.float32), rtol=0, atol=2.4e-7)
+    # the limit acted: the sample is within the limit, not the target
+    top = 0.5 if "clip_sample_range" in schedule else 1.0
+    assert np.abs(x).max() <= top + 1e-12 and np.abs(target.numpy()).max() > top

@@ -37,8 +37,12 @@ U32 = 2.0**-24
 SHAPE3 = (3, 1, 8, 8)  # an odd batch
 
 
+DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+
+
 def make_pair(method, steps, order=2, spacing="linspace", karras=False, lof=True, variant="bh2",
-              corrector=True, clip=True, threshold=None):
+              corrector=True, clip=True, threshold=None, prediction="eps", kind="linear",
+              schedule_threshold=None):
     diffusers = pytest.importorskip("diffusers")
     pytest.importorskip("torch")
     opts = dict(order=order, spacing=spacing, karras=karras, lower_order_final=lof, clip=clip)
@@ -46,13 +50,20 @@ def make_pair(method, steps, order=2, spacing="linspace", karras=False, lof=True
         opts.update(variant=variant, corrector=corrector)
     if threshold:
         opts.update(threshold_ratio=threshold[0], threshold_max=threshold[1])
-    ours = make_scheduler(ScheduleConfig(clip_denoised=clip), method, steps, **opts)
+    cfg = ScheduleConfig(clip_denoised=clip, prediction=prediction, kind=kind)
+    if schedule_threshold:  # the schedule's own thresholding (no method options)
+        cfg = ScheduleConfig(clip_denoised=False, prediction=prediction, kind=kind, thresholding=True,
+                             dynamic_thresholding_ratio=schedule_threshold[0],
+                             sample_max_value=schedule_threshold[1])
+        threshold = schedule_threshold
+    ours = make_scheduler(cfg, method, steps, **opts)
     ours.dtype = np.dtype(np.float64)
-    common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+    common = dict(num_train_timesteps=1000, beta_schedule=kind, beta_start=1e-4, beta_end=0.02,
                   solver_order=order, timestep_spacing=spacing, use_karras_sigmas=karras,
-                  lower_order_final=lof, thresholding=clip,
+                  lower_order_final=lof, thresholding=clip or bool(schedule_threshold),
                   sample_max_value=threshold[1] if threshold else 1.0,
-                  dynamic_thresholding_ratio=threshold[0] if threshold else 0.995)
+                  dynamic_thresholding_ratio=threshold[0] if threshold else 0.995,
+                  prediction_type=DIFFUSERS_PREDICTION[prediction])
     if method == "unipc":
         theirs = diffusers.UniPCMultistepScheduler(
             solver_type=variant, disable_corrector=[] if corrector else list(range(steps)), **common)
@@ -149,6 +160,23 @@ def test_thresholding_karras_and_odd_batches(method, order, batch):
     check(*make_pair(method, 10, order, threshold=(0.9, 1.5)), shape)  # dynamic thresholding
     check(*make_pair(method, 10, order, clip=False), shape)  # no clipping at all
     check(*make_pair(method, 20, order, karras=True), shape)
+
+
+@pytest.mark.parametrize("method, order", [("dpmsolver++", 2), ("dpmsolver++", 3), ("sde-dpmsolver++", 2),
+                                           ("unipc", 2), ("unipc", 3)])
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_x0_and_v_models_match_diffusers(method, order, prediction):
+    """The data prediction from an x0 or v network (diffusers' prediction_type sample /
+    v_prediction), clipped, then the same solver: same bound as for eps models."""
+    check(*make_pair(method, 10, order, "trailing", prediction=prediction))
+    check(*make_pair(method, 12, order, prediction=prediction, kind="squaredcos_cap_v2", clip=False))
+
+
+@pytest.mark.parametrize("method", ["dpmsolver++", "unipc"])
+def test_schedule_thresholding_matches_diffusers(method):
+    """thresholding from the schedule (a pipeline's thresholding=True), not from the options:
+    it applies even with clip_denoised false, as in diffusers."""
+    check(*make_pair(method, 10, 2, prediction="v", schedule_threshold=(0.9, 1.5)))
 
 
 def test_lower_order_final_off():
