@@ -88,6 +88,8 @@ ROWS = [
     ("  + timestep_spacing linspace", tiny(TRAIN_UNCONDITIONAL, size=64), dict(timestep_spacing="linspace")),
     ("  + timestep_spacing trailing", tiny(TRAIN_UNCONDITIONAL, size=64), dict(timestep_spacing="trailing")),
     ("  + steps_offset 1", tiny(TRAIN_UNCONDITIONAL, size=64), dict(steps_offset=1)),
+    ("  + timestep_spacing trailing, fixed_large", tiny(TRAIN_UNCONDITIONAL, size=64),
+     dict(timestep_spacing="trailing", variance_type="fixed_large")),
     ("  + variance_type learned_range", dict(tiny(TRAIN_UNCONDITIONAL, size=64), out_channels=6),
      dict(variance_type="learned_range")),
     ("  + class conditional (num_class_embeds=10)", dict(tiny(TRAIN_UNCONDITIONAL, size=64), num_class_embeds=10),
