@@ -209,8 +209,10 @@ with runtime.load(sys.argv[1]) as engine:
         out = engine(x, np.array([t], np.int32))
         x2 = sch.step(out, t, x, noise=np.zeros_like(x)).prev_sample
         times.append(time.time() - s)
+# VmHWM: this process's own peak (ru_maxrss would include the parent's, kept across exec)
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
 print(json.dumps({"load_s": load_s, "step_s_median": float(np.median(times)), "step_s_all": times,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "output_finite": bool(np.isfinite(out).all()), "peak_rss_mb": int(hwm) / 1024}))
 """
 
 
