@@ -190,23 +190,38 @@ def digits_score(checkpoint, samples, num, seed, batch, save, json_out, no_progr
 
 @main.command("import")
 @click.option("--format", "fmt", type=click.Choice(["diffusers", "pesser"]), required=True,
-              help="diffusers: a UNet2DModel folder (config.json + diffusion_pytorch_model."
-              "safetensors or .bin, e.g. google/ddpm-cifar10-32). pesser: a pytorch_diffusion "
-              ".ckpt (e.g. ema_diffusion_cifar10_model/model-790000.ckpt).")
+              help="diffusers: a UNet2DModel folder or DDPMPipeline folder (config.json + "
+              "diffusion_pytorch_model.safetensors or .bin, e.g. google/ddpm-cifar10-32). pesser: a "
+              "pytorch_diffusion .ckpt (e.g. ema_diffusion_cifar10_model/model-790000.ckpt).")
 @click.argument("src", type=click.Path(exists=True))
 @click.option("--out", required=True, help="Checkpoint to write (.pt).")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="cifar10", show_default=True,
               help="pesser only: the model shape (the file carries no config).")
-@click.option("--verify", is_flag=True, help="diffusers only: also run both models and compare (needs diffusers).")
+@click.option("--scheduler-config", "scheduler_config", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="diffusers only: the diffusers scheduler_config.json to use when SRC has "
+              "none (schedule, prediction type, variance); checked against SRC's when it has one.")
+@click.option("--image-size", "image_size", default=None,
+              help="diffusers only: H or HxW, overriding the config's sample_size.")
+@click.option("--network", type=click.Choice(["auto", "ours", "diffusers"]), default="auto",
+              show_default=True, help="diffusers only: auto = our U-Net where the weights map onto it "
+              "exactly, else diffusers' own UNet2DModel (needs diffusers to export).")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="diffusers only: compare the imported model with diffusers' own UNet2DModel at "
+              "several t and a short chain with DDPMPipeline from the same noise (needs diffusers).")
+@click.option("--verify-steps", type=click.IntRange(1), default=10, show_default=True,
+              help="diffusers only: DDPM steps of the verification chain.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-def import_(fmt, src, out, preset, verify, force):
+def import_(fmt, src, out, preset, scheduler_config, image_size, network, verify, verify_steps, force):
     """Convert published DDPM weights into a ddpm-export checkpoint.
 
     \b
-    The official CIFAR-10 model (FID 3.17), after downloading it yourself:
+    A diffusers DDPM (any UNet2DModel + DDPMScheduler), after downloading it:
+      huggingface-cli download google/ddpm-cifar10-32 --local-dir ddpm-cifar10-32
       ddpm-export import --format diffusers ddpm-cifar10-32/ --out cifar10.pt
+    The official CIFAR-10 model as pesser's checkpoint:
       ddpm-export import --format pesser model-790000.ckpt --out cifar10.pt
     """
+    import json
     from pathlib import Path
 
     from ddpm_export import weights
@@ -215,11 +230,60 @@ def import_(fmt, src, out, preset, verify, force):
         raise click.UsageError(f"{out} exists; pass --force to overwrite it or choose another --out")
     command = " ".join(["ddpm-export"] + sys.argv[1:])
     if fmt == "diffusers":
-        ckpt = weights.import_diffusers(src, out, verify=verify, command=command)
+        sched = None
+        if scheduler_config is not None:
+            try:
+                sched = json.loads(Path(scheduler_config).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise click.UsageError(f"--scheduler-config {scheduler_config}: cannot be read as JSON "
+                                       f"({type(e).__name__}: {e}); expected a diffusers scheduler_config.json")
+            if not isinstance(sched, dict) or not sched:
+                raise click.UsageError(f"--scheduler-config {scheduler_config}: received "
+                                       f"{type(sched).__name__}, expected a diffusers scheduler config object")
+            sched.setdefault("_class_name", "DDPMScheduler")
+        ckpt = weights.import_diffusers(src, out, sched, image_size=_parse_image_size(image_size),
+                                        network=network, verify=verify, verify_steps=verify_steps,
+                                        command=command)
     else:
+        for name, given in (("--scheduler-config", scheduler_config), ("--image-size", image_size)):
+            if given is not None:
+                raise click.UsageError(f"{name} is for --format diffusers; a pesser checkpoint uses --preset")
         ckpt = weights.import_pesser(src, out, preset=preset, command=command)
     n = sum(v.numel() for v in ckpt["ema"].values())
-    click.echo(f"wrote {out} ({n:,} parameters, schedule {ckpt['schedule_config']['variance_type']})")
+    sc = ckpt["schedule_config"]
+    prov = ckpt.get("provenance") or {}
+    click.echo(f"wrote {out} ({n:,} parameters, network {prov.get('network', 'ddpm_export UNet')}; schedule "
+               f"{sc['kind']}, T={sc['num_timesteps']}, prediction {sc.get('prediction', 'eps')}, "
+               f"{sc['variance_type']}, spacing {sc.get('timestep_spacing', 'leading')})")
+    rep = prov.get("verify")
+    if rep:
+        rows = ", ".join(f"t={r['t']}: {r['max_abs']:.2g}" for r in rep["eps"]["rows"])
+        click.echo(f"verify: output vs {rep['reference']}: max abs {rep['eps']['max_abs']:.3g} "
+                   f"(tolerance {rep['eps']['tol']:g}; {rows})")
+        ch = rep["chain"]
+        click.echo(f"verify: {ch['steps']}-step chain vs {ch['reference']} from the same noise: "
+                   f"max abs {ch['max_abs_01']:.3g} on [0, 1] images")
+        if not ch["max_abs_01"] <= CHAIN_WARN:
+            click.echo(f"warning: the chain differs from DDPMPipeline by more than {CHAIN_WARN:g}: the "
+                       f"runtime does not reproduce this scheduler configuration exactly", err=True)
+    elif fmt == "diffusers":
+        click.echo("verify: skipped (--no-verify)")
+
+
+CHAIN_WARN = 1e-3  # a float32 chain of 10 steps agrees to ~1e-5 when the scheduler maths is the same
+
+
+def _parse_image_size(text):
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        vals = []
+    if len(vals) not in (1, 2) or min(vals, default=0) < 1:
+        raise click.UsageError(f"--image-size: received {text!r}, expected H or HxW, e.g. 64 or 64x96")
+    return vals[0] if len(vals) == 1 else (vals[0], vals[1])
 
 
 @main.command()

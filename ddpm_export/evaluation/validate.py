@@ -43,6 +43,7 @@ from runtime.seeding import ImageStreams
 
 from ddpm_export.evaluation.digits import DIGITS_SHAPE
 from ddpm_export.model.checkpoint import load_model
+from ddpm_export.model.external import image_shape_of
 from ddpm_export.model.diffusion import GaussianDiffusion
 from ddpm_export.model.reference_sampler import stream_noise
 
@@ -302,7 +303,9 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
     report: Dict[str, Any] = {"checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha,
                               "thresholds": asdict(thresholds), "seed": seed, "engines": []}
     artifacts: Dict[str, Any] = {"samples": {}, "frames": {}}
-    model_shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
+    # the reference network is whatever the checkpoint holds: our U-Net, or the external network
+    # it was imported as (diffusers' own UNet2DModel), with its (C, H, W)
+    model_shape = image_shape_of(model)
     opened = []
     for path in engines:  # every check that needs no computation first: fail in seconds, not minutes
         engine = runtime.load(path, allow_host_code=allow_host_code)
@@ -407,7 +410,7 @@ def likelihood_level(model, schedule: ScheduleConfig, engines: Sequence[Tuple[st
     from ddpm_export.evaluation.likelihood_data import load_test_images
     from ddpm_export.evaluation.likelihood_reference import reference_bound
 
-    shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
+    shape = image_shape_of(model)
     if shape != DIGITS_SHAPE:
         return {"skipped": f"no held-out test images for shape {list(shape)}; score them with "
                            f"'ddpm-export nll --engine E --checkpoint C --data FOLDER'"}

@@ -29,6 +29,7 @@ from torch import nn
 from runtime.contract import INPUT_T, INPUT_X
 
 from ddpm_export.export.ort import ort_session
+from ddpm_export.model.external import FAMILY_DIFFUSERS, ExternalDenoiser, image_shape_of
 from ddpm_export.model.unet import AttnBlock, TimeEmbedding, UNet
 
 
@@ -63,14 +64,137 @@ class Fp32SoftmaxAttnBlock(AttnBlock):
 
 
 class Fp16EpsModel(nn.Module):
-    """float32 x_t [N, C, H, W], int t [N] -> float32 eps; FP16 inside, FP32 islands."""
+    """float32 x_t [N, C, H, W], int t [N] -> float32 eps; FP16 inside, FP32 islands.
 
-    def __init__(self, model: UNet):
+    model: our UNet, or an ExternalDenoiser (see make_fp16_external).
+    """
+
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = make_fp16_unet(model)
+        self.external = isinstance(model, ExternalDenoiser)
+        self.model = make_fp16_external(model) if self.external else make_fp16_unet(model)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.external:
+            with Fp32Attention():
+                return self.model(x_t.to(torch.float16), t).to(torch.float32)
         return self.model(x_t.to(torch.float16), t).to(torch.float32)
+
+
+_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.BatchNorm2d)
+_SOFTMAX_FUNCS = (torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax)
+
+
+class Fp32Attention(torch.overrides.TorchFunctionMode):
+    """While active: softmax and scaled_dot_product_attention on half tensors run in float32.
+
+    This is how an FP16 export of a network we did not write keeps its attention
+    island: whichever way the network computes attention (an explicit softmax, or
+    ``F.scaled_dot_product_attention`` as diffusers does), the call is redone on
+    float32 casts of its inputs and the result cast back, so the exported graph
+    holds Cast -> (MatMul, Softmax, MatMul in float32) -> Cast.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _SOFTMAX_FUNCS and args and _is_half(args[0]):
+            return func(args[0].float(), *args[1:], **kwargs).to(args[0].dtype)
+        if func is torch.nn.functional.scaled_dot_product_attention and _is_half(args[0]):
+            dtype = args[0].dtype
+            args = tuple(a.float() if _is_half(a) else a for a in args)
+            kwargs = {k: (v.float() if _is_half(v) else v) for k, v in kwargs.items()}
+            return func(*args, **kwargs).to(dtype)
+        return func(*args, **kwargs)
+
+
+def _is_half(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.dtype == torch.float16
+
+
+class Fp32Norm(nn.Module):
+    """A float32 copy of any normalization module, run on a float32 cast of its input."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = copy.deepcopy(norm).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.float()).to(x.dtype)
+
+
+class Fp32Island(nn.Module):
+    """A float32 copy of a module: floating tensor inputs cast up, tensor output cast to out_dtype."""
+
+    def __init__(self, module: nn.Module, out_dtype: torch.dtype = torch.float16):
+        super().__init__()
+        self.module = copy.deepcopy(module).float()
+        self.out_dtype = out_dtype
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+        out = self.module(*args, **kwargs)
+        return out.to(self.out_dtype) if isinstance(out, torch.Tensor) else out
+
+
+class _DiffusersTimeIsland(nn.Module):
+    """diffusers' time_proj + time_embedding in float32, fed the float32 t directly.
+
+    UNet2DModel.forward casts the sinusoids to the model's dtype between the two; the
+    island ignores that rounded copy and recomputes them from ``self.t`` (set by
+    _Fp16Diffusers.forward before each call), so the embedding sees float32 sinusoids of
+    the exact t.
+    """
+
+    def __init__(self, time_proj: nn.Module, time_embedding: nn.Module):
+        super().__init__()
+        self.proj = copy.deepcopy(time_proj).float()
+        self.embedding = copy.deepcopy(time_embedding).float()
+        self.t: Optional[torch.Tensor] = None
+
+    def forward(self, _rounded: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.embedding(self.proj(self.t).float(), *args, **kwargs).to(torch.float16)
+
+
+class _Fp16Diffusers(ExternalDenoiser):
+    def call_net(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.net.time_embedding.t = t
+        return self.net(x_t, t).sample
+
+
+def make_fp16_external(model: ExternalDenoiser) -> ExternalDenoiser:
+    """A half-precision copy of a wrapped network with FP32 islands; model is untouched.
+
+    Islands: every normalization module (GroupNorm, LayerNorm, InstanceNorm2d,
+    BatchNorm2d), the submodules named in ``model.fp32_modules`` (for diffusers the
+    timestep embedding, with its sinusoids from the float32 t), and, through
+    :class:`Fp32Attention` around the call, every softmax and scaled-dot-product
+    attention. Everything else is cast to float16.
+    """
+    if not isinstance(model, ExternalDenoiser):
+        raise TypeError(f"expected an ExternalDenoiser, received {type(model).__name__}")
+    half = copy.deepcopy(model).eval()
+    islands = set()
+    originals = dict(model.net.named_modules())
+    for name in list(dict(half.net.named_modules())):
+        mod = originals[name]
+        if name and isinstance(mod, _NORMS) and not any(
+                name == f or name.startswith(f + ".") for f in model.fp32_modules):
+            wrapper = Fp32Norm(mod)
+            _set_submodule(half.net, name, wrapper)
+            islands.add(id(wrapper))
+    if model.config.family == FAMILY_DIFFUSERS:
+        island = _DiffusersTimeIsland(model.net.time_proj, model.net.time_embedding)
+        half.net.time_embedding = island
+        islands.add(id(island))
+        half.__class__ = _Fp16Diffusers
+    else:
+        for name in model.fp32_modules:
+            wrapper = Fp32Island(originals[name])
+            _set_submodule(half.net, name, wrapper)
+            islands.add(id(wrapper))
+    _half_outside(half, islands)
+    half.eval()
+    return half
 
 
 def make_fp16_unet(model: UNet) -> UNet:
@@ -126,7 +250,7 @@ def fp16_timesteps(num_timesteps: int, step: int = 50) -> List[int]:
 
 def fp16_error_table(
     onnx_path: Any,
-    model: UNet,
+    model: nn.Module,
     timesteps: Optional[Sequence[int]] = None,
     batch: int = FP16_TABLE_BATCH,
     seed: int = 0,
@@ -142,12 +266,11 @@ def fp16_error_table(
     """
     if backend not in ("onnxruntime", "torch"):
         raise ValueError(f"backend must be 'onnxruntime' or 'torch', received {backend!r}")
-    cfg = model.config
     if timesteps is None:
         timesteps = fp16_timesteps(num_timesteps)
     ref = copy.deepcopy(model).eval()
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+    x = torch.randn(batch, *image_shape_of(model), generator=g)
     if backend == "onnxruntime":
         sess = ort_session(onnx_path)
         run = lambda t: sess.run(None, {INPUT_X: x.numpy(), INPUT_T: t.numpy()})[0]  # noqa: E731
@@ -166,4 +289,23 @@ def fp16_error_table(
                 "mean_abs": float(err.mean()),
                 "ref_rms": float(np.sqrt(np.mean(want ** 2))),
             })
+    return rows
+
+
+def node_precisions(proto) -> List[Dict[str, str]]:
+    """The element type each node of an ONNX graph computes in (its first output's, after
+    shape inference): [{"name", "op_type", "dtype"}]. This is how the FP32 islands of an
+    FP16 export are checked on the graph itself."""
+    import onnx
+    from onnx import helper
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.output) + list(g.input)}
+    types.update({i.name: i.data_type for i in g.initializer})
+    rows = []
+    for n in g.node:
+        elem = types.get(n.output[0]) if n.output else None
+        dtype = str(helper.tensor_dtype_to_np_dtype(elem)) if elem else "unknown"
+        rows.append({"name": n.name, "op_type": n.op_type, "dtype": dtype})
     return rows

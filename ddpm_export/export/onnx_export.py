@@ -45,13 +45,17 @@ from runtime import contract
 from runtime.contract import BatchRange
 from runtime.io import sha256_file, write_bytes
 
+from runtime.schedulers.schedule import ScheduleConfig
+
 from ddpm_export.model.checkpoint import build_model, load_checkpoint
 from ddpm_export.export import ExportError
 from ddpm_export.export.fp16 import FP16_TABLE_BATCH, Fp16EpsModel, fp16_error_table, fp16_timesteps
+from ddpm_export.model.external import ExternalDenoiser, image_shape_of
 from ddpm_export.model.unet import UNet
 from ddpm_export.export.ort import ort_session
 
-__all__ = ["export_onnx", "torch_to_onnx", "check_parity", "fp16_error_table", "ExportError"]
+__all__ = ["export_onnx", "export_module", "torch_to_onnx", "check_parity", "fp16_error_table",
+           "ExportError"]
 
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(13, 21)
@@ -66,7 +70,7 @@ _FOLD_MAX_ELEMENTS = 4096  # fold shape arithmetic, never copy weights into Cons
 class EpsModel(nn.Module):
     """float32 x_t [N, C, H, W], int t [N] -> float32 eps [N, C, H, W] (an eval copy)."""
 
-    def __init__(self, model: UNet):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = copy.deepcopy(model).eval()
 
@@ -112,15 +116,90 @@ def export_onnx(
         "checkpoint_sha256": sha256_file(checkpoint_path),
         "weights": key,
         "step": ckpt.get("step"),
-        "model_config": config.to_dict(),
+        "model_config": _jsonable(ckpt["model_config"]) if isinstance(model, ExternalDenoiser)
+        else config.to_dict(),
         "provenance": _jsonable(ckpt.get("provenance")),
     }
     if command is None:
         command = (f"ddpm_export.export.onnx_export.export_onnx({str(checkpoint_path)!r}, {str(out)!r}, "
                    f"fp16={fp16}, opset={opset}, batch_range={tuple(batch.to_dict().values())})")
+    return _export_model(model, schedule, out, fp16=fp16, opset=opset, batch=batch, check=check,
+                         atol=atol, source=source, command=command, what=str(checkpoint_path),
+                         sampling=ckpt.get("sampling"))
+
+
+def export_module(
+    module: nn.Module,
+    schedule_config: Any,
+    image_shape: Sequence[int],
+    out_path: Any,
+    fp16: bool = False,
+    opset: int = DEFAULT_OPSET,
+    batch_range: Any = None,
+    check: bool = True,
+    fp32_modules: Sequence[str] = (),
+    source: Optional[Dict[str, Any]] = None,
+    command: Optional[str] = None,
+    parity_atol: Optional[float] = None,
+) -> Dict[str, Any]:
+    """Export your own denoiser ``module(x_t, t) -> eps | x0 | v`` with its schedule.
+
+    module: any ``torch.nn.Module`` called as ``module(x_t, t)`` with x_t float32
+    [N, *image_shape] and t a float32 [N] of integer timesteps 0..T-1, returning a
+    tensor of x_t's shape (wrap it first if it returns anything else). What the
+    output means is ``schedule_config["prediction"]`` ("eps", "x0" or "v").
+    schedule_config: a ScheduleConfig or its dict (kind, betas or beta_start/beta_end,
+    num_timesteps, prediction, variance_type, ...). image_shape: (C, H, W).
+    fp16: FP16 graph; normalization layers, softmax and scaled-dot-product attention
+    stay float32, and so do the submodules named in ``fp32_modules`` (name the
+    timestep embedding there). source: what to record about the weights (path,
+    sha256, library versions) in the manifest's ``source``.
+    Writes out_path (NAME.onnx) + NAME.json, with the same checks as export_onnx;
+    returns the manifest.
+    """
+    out = Path(out_path)
+    if out.suffix != ".onnx":
+        raise ValueError(f"out_path {str(out)!r} must end in .onnx (the manifest goes to NAME.json)")
+    _check_opset(opset)
+    if isinstance(module, ExternalDenoiser):
+        model = module
+    else:
+        model = ExternalDenoiser(module, image_shape, fp32_modules=fp32_modules)
+    schedule = schedule_config if isinstance(schedule_config, ScheduleConfig) else \
+        ScheduleConfig.from_dict(dict(schedule_config))
+    batch = BatchRange.coerce(batch_range)
+    atol = parity_atol if parity_atol is not None else (FP16_ATOL if fp16 else PARITY_ATOL)
+    if not atol > 0:
+        raise ValueError(f"parity_atol must be > 0, received {atol!r}")
+    src = {"module": f"{type(model.net).__module__}.{type(model.net).__qualname__}",
+           "model_config": model.config.to_dict(), "fp32_modules": list(model.fp32_modules),
+           "checkpoint": None, "checkpoint_sha256": state_dict_sha256(model.net),
+           "checkpoint_sha256_of": "the module's state_dict in memory (names, dtypes, shapes, bytes)"}
+    src.update(_jsonable(dict(source or {})))
+    if command is None:
+        command = (f"ddpm_export.export.export_module({type(model.net).__name__}(...), ..., "
+                   f"{tuple(model.image_shape)}, {str(out)!r}, fp16={fp16}, opset={opset})")
+    return _export_model(model.eval(), schedule, out, fp16=fp16, opset=opset, batch=batch, check=check,
+                         atol=atol, source=src, command=command, what=type(model.net).__name__)
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """sha256 over a module's state_dict: each name, dtype, shape and the tensor's bytes, in order."""
+    h = hashlib.sha256()
+    for name, v in module.state_dict().items():
+        a = v.detach().cpu().contiguous()
+        h.update(f"{name}|{a.dtype}|{tuple(a.shape)}|".encode())
+        h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _export_model(model: nn.Module, schedule: ScheduleConfig, out: Path, *, fp16: bool, opset: int,
+                  batch: BatchRange, check: bool, atol: float, source: Dict[str, Any], command: str,
+                  what: str, sampling: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     precision = "fp16" if fp16 else "fp32"
-    image_shape = (config.in_channels, config.image_size, config.image_size)
+    image_shape = image_shape_of(model)
     T = int(schedule.num_timesteps)
+    external = isinstance(model, ExternalDenoiser)
 
     proto = _export_proto(model, fp16, opset)
     checks: Dict[str, Any] = {"onnx_checker": True, "shape_inference": True,
@@ -132,7 +211,7 @@ def export_onnx(
         if not checks["parity"]["passed"]:
             diff = checks["parity"]["max_abs_diff"]
             raise ExportError(
-                f"{precision} ONNX export of {checkpoint_path} failed parity: max abs eps "
+                f"{precision} ONNX export of {what} failed parity: max abs eps "
                 f"difference {'non-finite' if diff is None else format(diff, '.3g')} "
                 f"vs float32 PyTorch exceeds {atol:g} "
                 f"(ONNX Runtime CPU); nothing was written to {out}"
@@ -145,14 +224,24 @@ def export_onnx(
                 "max_abs": max(r["max_abs"] for r in rows),
                 "mean_abs": float(np.mean([r["mean_abs"] for r in rows])),
             }
+    if external:
+        onnx_info = {"opset": opset, "exporter": EXPORTER,
+                     "network": model.config.family,
+                     "normalization": "the network's own, as the exporter lowers it",
+                     "attention": "the network's own (softmax / scaled_dot_product_attention "
+                                  "lowered to MatMul + Softmax)",
+                     "fp32_islands": (["normalization layers", "softmax and scaled-dot-product attention"]
+                                      + [f"{m} (timestep embedding)" for m in model.fp32_modules])
+                     if fp16 else []}
+    else:
+        onnx_info = {"opset": opset, "exporter": EXPORTER,
+                     "normalization": "GroupNorm as Reshape+InstanceNormalization+Reshape+Mul+Add",
+                     "attention": "Conv1x1 + MatMul + Softmax(axis=-1) + MatMul",
+                     "fp32_islands": ["GroupNorm", "softmax", "timestep embedding"] if fp16 else []}
     manifest = contract.manifest_dict(
         image_shape, schedule.to_dict(), precision=precision, batch_range=batch,
-        source=source, checks=checks, tools=_tools(), command=command,
-        onnx={"opset": opset, "exporter": EXPORTER,
-              "normalization": "GroupNorm as Reshape+InstanceNormalization+Reshape+Mul+Add",
-              "attention": "Conv1x1 + MatMul + Softmax(axis=-1) + MatMul",
-              "fp32_islands": ["GroupNorm", "softmax", "timestep embedding"] if fp16 else []},
-        sampling=ckpt.get("sampling"),  # a distilled student's method and timesteps
+        source=source, checks=checks, tools=_tools(), command=command, onnx=onnx_info,
+        sampling=sampling,  # a distilled student's method and timesteps (None: not a student)
     )
     # Embedded copy: onnx_sha256 is null (a file cannot hold its own hash).
     del proto.metadata_props[:]
@@ -165,7 +254,7 @@ def export_onnx(
     return manifest
 
 
-def torch_to_onnx(model: UNet, out_path: Any, fp16: bool = False, opset: int = DEFAULT_OPSET) -> None:
+def torch_to_onnx(model: nn.Module, out_path: Any, fp16: bool = False, opset: int = DEFAULT_OPSET) -> None:
     """Write model's graph alone (no checks beyond checker/shape inference, no manifest).
 
     model is never modified: export works on an eval-mode copy, so neither its
@@ -189,10 +278,10 @@ def _export_proto(model: UNet, fp16: bool, opset: int):
     import onnx
 
     _check_opset(opset)
-    if not isinstance(model, UNet):
-        raise TypeError(f"expected a ddpm_export.model.unet.UNet, received {type(model).__name__}")
-    cfg = model.config
-    image_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    if not isinstance(model, (UNet, ExternalDenoiser)):
+        raise TypeError(f"expected a ddpm_export.model.unet.UNet or an ExternalDenoiser, "
+                        f"received {type(model).__name__}")
+    image_shape = image_shape_of(model)
     wrapper = (Fp16EpsModel(model) if fp16 else EpsModel(model)).eval()
     x = torch.randn(_TRACE_BATCH, *image_shape)
     t = torch.arange(_TRACE_BATCH, dtype=torch.int32)
@@ -204,6 +293,11 @@ def _export_proto(model: UNet, fp16: bool, opset: int):
         # AttnBlock's 1/sqrt(C) is traced as a constant: C is static.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
                                 module=r"ddpm_export\.unet")
+        # diffusers' shape checks (batch size, upsample size) are traced as constants;
+        # the exported graph is checked against PyTorch below.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"diffusers\.")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
+                                module=r"ddpm_export\.export\.fp16")  # the same, seen through Fp32Attention
         # The step -1 Slice that fold_constants() folds instead.
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         # The legacy exporter is deprecated upstream, and chosen here on purpose.
@@ -301,7 +395,7 @@ def check_graph(proto, image_shape: Sequence[int]) -> None:
 
 def check_parity(
     onnx_model: Any,
-    model: UNet,
+    model: nn.Module,
     batches: Sequence[int] = (1, 8),
     timesteps: Sequence[int] = PARITY_TIMESTEPS,
     atol: float = PARITY_ATOL,
@@ -319,14 +413,14 @@ def check_parity(
 
     ts = sorted({min(int(t), num_timesteps - 1) for t in timesteps})
     ref = copy.deepcopy(model).eval()
-    cfg = ref.config
+    shape = image_shape_of(ref)
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     with torch.no_grad():
         for b in batches:
             t_sets = [[t] for t in ts] if b == 1 else [[ts[i % len(ts)] for i in range(b)]]
             for t_list in t_sets:
-                x = torch.randn(b, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+                x = torch.randn(b, *shape, generator=g)
                 t = torch.tensor(t_list, dtype=torch.int32)
                 want = ref(x, t).numpy()
                 got = sess.run(None, {contract.INPUT_X: x.numpy(), contract.INPUT_T: t.numpy()})[0]

@@ -38,6 +38,7 @@ from runtime.io import atomic_write
 from runtime.schedulers.schedule import ScheduleConfig
 
 from ddpm_export.model.config import UNetConfig
+from ddpm_export.model.external import ExternalDenoiser, build_external, is_external_config
 from ddpm_export.model.unet import UNet
 
 FORMAT = "ddpm-export/1"
@@ -249,15 +250,26 @@ def convert_checkpoint(src, dst, trust_pickle: bool = False, weights: str = "ema
 def build_model(
     ckpt: Dict[str, Any], path="checkpoint", weights: str = "ema"
 ) -> Tuple[UNet, UNetConfig, ScheduleConfig]:
-    """Rebuild the model a checkpoint describes and load its weights (EMA by default)."""
+    """Rebuild the model a checkpoint describes and load its weights (EMA by default).
+
+    A ``model_config`` with a ``family`` key is a wrapped external network
+    (:mod:`ddpm_export.model.external`, e.g. diffusers' UNet2DModel): the model is an
+    ``ExternalDenoiser`` and the config its ``ExternalConfig``.
+    """
     try:
-        config = UNetConfig.from_dict(ckpt["model_config"])
         schedule = ScheduleConfig.from_dict(ckpt["schedule_config"])
+        if is_external_config(ckpt["model_config"]):
+            model = build_external(ckpt["model_config"])
+            config = model.config
+        else:
+            config = UNetConfig.from_dict(ckpt["model_config"])
+            model = UNet(config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid model or schedule config: {e}") from e
-    model = UNet(config)
     key = weights if weights in ckpt else ("ema" if "ema" in ckpt else "model")
-    load_state_dict_checked(model, ckpt[key], path)
+    # an external network's state_dict uses its own names (e.g. diffusers')
+    load_state_dict_checked(model.net if isinstance(model, ExternalDenoiser) else model,
+                            ckpt[key], path)
     model.eval()
     return model, config, schedule
 

@@ -9,7 +9,7 @@ either source format; :mod:`ddpm_export.weights` is the public face of all three
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Union
 
 import torch
 
@@ -67,11 +67,15 @@ def _validate(cfg: UNetConfig, state: StateDict, path, hint: str) -> None:
         raise CheckpointError(f"{e}; {hint}") from e
 
 
-def _write_checkpoint(out_path, cfg: UNetConfig, sched: ScheduleConfig, state: StateDict,
-                      provenance: Dict[str, Any]) -> Dict[str, Any]:
-    """Save the imported weights as a ddpm-export checkpoint at ``out_path``; returns the dict."""
+def _write_checkpoint(out_path, cfg: Union[UNetConfig, Dict[str, Any]], sched: ScheduleConfig,
+                      state: StateDict, provenance: Dict[str, Any]) -> Dict[str, Any]:
+    """Save the imported weights as a ddpm-export checkpoint at ``out_path``; returns the dict.
+
+    cfg: our UNetConfig, or an external network's model_config dict
+    (:func:`ddpm_export.model.external.diffusers_model_config`).
+    """
     ckpt = {
-        "model_config": cfg.to_dict(),
+        "model_config": cfg.to_dict() if isinstance(cfg, UNetConfig) else dict(cfg),
         "schedule_config": sched.to_dict(),
         "ema": state,
         "provenance": provenance,

@@ -19,7 +19,14 @@ resolution, we index them by resolution level), ``upsamplers.0.conv`` <-> ``upsa
 The attention names of diffusers <= 0.13 (``query``, ``key``, ``value``, ``proj_attn``)
 are read too.
 
-diffusers itself is only needed for ``import_diffusers(..., verify=True)``.
+A model our U-Net cannot express exactly (several attention heads, cos-first or
+shifted sinusoids, padded downsampling, other block types, non-square...) is
+imported as diffusers' own ``UNet2DModel`` instead (:mod:`ddpm_export.model.external`):
+its state_dict is kept under diffusers' names, and exporting it needs diffusers.
+The scheduler config is translated option by option (:func:`schedule_from_diffusers`);
+nothing that changes the samples is guessed, and every refusal is one line listing
+all its reasons. ``verify=True`` compares the result with diffusers itself
+(:mod:`ddpm_export.weights.verify`).
 """
 from __future__ import annotations
 
@@ -400,8 +407,8 @@ def config_from_diffusers(
 
     if problems:
         raise ValueError(
-            f"{source}: this diffusers UNet2DModel cannot be expressed by the ddpm-export U-Net:\n  - "
-            + "\n  - ".join(problems)
+            f"{source}: this diffusers UNet2DModel cannot be expressed by the ddpm-export U-Net: "
+            + "; ".join(problems)
         )
     dropout = float(c.get("dropout") or 0.0)
     try:
@@ -451,54 +458,97 @@ _VARIANCE = {
     "fixed_small": "fixedsmall",
     "fixed_small_log": "fixedsmall",
 }
+_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+_PREDICTION = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+_SPACINGS = ("leading", "trailing", "linspace")
+# Scheduler keys that do not change what DDPM sampling computes from the schedule
+# (they belong to other samplers, which the runtime configures itself).
+_SAMPLER_ONLY_KEYS = ("set_alpha_to_one", "skip_prk_steps", "eta", "use_karras_sigmas",
+                      "solver_order", "algorithm_type", "solver_type", "lower_order_final",
+                      "predict_x0", "disable_corrector", "solver_p", "final_sigmas_type",
+                      "use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas",
+                      "euler_at_final", "variance_type_dpm", "lambda_min_clipped",
+                      "interpolation_type", "sigma_min", "sigma_max", "timestep_type",
+                      "use_flow_sigmas", "flow_shift")
+_SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                   "variance_type", "clip_sample", "clip_sample_range", "prediction_type",
+                   "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
+                   "timestep_spacing", "steps_offset", "rescale_betas_zero_snr") + _SAMPLER_ONLY_KEYS
 
 
 def schedule_from_diffusers(sched_json: Dict[str, Any], source: str = SCHEDULER_FILE) -> ScheduleConfig:
     """Translate a diffusers scheduler config (DDPMScheduler, DDIMScheduler...) to ScheduleConfig.
 
-    ``variance_type`` missing means DDPMScheduler's default ``fixed_small``; schedulers
-    without the notion (DDIM, PNDM) get our default (fixedlarge, the paper's CIFAR-10).
+    Every option that changes the samples is carried over (beta_schedule linear /
+    scaled_linear / squaredcos_cap_v2, trained_betas, prediction_type, clip_sample and
+    its range, thresholding, timestep_spacing, steps_offset, variance_type fixed_small /
+    fixed_large); a missing key means what diffusers itself reads for it (the
+    scheduler class's default). ``variance_type`` missing means DDPMScheduler's default
+    ``fixed_small``; schedulers without the notion (DDIM, PNDM) get fixedlarge.
+    Raises ValueError listing every option it cannot honour, in one line.
     """
     if not isinstance(sched_json, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(sched_json).__name__}")
     s = sched_json
     problems: List[str] = []
+    unknown = sorted(k for k in s if not k.startswith("_") and k not in _SCHEDULER_KEYS
+                     and s[k] not in (None, False))
+    if unknown:
+        problems.append(f"unknown option(s) {', '.join(f'{k}={s[k]!r}' for k in unknown)} "
+                        f"(newer diffusers? ddpm-export cannot tell whether they change the samples)")
     schedule = s.get("beta_schedule", "linear")
-    if schedule != "linear":
-        problems.append(f"beta_schedule={schedule!r} (only 'linear')")
-    if s.get("trained_betas") is not None:
-        problems.append("trained_betas is set (only the linear schedule)")
+    betas = s.get("trained_betas")
+    if betas is None and schedule not in _BETA_SCHEDULES:
+        problems.append(f"beta_schedule={schedule!r} (supported: {', '.join(_BETA_SCHEDULES)}, "
+                        f"or trained_betas)")
     pred = s.get("prediction_type", "epsilon")
-    if pred != "epsilon":
-        problems.append(f"prediction_type={pred!r} (ours predicts 'epsilon')")
-    if s.get("thresholding", False):
-        problems.append("thresholding=true (ours clips x0_hat to [-1, 1])")
+    if pred not in _PREDICTION:
+        problems.append(f"prediction_type={pred!r} (supported: {', '.join(_PREDICTION)})")
     if s.get("rescale_betas_zero_snr", False):
-        problems.append("rescale_betas_zero_snr=true")
-    clip = bool(s.get("clip_sample", True))
-    if clip and float(s.get("clip_sample_range", 1.0)) != 1.0:
-        problems.append(f"clip_sample_range={s.get('clip_sample_range')!r} (ours clips to [-1, 1])")
-    if "variance_type" in s:
+        problems.append("rescale_betas_zero_snr=true (supported: false; the zero-SNR rescaled schedule "
+                        "is not implemented)")
+    spacing = s.get("timestep_spacing", "leading")
+    if spacing not in _SPACINGS:
+        problems.append(f"timestep_spacing={spacing!r} (supported: {', '.join(_SPACINGS)})")
+    if "variance_type" in s and s["variance_type"] is not None:
         vt = s["variance_type"]
     elif s.get("_class_name", "DDPMScheduler") == "DDPMScheduler":
         vt = "fixed_small"  # DDPMScheduler's default
     else:
         vt = "fixed_large"
     if vt not in _VARIANCE:
-        problems.append(f"variance_type={vt!r} (only {sorted(_VARIANCE)}; learned variances are not supported)")
+        problems.append(f"variance_type={vt!r} (supported: {', '.join(_VARIANCE)}; a learned variance "
+                        f"needs the network's second output half, which the export contract does not carry)")
+    T = s.get("num_train_timesteps", 1000)
+    if betas is not None:
+        if not isinstance(betas, (list, tuple)) or len(betas) < 2:
+            problems.append(f"trained_betas={betas!r} (expected a list of T betas)")
+        elif len(betas) != T and "num_train_timesteps" in s:
+            problems.append(f"trained_betas has {len(betas)} values but num_train_timesteps={T} "
+                            f"(diffusers would use the {len(betas)} betas; fix the file)")
     if problems:
-        raise ValueError(f"{source}: this scheduler cannot be expressed by ddpm-export:\n  - " + "\n  - ".join(problems))
+        raise ValueError(f"{source}: this scheduler cannot be expressed by ddpm-export: " + "; ".join(problems))
+    fields: Dict[str, Any] = dict(
+        num_timesteps=int(T),
+        variance_type=_VARIANCE[vt],
+        clip_denoised=bool(s.get("clip_sample", True)),
+        clip_sample_range=float(s.get("clip_sample_range", 1.0)),
+        prediction=_PREDICTION[pred],
+        thresholding=bool(s.get("thresholding", False)),
+        dynamic_thresholding_ratio=float(s.get("dynamic_thresholding_ratio", 0.995)),
+        sample_max_value=float(s.get("sample_max_value", 1.0)),
+        timestep_spacing=spacing,
+        steps_offset=int(s.get("steps_offset", 0)),
+    )
+    if betas is not None:
+        fields.update(kind="explicit", betas=[float(b) for b in betas], num_timesteps=len(betas))
+    else:
+        fields.update(kind=schedule, beta_start=float(s.get("beta_start", 1e-4)),
+                      beta_end=float(s.get("beta_end", 0.02)))
     try:
-        return ScheduleConfig(
-            kind="linear",
-            beta_start=float(s.get("beta_start", 1e-4)),
-            beta_end=float(s.get("beta_end", 0.02)),
-            num_timesteps=int(s.get("num_train_timesteps", 1000)),
-            variance_type=_VARIANCE[vt],
-            clip_denoised=clip,
-        )
+        return ScheduleConfig(**fields)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: {e}") from e
+        raise ValueError(f"{source}: {' '.join(str(e).split())}") from e
 
 
 # ---------------------------------------------------------------------------
@@ -581,87 +631,249 @@ def import_diffusers(
     out_path,
     schedule_config: Union[ScheduleConfig, Dict[str, Any], None] = None,
     *,
-    image_size: Optional[int] = None,
+    image_size: Union[int, Tuple[int, int], None] = None,
+    network: str = "auto",
     verify: bool = False,
     verify_tol: float = 1e-4,
+    verify_steps: int = 10,
     command: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Convert a diffusers ``UNet2DModel`` folder into a ddpm-export checkpoint at ``out_path``.
 
     ``src_dir``: the folder with ``config.json`` + ``diffusion_pytorch_model.safetensors``
     (preferred) or ``.bin`` (``google/ddpm-cifar10-32`` has them at its root), a pipeline
-    folder with a ``unet/`` subfolder, or that ``unet/`` folder. The schedule comes from
-    ``schedule_config`` if given, else from the ``scheduler_config.json`` found beside
-    the weights (or in ``scheduler/``), else the default ScheduleConfig (with a warning).
-    ``verify=True`` (needs diffusers) also runs both models on random inputs and raises
-    if they differ by more than ``verify_tol``. Returns the checkpoint dict written.
+    folder with a ``unet/`` subfolder, or that ``unet/`` folder.
+
+    Schedule and prediction type: from the ``scheduler_config.json`` found beside the
+    weights (or in ``scheduler/``). Without one, ``schedule_config`` is required (a
+    ScheduleConfig, a dict of its fields naming at least kind, prediction and
+    variance_type, or a diffusers scheduler config dict); nothing is guessed. Given
+    both, they must agree.
+
+    ``network``: "auto" (our U-Net where the state_dict mapping expresses the model
+    exactly, else diffusers' own UNet2DModel behind the export contract), "ours" or
+    "diffusers". ``image_size``: an int or (H, W) overriding ``sample_size``.
+    ``verify=True`` (needs diffusers) rebuilds the imported model from the written
+    checkpoint and compares it with diffusers' own ``UNet2DModel.from_pretrained`` at
+    several t, and runs ``verify_steps`` DDPM steps through the runtime scheduler against
+    ``DDPMPipeline`` from the same noise; raises if eps differs by more than
+    ``verify_tol``. The report is ``provenance["verify"]`` of the returned checkpoint dict.
     """
+    if network not in ("auto", "ours", "diffusers"):
+        raise ValueError(f"network: received {network!r}, expected 'auto', 'ours' or 'diffusers'")
     src = Path(src_dir)
     unet_dir, weights_path, sched_path = _locate_diffusers(src)
     config_path = unet_dir / CONFIG_FILE
     config_json = _read_json(config_path)
-    cfg = config_from_diffusers(config_json, image_size=image_size, source=str(config_path))
-
     raw = _read_weights(weights_path)
-    try:
-        state = _to_float32(diffusers_to_ours(raw, num_levels=len(cfg.ch_mult)))
-    except ValueError as e:
-        raise ValueError(f"{weights_path}: {e}") from e
-    _validate(cfg, state, weights_path, f"{config_path} and {weights_path.name} disagree: re-download both")
-
-    notes: Dict[str, Any] = {}
-    if schedule_config is not None:
-        sched = _as_schedule(schedule_config)
-        notes["schedule_source"] = "given"
-    elif sched_path is not None:
-        sched = schedule_from_diffusers(_read_json(sched_path), source=str(sched_path))
-        notes["schedule_source"] = str(sched_path)
+    mapped_error: Optional[str] = None
+    use_ours = network in ("auto", "ours")
+    cfg: Any = None
+    if use_ours:
+        square = image_size if image_size is None or isinstance(image_size, int) else (
+            image_size[0] if len(image_size) == 2 and image_size[0] == image_size[1] else list(image_size))
+        try:
+            cfg = config_from_diffusers(config_json, image_size=square, source=str(config_path))
+        except ValueError as e:
+            if network == "ours":
+                raise
+            use_ours, mapped_error = False, str(e)
+    if use_ours:
+        try:
+            state = _to_float32(diffusers_to_ours(raw, num_levels=len(cfg.ch_mult)))
+        except ValueError as e:
+            raise ValueError(f"{weights_path}: {e}") from e
+        _validate(cfg, state, weights_path, f"{config_path} and {weights_path.name} disagree: re-download both")
+        model_config: Dict[str, Any] = cfg.to_dict()
+        image_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        net_name = "ddpm_export UNet (diffusers weights renamed)"
     else:
-        sched = ScheduleConfig()
-        notes["schedule_source"] = "default (no scheduler_config.json found)"
-        warnings.warn(
-            f"{src}: no {SCHEDULER_FILE} found; using the default schedule "
-            f"(linear 1e-4..0.02, T=1000, fixedlarge, clip); pass schedule_config to choose",
-            stacklevel=2,
-        )
+        net_name = "diffusers.UNet2DModel"
+        try:
+            model_config, state = _native_model(config_json, raw, image_size, config_path, weights_path)
+        except ValueError as e:
+            # one line with every reason: the network's and the scheduler's
+            raise ValueError(_with_schedule_problems(str(e), schedule_config, sched_path, src)) from e
+        image_shape = tuple(model_config["image_shape"])
+    sched, sched_json, schedule_source = _resolve_schedule(schedule_config, sched_path, src)
 
-    if verify:
-        notes["verified_max_abs_diff"] = _verify_against_diffusers(config_json, cfg, state, verify_tol, weights_path)
-
-    provenance = {
+    provenance: Dict[str, Any] = {
         "command": command or f"ddpm_export.weights.import_diffusers({str(src)!r}, {str(out_path)!r})",
         "source": str(src),
         "format": "diffusers",
+        "network": net_name,
         "source_sha256": sha256_file(weights_path),
         "weights_file": str(weights_path),
         "config_file": str(config_path),
         "source_config": {k: v for k, v in config_json.items()},
-        **notes,
+        "scheduler_config": sched_json,
+        "schedule_source": schedule_source,
+        "diffusers_version": _diffusers_version(),
     }
-    return _write_checkpoint(out_path, cfg, sched, state, provenance)
+    if mapped_error is not None:
+        provenance["why_diffusers_network"] = mapped_error
+    ckpt = _write_checkpoint(out_path, model_config, sched, state, provenance)
+    if verify:
+        from ddpm_export.weights.verify import verify_import
+
+        try:
+            report = verify_import(out_path, unet_dir, sched, sched_json, image_shape,
+                                   tol=verify_tol, steps=verify_steps)
+        except Exception:
+            Path(out_path).unlink(missing_ok=True)  # a checkpoint that failed verification is not kept
+            raise
+        ckpt["provenance"]["verify"] = report
+        ckpt = _write_checkpoint(out_path, model_config, sched, state, ckpt["provenance"])
+    return ckpt
 
 
-def _verify_against_diffusers(config_json, cfg: UNetConfig, state: StateDict,
-                              tol: float, path: Path) -> float:
+def _with_schedule_problems(message: str, schedule_config, sched_path: Optional[Path], src: Path) -> str:
+    try:
+        _resolve_schedule(schedule_config, sched_path, src)
+    except (TypeError, ValueError) as e:
+        return f"{message}; and {e}"
+    return message
+
+
+def _diffusers_version() -> Optional[str]:
+    try:
+        import diffusers
+    except ImportError:
+        return None
+    return diffusers.__version__
+
+
+_REQUIRED_SCHEDULE_KEYS = ("kind", "prediction", "variance_type")
+_DIFFUSERS_SCHEDULER_HINTS = ("_class_name", "beta_schedule", "prediction_type", "num_train_timesteps",
+                              "trained_betas")
+_NO_SCHEDULER_FIX = (
+    "pass the schedule explicitly: the CLI's --scheduler-config FILE (a diffusers scheduler_config.json, "
+    "e.g. written by DDPMScheduler(...).save_config(DIR)), or in Python schedule_config= a ScheduleConfig, "
+    "a dict naming kind (linear | scaled_linear | squaredcos_cap_v2 | explicit), prediction (eps | x0 | v) "
+    "and variance_type (fixedsmall | fixedlarge), or a diffusers scheduler config dict"
+)
+
+
+def _explicit_schedule(schedule_config: Any) -> Tuple[ScheduleConfig, Optional[Dict[str, Any]]]:
+    """A given schedule -> (ScheduleConfig, its diffusers scheduler dict or None)."""
+    if isinstance(schedule_config, ScheduleConfig):
+        return schedule_config, None
+    if isinstance(schedule_config, dict):
+        if any(k in schedule_config for k in _DIFFUSERS_SCHEDULER_HINTS):
+            return schedule_from_diffusers(schedule_config, "schedule_config"), dict(schedule_config)
+        missing = [k for k in _REQUIRED_SCHEDULE_KEYS if k not in schedule_config]
+        if missing:
+            raise ValueError(
+                f"schedule_config: received {sorted(schedule_config)}, missing {missing}: they change the "
+                f"samples and are not guessed; name kind, prediction and variance_type explicitly")
+        try:
+            return ScheduleConfig.from_dict(schedule_config), None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"schedule_config: {' '.join(str(e).split())}") from e
+    raise TypeError(f"schedule_config: received {type(schedule_config).__name__}, expected a ScheduleConfig "
+                    f"or a dict")
+
+
+def _resolve_schedule(schedule_config, sched_path: Optional[Path], src: Path):
+    """-> (ScheduleConfig, diffusers scheduler dict or None, where it came from)."""
+    pipeline = pipeline_json = None
+    if sched_path is not None:
+        pipeline_json = _read_json(sched_path)
+        pipeline = schedule_from_diffusers(pipeline_json, source=str(sched_path))
+    if schedule_config is None:
+        if pipeline is None:
+            raise ValueError(
+                f"{src}: no {SCHEDULER_FILE} beside the weights, in scheduler/ or in the pipeline folder, "
+                f"so the schedule and the prediction type (eps, x0 or v) are unknown; {_NO_SCHEDULER_FIX}")
+        return pipeline, pipeline_json, str(sched_path)
+    given, given_json = _explicit_schedule(schedule_config)
+    if pipeline is not None:
+        a, b = given.to_dict(), pipeline.to_dict()
+        diffs = [f"{k}: given {a[k]!r}, the pipeline has {b[k]!r}" for k in a if a[k] != b[k]]
+        if diffs:
+            shown = [d if len(d) < 200 else d[:200] + "..." for d in diffs]
+            raise ValueError(
+                f"{src}: schedule_config disagrees with the pipeline's {sched_path}: {'; '.join(shown)}; "
+                f"omit schedule_config to use the pipeline's, or correct it")
+        return given, pipeline_json, f"given, equal to {sched_path}"
+    return given, given_json, "given"
+
+
+_OLD_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+_OLD_ATTN_KEY = re.compile(r"^(.*\.attentions\.\d+\.)(query|key|value|proj_attn)\.(weight|bias)$")
+
+
+def _native_state(raw: StateDict) -> StateDict:
+    """diffusers' current parameter names (from_pretrained renames diffusers <= 0.13's the same way)."""
+    out: StateDict = {}
+    for k, v in raw.items():
+        m = _OLD_ATTN_KEY.match(k)
+        if m:
+            k = f"{m.group(1)}{_OLD_ATTENTION[m.group(2)]}.{m.group(3)}"
+        if k in out:
+            raise ValueError(f"state_dict has both old and new names for {k!r}: re-download the weights")
+        out[k] = v
+    return _to_float32(out)
+
+
+def _native_model(config_json: Dict[str, Any], raw: StateDict, image_size, config_path: Path,
+                  weights_path: Path) -> Tuple[Dict[str, Any], StateDict]:
+    """The checkpoint model_config and state of diffusers' own UNet2DModel; refuses what the
+    export contract cannot carry, listing every reason in one line."""
     try:
         from diffusers import UNet2DModel
     except ImportError as e:
-        raise ValueError("verify=True needs the 'diffusers' package (pip install diffusers)") from e
-    theirs = UNet2DModel.from_config({k: v for k, v in config_json.items()}).eval()
-    # modern names (from_pretrained would rename the old attention names the same way)
-    theirs.load_state_dict(_to_float32(ours_to_diffusers(state, len(cfg.ch_mult))), strict=True)
-    ours = UNet(cfg).eval()
-    ours.load_state_dict(state)
-    g = torch.Generator().manual_seed(0)
-    n = cfg.image_size
-    x = torch.randn(2, cfg.in_channels, n, n, generator=g)
-    t = torch.tensor([0, 999])
-    with torch.no_grad():
-        diff = (ours(x, t) - theirs(x, t).sample).abs().max().item()
-    if not diff <= tol:
         raise ValueError(
-            f"{path}: the imported model differs from diffusers' by {diff:.3g} (> {tol:g}); "
-            f"the conversion is wrong for this config: please report it"
-        )
-    return diff
+            f"{config_path}: this UNet2DModel is not expressible by the ddpm-export U-Net, and importing it "
+            f"as diffusers' own network needs diffusers: pip install diffusers") from e
+    import inspect
 
+    from ddpm_export.model.checkpoint import CheckpointError, load_state_dict_checked
+    from ddpm_export.model.external import DiffusersUNet, diffusers_model_config
+
+    c = {k: v for k, v in config_json.items() if not k.startswith("_")}
+    params = inspect.signature(UNet2DModel.__init__).parameters
+    problems: List[str] = []
+    unknown = sorted(k for k in c if k not in params)
+    if unknown:
+        problems.append(f"unknown settings {unknown} for the installed diffusers {_diffusers_version()} "
+                        f"(upgrade diffusers: they may change the model)")
+    d = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    d.update(c)
+    if d.get("out_channels") != d.get("in_channels"):
+        problems.append(f"out_channels={d.get('out_channels')!r} != in_channels={d.get('in_channels')!r} "
+                        f"(supported: equal; a learned variance or other extra outputs are not part of the "
+                        f"export contract)")
+    if d.get("class_embed_type") is not None or d.get("num_class_embeds") is not None:
+        problems.append(f"class_embed_type={d.get('class_embed_type')!r}, num_class_embeds="
+                        f"{d.get('num_class_embeds')!r} (supported: unconditional models only; the contract "
+                        f"has no class-label input)")
+    if d.get("time_embedding_type", "positional") != "positional":
+        problems.append(f"time_embedding_type={d.get('time_embedding_type')!r} (supported: 'positional'; "
+                        f"'fourier' models are score-SDE networks conditioned on a noise level, not on t)")
+    size = image_size if image_size is not None else d.get("sample_size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        hw: Optional[Tuple[int, int]] = (size, size)
+    elif isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        hw = (int(size[0]), int(size[1]))
+    else:
+        hw = None
+        problems.append(f"sample_size={size!r} (expected an int or [H, W]; pass image_size=... / --image-size)")
+    levels = len(d.get("block_out_channels") or ())
+    if hw is not None and levels and any(v <= 0 or v % 2 ** (levels - 1) for v in hw):
+        problems.append(f"image size {list(hw)} (supported: H and W positive multiples of "
+                        f"2**(levels-1) = {2 ** (levels - 1)} for {levels} levels)")
+    if problems:
+        raise ValueError(f"{config_path}: this diffusers UNet2DModel cannot be deployed: " + "; ".join(problems))
+    model_config = diffusers_model_config(config_json, (int(d["in_channels"]), *hw))
+    try:
+        state = _native_state(raw)
+    except ValueError as e:
+        raise ValueError(f"{weights_path}: {e}") from e
+    net = UNet2DModel.from_config({k: v for k, v in config_json.items()})
+    wrapped = DiffusersUNet(net, model_config["image_shape"])
+    try:
+        load_state_dict_checked(wrapped.net, state, weights_path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; {config_path} and {weights_path.name} disagree: re-download both") from e
+    return model_config, state

@@ -223,3 +223,68 @@ def test_bad_arguments_raise_clear_errors(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="not a ddpm-export checkpoint"):
         export_onnx(tmp_path / "foreign.pt", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ---------------------------------------------------------------------------
+# a network we did not write: diffusers' UNet2DModel behind the contract
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def diffusers_fp16(tmp_path_factory):
+    diffusers = pytest.importorskip("diffusers")
+    from ddpm_export.export.onnx_export import export_module
+    from ddpm_export.model.external import DiffusersUNet
+
+    torch.manual_seed(0)
+    # the train_unconditional structure, two levels, 2 heads of 8 at the attention level
+    net = diffusers.UNet2DModel(
+        sample_size=(8, 16), in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, attention_head_dim=8).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model = DiffusersUNet(net)
+    out = tmp_path_factory.mktemp("diffusers") / "d16.onnx"
+    man = export_module(model, ScheduleConfig(), None, out, fp16=True, batch_range=(1, 1, 2))
+    return out, man, model
+
+
+def test_fp16_islands_on_the_diffusers_network(diffusers_fp16):
+    from ddpm_export.export.fp16 import node_precisions
+
+    path, man, _ = diffusers_fp16
+    proto = onnx.load(str(path))
+    types = _elem_types(proto)
+    F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    seen = Counter()
+    for n in proto.graph.node:
+        if n.op_type == "Conv":
+            assert types[n.input[0]] == F16 and types[n.input[1]] == F16, n.name
+        elif n.op_type in ("InstanceNormalization", "Softmax", "Sin", "Cos"):
+            assert types[n.input[0]] == F32, n.name
+        seen[n.op_type] += 1
+    assert seen["Conv"] > 0 and seen["InstanceNormalization"] > 0 and seen["Softmax"] > 0 and seen["Sin"] > 0
+    # the time embedding MLP (diffusers' time_embedding.linear_1/2) computes in float32, and the
+    # attention's score and value products around the softmax too; the projections do not
+    rows = node_precisions(proto)
+    temb = [r for r in rows if "time_embedding" in r["name"] and r["op_type"] in ("Gemm", "MatMul")]
+    assert len(temb) == 2 and {r["dtype"] for r in temb} == {"float32"}
+    proj = [r for r in rows if "to_q" in r["name"] and r["op_type"] in ("Gemm", "MatMul")]
+    assert proj and {r["dtype"] for r in proj} == {"float16"}
+    assert man["onnx"]["network"] == "diffusers.UNet2DModel"
+    assert "time_embedding (timestep embedding)" in man["onnx"]["fp32_islands"]
+
+
+def test_fp16_diffusers_network_within_bound(diffusers_fp16):
+    path, man, model = diffusers_fp16
+    fe = man["checks"]["fp16_error"]
+    # stated bound as for our U-Net: max |eps_fp16 - eps_fp32| < FP16_ATOL = 0.02
+    assert 0 < fe["max_abs"] < FP16_ATOL
+    x = torch.randn(2, 3, 8, 16)
+    t = torch.tensor([0, 999], dtype=torch.int32)
+    got = _run(path, x, t)
+    with torch.no_grad():
+        err = np.abs(got - model(x, t).numpy()).max()
+    assert got.dtype == np.float32 and 1e-6 < err < FP16_ATOL
+    assert man["image_shape"] == [3, 8, 16] and len(man["source"]["checkpoint_sha256"]) == 64

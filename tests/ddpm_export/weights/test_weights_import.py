@@ -203,7 +203,8 @@ def test_import_diffusers_root_layout(tmp_path, safe):
     prov = ckpt["provenance"]
     assert prov["format"] == "diffusers" and prov["source"] == str(src)
     assert len(prov["source_sha256"]) == 64 and prov["weights_file"] == str(weights)
-    assert prov["verified_max_abs_diff"] < 1e-4
+    assert prov["verify"]["eps"]["max_abs"] < 1e-5
+    assert prov["verify"]["chain"]["max_abs_01"] < 1e-4
 
 
 def test_import_diffusers_pipeline_layout(tmp_path):
@@ -219,14 +220,18 @@ def test_import_diffusers_pipeline_layout(tmp_path):
         ckpt = check_same_outputs(tmp_path / f"{i}.pt", theirs)
         sched = ScheduleConfig.from_dict(ckpt["schedule_config"])
         assert sched.variance_type == "fixedsmall" and sched.clip_denoised is False
-    # an explicit schedule wins; no scheduler config at all: the default, with a warning
-    ckpt = import_diffusers(pipe, tmp_path / "given.pt", schedule_config=ScheduleConfig(num_timesteps=500))
-    assert ckpt["schedule_config"]["num_timesteps"] == 500
+    # an explicit schedule must agree with the pipeline's; no scheduler config at all: refused
+    # (tests/ddpm_export/weights/test_deploy_diffusers.py checks both messages)
+    with pytest.raises(ValueError, match="num_timesteps: given 500, the pipeline has 1000"):
+        import_diffusers(pipe, tmp_path / "given.pt",
+                         schedule_config=ScheduleConfig(num_timesteps=500, variance_type="fixedsmall",
+                                                        clip_denoised=False))
     bare = tmp_path / "bare"
     theirs.save_pretrained(bare)
-    with pytest.warns(UserWarning, match="no scheduler_config.json"):
-        ckpt = import_diffusers(bare, tmp_path / "bare.pt")
-    assert ScheduleConfig.from_dict(ckpt["schedule_config"]) == ScheduleConfig()
+    with pytest.raises(ValueError, match="no scheduler_config.json"):
+        import_diffusers(bare, tmp_path / "bare.pt")
+    ckpt = import_diffusers(bare, tmp_path / "bare.pt", schedule_config=ScheduleConfig(num_timesteps=500))
+    assert ckpt["schedule_config"]["num_timesteps"] == 500
 
 
 # ---------------------------------------------------------------------------
@@ -321,18 +326,22 @@ def test_diffusers_defaults_apply_to_missing_keys(tmp_path):
     with pytest.raises(ValueError, match="flip_sin_to_cos=True") as e:
         config_from_diffusers(cfg)
     assert "freq_shift=0" in str(e.value)  # all problems in one message
+    # import_diffusers takes such a model as diffusers' own network and records why
     src = tmp_path / "src"
-    small_diffusers().save_pretrained(src)
-    (src / "config.json").write_text(json.dumps({**SMALL_DIFFUSERS, "attention_head_dim": 8}))
+    UNet2DModel(**{**SMALL_DIFFUSERS, "attention_head_dim": 8}).save_pretrained(src)
+    (src / "scheduler_config.json").write_text(json.dumps(SCHEDULER_JSON))
+    ckpt = import_diffusers(src, tmp_path / "out.pt")
+    assert ckpt["model_config"]["family"] == "diffusers.UNet2DModel"
+    assert "several heads" in ckpt["provenance"]["why_diffusers_network"]
     with pytest.raises(ValueError, match="(?s)" + re.escape(str(src / "config.json")) + ".*several heads"):
-        import_diffusers(src, tmp_path / "out.pt")
+        import_diffusers(src, tmp_path / "out2.pt", network="ours")
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule"),
-        ({"prediction_type": "v_prediction"}, "prediction_type"),
+        ({"beta_schedule": "sigmoid"}, "beta_schedule"),
+        ({"prediction_type": "flow_prediction"}, "prediction_type"),
         ({"variance_type": "learned_range"}, "variance_type"),
     ],
 )
@@ -344,6 +353,7 @@ def test_schedulers_we_cannot_express(change, message):
 def test_scheduler_defaults():
     assert schedule_from_diffusers({"_class_name": "DDPMScheduler"}).variance_type == "fixedsmall"
     assert schedule_from_diffusers({"_class_name": "DDIMScheduler"}) == ScheduleConfig()
+    assert schedule_from_diffusers({"_class_name": "DDPMScheduler", "prediction_type": "v_prediction"}).prediction == "v"
 
 
 def test_pesser_errors(tmp_path):

@@ -1,0 +1,140 @@
+"""Check an imported diffusers model against diffusers itself (``import --verify``).
+
+Two comparisons, both from the checkpoint as written (so the file, not an in-memory
+copy, is what is checked):
+
+* the network: the checkpoint's model against diffusers' own
+  ``UNet2DModel.from_pretrained`` (diffusers' loading, old attention names and all)
+  on the same x_t at several t;
+* a short chain: ``DDPMPipeline`` (diffusers' DDPMScheduler built from the pipeline's
+  scheduler config) against the runtime's DDPM scheduler driven by the imported
+  model, both from the same x_T and the same per-step noise (drawn from one torch
+  generator in diffusers' order: x_T, then one draw per step with t > 0).
+
+diffusers is needed here only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from runtime.schedulers import make_scheduler
+from runtime.schedulers.schedule import ScheduleConfig
+
+from ddpm_export.model.checkpoint import build_model, load_checkpoint
+
+_INV_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+_INV_VARIANCE = {"fixedlarge": "fixed_large", "fixedsmall": "fixed_small"}
+
+
+def schedule_to_diffusers(cfg: ScheduleConfig) -> Dict[str, Any]:
+    """DDPMScheduler keyword arguments with the same schedule as ``cfg``."""
+    d: Dict[str, Any] = dict(
+        num_train_timesteps=int(cfg.num_timesteps),
+        variance_type=_INV_VARIANCE[cfg.variance_type],
+        clip_sample=bool(cfg.clip_denoised),
+        clip_sample_range=float(cfg.clip_sample_range),
+        prediction_type=_INV_PREDICTION[cfg.prediction],
+        thresholding=bool(cfg.thresholding),
+        dynamic_thresholding_ratio=float(cfg.dynamic_thresholding_ratio),
+        sample_max_value=float(cfg.sample_max_value),
+        timestep_spacing=cfg.timestep_spacing,
+        steps_offset=int(cfg.steps_offset),
+    )
+    if cfg.kind == "explicit":
+        d["trained_betas"] = list(cfg.betas)
+    else:
+        d.update(beta_schedule=cfg.kind, beta_start=float(cfg.beta_start), beta_end=float(cfg.beta_end))
+    return d
+
+
+def verify_timesteps(T: int) -> Sequence[int]:
+    return sorted({0, T // 4, T // 2, (3 * T) // 4, T - 1})
+
+
+def verify_import(checkpoint: Any, unet_dir: Path, schedule: ScheduleConfig,
+                  scheduler_json: Optional[Dict[str, Any]], image_shape: Sequence[int],
+                  tol: float = 1e-4, steps: int = 10, batch: int = 2, seed: int = 0) -> Dict[str, Any]:
+    """The report {"eps": {...}, "chain": {...}}; ValueError when eps differs by more than tol."""
+    try:
+        from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    except ImportError as e:
+        raise ValueError("verification needs diffusers (pip install diffusers), or skip it "
+                         "(--no-verify / verify=False)") from e
+    import diffusers
+
+    ckpt = load_checkpoint(checkpoint)
+    ours, _, _ = build_model(ckpt, checkpoint)
+    theirs = UNet2DModel.from_pretrained(str(unet_dir)).eval()
+    c, h, w = (int(v) for v in image_shape)
+    theirs.register_to_config(sample_size=[h, w] if h != w else h)
+    T = int(schedule.num_timesteps)
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    with torch.no_grad():
+        for t in verify_timesteps(T):
+            x = torch.randn(batch, c, h, w, generator=g)
+            tt = torch.full((batch,), t, dtype=torch.int32)
+            diff = (ours(x, tt) - theirs(x, tt.long()).sample).abs().max().item()
+            rows.append({"t": int(t), "max_abs": float(diff)})
+    eps_max = max(r["max_abs"] for r in rows)
+    report: Dict[str, Any] = {
+        "reference": f"diffusers {diffusers.__version__} UNet2DModel.from_pretrained",
+        "eps": {"batch": batch, "rows": rows, "max_abs": eps_max, "tol": float(tol)},
+    }
+    if not eps_max <= tol:
+        raise ValueError(
+            f"{unet_dir}: the imported model's output differs from diffusers' by {eps_max:.3g} "
+            f"(> {tol:g}, at t={max(rows, key=lambda r: r['max_abs'])['t']}); the import is wrong for this "
+            f"config: please report it (with config.json)")
+
+    sched_cfg = dict(scheduler_json) if scheduler_json is not None else schedule_to_diffusers(schedule)
+    scheduler = DDPMScheduler.from_config(sched_cfg)
+    n = min(int(steps), T)
+    pipe = DDPMPipeline(unet=theirs, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        want = pipe(batch_size=1, generator=torch.Generator().manual_seed(seed), num_inference_steps=n,
+                    output_type="np").images
+    got, _ = runtime_chain(torch_fn(ours), schedule, (1, c, h, w), n, seed)
+    report["chain"] = {
+        "reference": f"diffusers {diffusers.__version__} DDPMPipeline "
+                     f"({type(scheduler).__name__}, num_inference_steps={n})",
+        "ours": "runtime DDPM scheduler + the imported model (PyTorch float32)",
+        "steps": n,
+        "timesteps": [int(t) for t in scheduler.timesteps],
+        "max_abs_01": float(np.abs(got - want).max()),
+        "note": "images on [0, 1] as DDPMPipeline returns them (x / 2 + 0.5, clamped)",
+    }
+    return report
+
+
+def torch_fn(model):
+    """model(x_t, t) as a NumPy function (float32 x_t, int t), for runtime_chain."""
+    def fn(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                         torch.from_numpy(np.asarray(t, dtype=np.int32))).numpy()
+    return fn
+
+
+def runtime_chain(fn, schedule: Any, shape: Sequence[int], steps: int, seed: int):
+    """The runtime DDPM scheduler driven by ``fn(x_t, t) -> prediction`` (NumPy in and out),
+    with DDPMPipeline's noise: one torch generator seeded ``seed`` draws x_T, then one
+    draw per step with t > 0. Returns (images [N, H, W, C] on [0, 1] as DDPMPipeline's
+    output_type="np", the float64 [-1, 1] samples [N, C, H, W])."""
+    sch = make_scheduler(schedule, "ddpm", steps)
+    g = torch.Generator().manual_seed(seed)
+    shape = tuple(int(v) for v in shape)
+    x = torch.randn(shape, generator=g).numpy()
+    for t in sch.timesteps:
+        out = fn(x.astype(np.float32), np.full((shape[0],), int(t), dtype=np.int32))
+        noise = torch.randn(shape, generator=g).numpy() if t > 0 else np.zeros(shape, np.float32)
+        x = sch.step(out, int(t), x, noise=noise).prev_sample
+    raw = np.asarray(x, dtype=np.float64)
+    img = np.clip(raw / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
+    return img, raw
