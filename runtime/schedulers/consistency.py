@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 from runtime.schedulers.base import Scheduler, StepOutput, draw_noise
-from runtime.schedulers.prediction import apply_limit, resolve_limit
+from runtime.schedulers.prediction import limiter, resolve_limit
 from runtime.schedulers.schedule import ScheduleConfig
 
 DEFAULT_STEPS = 4
@@ -45,6 +45,7 @@ class ConsistencyScheduler(Scheduler):
                  dtype: Any = np.float32):
         super().__init__(schedule_config, dtype)
         self._limit = resolve_limit(schedule_config, clip, who="consistency")
+        self._limit_x0 = limiter(self._limit)
         self.set_timesteps(DEFAULT_STEPS)
 
     def _timesteps(self, num_inference_steps: int, num_timesteps: int) -> np.ndarray:
@@ -58,7 +59,9 @@ class ConsistencyScheduler(Scheduler):
     def _finish_step(self, i: int, t: int, out: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
                      rng: Optional[np.random.Generator], noise: Optional[np.ndarray]) -> StepOutput:
         # 1. x0 = the student's jump to the end of the ODE trajectory through x_t, limited
-        x0 = apply_limit(x0 if x0 is not out else out.copy(), self._limit)
+        x0 = x0 if x0 is not out else out.copy()  # the limiter works in place
+        if self._limit_x0 is not None:
+            x0 = self._limit_x0(x0)
         if i == self._last:  # 2. the last call's x0 is the sample
             return StepOutput(x0.astype(self.dtype), x0.astype(self.dtype))
         # 3. re-noise to the next timestep with fresh noise: x_t' ~ q(x_t' | x0)

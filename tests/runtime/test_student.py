@@ -161,8 +161,13 @@ def test_the_triton_sampler_takes_the_students_defaults_and_refuses_another_meth
     pb.Tensor = _FakeTensor
     pb.get_input_tensor_by_name = lambda req, name: req.get(name)
     pb.InferenceResponse = lambda tensors=None, error=None: {"tensors": tensors, "error": error}
-    pb.TritonError = lambda msg, code=None: msg
-    pb.TritonError.CANCELLED = 1
+    class TritonError:  # the real one carries a message and a code (INVALID_ARG for a client's mistake)
+        CANCELLED, INTERNAL, INVALID_ARG = 1, 2, 3
+
+        def __init__(self, msg, code=None):
+            self.msg, self.code = msg, code
+
+    pb.TritonError = TritonError
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     version = repo / "s_sampler" / "1"
     monkeypatch.syspath_prepend(str(version))
@@ -187,7 +192,7 @@ def test_the_triton_sampler_takes_the_students_defaults_and_refuses_another_meth
                                                                                                dtype=object)))])
     with runtime.load(student["onnx"]) as engine:
         np.testing.assert_array_equal(ok["tensors"][0].value, engine.sample(3, seed=4))
-    assert "few-step student" in bad["error"]
+    assert "few-step student" in bad["error"].msg and bad["error"].code == TritonError.INVALID_ARG
     model.finalize()
 
 
