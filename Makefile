@@ -28,6 +28,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
 	$(PY) -m pip install -q -e '.[train,runtime,onnx,eval,test]'
 	$(PY) -m pip install -q --no-deps 'torch-fidelity==0.4.0'
+	# denoising-diffusion-pytorch, the second public architecture the export is tested on
+	# (tests/ddpm_export/weights/test_denoising_diffusion_pytorch.py): --no-deps for the same reason
+	# (it and pytorch-fid require torchvision); its other imports come with their own dependencies.
+	$(PY) -m pip install -q --no-deps 'denoising-diffusion-pytorch==2.3.4' 'pytorch-fid==0.3.0'
+	$(PY) -m pip install -q einops 'ema-pytorch>=0.4.2' accelerate
 	# A real Triton server for tests/ddpm_export/serving: nvidia-pytriton ships the tritonserver
 	# binary with the Python backend. --no-deps: it pins numpy<2 (its backend stub's), which would
 	# pull the project back to NumPy 1; the stub gets a small numpy<2 environment instead.
