@@ -177,7 +177,8 @@ def format_table(res: Dict[str, object]) -> str:
 # (method, options) rows of the scheduler-cost table: every method's defaults, plus the
 # third-order solvers (the longest history)
 SCHEDULER_COST_ROWS = (("ddpm", {}), ("ddim", {}), ("dpmsolver++", {}), ("dpmsolver++", {"order": 3}),
-                       ("sde-dpmsolver++", {}), ("unipc", {}), ("unipc", {"order": 3}))
+                       ("sde-dpmsolver++", {}), ("unipc", {}), ("unipc", {"order": 3}),
+                       ("consistency", {}))  # a distilled student's sampler: x0, then re-noise
 
 
 def scheduler_costs(digits_onnx: str = "engines/digits.onnx", batches=(1, 64), steps: int = 20,
