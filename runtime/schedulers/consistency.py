@@ -59,8 +59,7 @@ class ConsistencyScheduler(Scheduler):
     def _finish_step(self, i: int, t: int, out: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
                      rng: Optional[np.random.Generator], noise: Optional[np.ndarray]) -> StepOutput:
         # 1. x0 = the student's jump to the end of the ODE trajectory through x_t, limited
-        x0 = x0 if x0 is not out else out.copy()  # the limiter works in place
-        if self._limit_x0 is not None:
+        if self._limit_x0 is not None:  # in place: x0 (or out, for an x0 model) is step()'s own copy
             x0 = self._limit_x0(x0)
         if i == self._last:  # 2. the last call's x0 is the sample
             return StepOutput(x0.astype(self.dtype), x0.astype(self.dtype))

@@ -15,6 +15,7 @@ from runtime.io import folder_lock
 from runtime.schedulers import make_scheduler
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
 from runtime.seeding import ImageStreams
+from checkpoint_tensors import checkpoint_tensors  # noqa: E402  (beside this file)
 
 
 def _cfg(teacher, out, **kw):
@@ -25,15 +26,6 @@ def _cfg(teacher, out, **kw):
     return DistillConfig(**base)
 
 
-def _tensors(ckpt):
-    out = {}
-    for k in ("model", "ema"):
-        for n, v in ckpt[k].items():
-            out[f"{k}.{n}"] = v
-    for i, st in ckpt["optimizer"]["state"].items():
-        for n, v in st.items():
-            out[f"opt.{i}.{n}"] = v
-    return out
 
 
 class _EndpointStudent(torch.nn.Module):
@@ -117,7 +109,7 @@ def test_tiny_distill_runs_and_resume_after_a_crash_is_bit_equal(tmp_path, tiny_
     assert load_checkpoint(b / "last.pt")["step"] == 3
     (b / "teacher" / "chunk00001.npz").unlink()
     distill(_cfg(teacher, b, resume=True), progress=False)
-    ta, tb = _tensors(load_checkpoint(a / "last.pt")), _tensors(load_checkpoint(b / "last.pt"))
+    ta, tb = checkpoint_tensors(load_checkpoint(a / "last.pt")), checkpoint_tensors(load_checkpoint(b / "last.pt"))
     assert ta.keys() == tb.keys()
     unequal = [k for k in ta if not torch.equal(ta[k], tb[k])]
     assert not unequal, f"{len(unequal)} tensors differ after resume, e.g. {unequal[:3]}"

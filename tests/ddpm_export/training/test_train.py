@@ -15,6 +15,7 @@ from ddpm_export.cli.main import main
 from ddpm_export.model.checkpoint import load_checkpoint
 from ddpm_export.training.train import TrainConfig, TrainError, train
 from runtime.io import temporary_writer_pid
+from checkpoint_tensors import checkpoint_tensors  # noqa: E402  (beside this file)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -26,15 +27,6 @@ def _cfg(out, **kw):
     return TrainConfig(**base)
 
 
-def _tensors(ckpt):
-    out = {}
-    for k in ("model", "ema"):
-        for n, v in ckpt[k].items():
-            out[f"{k}.{n}"] = v
-    for i, st in ckpt["optimizer"]["state"].items():
-        for n, v in st.items():
-            out[f"opt.{i}.{n}"] = v
-    return out
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -45,7 +37,7 @@ def test_resume_continues_exactly(tmp_path):
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "split" / "last.pt")
     assert a["step"] == b["step"] == 10
-    ta, tb = _tensors(a), _tensors(b)
+    ta, tb = checkpoint_tensors(a), checkpoint_tensors(b)
     assert ta.keys() == tb.keys()
     unequal = [k for k in ta if not torch.equal(ta[k], tb[k])]
     assert not unequal, f"{len(unequal)} tensors differ after resume, e.g. {unequal[:3]}"
