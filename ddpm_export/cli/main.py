@@ -121,6 +121,7 @@ def sample(checkpoint, out, num, seed, batch, trajectory, npz, device, no_progre
 
     from ddpm_export.model.checkpoint import load_model
     from ddpm_export.model.config import ScheduleConfig
+    from ddpm_export.model.external import image_shape_of
     from ddpm_export.model.reference_sampler import sample_images
 
     model, ckpt = load_model(checkpoint)
@@ -130,11 +131,12 @@ def sample(checkpoint, out, num, seed, batch, trajectory, npz, device, no_progre
                             trajectory_every=100 if trajectory else 0,
                             progress=not no_progress, device=device)
     dt = time.time() - t0
-    save_grid(x, out, scale=max(1, 64 // model.config.image_size))
+    scale = max(1, 64 // max(image_shape_of(model)[1:]))  # small images drawn larger
+    save_grid(x, out, scale=scale)
     if npz:
         _save_npz(npz, samples=x, seed=np.int64(seed), batch=np.int64(batch))
     if trajectory:
-        save_trajectory(traj, trajectory, scale=max(1, 64 // model.config.image_size))
+        save_trajectory(traj, trajectory, scale=scale)
     click.echo(f"wrote {out} ({num} images, {num / dt:.2f} images/s)")
 
 

@@ -79,9 +79,10 @@ def nll_command(engine, checkpoint, data, num, t_samples, batch, seed, report, t
     model = None
     if checkpoint:
         from ddpm_export.model.checkpoint import load_model
+        from ddpm_export.model.external import image_shape_of
 
         model, ckpt = load_model(checkpoint)
-        shape = [model.config.in_channels, model.config.image_size, model.config.image_size]
+        shape = list(image_shape_of(model))
         if shape != list(m["image_shape"]) or ScheduleConfig.from_dict(ckpt["schedule_config"]) != schedule:
             raise ValueError(f"{checkpoint} (images {shape}, schedule {ckpt['schedule_config']}) does not match "
                              f"{engine} (images {m['image_shape']}, schedule {m['schedule']}); pass the "

@@ -20,6 +20,7 @@ from runtime.schedulers.schedule import ScheduleConfig
 from runtime.seeding import ImageStreams
 
 from ddpm_export.model.diffusion import GaussianDiffusion
+from ddpm_export.model.external import image_shape_of
 
 
 def load_samples_npz(path) -> np.ndarray:
@@ -50,7 +51,6 @@ def sample_images(
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"need num >= 1 and batch_size >= 1, got num={num}, batch_size={batch_size}")
-    cfg = model.config
     diffusion = GaussianDiffusion(schedule)
     n_batches = (num + batch_size - 1) // batch_size
     last = n_batches if num_batches is None else min(n_batches, first_batch + num_batches)
@@ -63,7 +63,7 @@ def sample_images(
     model = model.to(device).eval()
     for i in range(first_batch, last):
         n = min(batch_size, num - i * batch_size)
-        shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
+        shape = (n, *image_shape_of(model))
         x, traj = diffusion.sample(
             _Counting(model, bar), shape, device=device,
             trajectory_every=trajectory_every if i == first_batch else 0,

@@ -190,6 +190,22 @@ def test_non_square_hub_structure(tmp_path):
     assert ckpt["provenance"]["verify"]["chain"]["max_abs_01"] < 1e-5
     m = export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx", batch_range=(1, 1, 2))
     assert m["image_shape"] == [3, 32, 64] and m["checks"]["parity"]["passed"]
+    # the PyTorch reference sampler and the bound take the non-square shape too
+    r = _cli("sample", "--checkpoint", tmp_path / "m.pt", "--num", 2, "--batch", 2, "--out", tmp_path / "s.png",
+             "--npz", tmp_path / "s.npz", "--no-progress")
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["samples"].shape == (2, 3, 32, 64) and np.isfinite(z["samples"]).all()
+    from PIL import Image
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    r = _cli("nll", "--engine", tmp_path / "m.onnx", "--checkpoint", tmp_path / "m.pt", "--data", data,
+             "--t-samples", 3, "--batch", 2, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "bits/dim" in r.output
 
 
 def test_hub_structure_square_keeps_our_unet(tmp_path):
