@@ -37,7 +37,9 @@ file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
                       sample_max_value (1.0), clip_sample_range (1.0),
                       timestep_spacing ("leading" | "trailing" | "linspace"; default
                       "leading": the spacing of DDPM and DDIM at N < T steps),
-                      steps_offset (0). An unknown key is refused.
+                      steps_offset (0), final_step_noise (false: DDPM adds no
+                      noise on a chain's last step; true: it does when that t > 0,
+                      as diffusers' DDPMScheduler). An unknown key is refused.
     io                {"inputs": [{"name", "dtype", "shape"}, ...],
                        "outputs": [...], "batch_axis": "batch"}  == io_spec(image_shape)
     batch_range       {"min", "opt", "max"}  the engine's optimization profile

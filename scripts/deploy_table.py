@@ -285,13 +285,19 @@ def main():
     ap.add_argument("--steps", type=int, default=10, help="DDPM steps of each verification chain")
     ap.add_argument("--full", action="store_true", help="add the real-size 128x128 tutorial model")
     ap.add_argument("--only-full", action="store_true")
+    ap.add_argument("--rows", default=None,
+                    help="only the diffusers rows whose configuration contains this text (e.g. 'trailing')")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     work.mkdir(exist_ok=True)
-    rows = [] if a.only_full else diffusers_rows(work, a.steps) + ddp_rows(work)
+    if a.rows:
+        ROWS[:] = [r for r in ROWS if a.rows in r[0]]
+        rows = [] if a.only_full else diffusers_rows(work, a.steps)
+    else:
+        rows = [] if a.only_full else diffusers_rows(work, a.steps) + ddp_rows(work)
     full = None
     if a.full or a.only_full:
         try:

@@ -30,6 +30,8 @@ all its reasons. ``verify=True`` compares the result with diffusers itself
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 import warnings
@@ -539,6 +541,9 @@ def schedule_from_diffusers(sched_json: Dict[str, Any], source: str = SCHEDULER_
         sample_max_value=float(s.get("sample_max_value", 1.0)),
         timestep_spacing=spacing,
         steps_offset=int(s.get("steps_offset", 0)),
+        # DDPMScheduler adds noise on every step whose t > 0, the last one of a chain that
+        # ends above 0 included (trailing spacing, steps_offset): so does the runtime then
+        final_step_noise=s.get("_class_name", "DDPMScheduler") == "DDPMScheduler",
     )
     if betas is not None:
         fields.update(kind="explicit", betas=[float(b) for b in betas], num_timesteps=len(betas))
@@ -788,6 +793,9 @@ def _resolve_schedule(schedule_config, sched_path: Optional[Path], src: Path):
         return pipeline, pipeline_json, str(sched_path)
     given, given_json = _explicit_schedule(schedule_config)
     if pipeline is not None:
+        # final_step_noise follows the pipeline's scheduler class (DDPMScheduler's rule), not a
+        # choice a caller makes: take the pipeline's and compare everything else
+        given = dataclasses.replace(given, final_step_noise=pipeline.final_step_noise)
         a, b = given.to_dict(), pipeline.to_dict()
         diffs = [f"{k}: given {a[k]!r}, the pipeline has {b[k]!r}" for k in a if a[k] != b[k]]
         if diffs:

@@ -61,9 +61,17 @@ class DDPMScheduler(Scheduler):
         self._coef_x0 = betas * np.sqrt(abar_prev) / (1.0 - abar)
         self._coef_xt = (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)
         var = betas.copy() if self.config.variance_type == "fixedlarge" else post_var.copy()
-        # The smallest t has posterior variance 0; like the official code, take the
-        # log at the next timestep's posterior variance (never used: no noise at t=0).
-        var[-1] = post_var[-2] if len(t) > 1 else 1.0
+        # The last step goes into abar = 1, where the posterior variance is 0. The paper adds
+        # no noise there. With final_step_noise and a last t > 0 (a chain that ends above 0)
+        # diffusers' DDPMScheduler does: its variance for the jump to t = -1, beta' = 1 - abar_t
+        # (fixed_large) or the posterior variance clamped at 1e-20 (fixed_small).
+        self._noise_last = bool(self.config.final_step_noise and t[-1] > 0)
+        if self._noise_last:
+            var[-1] = max(var[-1], 1e-20)
+        else:
+            # like the official code, take the log at the next timestep's posterior variance
+            # (never used: no noise on the last step)
+            var[-1] = post_var[-2] if len(t) > 1 else 1.0
         self._std = np.exp(0.5 * np.log(var))
 
     def _finish_step(self, i: int, t: int, out: np.ndarray, x_t: np.ndarray, x0: np.ndarray,
@@ -78,9 +86,9 @@ class DDPMScheduler(Scheduler):
         # 4. Algorithm 2, line 4: x_{t-1} = mean + sigma_t z with z ~ N(0, I) if t > 0,
         #    sigma_t^2 = beta_t (fixedlarge) or beta_tilde_t (fixedsmall); z = 0 on the last
         #    step, into the clean sample (t = 0, or the smallest timestep of a chain that
-        #    ends above 0: trailing spacing, steps_offset, given timesteps). diffusers adds
-        #    noise there when t > 0: ~1e-10 with fixed_small, sqrt(1 - abar_t) with fixed_large.
-        if i < self.num_inference_steps - 1:
+        #    ends above 0: trailing spacing, steps_offset, given timesteps), unless the
+        #    schedule's final_step_noise asks for diffusers' rule (noise whenever t > 0).
+        if i < self.num_inference_steps - 1 or self._noise_last:
             prev = mean + self._std[i] * draw_noise(rng, noise, x_t.shape, t)
         else:
             prev = mean

@@ -52,6 +52,12 @@ class ScheduleConfig:
     thresholding / dynamic_thresholding_ratio / sample_max_value: diffusers' dynamic
         thresholding of x0_hat (it replaces clipping when on).
     timestep_spacing / steps_offset: which timesteps DDPM and DDIM visit for N < T steps.
+    final_step_noise: DDPM only, for a chain whose last timestep is above 0 (trailing
+        spacing, steps_offset, given timesteps): add the variance's noise on that last
+        step too, as diffusers' DDPMScheduler does whenever t > 0 (std sqrt(1 - abar_t)
+        with fixedlarge, 1e-10 with fixedsmall). False (the default, the paper's
+        Algorithm 2): the last step adds no noise to the clean sample. The diffusers
+        import sets it, so ``--steps N`` equals ``DDPMPipeline(num_inference_steps=N)``.
     """
 
     kind: str = "linear"
@@ -68,6 +74,7 @@ class ScheduleConfig:
     clip_sample_range: float = 1.0
     timestep_spacing: str = "leading"
     steps_offset: int = 0
+    final_step_noise: bool = False
 
     def __post_init__(self) -> None:
         if self.betas is not None and not isinstance(self.betas, (str, bytes)) \
@@ -141,6 +148,8 @@ class ScheduleConfig:
             bad("steps_offset", "an int >= 0")
         elif _is_int(self.num_timesteps) and self.steps_offset >= self.num_timesteps:
             bad("steps_offset", f"an int below num_timesteps={self.num_timesteps}")
+        if not isinstance(self.final_step_noise, bool):
+            bad("final_step_noise", "true or false")
         return out
 
     def to_dict(self) -> Dict[str, Any]:

@@ -10,6 +10,8 @@ Two separate comparisons, so a failure says which part is off:
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -255,6 +257,56 @@ def test_ddpm_last_step_into_the_clean_sample_adds_no_noise():
     x, eps = np.full(SHAPE, 0.3), np.full(SHAPE, 0.1)
     out = sched.step(eps, 99, x, noise=np.full(SHAPE, 100.0))
     np.testing.assert_allclose(out.prev_sample, out.pred_original_sample, rtol=1e-12)
+
+
+@pytest.mark.parametrize("variance", ["fixedlarge", "fixedsmall"])
+@pytest.mark.parametrize("spacing,offset", [("trailing", 0), ("leading", 1), ("linspace", 0)])
+def test_final_step_noise_matches_diffusers_ddpm_pipeline_exactly(variance, spacing, offset):
+    """final_step_noise (what the diffusers import sets): diffusers' rule, noise on every step
+    whose t > 0, the last included (trailing with fixed_large: std sqrt(1 - abar_99) ~ 0.3).
+    Chains equal within CHAIN_TOL, with no allowance for a missing last noise."""
+    diffusers = pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch")
+    cfg = config("linear", "eps", variance_type=variance, timestep_spacing=spacing, steps_offset=offset,
+                 final_step_noise=True)
+    ours = DDPMScheduler(cfg, dtype=np.float64)
+    d = diffusers.DDPMScheduler(variance_type={"fixedlarge": "fixed_large", "fixedsmall": "fixed_small"}[variance],
+                                **diffusers_kwargs(cfg))
+    ours.set_timesteps(10)
+    d.set_timesteps(10)
+    use_our_tables(d, ours, torch)
+    worst_prev, worst_x0 = chain_against_diffusers(ours, d, torch, seed=5)
+    assert worst_prev <= CHAIN_TOL and worst_x0 <= CHAIN_TOL, (worst_prev, worst_x0)
+    if variance == "fixedlarge" and ours.timesteps[-1] > 0:
+        # the paper's rule (the default) differs there by the noise diffusers adds
+        paper = DDPMScheduler(dataclasses.replace(cfg, final_step_noise=False), dtype=np.float64)
+        paper.set_timesteps(10)
+        d.set_timesteps(10)
+        assert chain_against_diffusers(paper, d, torch, seed=5)[0] > 0.05
+
+
+def test_final_step_noise_is_the_jump_to_abar_one():
+    """The last step of a chain ending at t = 99 with final_step_noise adds sqrt(1 - abar_99) z
+    (fixedlarge) to the posterior mean x0_hat; at t = 0 (full chains) it changes nothing."""
+    cfg = ScheduleConfig(timestep_spacing="trailing", clip_denoised=False, final_step_noise=True)
+    sched = DDPMScheduler(cfg, dtype=np.float64)
+    sched.set_timesteps(10)
+    x, eps, z = np.full(SHAPE, 0.3), np.full(SHAPE, 0.1), np.full(SHAPE, 2.0)
+    out = sched.step(eps, 99, x, noise=z)
+    abar = sched.schedule.alphas_cumprod[99]
+    np.testing.assert_allclose(out.prev_sample, out.pred_original_sample + np.sqrt(1 - abar) * z, rtol=1e-12)
+    full = DDPMScheduler(cfg, dtype=np.float64)
+    full.set_timesteps(None)
+    last = full.step(eps, 0, x, noise=z)
+    np.testing.assert_allclose(last.prev_sample, last.pred_original_sample, rtol=1e-12)
+
+
+def test_final_step_noise_is_validated_and_needs_manifest_version_2():
+    with pytest.raises(ValueError, match=r"final_step_noise=1 \(expected true or false\)"):
+        ScheduleConfig(final_step_noise=1)
+    from runtime.contract import manifest_version_for
+    assert manifest_version_for(ScheduleConfig()) == 1
+    assert manifest_version_for(ScheduleConfig(final_step_noise=True)) == 2
 
 
 def test_pipeline_steps_use_the_schedules_spacing_solvers_keep_linspace():
