@@ -237,6 +237,41 @@ def _half_outside(module: nn.Module, islands: set) -> None:
         _half_outside(child, islands)
 
 
+FP16_MAX = 65504.0  # largest finite float16
+
+
+def fp16_overflow(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Optional[Dict[str, Any]]:
+    """The first module to finish (so the innermost: a forward hook fires when a module
+    returns) whose float32 output exceeds FP16's range on (x, t): {"module", "type", "max_abs"}, or None.
+
+    Such a value is inf in an FP16 graph whatever the islands do (an island casts an inf
+    up, and normalizing it gives NaN), so this is what an FP16 export's failure is checked
+    against first: no cast or island fixes weights whose activations do not fit in FP16.
+    """
+    found: List[Dict[str, Any]] = []
+
+    def hook(name: str):
+        def f(mod, inp, out):
+            o = out[0] if isinstance(out, (tuple, list)) and out else out
+            o = getattr(o, "sample", o)
+            if not found and isinstance(o, torch.Tensor) and o.is_floating_point():
+                peak = float(o.detach().abs().max()) if o.numel() else 0.0
+                if not peak <= FP16_MAX:
+                    found.append({"module": name, "type": type(mod).__name__, "max_abs": peak})
+        return f
+
+    ref = copy.deepcopy(model).float().eval()
+    ref_net = ref.net if isinstance(ref, ExternalDenoiser) else ref
+    handles = [m.register_forward_hook(hook(n)) for n, m in ref_net.named_modules() if n]
+    try:
+        with torch.no_grad():
+            ref(x, t)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
+
+
 FP16_TABLE_BATCH = 4  # images per timestep in the error table
 
 

@@ -49,7 +49,8 @@ from runtime.schedulers.schedule import ScheduleConfig
 
 from ddpm_export.model.checkpoint import build_model, load_checkpoint
 from ddpm_export.export import ExportError
-from ddpm_export.export.fp16 import FP16_TABLE_BATCH, Fp16EpsModel, fp16_error_table, fp16_timesteps
+from ddpm_export.export.fp16 import (FP16_MAX, FP16_TABLE_BATCH, Fp16EpsModel, fp16_error_table,
+                                     fp16_overflow, fp16_timesteps)
 from ddpm_export.model.external import ExternalDenoiser, image_shape_of
 from ddpm_export.model.unet import UNet
 from ddpm_export.export.ort import ort_session
@@ -65,6 +66,7 @@ FP16_ATOL = 2e-2  # FP16 graph vs float32 PyTorch, max abs (eps is ~N(0, 1))
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript)"
 _TRACE_BATCH = 2  # not 1: the tracer must not specialize on a singleton batch
 _FOLD_MAX_ELEMENTS = 4096  # fold shape arithmetic, never copy weights into Constants
+_FP16_TRACE_CHANNELS_LAST = True  # see _export_proto
 
 
 class EpsModel(nn.Module):
@@ -215,6 +217,7 @@ def _export_model(model: nn.Module, schedule: ScheduleConfig, out: Path, *, fp16
                 f"difference {'non-finite' if diff is None else format(diff, '.3g')} "
                 f"vs float32 PyTorch exceeds {atol:g} "
                 f"(ONNX Runtime CPU); nothing was written to {out}"
+                + (_fp16_overflow_note(model, T) if fp16 else "")
             )
         if fp16:
             rows = fp16_error_table(blob, model, fp16_timesteps(T), num_timesteps=T)
@@ -254,6 +257,21 @@ def _export_model(model: nn.Module, schedule: ScheduleConfig, out: Path, *, fp16
     return manifest
 
 
+def _fp16_overflow_note(model: nn.Module, num_timesteps: int) -> str:
+    """Why an FP16 graph failed, where the weights are the reason: the first module whose
+    float32 output exceeds FP16's range on the parity check's own inputs (batch 1, each t)."""
+    g = torch.Generator().manual_seed(0)  # check_parity's seed: its first inputs
+    for t_val in sorted({min(int(t), num_timesteps - 1) for t in PARITY_TIMESTEPS}):
+        x = torch.randn(1, *image_shape_of(model), generator=g)
+        hit = fp16_overflow(model, x, torch.tensor([t_val], dtype=torch.int32))
+        if hit is not None:
+            return (f". The float32 model itself exceeds FP16's range ({FP16_MAX:g}): "
+                    f"{hit['module']} ({hit['type']}) outputs {hit['max_abs']:.3g} at t={t_val}, "
+                    f"which is inf in FP16 (and NaN after the next normalization) whatever the "
+                    f"FP32 islands do; these weights need the float32 export")
+    return ""
+
+
 def torch_to_onnx(model: nn.Module, out_path: Any, fp16: bool = False, opset: int = DEFAULT_OPSET) -> None:
     """Write model's graph alone (no checks beyond checker/shape inference, no manifest).
 
@@ -284,6 +302,14 @@ def _export_proto(model: UNet, fp16: bool, opset: int):
     image_shape = image_shape_of(model)
     wrapper = (Fp16EpsModel(model) if fp16 else EpsModel(model)).eval()
     x = torch.randn(_TRACE_BATCH, *image_shape)
+    if fp16 and _FP16_TRACE_CHANNELS_LAST:
+        # The tracer runs the half-precision forward once. A CPU without native FP16 runs
+        # contiguous (NCHW) half convolutions through a slow fallback: 86 s for one 3x3
+        # 128->128 conv on a 2 x 128 x 128 x 128 input, where the channels-last (NHWC)
+        # oneDNN path takes 1.1 s; the real-size tutorial U-Net's FP16 export took 2205 s.
+        # Memory format is not part of the ONNX graph: same nodes, same initializers.
+        wrapper = wrapper.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     t = torch.arange(_TRACE_BATCH, dtype=torch.int32)
     buf = io.BytesIO()
     with warnings.catch_warnings():

@@ -288,3 +288,66 @@ def test_fp16_diffusers_network_within_bound(diffusers_fp16):
         err = np.abs(got - model(x, t).numpy()).max()
     assert got.dtype == np.float32 and 1e-6 < err < FP16_ATOL
     assert man["image_shape"] == [3, 8, 16] and len(man["source"]["checkpoint_sha256"]) == 64
+
+
+def _tiny_diffusers(seed=0):
+    diffusers = pytest.importorskip("diffusers")
+    from ddpm_export.model.external import DiffusersUNet
+
+    torch.manual_seed(seed)
+    net = diffusers.UNet2DModel(
+        sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, attention_head_dim=8).eval()
+    return DiffusersUNet(net)
+
+
+def test_fp16_overflow_of_the_weights_is_named(tmp_path):
+    """The real-size tutorial U-Net's NaN FP16 eps (issue 18): deploy_table's weights (init +
+    0.05 N(0, 1) on every parameter) drive float32 activations to 1.5e5 at 128 px, first at
+    up_blocks.2.upsamplers.0.conv; in FP16 that is inf, and the GroupNorm island after it
+    makes NaN. The same mechanism at toy size: an upsampler conv whose float32 output is past
+    65504. The gate fails, and says which module and why, instead of only 'non-finite'."""
+    from ddpm_export.export.onnx_export import export_module
+
+    model = _tiny_diffusers()
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([500], dtype=torch.int32)
+    healthy = _tiny_diffusers()
+    with torch.no_grad():
+        model.net.up_blocks[0].upsamplers[0].conv.weight.mul_(1e6)
+        assert torch.isfinite(model(x, t)).all()  # float32 is fine
+    out = tmp_path / "o.onnx"
+    with pytest.raises(ExportError, match=r"non-finite.*exceeds FP16's range \(65504\): "
+                                          r"up_blocks\.0\.upsamplers\.0\.conv \(Conv2d\) outputs"):
+        export_module(model, ScheduleConfig(), None, out, fp16=True, batch_range=(1, 1, 2))
+    assert not out.exists()
+    from ddpm_export.export.fp16 import FP16_MAX, fp16_overflow
+
+    assert fp16_overflow(healthy, x, t) is None  # the plain init fits in FP16
+    hit = fp16_overflow(model, x, t)
+    assert hit["module"] == "up_blocks.0.upsamplers.0.conv" and hit["max_abs"] > FP16_MAX
+
+
+def test_fp16_trace_in_channels_last_gives_the_same_graph(monkeypatch):
+    """The FP16 export traces in channels-last (CPU half convs are ~75x faster there: the
+    real-size tutorial export took 2205 s in NCHW); the graph must not depend on it."""
+    from ddpm_export.export import onnx_export as oe
+
+    model = _tiny_diffusers()
+    conv2d = torch.nn.functional.conv2d
+    half_inputs = []
+
+    def spy(x, *a, **k):
+        if x.dtype == torch.float16:
+            half_inputs.append(x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+        return conv2d(x, *a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+    oe._export_proto(model, True, 17)
+    assert half_inputs and all(half_inputs)  # every half conv of the trace ran channels-last
+    graphs = {}
+    for cl in (False, True):
+        monkeypatch.setattr(oe, "_FP16_TRACE_CHANNELS_LAST", cl, raising=False)
+        torch.manual_seed(1)
+        graphs[cl] = oe._export_proto(model, True, 17).graph.SerializeToString()
+    assert graphs[True] == graphs[False]
