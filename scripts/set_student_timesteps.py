@@ -17,6 +17,7 @@ with timesteps the student was not trained at (the union of its other lists) is 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -67,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--allow-untrained", action="store_true")
     p.add_argument("--out", default=None, help="write here instead of rewriting the checkpoint")
     a = p.parse_args(argv)
-    command = " ".join(["python scripts/set_student_timesteps.py"] + list(sys.argv[1:] if argv is None else argv))
+    command = shlex.join(["python", "scripts/set_student_timesteps.py"] + list(sys.argv[1:] if argv is None else argv))
     try:
         ts = [int(t) for t in a.timesteps.split(",") if t.strip()]
         ckpt = load_checkpoint(a.checkpoint)

@@ -39,7 +39,7 @@ def test_sets_one_list_keeps_the_weights_and_records_why(student, tmp_path):
     from ddpm_export.model.checkpoint import load_checkpoint
 
     out = tmp_path / "new.pt"
-    assert _script().main([str(student), "--calls", "4", "--timesteps", "999,500,375,250", "--why", "search J",
+    assert _script().main([str(student), "--calls", "4", "--timesteps", "999,500,375,250", "--why", "search J, seeds 10-12",
                            "--out", str(out)]) == 0
     old, new = load_checkpoint(student), load_checkpoint(out)
     assert new["sampling"]["timesteps"]["4"] == [999, 500, 375, 250]
@@ -48,7 +48,8 @@ def test_sets_one_list_keeps_the_weights_and_records_why(student, tmp_path):
     assert new["sampling"]["steps"] == 4 and old["sampling"] == SAMPLING  # --out leaves the input alone
     change = new["provenance"]["sampling_changes"]
     assert len(change) == 1 and change[0]["from"] == [999, 749, 500, 250] and change[0]["to"] == [999, 500, 375, 250]
-    assert change[0]["why"] == "search J" and "--timesteps 999,500,375,250" in change[0]["command"]
+    assert change[0]["why"] == "search J, seeds 10-12"
+    assert "--timesteps 999,500,375,250 --why 'search J, seeds 10-12'" in change[0]["command"]
     assert new["provenance"]["command"] == old["provenance"]["command"]
     for k, v in old["ema"].items():
         assert torch.equal(v, new["ema"][k]), k
