@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from runtime.contract import read_manifest, sampling_plan
+from runtime.contract import plan_steps, read_manifest, sampling_plan
 from runtime.io import to_uint8
 from runtime.backends.base import Runner
 from runtime.loop import SampleResult, StepCallback, sample
@@ -60,7 +60,8 @@ class Engine:
         method: any of runtime.METHODS; method options (order=, variant=, corrector=,
         karras=, clip=, ...) as keywords, see runtime.schedulers. method/steps None: the
         manifest's ``sampling`` section (a distilled student's) when it has one, else ddpm
-        over all T; a student refuses what it was not trained for (runtime.contract.sampling_plan)."""
+        over all T; a student refuses what it was not trained for, and samples the timesteps its
+        manifest lists for the call count (runtime.contract.sampling_plan)."""
         plan = sampling_plan(self.manifest, method, steps)
         if batch is None:
             batch = min(num, self.runner.max_batch)
@@ -68,7 +69,7 @@ class Engine:
         self.runner.__enter__()
         try:
             return sample(self.runner, self.image_shape, self.manifest["schedule"], num, seed=seed,
-                          steps=plan["steps"], method=plan["method"], eta=eta, spacing=spacing, batch=batch,
+                          method=plan["method"], **plan_steps(plan), eta=eta, spacing=spacing, batch=batch,
                           callback=callback, trajectory_frames=trajectory_frames,
                           progress=progress, first_image=first_image, **options)
         finally:

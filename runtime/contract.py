@@ -59,7 +59,10 @@ file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
                        call count, "allowed_steps": [call counts it was trained for],
                        "timesteps": {"N": [the N descending timesteps], ...}}
                       ``sampling_plan(manifest, method, steps)`` resolves a request
-                      against it: defaults from it, anything else refused.
+                      against it: defaults from it, anything else refused; the
+                      runtime samples exactly the listed timesteps (they need not
+                      be the method's own spacing: a student's list may be chosen
+                      by measurement after training).
 
 Keys not listed (e.g. an ``engine`` section added by an engine build) are kept
 and ignored, so later tools can extend the manifest without a version bump.
@@ -331,16 +334,19 @@ def _check_sampling(sec: Any, T: int) -> None:
 
 def sampling_plan(manifest: Mapping[str, Any], method: Optional[str] = None,
                   steps: Optional[int] = None) -> Dict[str, Any]:
-    """The method and step count to sample this model with: {"method", "steps"}.
+    """The method, step count and timesteps to sample this model with:
+    {"method", "steps", "timesteps"}.
 
-    Without a ``sampling`` section: ``method`` (None = "ddpm") and ``steps`` as given.
-    With one, None takes its method and default call count, and a request it was not
-    trained for (another method, an unlisted call count) raises ValueError, as does a
-    runtime whose scheduler would not use the timesteps the section records.
+    Without a ``sampling`` section: ``method`` (None = "ddpm") and ``steps`` as given,
+    timesteps None (the method's own spacing). With one, None takes its method and
+    default call count, "timesteps" is the section's list for that call count (the
+    runtime samples exactly those: pass them to runtime.loop.sample / make_scheduler
+    with steps None), and a request it was not trained for (another method, an
+    unlisted call count) raises ValueError.
     """
     sec = manifest.get(SAMPLING_KEY)
     if sec is None:
-        return {"method": "ddpm" if method is None else method, "steps": steps}
+        return {"method": "ddpm" if method is None else method, "steps": steps, "timesteps": None}
     m = sec["method"] if method is None else method
     n = sec["steps"] if steps is None else steps
     allowed = list(sec["allowed_steps"])
@@ -350,15 +356,14 @@ def sampling_plan(manifest: Mapping[str, Any], method: Optional[str] = None,
             f"{', '.join(map(str, allowed))} calls (its manifest's 'sampling' section), and received method "
             f"{m} with {n} steps; drop --method/--steps for its default ({sec['method']}, {sec['steps']} calls) "
             f"or pass --steps {'|'.join(map(str, allowed))}")
-    from runtime.schedulers import make_scheduler
+    return {"method": m, "steps": n, "timesteps": [int(t) for t in sec["timesteps"][str(n)]]}
 
-    got = [int(t) for t in make_scheduler(manifest["schedule"], m, n).timesteps]
-    if got != list(sec["timesteps"][str(n)]):
-        raise ValueError(
-            f"method {m} at {n} calls would use timesteps {got} in this runtime, but the model was trained "
-            f"for {sec['timesteps'][str(n)]} (manifest 'sampling'); use the ddpm-export version that "
-            f"exported it")
-    return {"method": m, "steps": n}
+
+def plan_steps(plan: Mapping[str, Any]) -> Dict[str, Any]:
+    """A plan's ``steps=`` / ``timesteps=`` keywords for runtime.loop.sample or make_scheduler:
+    {"timesteps": [...], "steps": None} for a student, else {"steps": n, "timesteps": None}."""
+    ts = plan.get("timesteps")
+    return {"steps": None if ts is not None else plan["steps"], "timesteps": ts}
 
 
 def schedule_config(manifest: Mapping[str, Any]) -> ScheduleConfig:

@@ -9,7 +9,7 @@ reference sampler fed the same streams gives the same chain (tests check it).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,6 +51,7 @@ def sample(
     trajectory_frames: int = 0,
     progress: bool = False,
     first_image: int = 0,
+    timesteps: Optional[Sequence[int]] = None,
     **options: Any,
 ) -> SampleResult:
     """Draw images first_image, ..., first_image + num - 1 of ``seed`` with ``runner``
@@ -59,13 +60,15 @@ def sample(
     method: a name in runtime.schedulers.METHODS; eta, spacing and ``options`` (order,
     variant, corrector, karras, clip, ...) are the method's, None = its default. A
     multistep solver restarts its history at the first timestep of every batch.
+    timesteps: exactly these (strictly descending ints in [0, T-1], e.g. a distilled
+    student's, from its manifest's ``sampling`` section) instead of ``steps``.
     """
     if num < 1 or batch < 1:
         raise ValueError(f"need num >= 1 and batch >= 1, got num={num}, batch={batch}")
     if isinstance(first_image, bool) or not isinstance(first_image, (int, np.integer)) or first_image < 0:
         raise ValueError(f"first_image={first_image!r}: expected an int >= 0 (the index of the first image)")
     check_images_fit(num, image_shape, LOOP_BYTES_PER_VALUE)  # all num images are returned at once
-    sched = make_scheduler(schedule, method, steps, eta=eta, spacing=spacing, **options)
+    sched = make_scheduler(schedule, method, steps, timesteps=timesteps, eta=eta, spacing=spacing, **options)
     timesteps = [int(t) for t in sched.timesteps]
     t_arrays: Dict[int, Dict[int, np.ndarray]] = {}
     out, trajectory = [], []

@@ -102,7 +102,7 @@ def sample_shards(
     """
     out = Path(out_dir)
     plan = sampling_plan(engine.manifest, method, steps)
-    method, steps = plan["method"], plan["steps"]
+    method, steps = plan["method"], plan["steps"]  # a student's timesteps: engine.sample_float takes them
     config = _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing, options)
     n_shards = -(-num // shard_size)
     _open_run(out, config, engine, n_shards)

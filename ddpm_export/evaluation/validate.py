@@ -150,10 +150,14 @@ def _trajectory_same_scheduler(engine, model, schedule, num, seed, method, steps
             frames[name].append((t, x0.copy()))
         return on_step
 
-    kw = dict(seed=seed, steps=steps, method=method, batch=num, **opts)
-    res = engine.sample_float(num, callback=recorder("engine"), **kw)
+    from runtime.contract import plan_steps, sampling_plan
+
+    kw = dict(seed=seed, method=method, batch=num, **opts)
+    res = engine.sample_float(num, callback=recorder("engine"), steps=steps, **kw)
+    # the reference runs the timesteps the engine ran (a student's: its manifest's list)
     ref = run_loop(_torch_runner(model), tuple(engine.image_shape), schedule.to_dict(), num,
-                   callback=recorder("reference"), **kw)
+                   callback=recorder("reference"), **plan_steps(sampling_plan(engine.manifest, method, steps)),
+                   **kw)
     ts = list(chains["engine"])
     drift = {t: float(np.abs(chains["engine"][t] - chains["reference"][t]).max()) for t in ts}
     final = float(np.abs(res.images.astype(np.float64) - ref.images.astype(np.float64)).max())
@@ -290,7 +294,7 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
     import runtime
     from runtime.schedulers import make_scheduler
 
-    from runtime.contract import sampling_plan
+    from runtime.contract import plan_steps, sampling_plan
 
     method_options = {k: v for k, v in (method_options or {}).items() if v is not None}
     model, ckpt = load_model(checkpoint)
@@ -298,7 +302,7 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
     student = ckpt.get("sampling") is not None  # a few-step student of 'ddpm-export distill'
     plan = sampling_plan({"schedule": ckpt["schedule_config"], "sampling": ckpt.get("sampling")}, method, steps)
     method, steps = plan["method"], plan["steps"]
-    make_scheduler(schedule, method, steps, **method_options)  # bad method/options: fail now
+    make_scheduler(schedule, method, **plan_steps(plan), **method_options)  # bad method/options: fail now
     ckpt_sha = sha256_file(checkpoint)
     report: Dict[str, Any] = {"checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha,
                               "thresholds": asdict(thresholds), "seed": seed, "engines": []}
@@ -377,7 +381,7 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
             from runtime.loop import sample as run_loop
 
             ref = run_loop(_torch_runner(model), model_shape, schedule.to_dict(), samples, seed=seed,
-                           method=method, steps=steps, batch=min(samples, 64), **method_options).images
+                           method=method, **plan_steps(plan), batch=min(samples, 64), **method_options).images
         if ref is None:
             ref = reference_samples(model, schedule, samples, seed, reference_samples_path, progress)
         dist = distribution_level(model_shape, ref, engine_samples, thresholds, inception_weights)

@@ -37,6 +37,7 @@ from torch import nn
 
 from runtime.io import (FolderLocked, folder_lock, load_npz, remove_stale_temporaries, save_grid, save_npz,
                         sha256_file, write_json)
+from runtime.schedulers.base import check_timesteps
 from runtime.schedulers.consistency import consistency_timesteps
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
 from runtime.schedulers.solver_base import solver_timesteps
@@ -135,10 +136,12 @@ def student_x0(schedule: Schedule, v: torch.Tensor, x_t: torch.Tensor, t: torch.
 
 
 @torch.no_grad()
-def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: int, seed: int = 0,
-                   first_image: int = 0, clip: Optional[bool] = None, device: str = "cpu") -> np.ndarray:
+def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: Optional[int] = None, seed: int = 0,
+                   first_image: int = 0, clip: Optional[bool] = None, device: str = "cpu",
+                   timesteps: Optional[Sequence[int]] = None) -> np.ndarray:
     """The PyTorch student's own sampler (float64 step math, float32 network), on the runtime's
-    per-image noise streams: images first_image, ... of ``seed`` [num, C, H, W] float32."""
+    per-image noise streams: images first_image, ... of ``seed`` [num, C, H, W] float32.
+    ``steps`` calls at consistency_timesteps(steps, T), or exactly ``timesteps`` (a manifest's list)."""
     cfg = model.config
     s = Schedule(schedule)
     clip = schedule.clip_denoised if clip is None else clip
@@ -146,7 +149,11 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
         raise ValueError("sample_student clips to clip_sample_range; a schedule with dynamic thresholding "
                          "is not supported here: sample through the runtime instead")
     r = float(schedule.clip_sample_range)
-    ts = [int(t) for t in consistency_timesteps(steps, s.num_timesteps)]
+    if (steps is None) == (timesteps is None):
+        raise ValueError(f"sample_student: pass steps or timesteps, not both or neither (steps={steps!r}, "
+                         f"timesteps={timesteps!r})")
+    ts = ([int(t) for t in consistency_timesteps(steps, s.num_timesteps)] if timesteps is None
+          else [int(t) for t in check_timesteps(timesteps, s.num_timesteps)])
     shape = (num, cfg.in_channels, cfg.image_size, cfg.image_size)
     streams = ImageStreams(seed, first_image, num)
     x = torch.from_numpy(streams.standard_normal(shape, dtype=np.float32)).to(torch.float64)
@@ -364,8 +371,8 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
     def sample_grid() -> None:
         if cfg.num_samples <= 0:
             return
-        rows = [sample_student(ema, s_sched, cfg.num_samples, n, seed=cfg.seed, device=str(device))
-                for n in sorted(timesteps)]
+        rows = [sample_student(ema, s_sched, cfg.num_samples, seed=cfg.seed, device=str(device),
+                               timesteps=timesteps[n]) for n in sorted(timesteps)]
         save_grid(np.concatenate(rows), out / "samples" / f"step{step:07d}.png", nrow=cfg.num_samples, scale=2)
 
     metrics = open(out / "metrics.jsonl", "a")

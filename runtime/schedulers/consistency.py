@@ -6,9 +6,12 @@ calls the sampler re-noises that sample to the next timestep with fresh noise,
 x_t' = sqrt(abar_t') x0 + sqrt(1 - abar_t') z, and asks the student again, so each
 call sees an input distributed like the forward process at its timestep.
 
-Timesteps: round(linspace(0, T-1, N+1)) without the 0, descending (the solvers'
-"linspace" spacing), so N = 1, 2, 4, 8 use nested subsets of the 16-step grid the
-student was trained on (N = 4 on T = 1000: 999, 749, 500, 250).
+Timesteps of set_timesteps(N): round(linspace(0, T-1, N+1)) without the 0, descending
+(the solvers' "linspace" spacing), so N = 1, 2, 4, 8 use nested subsets of the grid
+the student was trained on (N = 4 on T = 1000: 999, 749, 500, 250). A student's
+manifest lists its own per call count, and the runtime samples those
+(set_timesteps(timesteps=...); runtime.contract.sampling_plan): the shipped digits
+student's 4-call list is 999, 375, 250, 125, chosen by measurement after training.
 
 Noise order, as every scheduler here: x_T first, then one z per step that adds
 noise (every step but the last), ``rng.standard_normal(x_t.shape, dtype=float32)``.

@@ -135,3 +135,29 @@ def test_cli_bad_engine_files(tiny_export, tmp_path, capsys, damage):
     assert rc == 1 and len(err) == 1 and err[0].startswith("error:"), err
     assert not (tmp_path / "s.png").exists()
     print(damage, "->", err[0])
+
+
+def test_the_loop_takes_explicit_timesteps():
+    """timesteps=[...] runs exactly those (a student's manifest list), in order; the default
+    list passed explicitly gives the same images as steps=N, another list other images."""
+    from runtime.schedulers.schedule import ScheduleConfig
+
+    seen = []
+
+    def runner(x, t):  # a v-model stand-in that depends on t, recording the calls
+        seen.append(int(t[0]))
+        return np.tanh(x) * (t[:, None, None, None] / 1000.0).astype(np.float32)
+
+    sched = ScheduleConfig(prediction="v").to_dict()
+    kw = dict(num=3, seed=5, method="consistency", batch=3)
+    by_steps = sample(runner, (1, 4, 4), sched, steps=4, **kw).images
+    assert seen == [999, 749, 500, 250]
+    seen.clear()
+    same = sample(runner, (1, 4, 4), sched, timesteps=[999, 749, 500, 250], **kw).images
+    np.testing.assert_array_equal(same, by_steps)
+    seen.clear()
+    other = sample(runner, (1, 4, 4), sched, timesteps=[999, 500, 250, 125], **kw)
+    assert seen == [999, 500, 250, 125] and other.network_calls == 4
+    assert not np.array_equal(other.images, by_steps)
+    with pytest.raises(ValueError, match="given together"):
+        sample(runner, (1, 4, 4), sched, steps=4, timesteps=[999, 500], **kw)
