@@ -1,6 +1,7 @@
 """The student's steps-table rows beside the teacher's frontier rows, paired by seed.
 
-    PYTHONPATH=. python scripts/distill_compare.py examples/distilled.json examples/frontier.json
+    PYTHONPATH=. python scripts/distill_compare.py examples/distilled.json examples/frontier.json \
+        [--plot examples/frontier-student.png]
 
 Both files are ``ddpm-export steps-table --json`` results with the same sample count and
 seeds: the student (engines/digits-distilled.onnx) and the teacher (engines/digits.onnx)
@@ -8,6 +9,7 @@ start image i of seed s from the same x_T (runtime.seeding), so their Frechet di
 pair seed by seed. Prints the rows (student, UniPC-10, DPM-Solver++-10, DDPM-1000), the
 Frechet differences to DDPM-1000 at the same seed, and whether each student row lies
 within DDPM-1000's seed spread (mean + std for Frechet, mean - std for the confident share).
+``--plot``: steps-table's frontier plot of every teacher method with the student as one more line.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("student", help="steps-table --json of the student engine")
     p.add_argument("teacher", help="steps-table --json of the teacher engine (examples/frontier.json)")
+    p.add_argument("--plot", default=None, help="also draw the teacher's whole frontier with the student's line")
     a = p.parse_args()
     s, t = (json.loads(Path(f).read_text()) for f in (a.student, a.teacher))
     for k in ("num", "seeds", "real_reference_n"):
@@ -44,6 +47,12 @@ def main() -> None:
         fd_ok, c_ok = r["frechet_mean"] <= fd_top, r["confident_mean"] >= conf_low
         print(f"  {r['method']}-{r['engine_calls']}: Frechet {r['frechet_mean']:.2f} {'yes' if fd_ok else 'no'}, "
               f"confident {r['confident_mean']:.3f} {'yes' if c_ok else 'no'}")
+    if a.plot:
+        from ddpm_export.evaluation.plots import plot_frontier
+
+        student = [dict(r, method=f"student ({r['method']})") for r in s["rows"]]
+        plot_frontier(dict(t, rows=t["rows"] + student), Path(a.plot))
+        print(f"wrote {a.plot}")
 
 
 if __name__ == "__main__":
