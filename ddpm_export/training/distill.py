@@ -44,6 +44,7 @@ from runtime.schedulers.solver_base import solver_timesteps
 from runtime.seeding import ImageStreams
 
 from ddpm_export.model.checkpoint import build_model, load_checkpoint, save_checkpoint, slim
+from ddpm_export.model.external import ExternalDenoiser, image_shape_of
 from ddpm_export.training.train import ema_update
 
 SAMPLING_METHOD = "consistency"  # runtime.schedulers registry name of the student's sampler
@@ -142,7 +143,6 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
     """The PyTorch student's own sampler (float64 step math, float32 network), on the runtime's
     per-image noise streams: images first_image, ... of ``seed`` [num, C, H, W] float32.
     ``steps`` calls at consistency_timesteps(steps, T), or exactly ``timesteps`` (a manifest's list)."""
-    cfg = model.config
     s = Schedule(schedule)
     clip = schedule.clip_denoised if clip is None else clip
     if clip and schedule.thresholding:
@@ -154,7 +154,7 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
                          f"timesteps={timesteps!r})")
     ts = ([int(t) for t in consistency_timesteps(steps, s.num_timesteps)] if timesteps is None
           else [int(t) for t in check_timesteps(timesteps, s.num_timesteps)])
-    shape = (num, cfg.in_channels, cfg.image_size, cfg.image_size)
+    shape = (num, *image_shape_of(model))
     streams = ImageStreams(seed, first_image, num)
     x = torch.from_numpy(streams.standard_normal(shape, dtype=np.float32)).to(torch.float64)
     was_training = model.training
@@ -177,13 +177,18 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
     return x.to(torch.float32).numpy()
 
 
+def _weights_of(model: nn.Module) -> nn.Module:
+    """The module whose state_dict a checkpoint stores: a wrapped network's own (diffusers'
+    names, as the import writes them), else the model."""
+    return model.net if isinstance(model, ExternalDenoiser) else model
+
+
 def teacher_chunk(model: nn.Module, schedule: ScheduleConfig, first: int, n: int, seed: int,
                   teacher_steps: int, record: Sequence[int], device: str = "cpu") -> Dict[str, np.ndarray]:
     """Trajectories first..first+n-1 of ``seed``: the UniPC state entering each call at the
     ``record`` timesteps [len(record), n, C, H, W] and the ODE's end x0 [n, C, H, W]."""
     from runtime.loop import sample
 
-    cfg = model.config
     states: Dict[int, np.ndarray] = {}
 
     @torch.no_grad()
@@ -194,7 +199,7 @@ def teacher_chunk(model: nn.Module, schedule: ScheduleConfig, first: int, n: int
         return out.to("cpu").numpy()
 
     model.eval()
-    res = sample(runner, (cfg.in_channels, cfg.image_size, cfg.image_size), schedule.to_dict(), n, seed=seed,
+    res = sample(runner, image_shape_of(model), schedule.to_dict(), n, seed=seed,
                  steps=teacher_steps, method=TEACHER_METHOD, batch=n, first_image=first)
     return {"states": np.stack([states[t] for t in record]), "x0": res.images.astype(np.float32),
             "timesteps": np.asarray(record, dtype=np.int64)}
@@ -327,8 +332,8 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
     if ckpt is not None:
         old_prov = ckpt.get("provenance", {})
         commands = list(old_prov.get("commands", [old_prov.get("command", "")])) + [command]
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
+        _weights_of(model).load_state_dict(ckpt["model"])
+        _weights_of(ema).load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         step = int(ckpt["step"])
         gen.set_state(ckpt["rng"]["data"])
@@ -348,14 +353,18 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
         "seed": cfg.seed,
         "torch": str(torch.__version__),
     }
+    # the teacher's own model_config: for a wrapped network (an imported diffusers UNet) it holds
+    # what rebuilds it (the UNet2DModel config), which the wrapper's config alone does not
+    student_config = (copy.deepcopy(teacher_ckpt["model_config"]) if isinstance(teacher, ExternalDenoiser)
+                      else unet_cfg.to_dict())
     teacher_ckpt = None
 
     def checkpoint(final: bool = False) -> None:
         c = {
-            "model_config": unet_cfg.to_dict(),
+            "model_config": student_config,
             "schedule_config": s_sched.to_dict(),
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
+            "model": _weights_of(model).state_dict(),
+            "ema": _weights_of(ema).state_dict(),
             "optimizer": opt.state_dict(),
             "step": step,
             "rng": {"data": gen.get_state(), "torch": torch.get_rng_state()},

@@ -132,3 +132,36 @@ def test_cli_refuses_a_call_count_off_the_grid_in_one_line(tmp_path, tiny_checkp
                                   "--no-progress"])
     assert r.exit_code == 1
     assert r.output.count("\n") == 1 and "call counts [3] need timesteps off the teacher's 8-step grid" in r.output
+
+
+def test_distill_takes_an_imported_diffusers_teacher_of_any_shape(tmp_path):
+    """A teacher from the diffusers import (diffusers' own network, 8x16 images): the student is
+    trained and its checkpoint keeps the shape; the PyTorch student samples [N, 1, 8, 16]."""
+    pytest.importorskip("diffusers")
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from ddpm_export.model.checkpoint import load_model
+    from ddpm_export.weights import import_diffusers
+
+    torch.manual_seed(0)
+    net = UNet2DModel(sample_size=(8, 16), in_channels=1, out_channels=1, layers_per_block=1,
+                      block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
+    DDPMPipeline(unet=net, scheduler=DDPMScheduler()).save_pretrained(str(tmp_path / "pipe"))
+    import_diffusers(tmp_path / "pipe", tmp_path / "teacher.pt", verify=False)
+    summary = distill(_cfg(tmp_path / "teacher.pt", tmp_path / "run"), progress=False)
+    assert summary["step"] == 6
+    student, ckpt = load_model(tmp_path / "run" / "model.pt")
+    assert ckpt["model_config"]["image_shape"] == [1, 8, 16]
+    ref = sample_student(student, ScheduleConfig.from_dict(ckpt["schedule_config"]), 2, seed=0,
+                         timesteps=ckpt["sampling"]["timesteps"]["2"])
+    assert ref.shape == (2, 1, 8, 16) and np.isfinite(ref).all()
+    # exported like any model: the runtime, with no flags, samples what the PyTorch student does
+    import runtime
+    from ddpm_export.export.onnx_export import export_onnx
+
+    export_onnx(tmp_path / "run" / "model.pt", tmp_path / "student.onnx", batch_range=(1, 1, 2))
+    with runtime.load(tmp_path / "student.onnx") as engine:
+        res = engine.sample_float(2, seed=0)
+    assert res.network_calls == 2
+    assert np.abs(res.images - ref).max() < 1e-4
