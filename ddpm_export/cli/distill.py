@@ -22,7 +22,7 @@ def _counts(ctx, param, value) -> Tuple[int, ...]:
 
 @click.command("distill")
 @library_option("--teacher", default_from=DC + "teacher", type=click.Path(dir_okay=False),
-                help="Teacher checkpoint (eps prediction): a .pt from 'train' or 'import'.")
+                help="Teacher checkpoint: a .pt from 'train' or 'import' (eps, x0 or v prediction).")
 @library_option("--out", default_from=DC + "out",
                 help="Run folder: last.pt, model.pt, metrics.jsonl, samples/, teacher/.")
 @library_option("--teacher-steps", type=int, default_from=DC + "teacher_steps",

@@ -55,7 +55,7 @@ LOCK_FILE = ".distill.lock"
 
 @dataclass
 class DistillConfig:
-    teacher: str = "engines/digits.pt"  # teacher checkpoint (eps prediction)
+    teacher: str = "engines/digits.pt"  # teacher checkpoint (eps, x0 or v; no dynamic thresholding)
     out: str = "runs/digits-distilled"  # run folder: last.pt, model.pt, metrics.jsonl, samples/, teacher/
     teacher_steps: int = 8  # UniPC calls per teacher trajectory (linspace timesteps)
     student_steps: Tuple[int, ...] = (1, 2, 4, 8)  # call counts the student is trained for
@@ -244,9 +244,13 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
     teacher_ckpt = load_checkpoint(cfg.teacher)
     teacher_sha = sha256_file(cfg.teacher)
     teacher, unet_cfg, t_sched = build_model(teacher_ckpt, cfg.teacher)
-    if getattr(t_sched, "prediction", "eps") != "eps":
-        raise DistillError(f"{cfg.teacher}: the teacher predicts {t_sched.prediction!r}; distill takes an eps "
-                           f"teacher (a checkpoint from 'ddpm-export train' or 'import')")
+    # any prediction type: the teacher's ODE is solved by the runtime's UniPC, which reads its
+    # output by the schedule's prediction; the student predicts v whatever the teacher did
+    if t_sched.thresholding:
+        raise DistillError(f"{cfg.teacher}: the teacher's schedule uses dynamic thresholding "
+                           f"(thresholding=true); the student's PyTorch sampler only clips to "
+                           f"clip_sample_range, so it would not sample as the teacher does: distill a "
+                           f"teacher without thresholding")
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -134,9 +134,11 @@ def test_cli_refuses_a_call_count_off_the_grid_in_one_line(tmp_path, tiny_checkp
     assert r.output.count("\n") == 1 and "call counts [3] need timesteps off the teacher's 8-step grid" in r.output
 
 
-def test_distill_takes_an_imported_diffusers_teacher_of_any_shape(tmp_path):
-    """A teacher from the diffusers import (diffusers' own network, 8x16 images): the student is
-    trained and its checkpoint keeps the shape; the PyTorch student samples [N, 1, 8, 16]."""
+def test_distill_takes_an_imported_diffusers_v_teacher_of_any_shape(tmp_path):
+    """A teacher from the diffusers import (diffusers' own network, 8x16 images, v-prediction):
+    the student is trained and its checkpoint keeps the shape; the exported student samples in
+    the runtime what the PyTorch student does. The teacher's trajectories read its v output (a
+    teacher read as eps would end elsewhere)."""
     pytest.importorskip("diffusers")
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
@@ -147,7 +149,8 @@ def test_distill_takes_an_imported_diffusers_teacher_of_any_shape(tmp_path):
     net = UNet2DModel(sample_size=(8, 16), in_channels=1, out_channels=1, layers_per_block=1,
                       block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
-    DDPMPipeline(unet=net, scheduler=DDPMScheduler()).save_pretrained(str(tmp_path / "pipe"))
+    DDPMPipeline(unet=net, scheduler=DDPMScheduler(prediction_type="v_prediction")).save_pretrained(
+        str(tmp_path / "pipe"))
     import_diffusers(tmp_path / "pipe", tmp_path / "teacher.pt", verify=False)
     summary = distill(_cfg(tmp_path / "teacher.pt", tmp_path / "run"), progress=False)
     assert summary["step"] == 6
@@ -165,3 +168,20 @@ def test_distill_takes_an_imported_diffusers_teacher_of_any_shape(tmp_path):
         res = engine.sample_float(2, seed=0)
     assert res.network_calls == 2
     assert np.abs(res.images - ref).max() < 1e-4
+    # the stored trajectory ends are the runtime's UniPC chain of the v teacher
+    from runtime.loop import sample
+    teacher, tck = load_model(tmp_path / "teacher.pt")
+    with torch.no_grad():
+        chain = sample(lambda x, t: teacher(torch.from_numpy(x), torch.from_numpy(t).long()).numpy(),
+                       (1, 8, 16), tck["schedule_config"], 4, seed=1000, steps=4, method="unipc", batch=4)
+    stored = np.load(tmp_path / "run" / "teacher" / "chunk00000.npz")["x0"]
+    np.testing.assert_allclose(stored, chain.images, atol=1e-5)
+
+
+def test_distill_refuses_a_thresholding_teacher(tmp_path, tiny_checkpoint):
+    _, teacher, _ = tiny_checkpoint
+    ck = torch.load(teacher, weights_only=False)
+    ck["schedule_config"] = dict(ck["schedule_config"], thresholding=True)
+    torch.save(ck, tmp_path / "t.pt")
+    with pytest.raises(DistillError, match="dynamic thresholding"):
+        distill(_cfg(tmp_path / "t.pt", tmp_path / "run"), progress=False)
