@@ -29,7 +29,7 @@ from torch import nn
 from runtime.contract import INPUT_T, INPUT_X
 
 from ddpm_export.export.ort import ort_session
-from ddpm_export.model.external import FAMILY_DIFFUSERS, ExternalDenoiser, image_shape_of
+from ddpm_export.model.external import FAMILY_DIFFUSERS, ExternalDenoiser, image_shape_of, weights_module
 from ddpm_export.model.unet import AttnBlock, TimeEmbedding, UNet
 
 
@@ -261,8 +261,7 @@ def fp16_overflow(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Optiona
         return f
 
     ref = copy.deepcopy(model).float().eval()
-    ref_net = ref.net if isinstance(ref, ExternalDenoiser) else ref
-    handles = [m.register_forward_hook(hook(n)) for n, m in ref_net.named_modules() if n]
+    handles = [m.register_forward_hook(hook(n)) for n, m in weights_module(ref).named_modules() if n]
     try:
         with torch.no_grad():
             ref(x, t)

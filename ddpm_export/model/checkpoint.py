@@ -38,7 +38,7 @@ from runtime.io import atomic_write
 from runtime.schedulers.schedule import ScheduleConfig
 
 from ddpm_export.model.config import UNetConfig
-from ddpm_export.model.external import ExternalDenoiser, build_external, is_external_config
+from ddpm_export.model.external import build_external, is_external_config, weights_module
 from ddpm_export.model.unet import UNet
 
 FORMAT = "ddpm-export/1"
@@ -268,8 +268,7 @@ def build_model(
         raise CheckpointError(f"{path}: invalid model or schedule config: {e}") from e
     key = weights if weights in ckpt else ("ema" if "ema" in ckpt else "model")
     # an external network's state_dict uses its own names (e.g. diffusers')
-    load_state_dict_checked(model.net if isinstance(model, ExternalDenoiser) else model,
-                            ckpt[key], path)
+    load_state_dict_checked(weights_module(model), ckpt[key], path)
     model.eval()
     return model, config, schedule
 

@@ -146,6 +146,12 @@ def build_external(model_config: Dict[str, Any]) -> ExternalDenoiser:
     return DiffusersUNet(net, model_config["image_shape"]).eval()
 
 
+def weights_module(model: nn.Module) -> nn.Module:
+    """The module whose state_dict a checkpoint stores and hooks walk: a wrapped network's own
+    (diffusers' names, as the import writes them), else the model itself."""
+    return model.net if isinstance(model, ExternalDenoiser) else model
+
+
 def image_shape_of(model: nn.Module) -> Tuple[int, int, int]:
     """(C, H, W) of our UNet or of an ExternalDenoiser."""
     if isinstance(model, ExternalDenoiser):

@@ -44,7 +44,7 @@ from runtime.schedulers.solver_base import solver_timesteps
 from runtime.seeding import ImageStreams
 
 from ddpm_export.model.checkpoint import build_model, load_checkpoint, save_checkpoint, slim
-from ddpm_export.model.external import ExternalDenoiser, image_shape_of
+from ddpm_export.model.external import ExternalDenoiser, image_shape_of, weights_module
 from ddpm_export.training.train import ema_update
 
 SAMPLING_METHOD = "consistency"  # runtime.schedulers registry name of the student's sampler
@@ -175,12 +175,6 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
     finally:
         model.train(was_training)
     return x.to(torch.float32).numpy()
-
-
-def _weights_of(model: nn.Module) -> nn.Module:
-    """The module whose state_dict a checkpoint stores: a wrapped network's own (diffusers'
-    names, as the import writes them), else the model."""
-    return model.net if isinstance(model, ExternalDenoiser) else model
 
 
 def teacher_chunk(model: nn.Module, schedule: ScheduleConfig, first: int, n: int, seed: int,
@@ -336,8 +330,8 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
     if ckpt is not None:
         old_prov = ckpt.get("provenance", {})
         commands = list(old_prov.get("commands", [old_prov.get("command", "")])) + [command]
-        _weights_of(model).load_state_dict(ckpt["model"])
-        _weights_of(ema).load_state_dict(ckpt["ema"])
+        weights_module(model).load_state_dict(ckpt["model"])
+        weights_module(ema).load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         step = int(ckpt["step"])
         gen.set_state(ckpt["rng"]["data"])
@@ -367,8 +361,8 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
         c = {
             "model_config": student_config,
             "schedule_config": s_sched.to_dict(),
-            "model": _weights_of(model).state_dict(),
-            "ema": _weights_of(ema).state_dict(),
+            "model": weights_module(model).state_dict(),
+            "ema": weights_module(ema).state_dict(),
             "optimizer": opt.state_dict(),
             "step": step,
             "rng": {"data": gen.get_state(), "torch": torch.get_rng_state()},

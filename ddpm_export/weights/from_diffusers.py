@@ -31,7 +31,6 @@ all its reasons. ``verify=True`` compares the result with diffusers itself
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import re
 import warnings
