@@ -5,6 +5,10 @@
         images = engine.sample(16, seed=0)          # uint8 [16, H, W, C]
         eps = engine(x_t, t)                        # one network call
 
+    with runtime.load("engines/digits-cond.onnx") as engine:   # a conditional model
+        threes = engine.sample(16, seed=0, cond={"class_labels": 3}, guidance=2.0)
+        eps = engine(x_t, t, class_labels=labels)
+
 ``load`` picks the backend from the file name (.onnx: ONNX Runtime; .plan /
 .engine: TensorRT) and reads the manifest that travels with it.
 """
@@ -15,7 +19,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from runtime.contract import plan_steps, read_manifest, sampling_plan
+from runtime.contract import (default_guidance, plan_steps, read_manifest, sample_kind_of,
+                              sampling_plan)
 from runtime.io import to_uint8
 from runtime.backends.base import Runner
 from runtime.loop import SampleResult, StepCallback, sample
@@ -30,7 +35,10 @@ class Engine:
     def __init__(self, runner: Runner):
         self.runner = runner
         self.manifest: Dict[str, Any] = runner.manifest
-        self.image_shape = runner.image_shape
+        self.sample_shape = runner.sample_shape
+        self.image_shape = runner.image_shape  # the older name of sample_shape
+        self.sample_kind = sample_kind_of(self.manifest)  # "image" or "array"
+        self.conditions = runner.conditions  # runtime.contract.Condition, in input order
 
     def __enter__(self) -> "Engine":
         self.runner.__enter__()
@@ -39,8 +47,8 @@ class Engine:
     def __exit__(self, *exc) -> None:
         self.runner.__exit__(*exc)
 
-    def __call__(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return self.runner(x_t, t)
+    def __call__(self, x_t: np.ndarray, t: np.ndarray, **cond: Any) -> np.ndarray:
+        return self.runner(x_t, t, **cond)
 
     @property
     def batch_range(self) -> Dict[str, int]:
@@ -51,11 +59,17 @@ class Engine:
         self, num: int, seed: int = 0, steps: Optional[int] = None, method: Optional[str] = None,
         eta: Optional[float] = None, spacing: Optional[str] = None, batch: Optional[int] = None,
         callback: Optional[StepCallback] = None, trajectory_frames: int = 0, progress: bool = False,
-        first_image: int = 0,
+        first_image: int = 0, cond: Optional[Dict[str, Any]] = None, guidance: Optional[float] = None,
         **options: Any,
     ) -> SampleResult:
-        """Float samples [num, C, H, W] in [-1, 1] plus timing; see runtime.loop.sample.
-        Images first_image, ... of ``seed``: the same at any ``batch``.
+        """Float samples [num, *sample_shape] ([num, C, H, W] in [-1, 1] for images) plus timing;
+        see runtime.loop.sample. Samples first_image, ... of ``seed``: the same at any ``batch``.
+
+        cond: a conditional model's inputs by name (``self.conditions``), each one value for
+        all samples (an int label, a [D] vector) or one per sample ([num, ...]). guidance: the
+        classifier-free guidance scale (runtime.guidance; None: the manifest's default, else 1
+        = none); with guidance the default batch is half the engine's largest, so that both
+        branches go through one call at batch 2N.
 
         method: any of runtime.METHODS; method options (order=, variant=, corrector=,
         karras=, clip=, ...) as keywords, see runtime.schedulers. method/steps None: the
@@ -63,22 +77,28 @@ class Engine:
         over all T; a student refuses what it was not trained for, and samples the timesteps its
         manifest lists for the call count (runtime.contract.sampling_plan)."""
         plan = sampling_plan(self.manifest, method, steps)
+        if guidance is None:
+            guidance = default_guidance(self.manifest)
         if batch is None:
-            batch = min(num, self.runner.max_batch)
+            guided = guidance not in (0, 1) and self.runner.max_batch >= 2
+            batch = min(num, self.runner.max_batch // 2 if guided else self.runner.max_batch)
         opened_here = not self.runner.is_active  # outside 'with engine:' we open and close
         self.runner.__enter__()
         try:
-            return sample(self.runner, self.image_shape, self.manifest["schedule"], num, seed=seed,
+            return sample(self.runner, self.sample_shape, self.manifest["schedule"], num, seed=seed,
                           method=plan["method"], **plan_steps(plan), eta=eta, spacing=spacing, batch=batch,
                           callback=callback, trajectory_frames=trajectory_frames,
-                          progress=progress, first_image=first_image, **options)
+                          progress=progress, first_image=first_image, conditions=self.conditions,
+                          cond=cond, guidance=guidance, max_batch=self.runner.max_batch, **options)
         finally:
             if opened_here:
                 self.runner.close()
 
     def sample(self, num: int, seed: int = 0, **kw) -> np.ndarray:
-        """uint8 images [num, H, W, C]; keyword arguments as in sample_float."""
-        return to_uint8(self.sample_float(num, seed, **kw).images)
+        """uint8 images [num, H, W, C] of an image model; an array model's float samples
+        [num, *sample_shape] as they are. Keyword arguments as in sample_float."""
+        samples = self.sample_float(num, seed, **kw).images
+        return to_uint8(samples) if self.sample_kind == "image" else samples
 
 
 def missing_engine_message(path) -> str:

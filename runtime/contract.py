@@ -14,6 +14,11 @@ Model I/O (every precision; an FP16 graph casts at its edges inside the graph)::
                                     as ``schedule.prediction`` says (the name stays
                                     "eps" for every prediction type, so engines and
                                     Triton configs keep one I/O contract)
+    NAME ...     [batch, ...]       one input per condition of a conditional model
+                                    (``conditions`` below), after x_t and t
+
+A sample need not be an image: ``sample_shape`` may have any rank ([C, H, W], [C, L],
+a policy's [horizon, action_dim]); x_t and eps are [batch, *sample_shape].
 
 Manifest schema (``manifest_version`` 1 or 2): a JSON object, embedded in the ONNX
 file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
@@ -21,11 +26,39 @@ file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
 ``NAME.json``). The runtime needs nothing else::
 
     manifest_version  int   1 when the schedule keeps every optional key below at its
-                            default (what version 1 meant), else 2: a runtime that
-                            knows only version 1 then refuses the file rather than
-                            sampling an x0 or v model as eps (manifest_version_for)
+                            default (what version 1 meant), 2 when it does not: a runtime
+                            that knows only version 1 then refuses the file rather than
+                            sampling an x0 or v model as eps (manifest_version_for);
+                            3 when the model takes conditions or its samples are not
+                            [C, H, W] images, so that a runtime that knows only 1 and 2
+                            refuses it instead of ignoring its condition inputs
     precision         str   "fp32" | "fp16" (FP16 graph, FP32 islands, FP32 I/O)
-    image_shape       [C, H, W]
+    image_shape       [C, H, W] of an image model; null when sample_kind is "array"
+    sample_shape      version 3 only (older: image_shape): the per-sample shape, any rank
+    sample_kind       version 3 only (older: "image"): "image" (a [C, H, W] sample in
+                      [-1, 1], shown as uint8) or "array" (floats, returned as they are)
+    conditions        version 3 only (older: none): a list, one entry per condition input,
+                      in engine input order after x_t and t (Condition.to_dict):
+                        name         the engine input's name ("class_labels" for labels:
+                                     diffusers' name)
+                        kind         "class_label": int64 [] per sample, one label in
+                                       [0, num_classes) or the null label
+                                     "vector": float32 [D, ...] per sample (an embedding,
+                                       a policy's observation features)
+                                     "image_channels": float32 [C', H, W], concatenated to
+                                       x_t's channels inside the graph (super-resolution)
+                        dtype        "int64" (class_label) | "float32"
+                        shape        the per-sample shape ([] for a label)
+                        num_classes  class_label only: the number of real classes K
+                        null         how "no condition" is written, for classifier-free
+                                     guidance: class_label: the null label (an int in
+                                     [0, num_classes], e.g. K for a learned extra row);
+                                     vector / image_channels: "zeros"; null = none (the
+                                     model cannot be sampled with guidance)
+    guidance          version 3 only, optional: {"default": w}, the guidance scale
+                      sample_float uses when none is given (diffusers' guidance_scale:
+                      out = out_uncond + w (out_cond - out_uncond); 1 = the conditional
+                      model alone, 0 = the unconditional one); absent = 1
     schedule          ScheduleConfig.to_dict() (runtime/schedulers/schedule.py):
                       required: kind ("linear" | "scaled_linear" | "squaredcos_cap_v2"
                       | "explicit"), beta_start, beta_end, num_timesteps (T),
@@ -41,7 +74,8 @@ file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
                       noise on a chain's last step; true: it does when that t > 0,
                       as diffusers' DDPMScheduler). An unknown key is refused.
     io                {"inputs": [{"name", "dtype", "shape"}, ...],
-                       "outputs": [...], "batch_axis": "batch"}  == io_spec(image_shape)
+                       "outputs": [...], "batch_axis": "batch"}
+                      == io_spec(sample_shape, conditions)
     batch_range       {"min", "opt", "max"}  the engine's optimization profile
     onnx              {"opset", "exporter", "normalization", "attention"}
     source            {"checkpoint" (file name), "checkpoint_sha256", "weights"
@@ -73,7 +107,7 @@ import json
 import operator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from runtime.io import PathLike, sha256_file, write_json
 from runtime.schedulers.schedule import ScheduleConfig
@@ -90,8 +124,9 @@ OUTPUT_NAMES = (OUTPUT,)
 PRECISIONS = ("fp32", "fp16")
 
 MANIFEST_KEY = "ddpm_export.manifest"  # ONNX metadata_props key holding the JSON
-MANIFEST_VERSION = 2  # the newest version this runtime writes and reads
-MANIFEST_VERSIONS = (1, 2)  # every version it reads
+MANIFEST_VERSION = 3  # the newest version this runtime writes and reads
+MANIFEST_VERSIONS = (1, 2, 3)  # every version it reads
+CONDITIONAL_VERSION = 3  # the first version with conditions / sample_shape / sample_kind
 SIDECAR_SUFFIX = ".json"
 
 
@@ -156,23 +191,139 @@ class BatchRange:
 DEFAULT_BATCH_RANGE = BatchRange()
 
 
-def io_spec(image_shape: Sequence[int]) -> Dict[str, Any]:
-    """The I/O section of a manifest for images of shape [C, H, W]."""
-    c, h, w = (int(v) for v in image_shape)
-    img = [BATCH_AXIS, c, h, w]
+SAMPLE_KINDS = ("image", "array")
+COND_KINDS = ("class_label", "vector", "image_channels")
+COND_DTYPES = {"class_label": "int64", "vector": "float32", "image_channels": "float32"}
+NULL_ZEROS = "zeros"  # the null of a vector / image_channels condition: all zeros
+_RESERVED_NAMES = (INPUT_X, INPUT_T, OUTPUT)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One condition input of a conditional model (its manifest entry, validated).
+
+    name: the engine input; kind: one of COND_KINDS; shape: per sample (the engine input is
+    [batch, *shape]); num_classes: class_label only, the real classes K (labels 0..K-1);
+    null: how "no condition" is written for guidance (class_label: an int in [0, K];
+    vector / image_channels: "zeros"; None: the model has none, guidance is refused).
+    """
+
+    name: str
+    kind: str
+    shape: Tuple[int, ...] = ()
+    num_classes: Optional[int] = None
+    null: Any = None
+
+    @property
+    def dtype(self) -> str:
+        return COND_DTYPES[self.kind]
+
+    def problems(self) -> List[str]:
+        out = []
+        if not (isinstance(self.name, str) and self.name.replace("_", "a").replace(".", "a").isalnum()
+                and not self.name[:1].isdigit()):
+            out.append(f"name {self.name!r} is not an identifier (letters, digits, '_', '.')")
+        elif self.name in _RESERVED_NAMES:
+            out.append(f"name {self.name!r} is taken by the contract's own {_RESERVED_NAMES}")
+        if self.kind not in COND_KINDS:
+            return out + [f"kind {self.kind!r} is not one of {COND_KINDS}"]
+        if not all(_is_int(d) and d > 0 for d in self.shape):
+            out.append(f"shape {list(self.shape)} is not a list of positive ints")
+        if self.kind == "class_label":
+            if self.shape != ():
+                out.append(f"a class_label has shape [] per sample, not {list(self.shape)}")
+            if not (_is_int(self.num_classes) and self.num_classes >= 1):
+                out.append(f"num_classes {self.num_classes!r} is not an int >= 1")
+            elif self.null is not None and not (_is_int(self.null) and 0 <= self.null <= self.num_classes):
+                out.append(f"null {self.null!r} is not a label in [0, {self.num_classes}] or null")
+        else:
+            if self.num_classes is not None:
+                out.append(f"num_classes is for class_label conditions, not {self.kind}")
+            if self.null not in (None, NULL_ZEROS):
+                out.append(f"null {self.null!r} is not {NULL_ZEROS!r} or null")
+            if self.kind == "vector" and len(self.shape) < 1:
+                out.append("a vector condition has rank >= 1 per sample, e.g. [D]")
+            if self.kind == "image_channels" and len(self.shape) != 3:
+                out.append(f"an image_channels condition is [C, H, W] per sample, not {list(self.shape)}")
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = {"name": self.name, "kind": self.kind, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.kind == "class_label":
+            d["num_classes"] = self.num_classes
+        d["null"] = self.null
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "conditions[?]") -> "Condition":
+        if not isinstance(d, Mapping):
+            _fail(where, d, "an object {name, kind, dtype, shape, null[, num_classes]}")
+        unknown = sorted(set(d) - {"name", "kind", "dtype", "shape", "num_classes", "null"})
+        missing = [k for k in ("name", "kind", "dtype", "shape", "null") if k not in d]
+        shape = d.get("shape")
+        if unknown or missing or not isinstance(shape, list):
+            _fail(where, dict(d), f"keys name, kind, dtype, shape (a list), null[, num_classes]"
+                  + (f"; unknown {unknown}" if unknown else "") + (f"; missing {missing}" if missing else ""))
+        c = cls(d["name"], d["kind"], tuple(shape), d.get("num_classes"), d["null"])
+        problems = c.problems()
+        if not problems and d["dtype"] != c.dtype:
+            problems.append(f"dtype {d['dtype']!r} is not {c.dtype!r} (what a {c.kind} is)")
+        if problems:
+            _fail(where, dict(d), "a valid condition: " + "; ".join(problems))
+        return c
+
+
+def io_spec(sample_shape: Sequence[int], conditions: Sequence[Condition] = ()) -> Dict[str, Any]:
+    """The I/O section of a manifest for samples of ``sample_shape`` ([C, H, W] for images)
+    and the given condition inputs (after x_t and t, in order)."""
+    img = [BATCH_AXIS] + [int(v) for v in sample_shape]
+    inputs = [
+        {"name": INPUT_X, "dtype": X_DTYPE, "shape": list(img)},
+        {"name": INPUT_T, "dtype": T_DTYPE, "shape": [BATCH_AXIS]},
+    ]
+    inputs += [{"name": c.name, "dtype": c.dtype, "shape": [BATCH_AXIS] + list(c.shape)}
+               for c in conditions]
     return {
-        "inputs": [
-            {"name": INPUT_X, "dtype": X_DTYPE, "shape": list(img)},
-            {"name": INPUT_T, "dtype": T_DTYPE, "shape": [BATCH_AXIS]},
-        ],
+        "inputs": inputs,
         "outputs": [{"name": OUTPUT, "dtype": EPS_DTYPE, "shape": list(img)}],
         "batch_axis": BATCH_AXIS,
     }
 
 
-def dynamic_axes() -> Dict[str, Dict[int, str]]:
+def input_names(conditions: Sequence[Condition] = ()) -> Tuple[str, ...]:
+    """The engine's input names in order: x_t, t, then one per condition."""
+    return INPUT_NAMES + tuple(c.name for c in conditions)
+
+
+def dynamic_axes(conditions: Sequence[Condition] = ()) -> Dict[str, Dict[int, str]]:
     """Axis 0 of every input and output is the batch (torch.onnx.export's form)."""
-    return {name: {0: BATCH_AXIS} for name in INPUT_NAMES + OUTPUT_NAMES}
+    return {name: {0: BATCH_AXIS} for name in input_names(conditions) + OUTPUT_NAMES}
+
+
+def conditions_of(manifest: Mapping[str, Any]) -> Tuple[Condition, ...]:
+    """The condition inputs of a (validated) manifest; () for an unconditional model."""
+    return tuple(Condition.from_dict(c, f"conditions[{i}]")
+                 for i, c in enumerate(manifest.get("conditions") or ()))
+
+
+def sample_shape_of(manifest: Mapping[str, Any]) -> Tuple[int, ...]:
+    """The per-sample shape: sample_shape (version 3), else image_shape."""
+    shape = manifest.get("sample_shape")
+    return tuple(int(v) for v in (manifest["image_shape"] if shape is None else shape))
+
+
+def sample_kind_of(manifest: Mapping[str, Any]) -> str:
+    """ "image" or "array" (manifests before version 3 hold images)."""
+    return manifest.get("sample_kind", "image")
+
+
+def default_guidance(manifest: Mapping[str, Any]) -> float:
+    """The guidance scale to sample with when none is given: the manifest's, else 1 (none)."""
+    g = manifest.get(GUIDANCE_KEY)
+    return 1.0 if g is None else float(g["default"])
+
+
+GUIDANCE_KEY = "guidance"
 
 
 def sidecar_path(path: PathLike) -> Path:
@@ -193,15 +344,28 @@ def manifest_dict(
     command: str = "",
     onnx_sha256: Optional[str] = None,
     sampling: Optional[Mapping[str, Any]] = None,
+    conditions: Sequence[Any] = (),
+    sample_kind: Optional[str] = None,
+    guidance: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Assemble and validate a manifest (schema in the module docstring); ``sampling`` is
-    added only when given."""
+    added only when given.
+
+    image_shape: the per-sample shape ([C, H, W] for an image model; any rank with
+    sample_kind "array"). conditions: Condition objects or their dicts. sample_kind: None =
+    "image" for a rank-3 shape, else "array". A model with conditions, or whose samples are
+    not images, gets a version-3 manifest; any other the version-1/2 form it always had."""
+    shape = [int(v) for v in image_shape]
+    conds = tuple(c if isinstance(c, Condition) else Condition.from_dict(c, f"conditions[{i}]")
+                  for i, c in enumerate(conditions))
+    kind = sample_kind if sample_kind is not None else ("image" if len(shape) == 3 else "array")
+    v3 = bool(conds) or kind != "image" or guidance is not None
     d = {
-        "manifest_version": _version_or_newest(schedule),
+        "manifest_version": CONDITIONAL_VERSION if v3 else _version_or_newest(schedule),
         "precision": precision,
-        "image_shape": [int(v) for v in image_shape],
+        "image_shape": shape if kind == "image" else None,
         "schedule": dict(schedule),
-        "io": io_spec(image_shape),
+        "io": io_spec(shape, conds),
         "batch_range": BatchRange.coerce(batch_range).to_dict(),
         "onnx": dict(onnx or {}),
         "source": dict(source or {}),
@@ -210,6 +374,11 @@ def manifest_dict(
         "tools": dict(tools or {}),
         "command": command,
     }
+    if v3:
+        d.update({"sample_shape": shape, "sample_kind": kind,
+                  "conditions": [c.to_dict() for c in conds]})
+        if guidance is not None:
+            d[GUIDANCE_KEY] = dict(guidance)
     if sampling is not None:
         d[SAMPLING_KEY] = dict(sampling)
     validate_manifest(d)
@@ -238,10 +407,8 @@ def validate_manifest(d: Any) -> Dict[str, Any]:
         _fail("manifest_version", v, " or ".join(map(str, MANIFEST_VERSIONS)), fix)
     if d["precision"] not in PRECISIONS:
         _fail("precision", d["precision"], f"one of {PRECISIONS}")
-    shape = d["image_shape"]
-    if not (isinstance(shape, list) and len(shape) == 3
-            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
-        _fail("image_shape", shape, "[C, H, W] of positive ints")
+    conds = _check_sample_and_conditions(d)
+    shape = list(sample_shape_of(d))
     sched = d["schedule"]
     if not isinstance(sched, Mapping):
         _fail("schedule", sched, "an object")
@@ -252,7 +419,7 @@ def validate_manifest(d: Any) -> Dict[str, Any]:
         ScheduleConfig.from_dict(dict(sched))
     except (TypeError, ValueError) as e:
         raise ManifestError(f"manifest {e}; {_FIX}") from None
-    expected_io = io_spec(shape)
+    expected_io = io_spec(shape, conds)
     io = d["io"]
     if not isinstance(io, Mapping):
         _fail("io", io, "an object")
@@ -284,6 +451,66 @@ def validate_manifest(d: Any) -> Dict[str, Any]:
     if SAMPLING_KEY in d:
         _check_sampling(d[SAMPLING_KEY], int(sched["num_timesteps"]))
     return dict(d)
+
+
+def _is_image_shape(shape: Any) -> bool:
+    return (isinstance(shape, list) and len(shape) == 3
+            and all(_is_int(s) and s > 0 for s in shape))
+
+
+def _check_sample_and_conditions(d: Mapping[str, Any]) -> Tuple[Condition, ...]:
+    """The sample's shape and kind and the conditions of a manifest of any version; returns
+    the conditions. Before version 3 the keys of version 3 must be absent (a file that has
+    them but says an older version was not written by an export)."""
+    v3_keys = ("sample_shape", "sample_kind", "conditions", GUIDANCE_KEY)
+    if d["manifest_version"] < CONDITIONAL_VERSION:
+        present = [k for k in v3_keys if k in d]
+        if present:
+            _fail("manifest_version", d["manifest_version"],
+                  f"{CONDITIONAL_VERSION} for a manifest with {present}")
+        if not _is_image_shape(d["image_shape"]):
+            _fail("image_shape", d["image_shape"], "[C, H, W] of positive ints")
+        return ()
+    for key in ("sample_shape", "sample_kind", "conditions"):
+        if key not in d:
+            _fail(key, "<missing>", f"present in a version-{CONDITIONAL_VERSION} manifest")
+    shape, kind = d["sample_shape"], d["sample_kind"]
+    if not (isinstance(shape, list) and shape and all(_is_int(s) and s > 0 for s in shape)):
+        _fail("sample_shape", shape, "a non-empty list of positive ints")
+    if kind not in SAMPLE_KINDS:
+        _fail("sample_kind", kind, f"one of {SAMPLE_KINDS}")
+    if kind == "image" and (not _is_image_shape(shape) or d["image_shape"] != shape):
+        _fail("image_shape", d["image_shape"], f"sample_shape {shape} ([C, H, W]) for an image model")
+    if kind == "array" and d["image_shape"] is not None:
+        _fail("image_shape", d["image_shape"], "null for an array model (its shape is sample_shape)")
+    raw = d["conditions"]
+    if not isinstance(raw, list):
+        _fail("conditions", raw, "a list of condition objects")
+    conds = tuple(Condition.from_dict(c, f"conditions[{i}]") for i, c in enumerate(raw))
+    names = [c.name for c in conds]
+    if len(set(names)) != len(names):
+        _fail("conditions", names, "distinct names")
+    for i, c in enumerate(conds):
+        if c.kind == "image_channels" and (kind != "image" or list(c.shape[1:]) != shape[1:]):
+            _fail(f"conditions[{i}].shape", list(c.shape),
+                  f"[C', {shape[1]}, {shape[2]}]: channels concatenated to an image sample's"
+                  if kind == "image" else "an image sample (image_channels concatenate to x_t)")
+    g = d.get(GUIDANCE_KEY)
+    if g is not None:
+        ok = isinstance(g, Mapping) and set(g) == {"default"} and _is_real(g["default"])
+        if not ok:
+            _fail(GUIDANCE_KEY, g, '{"default": a number} (the guidance scale used when none is given)')
+        if float(g["default"]) != 1.0:
+            missing = [c.name for c in conds if c.null is None]
+            if not conds or missing:
+                _fail(f"{GUIDANCE_KEY}.default", g["default"],
+                      f"1 for a model whose conditions {missing or '(none)'} have no null form "
+                      f"(guidance needs the unconditional prediction)")
+    return conds
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
 def manifest_version_for(schedule: Mapping[str, Any]) -> int:

@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 import numpy as np
 
+from runtime.contract import Condition
+from runtime.guidance import GuidedDenoiser, prepare_conditions
 from runtime.limits import LOOP_BYTES_PER_VALUE, check_images_fit
 from runtime.progress import progress_bar
 from runtime.schedulers import METHODS, make_scheduler
@@ -29,16 +31,16 @@ class NonFiniteError(FloatingPointError):
 
 
 class SampleResult(NamedTuple):
-    images: np.ndarray  # float32 [N, C, H, W] in [-1, 1] (when clipping)
+    images: np.ndarray  # float32 [N, *sample_shape] ([N, C, H, W] in [-1, 1] for clipped images)
     trajectory: List[Tuple[int, np.ndarray]]  # (t, x0_hat of the first batch), trajectory_frames of them
     seconds: float  # wall time of the loop
     network_calls: int  # engine calls made
-    image_steps: int  # sum of the batch sizes of those calls
+    image_steps: int  # sum of the batch sizes of those calls (2N per guided call at batch 2N)
 
 
 def sample(
-    runner: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    image_shape: Tuple[int, int, int],
+    runner: Callable[..., np.ndarray],
+    image_shape: Tuple[int, ...],
     schedule: Dict[str, Any],
     num: int,
     seed: int = 0,
@@ -52,6 +54,10 @@ def sample(
     progress: bool = False,
     first_image: int = 0,
     timesteps: Optional[Sequence[int]] = None,
+    conditions: Sequence[Condition] = (),
+    cond: Optional[Dict[str, Any]] = None,
+    guidance: float = 1.0,
+    max_batch: Optional[int] = None,
     **options: Any,
 ) -> SampleResult:
     """Draw images first_image, ..., first_image + num - 1 of ``seed`` with ``runner``
@@ -62,12 +68,23 @@ def sample(
     multistep solver restarts its history at the first timestep of every batch.
     timesteps: exactly these (strictly descending ints in [0, T-1], e.g. a distilled
     student's, from its manifest's ``sampling`` section) instead of ``steps``.
+    image_shape: the per-sample shape (any rank; [C, H, W] for images).
+    conditions: the model's (runtime.contract.conditions_of(manifest)); cond: their values by
+    name, one for all samples or one per sample ([num, *shape]), sliced per batch; guidance:
+    the classifier-free guidance scale (runtime.guidance; 1 = none), one engine call at batch
+    2n per step while 2n <= max_batch (None: no limit), else two. The samples' noise does
+    not depend on either.
     """
     if num < 1 or batch < 1:
         raise ValueError(f"need num >= 1 and batch >= 1, got num={num}, batch={batch}")
     if isinstance(first_image, bool) or not isinstance(first_image, (int, np.integer)) or first_image < 0:
         raise ValueError(f"first_image={first_image!r}: expected an int >= 0 (the index of the first image)")
     check_images_fit(num, image_shape, LOOP_BYTES_PER_VALUE)  # all num images are returned at once
+    model = GuidedDenoiser(runner, conditions, guidance, max_batch)
+    if conditions and cond is None and model.guidance == 0.0:
+        conds = model.null(num)  # the unconditional model alone needs no condition
+    else:
+        conds = prepare_conditions(conditions, cond, num) if (conditions or cond) else {}
     sched = make_scheduler(schedule, method, steps, timesteps=timesteps, eta=eta, spacing=spacing, **options)
     timesteps = [int(t) for t in sched.timesteps]
     t_arrays: Dict[int, Dict[int, np.ndarray]] = {}
@@ -81,8 +98,9 @@ def sample(
         rng = ImageStreams(seed, first_image + b0, n)
         x = sched.init_noise((n,) + tuple(image_shape), rng)
         ts = t_arrays.setdefault(n, {t: np.full((n,), t, dtype=np.int32) for t in timesteps})
+        cond_b = {k: v[b0:b0 + n] for k, v in conds.items()}
         for i, t in enumerate(timesteps):
-            eps = runner(x, ts[t])
+            eps = model(x, ts[t], cond_b)
             if not np.isfinite(eps).all():
                 raise NonFiniteError(
                     f"NaN/Inf in the engine's output at step {i + 1}/{len(timesteps)} (t={t}, batch "
@@ -102,7 +120,7 @@ def sample(
     if bar is not None:
         bar.close()
     return SampleResult(np.concatenate(out), trajectory, seconds,
-                        n_batches * len(timesteps), num * len(timesteps))
+                        model.calls, num * len(timesteps) * model.branches)
 
 
 def _progress(enabled: bool, total: int):

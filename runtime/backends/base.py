@@ -1,4 +1,5 @@
-"""The one interface every backend implements: ``eps = runner(x_t, t)``.
+"""The one interface every backend implements: ``eps = runner(x_t, t, **cond)``
+(``cond``: the model's condition inputs by name; none for an unconditional model).
 
 A runner is a context manager (Polygraphy ``backend/base/runner.py``): entering
 loads the engine, leaving frees it. Before each call it checks the inputs
@@ -7,15 +8,17 @@ what it expected and how to fix it.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from runtime.contract import INPUT_T, INPUT_X
+from runtime.contract import INPUT_T, INPUT_X, conditions_of, sample_shape_of
+from runtime.guidance import ConditionError, check_conditions
 
 
-class InputError(ValueError):
-    """An input that does not fit the engine's manifest."""
+class InputError(ConditionError):
+    """An input that does not fit the engine's manifest (a ConditionError: a wrong
+    condition input is one too)."""
 
 
 class Runner:
@@ -26,7 +29,9 @@ class Runner:
     def __init__(self, path: str, manifest: Dict[str, Any]):
         self.path = str(path)
         self.manifest = manifest
-        self.image_shape: Tuple[int, int, int] = tuple(int(v) for v in manifest["image_shape"])
+        self.sample_shape: Tuple[int, ...] = sample_shape_of(manifest)
+        self.image_shape = self.sample_shape  # the older name ([C, H, W] for an image model)
+        self.conditions = conditions_of(manifest)
         br = manifest["batch_range"]
         self.min_batch, self.max_batch = int(br["min"]), int(br["max"])
         self.num_timesteps = int(manifest["schedule"]["num_timesteps"])
@@ -48,15 +53,21 @@ class Runner:
             self.is_active = False
 
     # --- inference -------------------------------------------------------
-    def __call__(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """x_t: float32 [B, C, H, W]; t: int32 [B] (an int is broadcast) -> eps float32 [B, C, H, W]."""
+    def __call__(self, x_t: np.ndarray, t: np.ndarray, **cond: Any) -> np.ndarray:
+        """x_t: float32 [B, *sample_shape] ([B, C, H, W] for images); t: int32 [B] (an int is
+        broadcast); cond: every condition input by name ([B, *shape], int64 labels or
+        float32) -> eps float32 [B, *sample_shape]."""
         if not self.is_active:
             raise RuntimeError(
                 f"{self.backend} runner for {self.path} is not active; use it as "
                 f"'with runtime.load(path) as runner:' or call runner.__enter__()"
             )
         x_t, t = self.check_inputs(x_t, t)
-        return self._infer(x_t, t)
+        try:
+            feeds = check_conditions(self.conditions, cond, x_t.shape[0])
+        except ConditionError as e:
+            raise InputError(f"{self.path}: {e}") from None
+        return self._infer(x_t, t, feeds)
 
     def check_inputs(self, x_t: Any, t: Any) -> Tuple[np.ndarray, np.ndarray]:
         x_t = np.asarray(x_t)
@@ -65,10 +76,10 @@ class Runner:
                 f"input {INPUT_X!r} has dtype {x_t.dtype}, expected float32; use x.astype(np.float32)"
             )
         expected = ("B",) + self.image_shape
-        if x_t.ndim != 4 or tuple(x_t.shape[1:]) != self.image_shape:
+        if x_t.ndim != len(self.sample_shape) + 1 or tuple(x_t.shape[1:]) != self.sample_shape:
             raise InputError(
                 f"input {INPUT_X!r} has shape {tuple(x_t.shape)}, expected {expected} "
-                f"(the engine {self.path} was exported for images of shape {self.image_shape})"
+                f"(the engine {self.path} was exported for samples of shape {self.sample_shape})"
             )
         b = x_t.shape[0]
         if not self.min_batch <= b <= self.max_batch:
@@ -93,7 +104,8 @@ class Runner:
     def _activate(self) -> None:
         raise NotImplementedError
 
-    def _infer(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def _infer(self, x_t: np.ndarray, t: np.ndarray, cond: Dict[str, np.ndarray]) -> np.ndarray:
+        """cond: the checked condition inputs by name ({} for an unconditional model)."""
         raise NotImplementedError
 
     def _deactivate(self) -> None:

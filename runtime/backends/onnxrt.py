@@ -67,20 +67,21 @@ class OnnxRuntimeRunner(Runner):
         got = {i.name: (i.type, i.shape) for i in s.get_inputs()}
         outs = {o.name: (o.type, o.shape) for o in s.get_outputs()}
         want = {INPUT_X: "tensor(float)", INPUT_T: "tensor(int32)"}
+        want.update({c.name: "tensor(int64)" if c.dtype == "int64" else "tensor(float)"
+                     for c in self.conditions})
         for name, typ in want.items():
             if name not in got or got[name][0] != typ:
                 raise ValueError(
                     f"{self.path}: the graph's inputs {sorted(got)} ({got}) disagree with the manifest "
-                    f"({INPUT_X}: float32, {INPUT_T}: int32); the .onnx and its .json do not belong "
-                    f"together: re-export both"
+                    f"({want}); the .onnx and its .json do not belong together: re-export both"
                 )
         if OUTPUT not in outs:
             raise ValueError(f"{self.path}: the graph has no output {OUTPUT!r} (has {sorted(outs)}); re-export it")
         dims = got[INPUT_X][1][1:]
-        if [d for d in dims if isinstance(d, int)] and tuple(dims) != self.image_shape:
+        if [d for d in dims if isinstance(d, int)] and tuple(dims) != self.sample_shape:
             raise ValueError(
-                f"{self.path}: the graph takes images of shape {tuple(dims)}, its manifest says "
-                f"{self.image_shape}; the .onnx and its .json do not belong together: re-export both"
+                f"{self.path}: the graph takes samples of shape {tuple(dims)}, its manifest says "
+                f"{self.sample_shape}; the .onnx and its .json do not belong together: re-export both"
             )
         self._outputs = [OUTPUT]
 
@@ -88,8 +89,8 @@ class OnnxRuntimeRunner(Runner):
     def active_providers(self) -> List[str]:
         return self.session.get_providers() if self.session is not None else []
 
-    def _infer(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return self.session.run(self._outputs, {INPUT_X: x_t, INPUT_T: t})[0]
+    def _infer(self, x_t: np.ndarray, t: np.ndarray, cond: Dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(self._outputs, {INPUT_X: x_t, INPUT_T: t, **cond})[0]
 
     def _deactivate(self) -> None:
         self.session = None

@@ -98,7 +98,7 @@ def test_cli_writes_png_and_reports_speed(tiny_export, tmp_path, capsys):
 def test_cli_nan_leaves_no_png(tiny_export, tmp_path, capsys, monkeypatch):
     from runtime.backends.onnxrt import OnnxRuntimeRunner
 
-    monkeypatch.setattr(OnnxRuntimeRunner, "_infer", lambda self, x, t: np.full_like(x, np.inf))
+    monkeypatch.setattr(OnnxRuntimeRunner, "_infer", lambda self, x, t, cond: np.full_like(x, np.inf))
     out = tmp_path / "s.png"
     rc = sample_main(["--engine", str(tiny_export["onnx"]), "--num", "2", "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -208,7 +208,11 @@ class TensorRTRunner(Runner):
                 raise EngineMismatch(f"set_input_shape(batch={b}) failed; profile {self.profile.to_dict()}")
             self._batch = b
 
-    def _infer(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def _infer(self, x_t: np.ndarray, t: np.ndarray, cond=None) -> np.ndarray:
+        if cond:
+            raise NotImplementedError(
+                f"{self.path}: this TensorRT runner does not feed condition inputs {sorted(cond)} yet; "
+                f"sample the conditional model's .onnx with ONNX Runtime")
         b = x_t.shape[0]
         run_b = max(b, self.profile.min)  # pad up to the profile's min
         x = np.zeros((run_b,) + x_t.shape[1:], np.float32)

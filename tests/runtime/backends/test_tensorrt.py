@@ -779,7 +779,7 @@ def test_sample_float_closes_what_it_opened(tmp_path):
         def _deactivate(self):
             Counting.closed += 1
 
-        def _infer(self, x_t, t):
+        def _infer(self, x_t, t, cond):
             return np.zeros_like(x_t)
 
     m = _manifest()
@@ -828,7 +828,7 @@ def test_sample_many_run_json_labels_a_builder_flag_plan_fp16(tmp_path):
         def _deactivate(self):
             pass
 
-        def _infer(self, x_t, t):
+        def _infer(self, x_t, t, cond):
             return np.zeros_like(x_t)
 
     m = _builder_flag_manifest()
