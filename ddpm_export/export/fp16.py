@@ -29,6 +29,7 @@ from torch import nn
 from runtime.contract import INPUT_T, INPUT_X
 
 from ddpm_export.export.ort import ort_session
+from ddpm_export.model.conditions import condition_feeds, example_conditions, model_conditions
 from ddpm_export.model.external import FAMILY_DIFFUSERS, ExternalDenoiser, image_shape_of, weights_module
 from ddpm_export.model.unet import AttnBlock, TimeEmbedding, UNet
 
@@ -74,11 +75,13 @@ class Fp16EpsModel(nn.Module):
         self.external = isinstance(model, ExternalDenoiser)
         self.model = make_fp16_external(model) if self.external else make_fp16_unet(model)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        # float conditions enter in FP16 like x_t; labels stay int64 (an embedding's index)
+        cond = tuple(c.to(torch.float16) if c.is_floating_point() else c for c in cond)
         if self.external:
             with Fp32Attention():
-                return self.model(x_t.to(torch.float16), t).to(torch.float32)
-        return self.model(x_t.to(torch.float16), t).to(torch.float32)
+                return self.model(x_t.to(torch.float16), t, *cond).to(torch.float32)
+        return self.model(x_t.to(torch.float16), t, *cond).to(torch.float32)
 
 
 _NORMS = (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.BatchNorm2d)
@@ -156,9 +159,9 @@ class _DiffusersTimeIsland(nn.Module):
 
 
 class _Fp16Diffusers(ExternalDenoiser):
-    def call_net(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def call_net(self, x_t: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
         self.net.time_embedding.t = t
-        return self.net(x_t, t).sample
+        return self.net(x_t, t, **cond).sample
 
 
 def make_fp16_external(model: ExternalDenoiser) -> ExternalDenoiser:
@@ -240,7 +243,8 @@ def _half_outside(module: nn.Module, islands: set) -> None:
 FP16_MAX = 65504.0  # largest finite float16
 
 
-def fp16_overflow(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Optional[Dict[str, Any]]:
+def fp16_overflow(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                  cond: Sequence[torch.Tensor] = ()) -> Optional[Dict[str, Any]]:
     """The first module to finish (so the innermost: a forward hook fires when a module
     returns) whose float32 output exceeds FP16's range on (x, t): {"module", "type", "max_abs"}, or None.
 
@@ -264,7 +268,7 @@ def fp16_overflow(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Optiona
     handles = [m.register_forward_hook(hook(n)) for n, m in weights_module(ref).named_modules() if n]
     try:
         with torch.no_grad():
-            ref(x, t)
+            ref(x, t, *cond)
     finally:
         for h in handles:
             h.remove()
@@ -305,17 +309,20 @@ def fp16_error_table(
     ref = copy.deepcopy(model).eval()
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *image_shape_of(model), generator=g)
+    conds = model_conditions(model)
+    cond = example_conditions(conds, batch, g)
     if backend == "onnxruntime":
         sess = ort_session(onnx_path)
-        run = lambda t: sess.run(None, {INPUT_X: x.numpy(), INPUT_T: t.numpy()})[0]  # noqa: E731
+        feeds = condition_feeds(conds, cond)
+        run = lambda t: sess.run(None, {INPUT_X: x.numpy(), INPUT_T: t.numpy(), **feeds})[0]  # noqa: E731
     else:
         fp16 = Fp16EpsModel(model).eval()
-        run = lambda t: fp16(x, t).numpy()  # noqa: E731
+        run = lambda t: fp16(x, t, *cond).numpy()  # noqa: E731
     rows = []
     with torch.no_grad():
         for t_val in timesteps:
             t = torch.full((batch,), int(t_val), dtype=torch.int32)
-            want = ref(x, t).numpy().astype(np.float64)
+            want = ref(x, t, *cond).numpy().astype(np.float64)
             err = np.abs(run(t).astype(np.float64) - want)
             rows.append({
                 "t": int(t_val),

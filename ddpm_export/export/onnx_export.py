@@ -51,6 +51,7 @@ from ddpm_export.model.checkpoint import build_model, load_checkpoint
 from ddpm_export.export import ExportError
 from ddpm_export.export.fp16 import (FP16_MAX, FP16_TABLE_BATCH, Fp16EpsModel, fp16_error_table,
                                      fp16_overflow, fp16_timesteps)
+from ddpm_export.model.conditions import condition_feeds, example_conditions, model_conditions
 from ddpm_export.model.external import ExternalDenoiser, image_shape_of
 from ddpm_export.model.unet import UNet
 from ddpm_export.export.ort import ort_session
@@ -70,14 +71,15 @@ _FP16_TRACE_CHANNELS_LAST = True  # see _export_proto
 
 
 class EpsModel(nn.Module):
-    """float32 x_t [N, C, H, W], int t [N] -> float32 eps [N, C, H, W] (an eval copy)."""
+    """float32 x_t [N, C, H, W], int t [N], the conditions (model_conditions' order) ->
+    float32 eps [N, C, H, W] (an eval copy)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = copy.deepcopy(model).eval()
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.model(x_t, t)
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        return self.model(x_t, t, *cond)
 
 
 def export_onnx(
@@ -143,8 +145,18 @@ def export_module(
     source: Optional[Dict[str, Any]] = None,
     command: Optional[str] = None,
     parity_atol: Optional[float] = None,
+    conditions: Sequence[Any] = (),
+    sample_kind: Optional[str] = None,
+    guidance: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """Export your own denoiser ``module(x_t, t) -> eps | x0 | v`` with its schedule.
+    """Export your own denoiser ``module(x_t, t, **cond) -> eps | x0 | v`` with its schedule.
+
+    conditions: a conditional denoiser's inputs after (x_t, t), each a
+    runtime.contract.Condition or its dict ({"name", "kind", "dtype", "shape", "null",
+    "num_classes"}); the module is called with them as keywords by those names, and the
+    engine takes them as inputs of the same names. sample_kind: None = "image" for
+    (C, H, W), "array" for samples of another rank (image_shape is then the per-sample
+    shape). guidance: {"default": w}, the guidance scale the runtime uses when none is given.
 
     module: any ``torch.nn.Module`` called as ``module(x_t, t)`` with x_t float32
     [N, *image_shape] and t a float32 [N] of integer timesteps 0..T-1, returning a
@@ -166,7 +178,9 @@ def export_module(
     if isinstance(module, ExternalDenoiser):
         model = module
     else:
-        model = ExternalDenoiser(module, image_shape, fp32_modules=fp32_modules)
+        kind = sample_kind or ("image" if len(tuple(image_shape)) == 3 else "array")
+        model = ExternalDenoiser(module, image_shape, fp32_modules=fp32_modules, conditions=conditions,
+                                 sample_kind=kind)
     schedule = schedule_config if isinstance(schedule_config, ScheduleConfig) else \
         ScheduleConfig.from_dict(dict(schedule_config))
     batch = BatchRange.coerce(batch_range)
@@ -182,7 +196,8 @@ def export_module(
         command = (f"ddpm_export.export.export_module({type(model.net).__name__}(...), ..., "
                    f"{tuple(model.image_shape)}, {str(out)!r}, fp16={fp16}, opset={opset})")
     return _export_model(model.eval(), schedule, out, fp16=fp16, opset=opset, batch=batch, check=check,
-                         atol=atol, source=src, command=command, what=type(model.net).__name__)
+                         atol=atol, source=src, command=command, what=type(model.net).__name__,
+                         guidance=guidance)
 
 
 def state_dict_sha256(module: nn.Module) -> str:
@@ -197,9 +212,11 @@ def state_dict_sha256(module: nn.Module) -> str:
 
 def _export_model(model: nn.Module, schedule: ScheduleConfig, out: Path, *, fp16: bool, opset: int,
                   batch: BatchRange, check: bool, atol: float, source: Dict[str, Any], command: str,
-                  what: str, sampling: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                  what: str, sampling: Optional[Dict[str, Any]] = None,
+                  guidance: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     precision = "fp16" if fp16 else "fp32"
     image_shape = image_shape_of(model)
+    conditions = model_conditions(model)
     T = int(schedule.num_timesteps)
     external = isinstance(model, ExternalDenoiser)
 
@@ -245,6 +262,7 @@ def _export_model(model: nn.Module, schedule: ScheduleConfig, out: Path, *, fp16
         image_shape, schedule.to_dict(), precision=precision, batch_range=batch,
         source=source, checks=checks, tools=_tools(), command=command, onnx=onnx_info,
         sampling=sampling,  # a distilled student's method and timesteps (None: not a student)
+        conditions=conditions, sample_kind=getattr(model, "sample_kind", None), guidance=guidance,
     )
     # Embedded copy: onnx_sha256 is null (a file cannot hold its own hash).
     del proto.metadata_props[:]
@@ -261,9 +279,11 @@ def _fp16_overflow_note(model: nn.Module, num_timesteps: int) -> str:
     """Why an FP16 graph failed, where the weights are the reason: the first module whose
     float32 output exceeds FP16's range on the parity check's own inputs (batch 1, each t)."""
     g = torch.Generator().manual_seed(0)  # check_parity's seed: its first inputs
+    conds = model_conditions(model)
     for t_val in sorted({min(int(t), num_timesteps - 1) for t in PARITY_TIMESTEPS}):
         x = torch.randn(1, *image_shape_of(model), generator=g)
-        hit = fp16_overflow(model, x, torch.tensor([t_val], dtype=torch.int32))
+        cond = example_conditions(conds, 1, g)
+        hit = fp16_overflow(model, x, torch.tensor([t_val], dtype=torch.int32), cond)
         if hit is not None:
             return (f". The float32 model itself exceeds FP16's range ({FP16_MAX:g}): "
                     f"{hit['module']} ({hit['type']}) outputs {hit['max_abs']:.3g} at t={t_val}, "
@@ -311,6 +331,8 @@ def _export_proto(model: UNet, fp16: bool, opset: int):
         wrapper = wrapper.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     t = torch.arange(_TRACE_BATCH, dtype=torch.int32)
+    conditions = model_conditions(model)
+    cond = tuple(example_conditions(conditions, _TRACE_BATCH, torch.Generator().manual_seed(0)))
     buf = io.BytesIO()
     with warnings.catch_warnings():
         # GroupNorm's batch-size sanity check is traced as a constant: harmless.
@@ -333,14 +355,14 @@ def _export_proto(model: UNet, fp16: bool, opset: int):
                                 message="The feature will be removed")
         with torch.no_grad():
             torch.onnx.export(
-                wrapper, (x, t), buf, **_legacy_exporter(), opset_version=opset,
-                input_names=list(contract.INPUT_NAMES),
+                wrapper, (x, t) + cond, buf, **_legacy_exporter(), opset_version=opset,
+                input_names=list(contract.input_names(conditions)),
                 output_names=list(contract.OUTPUT_NAMES),
-                dynamic_axes=contract.dynamic_axes(), do_constant_folding=True,
+                dynamic_axes=contract.dynamic_axes(conditions), do_constant_folding=True,
             )
     proto = onnx.load_from_string(buf.getvalue())
     fold_constants(proto)
-    check_graph(proto, image_shape)
+    check_graph(proto, image_shape, conditions)
     return proto
 
 
@@ -396,14 +418,18 @@ def fold_constants(proto) -> int:
     return folded
 
 
-def check_graph(proto, image_shape: Sequence[int]) -> None:
+def check_graph(proto, image_shape: Sequence[int], conditions: Sequence[Any] = ()) -> None:
     """onnx.checker (full), strict shape inference, and the I/O of runtime.contract."""
     import onnx
     from onnx import helper
 
     onnx.checker.check_model(proto, full_check=True)
     inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    spec = contract.io_spec(image_shape)
+    spec = contract.io_spec(image_shape, conditions)
+    if len(inferred.graph.input) != len(spec["inputs"]):
+        raise ExportError(f"exported graph has inputs {[v.name for v in inferred.graph.input]}, expected "
+                          f"{[w['name'] for w in spec['inputs']]} (a condition the network ignores is "
+                          f"dropped by the exporter: check that the module uses every condition)")
     for kind, got_list in (("inputs", inferred.graph.input), ("outputs", inferred.graph.output)):
         got = {v.name: v for v in got_list}
         for want in spec[kind]:
@@ -440,6 +466,7 @@ def check_parity(
     ts = sorted({min(int(t), num_timesteps - 1) for t in timesteps})
     ref = copy.deepcopy(model).eval()
     shape = image_shape_of(ref)
+    conds = model_conditions(ref)
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     with torch.no_grad():
@@ -448,8 +475,10 @@ def check_parity(
             for t_list in t_sets:
                 x = torch.randn(b, *shape, generator=g)
                 t = torch.tensor(t_list, dtype=torch.int32)
-                want = ref(x, t).numpy()
-                got = sess.run(None, {contract.INPUT_X: x.numpy(), contract.INPUT_T: t.numpy()})[0]
+                cond = example_conditions(conds, b, g)
+                want = ref(x, t, *cond).numpy()
+                got = sess.run(None, {contract.INPUT_X: x.numpy(), contract.INPUT_T: t.numpy(),
+                                      **condition_feeds(conds, cond)})[0]
                 if got.shape != want.shape or got.dtype != np.float32:
                     raise ExportError(f"ONNX Runtime returned {got.dtype} {got.shape}, "
                                       f"expected float32 {want.shape}")

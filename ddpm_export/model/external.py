@@ -32,7 +32,7 @@ class ExternalConfig:
     """What the export needs to know about a wrapped network: its family and image shape."""
 
     family: str
-    image_shape: Tuple[int, int, int]  # C, H, W
+    image_shape: Tuple[int, ...]  # C, H, W for images; any rank for an array model
 
     @property
     def in_channels(self) -> int:
@@ -41,11 +41,24 @@ class ExternalConfig:
     @property
     def image_size(self) -> Optional[int]:
         """H for square images, None otherwise (code that needs a square size must check)."""
+        if len(self.image_shape) != 3:
+            return None
         _, h, w = self.image_shape
         return int(h) if h == w else None
 
     def to_dict(self) -> Dict[str, Any]:
         return {"family": self.family, "image_shape": [int(v) for v in self.image_shape]}
+
+
+def check_sample_shape(sample_shape: Any) -> Tuple[int, ...]:
+    """A per-sample shape of any rank >= 1 (an array model's: [C, L], [horizon, action_dim])."""
+    try:
+        shape = tuple(int(v) for v in sample_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or min(shape) < 1 or any(isinstance(v, bool) or int(v) != v for v in sample_shape):
+        raise ValueError(f"sample_shape: received {sample_shape!r}, expected positive ints, e.g. (16, 2)")
+    return shape
 
 
 def check_image_shape(image_shape: Any) -> Tuple[int, int, int]:
@@ -72,13 +85,23 @@ class ExternalDenoiser(nn.Module):
     """
 
     def __init__(self, net: nn.Module, image_shape: Sequence[int], family: str = FAMILY_MODULE,
-                 fp32_modules: Sequence[str] = ()):
+                 fp32_modules: Sequence[str] = (), conditions: Sequence[Any] = (),
+                 sample_kind: Optional[str] = None):
         super().__init__()
         if not isinstance(net, nn.Module):
             raise TypeError(f"net: received {type(net).__name__}, expected a torch.nn.Module "
                             f"called as net(x_t, t)")
         self.net = net
-        self.config = ExternalConfig(family, check_image_shape(image_shape))
+        from runtime.contract import Condition  # the contract's own type, validated
+
+        self.conditions = tuple(c if isinstance(c, Condition) else Condition.from_dict(c, f"conditions[{i}]")
+                                for i, c in enumerate(conditions))
+        for c in self.conditions:
+            if c.problems():
+                raise ValueError(f"conditions: {c.name!r}: {'; '.join(c.problems())}")
+        self.sample_kind = sample_kind or "image"
+        shape = check_image_shape(image_shape) if self.sample_kind == "image" else check_sample_shape(image_shape)
+        self.config = ExternalConfig(family, shape)
         names = dict(net.named_modules())
         missing = [n for n in fp32_modules if n not in names]
         if missing:
@@ -90,11 +113,16 @@ class ExternalDenoiser(nn.Module):
     def image_shape(self) -> Tuple[int, int, int]:
         return self.config.image_shape
 
-    def call_net(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(x_t, t)
+    def call_net(self, x_t: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+        return self.net(x_t, t, **cond)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.call_net(x_t, t.to(torch.float32))
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        """cond: the condition inputs in ``self.conditions``' order (positional, so that the
+        exporter traces them as graph inputs); the network gets them by name."""
+        if len(cond) != len(self.conditions):
+            raise ValueError(f"{type(self.net).__name__}: received {len(cond)} condition inputs, expected "
+                             f"{len(self.conditions)} ({[c.name for c in self.conditions]})")
+        out = self.call_net(x_t, t.to(torch.float32), **{c.name: v for c, v in zip(self.conditions, cond)})
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"{type(self.net).__name__}(x_t, t) returned {type(out).__name__}; expected "
                             f"a tensor of x_t's shape (wrap the module so it returns the prediction)")
@@ -102,9 +130,11 @@ class ExternalDenoiser(nn.Module):
 
 
 class DiffusersUNet(ExternalDenoiser):
-    """diffusers ``UNet2DModel`` -> ``.sample``; the timestep embedding is its FP32 island."""
+    """diffusers ``UNet2DModel`` -> ``.sample``; the timestep embedding is its FP32 island.
+    conditions: ``(Condition("class_labels", ...),)`` for a class-conditional model."""
 
-    def __init__(self, net: nn.Module, image_shape: Optional[Sequence[int]] = None):
+    def __init__(self, net: nn.Module, image_shape: Optional[Sequence[int]] = None,
+                 conditions: Sequence[Any] = ()):
         cfg = net.config
         if image_shape is None:
             size = cfg.sample_size
@@ -114,16 +144,22 @@ class DiffusersUNet(ExternalDenoiser):
             raise ValueError(f"UNet2DModel has in_channels={cfg.in_channels}, out_channels={cfg.out_channels}: "
                              f"a denoiser predicts a tensor of x_t's shape (out_channels == in_channels; "
                              f"a learned variance doubles out_channels and is not supported)")
-        super().__init__(net, image_shape, FAMILY_DIFFUSERS, fp32_modules=("time_embedding",))
+        super().__init__(net, image_shape, FAMILY_DIFFUSERS, fp32_modules=("time_embedding",),
+                         conditions=conditions)
 
-    def call_net(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(x_t, t).sample
+    def call_net(self, x_t: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+        return self.net(x_t, t, **cond).sample
 
 
-def diffusers_model_config(config: Dict[str, Any], image_shape: Sequence[int]) -> Dict[str, Any]:
-    """The checkpoint ``model_config`` of a diffusers UNet2DModel."""
-    return {"family": FAMILY_DIFFUSERS, "config": dict(config),
-            "image_shape": [int(v) for v in check_image_shape(image_shape)]}
+def diffusers_model_config(config: Dict[str, Any], image_shape: Sequence[int],
+                           conditions: Sequence[Any] = ()) -> Dict[str, Any]:
+    """The checkpoint ``model_config`` of a diffusers UNet2DModel (``conditions``: their
+    runtime.contract.Condition dicts, for a class-conditional model)."""
+    d = {"family": FAMILY_DIFFUSERS, "config": dict(config),
+         "image_shape": [int(v) for v in check_image_shape(image_shape)]}
+    if conditions:
+        d["conditions"] = [c if isinstance(c, dict) else c.to_dict() for c in conditions]
+    return d
 
 
 def is_external_config(model_config: Any) -> bool:
@@ -143,7 +179,7 @@ def build_external(model_config: Dict[str, Any]) -> ExternalDenoiser:
         raise ValueError("this checkpoint holds a diffusers UNet2DModel: install diffusers "
                          "(pip install diffusers) to load it") from e
     net = UNet2DModel.from_config(dict(model_config["config"]))
-    return DiffusersUNet(net, model_config["image_shape"]).eval()
+    return DiffusersUNet(net, model_config["image_shape"], model_config.get("conditions", ())).eval()
 
 
 def weights_module(model: nn.Module) -> nn.Module:
