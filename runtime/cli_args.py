@@ -1,10 +1,11 @@
-"""What the runtime's two command lines (``runtime.sample``, ``runtime.sample_many``) share."""
+"""What the runtime's command lines (``runtime.sample``, ``runtime.sample_many``, the Jetson
+app) share."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from runtime.schedulers import METHODS, REGISTRY
 
@@ -55,6 +56,60 @@ OPTION_NAMES = ("eta", "spacing", "order", "variant", "corrector", "lower_order_
 def method_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The method options given on the command line (None = not given)."""
     return {k: getattr(args, k) for k in OPTION_NAMES if getattr(args, k) is not None}
+
+
+def add_condition_args(p: argparse.ArgumentParser) -> None:
+    """--label, --cond NAME=FILE.npy and --guidance, for conditional engines."""
+    g = p.add_argument_group("conditions", "for a conditional engine (its manifest lists its conditions)")
+    g.add_argument("--label", default=None,
+                   help="class label(s) of a class-conditional engine: one label for every sample, or a "
+                   "comma-separated list, one label per sample, cycled (e.g. 0,1,2,...,9)")
+    g.add_argument("--cond", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="a condition input from a .npy file: the per-sample shape (the same for every "
+                   "sample) or [num, ...] (one per sample); repeat for several conditions")
+    g.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale w: out = uncond + w (cond - uncond); 1 = the "
+                   "conditional model alone, 0 = the unconditional one (default: the manifest's)")
+
+
+def _parse_labels(text: str) -> list:
+    try:
+        labels = [int(v) for v in text.split(",") if v.strip() != ""]
+    except ValueError:
+        labels = []
+    if not labels:
+        raise ValueError(f"--label {text!r}: expected an int or a comma-separated list of ints, e.g. 3 or 0,1,2")
+    return labels
+
+
+def condition_values(args: argparse.Namespace, conditions: Sequence[Any], num: int,
+                     first: int = 0) -> Optional[Dict[str, Any]]:
+    """The ``cond=`` of engine.sample_float from --label / --cond: None when none was given.
+    Labels of a list are cycled over samples first, first + 1, ... (so a shard gets the
+    labels its samples have in the whole run)."""
+    import numpy as np
+
+    cond: Dict[str, Any] = {}
+    labels = [c for c in conditions if c.kind == "class_label"]
+    if args.label is not None:
+        if len(labels) != 1:
+            raise ValueError(
+                f"--label: this engine has {len(labels)} class-label conditions "
+                f"({[c.name for c in labels]}); expected exactly one (use --cond NAME=FILE.npy)")
+        ids = _parse_labels(args.label)
+        cond[labels[0].name] = np.array([ids[(first + i) % len(ids)] for i in range(num)], dtype=np.int64)
+    for item in args.cond:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--cond {item!r}: expected NAME=FILE.npy")
+        if name in cond:
+            raise ValueError(f"--cond {name}: given twice (or with --label)")
+        a = np.load(path, allow_pickle=False)
+        spec = [c for c in conditions if c.name == name]
+        if spec and a.ndim == len(spec[0].shape) + 1 and a.shape[0] != 1:
+            a = a[first:first + num]  # one per sample of the whole run: this run's rows
+        cond[name] = a
+    return cond or None
 
 
 def add_allow_host_code_arg(p: argparse.ArgumentParser) -> None:

@@ -301,3 +301,28 @@ def test_array_samples_of_another_rank(tmp_path):
         a = eng.sample(3, seed=0, steps=10, method="ddim", cond={"global_cond": g})
         b = eng.sample(3, seed=0, steps=10, method="ddim", cond={"global_cond": g}, guidance=1.5)
     assert a.dtype == np.float32 and a.shape == (3, 6, 2) and np.abs(a - b).max() > 0
+
+
+def test_runtime_sample_cli_takes_labels_and_guidance(cond_unet, tmp_path, capsys):
+    from runtime.sample import main as sample_main
+
+    _, out, _ = cond_unet
+    png, npz = tmp_path / "s.png", tmp_path / "s.npz"
+    rc = sample_main(["--engine", str(out), "--num", "5", "--label", "0,3", "--guidance", "2", "--method", "ddim",
+                      "--steps", "3", "--out", str(png), "--npz", str(npz), "--no-progress"])
+    assert rc == 0 and png.is_file()
+    saved = np.load(npz)
+    np.testing.assert_array_equal(saved["class_labels"], [0, 3, 0, 3, 0])  # cycled
+    with runtime.load(out) as eng:
+        want = eng.sample_float(5, seed=0, steps=3, method="ddim", cond={"class_labels": np.array([0, 3, 0, 3, 0])},
+                                guidance=2.0).images
+    np.testing.assert_array_equal(saved["samples"], want)
+    capsys.readouterr()
+    for argv, match in ((["--label", "9"], "received label 9, expected labels in [0, 3] or the null label 4"),
+                        ([], "missing ['class_labels']"),
+                        (["--label", "a,b"], "--label 'a,b': expected an int")):
+        rc = sample_main(["--engine", str(out), "--num", "2", "--steps", "2", "--method", "ddim",
+                          "--out", str(tmp_path / "x.png"), "--no-progress"] + argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 1 and len(err) == 1 and match in err[0], err
+    assert not (tmp_path / "x.png").exists()
