@@ -305,10 +305,14 @@ def _parse_image_size(text):
 @click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check (checker and "
               "shape inference always run).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out.")
-def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weights, no_check, force):
+@click.option("--guidance", type=float, default=None,
+              help="Conditional models: the classifier-free guidance scale the runtime samples with when "
+              "none is given (recorded in the manifest; without it: 1, the conditional model alone).")
+def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weights, no_check, force, guidance):
     """Export a checkpoint to ONNX + manifest, checked against PyTorch.
 
-    Inputs x_t float32 [B, C, H, W] and t int32 [B], output eps; dynamic batch.
+    Inputs x_t float32 [B, C, H, W] and t int32 [B] (a class-conditional model also takes
+    class_labels int64 [B]), output eps; dynamic batch.
     Every export runs onnx.checker, shape inference and an ONNX Runtime parity
     check at t in {0, 1, 250, 500, 999}, batches 1 and 8 (float32: < 1e-4).
     """
@@ -322,7 +326,8 @@ def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weight
     if Path(out).exists() and not force:
         raise click.UsageError(f"{out} exists; pass --force to overwrite it or choose another --out")
     m = export_onnx(checkpoint, out, fp16=fp16, opset=opset, batch_range=(min_batch, opt_batch, max_batch),
-                    check=not no_check, command=" ".join(["ddpm-export"] + sys.argv[1:]), weights=weights)
+                    check=not no_check, command=" ".join(["ddpm-export"] + sys.argv[1:]), weights=weights,
+                    guidance=None if guidance is None else {"default": guidance})
     par = m["checks"].get("parity") or {}
     line = f"wrote {out} + {Path(out).with_suffix('.json')} ({m['precision']}, opset {opset})"
     if par:

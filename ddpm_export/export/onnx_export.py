@@ -92,8 +92,13 @@ def export_onnx(
     command: Optional[str] = None,
     weights: str = "ema",
     parity_atol: Optional[float] = None,
+    guidance: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Export a checkpoint to out_path (NAME.onnx) + NAME.json; returns the manifest.
+
+    A class-conditional checkpoint (num_classes > 0) gets a ``class_labels`` input and its null
+    label in the manifest; guidance: {"default": w}, the guidance scale the runtime uses
+    when none is given.
 
     fp16: FP16 graph with FP32 islands and FP32 I/O (see export_fp16).
     batch_range: None (contract.DEFAULT_BATCH_RANGE), (min, opt, max) or BatchRange.
@@ -129,7 +134,7 @@ def export_onnx(
                    f"fp16={fp16}, opset={opset}, batch_range={tuple(batch.to_dict().values())})")
     return _export_model(model, schedule, out, fp16=fp16, opset=opset, batch=batch, check=check,
                          atol=atol, source=source, command=command, what=str(checkpoint_path),
-                         sampling=ckpt.get("sampling"))
+                         sampling=ckpt.get("sampling"), guidance=guidance)
 
 
 def export_module(
