@@ -42,7 +42,10 @@ The plan's manifest is the export's manifest plus an ``engine`` section
 (``engine_section_dict``); the runtime checks that section against the running
 TensorRT and GPU before deserializing (runtime/backends/tensorrt/). The default
 ``--out`` is the ONNX's name with ``.plan``, so plan and ONNX share NAME.json;
-a plan never overwrites the NAME.json of a different ONNX.
+a plan never overwrites the NAME.json of a different ONNX. That NAME.json then also holds the
+plan's engine section, so the precision a file computes in is read for the file loaded
+(``contract.compute_precision(manifest, path)``): the plan's ``engine.precision``, the ONNX
+export's top-level ``precision``.
 """
 from __future__ import annotations
 

@@ -376,7 +376,9 @@ def test_build_fp16_flag_on_trt85_static_batch(tmp_path, fake):
     assert m["engine"]["native_instancenorm"] is None
     assert m["engine"]["precision_mode"] == "fp16_builder_flag" and m["precision"] == "fp32"
     assert rt.TensorRTRunner(str(tmp_path / "digits.plan"), m).static
-    assert contract.compute_precision(m) == "fp16"  # what validate and sample-many judge it by
+    assert contract.compute_precision(m, tmp_path / "digits.plan") == "fp16"  # validate, sample-many
+    # the float32 ONNX shares the NAME.json the build rewrote: it still computes (and is judged) in FP32
+    assert contract.compute_precision(contract.read_manifest(calls_fp32), calls_fp32) == "fp32"
     import onnx
 
     islands = set(B.fp32_island_nodes(onnx.load(str(onnx_path))))

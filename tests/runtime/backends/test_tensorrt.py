@@ -802,14 +802,24 @@ def _builder_flag_manifest():
 
 
 def test_compute_precision_reads_the_engine_section_of_a_builder_flag_plan():
-    assert contract.compute_precision(_builder_flag_manifest()) == "fp16"
+    assert contract.compute_precision(_builder_flag_manifest(), "m.plan") == "fp16"
     onnx_only = _builder_flag_manifest()
     del onnx_only["engine"]
-    assert contract.compute_precision(onnx_only) == "fp32"
+    assert contract.compute_precision(onnx_only, "m.onnx") == "fp32"
     bad = _builder_flag_manifest()
     bad["engine"]["precision"] = "int8"
     with pytest.raises(ManifestError, match=r"engine\.precision: received 'int8'.*ddpm-export build"):
-        contract.compute_precision(bad)
+        contract.compute_precision(bad, "m.plan")
+
+
+def test_the_float32_onnx_under_a_builder_flag_plans_manifest_computes_in_fp32():
+    """Issue 28 item 1: 'build --fp16 --onnx NAME.onnx' writes the plan's engine section into
+    NAME.json, which NAME.onnx reads too; the ONNX model still computes in float32."""
+    m = _builder_flag_manifest()
+    assert contract.compute_precision(m, "engines/m.onnx") == "fp32"
+    assert contract.compute_precision(m, Path("engines/m.plan")) == "fp16"
+    with pytest.raises(ValueError, match=r"artifact 'm\.json': expected the NAME\.onnx or NAME\.plan"):
+        contract.compute_precision(m, "m.json")  # a manifest path cannot say which file computes
 
 
 def test_sample_many_run_json_labels_a_builder_flag_plan_fp16(tmp_path):
@@ -839,6 +849,13 @@ def test_sample_many_run_json_labels_a_builder_flag_plan_fp16(tmp_path):
                   steps=2, progress=False, log=lambda s: None)
     run = json.loads((tmp_path / "out" / RUN_FILE).read_text())
     assert run["engine"]["precision"] == "fp16"
+    # the float32 ONNX the plan was built from, reading the same NAME.json: an FP32 run
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"onnx")
+    sample_shards(Engine(Zeros(str(onnx), m)), tmp_path / "out32", 2, shard_size=2, method="ddim",
+                  steps=2, progress=False, log=lambda s: None)
+    run = json.loads((tmp_path / "out32" / RUN_FILE).read_text())
+    assert run["engine"]["precision"] == "fp32"
 
 
 def test_validate_judges_a_builder_flag_plan_by_the_fp16_limits(tmp_path, monkeypatch):
@@ -868,3 +885,27 @@ def test_validate_judges_a_builder_flag_plan_by_the_fp16_limits(tmp_path, monkey
     e = report["engines"][0]
     assert e["precision"] == "fp16"
     assert e["checks"]["eps_max_abs"]["limit"] == Thresholds().eps_fp16
+
+
+def test_validate_judges_the_float32_onnx_of_a_builder_flag_build_by_the_fp32_limits(tmp_path):
+    """Issue 28 item 1: after 'build --fp16 --onnx digits.onnx' (TensorRT 8.5-10) digits.json
+    carries the plan's engine section; 'validate --engine digits.onnx' applied the FP16 limit
+    (200x looser) and dropped the final-image gate, for a model that computes in float32."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    import json
+    import shutil
+
+    from ddpm_export.evaluation.validate import Thresholds, validate
+
+    onnx = tmp_path / "digits.onnx"
+    shutil.copy(ROOT / "engines" / "digits.onnx", onnx)
+    m = json.loads((ROOT / "engines" / "digits.json").read_text())
+    m["engine"] = _engine(precision="fp16", precision_mode="fp16_builder_flag",
+                          profiles=[m["batch_range"]])
+    contract.write_manifest(onnx, m)
+    report, _ = validate(str(ROOT / "engines" / "digits.pt"), [str(onnx)], Thresholds(),
+                         t_stride=999, batches=(1,), trajectory_images=0)
+    e = report["engines"][0]
+    assert e["precision"] == "fp32"
+    assert e["checks"]["eps_max_abs"]["limit"] == Thresholds().eps_fp32
