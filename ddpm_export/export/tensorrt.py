@@ -203,14 +203,19 @@ def check_config(cfg: BuildConfig, trt_version: Optional[str] = None) -> None:
         raise BuildError(f"--workspace {cfg.workspace_mb}: expected a positive number of MB")
     if trt_version is None:
         return
-    v = parse_version(trt_version)[:2]
+    try:
+        v = parse_version(trt_version)[:2]
+    except ValueError as e:
+        raise BuildError(f"the installed TensorRT reports tensorrt.__version__ {trt_version!r}, "
+                         f"which this build cannot read ({e}); reinstall TensorRT: "
+                         f"{_INSTALL_BUILD}") from None
     if v < MIN_TRT:
         raise BuildError(f"TensorRT {trt_version} is too old: this project needs >= 8.5 "
                          f"(JetPack 5.1); upgrade TensorRT (or JetPack)")
     for field, flag in (("builder_opt_level", "--builder-opt-level"),
                         ("version_compatible", "--version-compatible")):
         val = getattr(cfg, field)
-        if val not in (None, False) and v < FEATURE_MIN[field]:
+        if val is not None and val is not False and v < FEATURE_MIN[field]:  # 0 == False: level 0 is set
             raise BuildError(f"{flag} needs TensorRT >= 8.6; this is {trt_version} (JetPack 5): "
                              f"drop {flag}")
 

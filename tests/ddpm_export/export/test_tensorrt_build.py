@@ -99,8 +99,14 @@ def test_check_config():
         B.check_config(B.BuildConfig(onnx="a.onnx", version_compatible=True), "8.5.2.2")
     with pytest.raises(B.BuildError, match="--builder-opt-level needs"):
         B.check_config(B.BuildConfig(onnx="a.onnx", builder_opt_level=1), "8.5.2")
+    with pytest.raises(B.BuildError, match="--builder-opt-level needs"):  # issue 28: 0 == False
+        B.check_config(B.BuildConfig(onnx="a.onnx", builder_opt_level=0), "8.5.2")
     with pytest.raises(B.BuildError, match="too old"):
         B.check_config(B.BuildConfig(onnx="a.onnx"), "8.4.3")
+    # issue 28 item 9: a version this build cannot read is one BuildError, not a traceback
+    with pytest.raises(B.BuildError, match=r"reports tensorrt.__version__ 'dev'.*MAJOR\.MINOR.*reinstall"):
+        B.check_config(B.BuildConfig(onnx="a.onnx"), "dev")
+    B.check_config(B.BuildConfig(onnx="a.onnx"), "10.0.0b6")  # TensorRT 10.0 EA's version
     B.check_config(B.BuildConfig(onnx="a.onnx", version_compatible=True, builder_opt_level=0), "8.6.2")
 
 

@@ -177,6 +177,22 @@ def test_parse_version():
         rt.parse_version("ten")
 
 
+def test_a_tagged_tensorrt_version_parses_and_must_match_exactly():
+    """Issue 28 item 9: TensorRT 10.0 EA reports '10.0.0b6'; int('0b6') was a raw ValueError."""
+    assert rt.parse_version("10.0.0b6") == (10, 0, 0)
+    assert rt.parse_version("8.6.1.post1") == (8, 6, 1)
+    assert rt.compat.version_tag("10.0.0b6") == "b6" and rt.compat.version_tag("10.3.0.30") == ""
+    for bad in ("", "10", "10.x", None):
+        with pytest.raises(ValueError, match=r"expected MAJOR\.MINOR"):
+            rt.parse_version(bad)
+    e = _engine(tensorrt_version="10.0.0b6")
+    assert rt.check_engine_compat(e, "10.0.0b6", ORIN) == []
+    with pytest.raises(rt.EngineMismatch, match=r"built with TensorRT 10\.0\.0b6 and this is TensorRT 10\.0\.0\.6"):
+        rt.check_engine_compat(e, "10.0.0.6", ORIN)  # EA plan on the GA release: not the same build
+    with pytest.raises(rt.BackendMissing, match=r"reports the version 'unknown'.*reinstall TensorRT"):
+        rt.check_engine_compat(e, "unknown", ORIN)
+
+
 def test_compat_same_version_and_gpu_passes():
     assert rt.check_engine_compat(_engine(), "10.3.0.30", ORIN) == []
 
@@ -198,7 +214,9 @@ def test_compat_version_compatible_plans_run_forward_only():
 @pytest.mark.parametrize("built,running,ok", [
     ("8.6.1", "8.6.2", True), ("8.6.1", "9.3.0", True), ("8.6.1", "10.3.0", True),
     ("8.6.1", "11.4.0", False),  # not in the documented matrix (8 -> 9, 10)
-    ("9.3.0", "10.0.0", True), ("9.3.0", "11.0.0", False),
+    ("9.3.0", "9.4.0", True),
+    ("9.3.0", "10.0.0", False),  # issue 28 item 8: no document lists 9 -> 10 (11.4.1 matrix: 8 -> 10, 10 -> 11 only)
+    ("9.3.0", "11.0.0", False),
     ("10.3.0", "11.4.0", True), ("10.3.0", "12.0.0", False),
     ("11.0.0", "11.4.0", True), ("11.4.0", "11.0.0", False), ("10.3.0", "8.6.1", False),
 ])
