@@ -7,14 +7,15 @@ import click
 
 from ddpm_export.export import ExportError
 from ddpm_export.export.tensorrt import BuildConfig, BuildError, build_engine
-from runtime.backends.tensorrt import BackendMissing, EngineMismatch, NoCudaDevice
+from runtime.backends.tensorrt import BackendMissing, EngineMismatch, NoCudaDevice, PlanNotLoadable
 from runtime.contract import DEFAULT_BATCH_RANGE, ManifestError
 
 
 def _user_errors() -> tuple:
     """The errors that get one line instead of a traceback. CheckpointError lives with torch,
     imported only when a checkpoint was read: if it is not loaded, it cannot have been raised."""
-    errors = (BuildError, BackendMissing, NoCudaDevice, ManifestError, EngineMismatch, ExportError)
+    errors = (BuildError, BackendMissing, NoCudaDevice, ManifestError, EngineMismatch, PlanNotLoadable,
+              ExportError)
     ckpt = sys.modules.get("ddpm_export.model.checkpoint")
     return errors + ((ckpt.CheckpointError,) if ckpt is not None else ())
 

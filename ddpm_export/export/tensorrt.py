@@ -68,7 +68,8 @@ from runtime.contract import (
 )
 from runtime.io import atomic_write
 from runtime.backends.tensorrt import (ENGINE_SECTION_VERSION, BackendMissing, DeviceInfo,
-                                       EngineMismatch, check_engine_io, parse_version,
+                                       EngineMismatch, PlanNotLoadable, check_engine_io,
+                                       parse_version,
                                        probe_cuda_device)
 
 MIN_TRT = (8, 5)  # JetPack 5; the name-based I/O API (set_input_shape, execute_async_v3)
@@ -581,7 +582,7 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
             own_log = False
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
         raise BuildError(explain_failure(text, onnx, pg.version, cfg, profile, log_path)) from None
-    except (BuildError, EngineMismatch):
+    except (BuildError, EngineMismatch, PlanNotLoadable):
         raise
     except Exception as e:  # a TensorRT binding error is not Polygraphy's: still one message
         raise BuildError(f"TensorRT {pg.version} build of {onnx} failed: {type(e).__name__}: "

@@ -44,7 +44,9 @@ from runtime.io import make_grid, save_png, to_uint8
 from runtime.loop import METHODS
 
 # why a plan cannot run on this machine: then ONNX Runtime takes over. PlanNotLoadable (TensorRT
-# refused a plan that fits this machine by its manifest) is a broken plan, never a fallback.
+# refused a plan that fits this machine by its manifest) and its PlanManifestMismatch (the plan's
+# I/O or batch profile is not its NAME.json's: plan and manifest mixed up) are a broken plan,
+# never a fallback. EngineMismatch means only "built for another TensorRT or GPU".
 PLAN_UNAVAILABLE = (TrtMissing, NoCudaDevice, EngineMismatch)
 
 

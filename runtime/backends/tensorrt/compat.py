@@ -32,12 +32,20 @@ _INSTALL = (
 
 
 class EngineMismatch(RuntimeError):
-    """A plan that cannot run with this TensorRT or on this GPU (known before deserializing)."""
+    """A plan that cannot run with this TensorRT or on this GPU (known before deserializing):
+    another machine's plan, so running the ONNX export instead is right. A plan that does not
+    match its own NAME.json is PlanManifestMismatch instead."""
 
 
 class PlanNotLoadable(RuntimeError):
     """TensorRT refused a plan whose manifest says it fits this TensorRT and GPU: the file is
     damaged or not the plan its NAME.json describes (or needs what this runtime lacks)."""
+
+
+class PlanManifestMismatch(PlanNotLoadable):
+    """The deserialized plan is not the one its NAME.json describes (I/O tensors, image shape,
+    batch profile): plan and manifest were mixed up. Never a reason to fall back to the ONNX
+    export (which EngineMismatch, "built for another TensorRT or GPU", is): rebuild the plan."""
 
 
 class HostCodeNotAllowed(PermissionError):
@@ -223,15 +231,15 @@ def check_engine_io(engine: Any, trt: Any, image_shape: Tuple[int, int, int]) ->
             OUTPUT: (trt.TensorIOMode.OUTPUT, trt.DataType.FLOAT, "float32")}
     fix = "the plan and its NAME.json do not belong together: rebuild with 'ddpm-export build'"
     if sorted(names) != sorted(want):
-        raise EngineMismatch(f"engine I/O tensors {names}, expected {sorted(want)}; {fix}")
+        raise PlanManifestMismatch(f"engine I/O tensors {names}, expected {sorted(want)}; {fix}")
     for name, (mode, dtype, dname) in want.items():
         got_mode, got_dtype = engine.get_tensor_mode(name), engine.get_tensor_dtype(name)
         if got_mode != mode or got_dtype != dtype:
-            raise EngineMismatch(f"engine tensor {name!r} is {got_mode} {got_dtype}, expected "
+            raise PlanManifestMismatch(f"engine tensor {name!r} is {got_mode} {got_dtype}, expected "
                                  f"{mode} {dname}; {fix}")
     dims = tuple(engine.get_tensor_shape(INPUT_X))
     if len(dims) != 4 or tuple(dims[1:]) != tuple(image_shape):
-        raise EngineMismatch(f"engine input {INPUT_X!r} has shape {dims}, expected "
+        raise PlanManifestMismatch(f"engine input {INPUT_X!r} has shape {dims}, expected "
                              f"(batch, {', '.join(map(str, image_shape))}); {fix}")
     mn, opt, mx = (tuple(s) for s in engine.get_tensor_profile_shape(INPUT_X, 0))
     return BatchRange(mn[0], opt[0], mx[0])

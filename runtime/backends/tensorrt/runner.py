@@ -55,7 +55,8 @@ import numpy as np
 
 from runtime.backends.base import Runner
 from runtime.backends.tensorrt.compat import (FULL, EngineMismatch, HostCodeNotAllowed,
-                                              PlanNotLoadable, check_engine_compat,
+                                              PlanManifestMismatch, PlanNotLoadable,
+                                              check_engine_compat,
                                               check_engine_io, engine_section, import_tensorrt)
 from runtime.backends.tensorrt.cuda import DeviceInfo, import_polygraphy_cuda, probe_cuda_device
 from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError
@@ -185,7 +186,7 @@ class TensorRTRunner(Runner):
                                                   self.path, self.engine_info)
         got = check_engine_io(self._engine, trt, self.image_shape)
         if got != self.profile:
-            raise EngineMismatch(f"{self.path}: engine profile {got.to_dict()} differs from its "
+            raise PlanManifestMismatch(f"{self.path}: engine profile {got.to_dict()} differs from its "
                                  f"manifest's {self.profile.to_dict()}; rebuild with 'ddpm-export build'")
         self._context = self._engine.create_execution_context()
         if self._context is None:
@@ -198,7 +199,9 @@ class TensorRTRunner(Runner):
                                    (OUTPUT, (n,) + chw, np.float32)):
             self._dev[name] = cuda.DeviceArray(shape=shape, dtype=dtype)
             if not self._context.set_tensor_address(name, self._dev[name].ptr):
-                raise EngineMismatch(f"set_tensor_address({name!r}) failed")
+                raise PlanManifestMismatch(
+                    f"{self.path}: set_tensor_address({name!r}) failed: the plan has no such I/O "
+                    f"tensor of the contract; rebuild it with 'ddpm-export build'")
 
     def _set_batch(self, b: int) -> None:
         if b != self._batch:

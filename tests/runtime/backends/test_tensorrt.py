@@ -292,13 +292,16 @@ def test_check_engine_io():
             "eps": (M.OUTPUT, D.FLOAT, (-1, 3, 32, 32))}
     assert rt.check_engine_io(FakeEngine(good), trt, (3, 32, 32)) == BatchRange(1, 8, 64)
     bad = dict(good, t=(M.INPUT, D.FLOAT, (-1,)))
-    with pytest.raises(rt.EngineMismatch, match="'t' is .*expected .*int32"):
+    with pytest.raises(rt.PlanManifestMismatch, match="'t' is .*expected .*int32"):
         rt.check_engine_io(FakeEngine(bad), trt, (3, 32, 32))
-    with pytest.raises(rt.EngineMismatch, match=r"shape \(-1, 3, 32, 32\)"):
+    with pytest.raises(rt.PlanManifestMismatch, match=r"shape \(-1, 3, 32, 32\)"):
         rt.check_engine_io(FakeEngine(good), trt, (1, 16, 16))
     renamed = {("x" if k == "x_t" else k): v for k, v in good.items()}
-    with pytest.raises(rt.EngineMismatch, match="I/O tensors"):
+    with pytest.raises(rt.PlanManifestMismatch, match="I/O tensors"):
         rt.check_engine_io(FakeEngine(renamed), trt, (3, 32, 32))
+    # issue 28 item 7: plan and manifest mixed up is not "built for another TensorRT or GPU"
+    assert not issubclass(rt.PlanManifestMismatch, rt.EngineMismatch)
+    assert issubclass(rt.PlanManifestMismatch, rt.PlanNotLoadable)
 
 
 # --- the runner before activation, and the order of its checks ----------------------
