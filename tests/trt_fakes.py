@@ -211,3 +211,121 @@ def fake_tensorrt(version="10.3.0.30", kind="full"):
             return True
         trt.init_libnvinfer_plugins = init_libnvinfer_plugins
     return trt
+
+
+# --- an INetworkDefinition as TensorRT's ONNX parser fills it (for the FP16 builder-flag pinning) --
+# Naming, from onnx-tensorrt's importers (release/8.5-GA builtin_op_importers.cpp, 10.1-GA
+# onnxOpImporters.cpp, ImporterContext.cpp, ModelImporter.cpp):
+#  - a layer an importer registers (ctx->registerLayer) is named after its node; a second one
+#    of the same name gets a unique suffix (generateUniqueName);
+#  - a layer an importer adds without registering keeps TensorRT's default name,
+#    "(Unnamed Layer* N) [Type]", and so does its output tensor, "... [Type]_output". Gemm's
+#    bias add (8.5-GA ~1655, 10.1-GA ~2076) is one: only the matrix multiply is registered
+#    (~1623 / ~2043); Softmax's reshape back to the input shape is another;
+#  - every node output tensor is renamed to its ONNX name (registerTensor in parseNode);
+#  - ONNX Constant nodes and initializers add no layer of their own; a weights input becomes a
+#    CONSTANT layer registered under the weights' name when an importer converts it to a tensor.
+class FakeTensor:
+    def __init__(self, name, dtype="FLOAT"):
+        self.name, self.dtype = name, dtype
+
+
+class FakeLayer:
+    def __init__(self, name, ltype="ELEMENTWISE", out_dtypes=("FLOAT",), inputs=(), outputs=None):
+        self.name, self.type, self.precision = name, ltype, None
+        self.inputs = list(inputs)
+        self.outputs = (list(outputs) if outputs is not None
+                        else [FakeTensor(f"{name}_output_{k}", d) for k, d in enumerate(out_dtypes)])
+        self.num_inputs, self.num_outputs = len(self.inputs), len(self.outputs)
+        self.output_types = {}
+
+    def get_input(self, k):
+        return self.inputs[k]
+
+    def get_output(self, k):
+        return self.outputs[k]
+
+    def set_output_type(self, k, dtype):
+        self.output_types[k] = dtype
+
+
+class FakeNetwork:
+    def __init__(self, layers):
+        self.layers = layers
+        self.num_layers = len(layers)
+
+    def get_layer(self, i):
+        return self.layers[i]
+
+
+_SHUFFLE_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose")  # IShuffleLayer
+_LAYER_TYPES = {"Shape": "SHAPE", "Gemm": "MATRIX_MULTIPLY", "MatMul": "MATRIX_MULTIPLY",
+                "Softmax": "SOFTMAX", "Conv": "CONVOLUTION", "Concat": "CONCATENATION",
+                "Gather": "GATHER", "Resize": "RESIZE", "Sigmoid": "ACTIVATION", "Sin": "UNARY",
+                "Cos": "UNARY", "Exp": "UNARY", "Cast": "CAST", "Pad": "SLICE",
+                "InstanceNormalization": "PLUGIN_V2", "GroupNormalization": "NORMALIZATION"}
+_TYPE_NAMES = {"ELEMENTWISE": "ElementWise", "SHUFFLE": "Shuffle", "CONSTANT": "Constant",
+               "MATRIX_MULTIPLY": "Matrix Multiply"}
+
+
+def parsed_network(onnx_path, layer_class=FakeLayer):
+    """The layers and tensors TensorRT's ONNX parser makes for the graph (rules above), with
+    the element types from ONNX shape inference (INT64 shape arithmetic -> "i32")."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    graph = model.graph
+    elem = {v.name: v.type.tensor_type.elem_type
+            for v in list(graph.input) + list(graph.value_info) + list(graph.output)}
+    weights = {i.name for i in graph.initializer}
+    weights |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    tensors = {i.name: FakeTensor(i.name, "FLOAT" if elem.get(i.name) == 1 else "i32")
+               for i in graph.input if i.name not in weights}
+    layers, used = [], set()
+
+    def unique(name):
+        k, out = 0, name
+        while out in used:
+            k += 1
+            out = f"{name}_{k}"
+        used.add(out)
+        return out
+
+    def add(ltype, inputs, name=None, out=None):
+        """A layer; name None: unregistered (TensorRT's default name, its output unnamed too)."""
+        idx = len(layers)
+        default = f"(Unnamed Layer* {idx}) [{_TYPE_NAMES.get(ltype, ltype.title())}]"
+        lname = unique(name) if name is not None else default
+        dtype = "i32" if ltype == "SHAPE" else "FLOAT"
+        if out is None:
+            out = FakeTensor(f"{default}_output", dtype)
+        ly = layer_class(lname, ltype, inputs=inputs, outputs=[out])
+        layers.append(ly)
+        return ly.outputs[0]
+
+    def tensor_of(name):
+        if name not in tensors and name in weights:  # convertToTensor: a registered constant
+            tensors[name] = add("CONSTANT", [], name=name)
+        return tensors[name]
+
+    for n in graph.node:
+        if n.op_type in ("Constant", "Identity"):
+            if n.op_type == "Identity" and n.input[0] in tensors:
+                tensors[n.output[0]] = tensors[n.input[0]]
+            elif n.op_type == "Identity":
+                weights.add(n.output[0])
+            continue
+        ins = [tensor_of(i) for i in n.input if i]
+        name = n.output[0]
+        out = FakeTensor(name, "FLOAT" if elem.get(name, 1) == 1 else "i32")
+        ltype = "SHUFFLE" if n.op_type in _SHUFFLE_OPS else _LAYER_TYPES.get(n.op_type, "ELEMENTWISE")
+        if n.op_type == "Gemm" and len(ins) > 2:  # the matrix multiply registered, the bias add not
+            mm = add("MATRIX_MULTIPLY", ins[:2], name=n.name)
+            add("ELEMENTWISE", [mm, ins[2]], out=out)
+        elif n.op_type == "Softmax":  # the softmax registered, the reshape back not
+            sm = add("SOFTMAX", ins, name=n.name)
+            add("SHUFFLE", [sm], out=out)
+        else:
+            add(ltype, ins, name=n.name, out=out)
+        tensors[name] = out
+    return FakeNetwork(layers)

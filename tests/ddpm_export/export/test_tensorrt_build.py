@@ -23,7 +23,8 @@ from ddpm_export.export import tensorrt as B  # noqa: E402
 from runtime import contract  # noqa: E402
 from runtime.backends import tensorrt as rt  # noqa: E402
 from runtime.contract import BatchRange  # noqa: E402
-from trt_fakes import TRT_API_VERSIONS, FakeEngine, missing_trt_names, trt_api_list  # noqa: E402
+from trt_fakes import (TRT_API_VERSIONS, FakeEngine, FakeLayer, FakeNetwork,  # noqa: E402
+                       missing_trt_names, parsed_network, trt_api_list)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -187,29 +188,6 @@ def _real_polygraphy():
                            Profile=ptrt.Profile, G_LOGGER=G_LOGGER)
 
 
-class FakeLayer:
-    def __init__(self, name, ltype="ELEMENTWISE", out_dtypes=("FLOAT",)):
-        self.name, self.type, self.precision = name, ltype, None
-        self.outputs = [SimpleNamespace(dtype=d) for d in out_dtypes]
-        self.num_outputs = len(self.outputs)
-        self.output_types = {}
-
-    def get_output(self, k):
-        return self.outputs[k]
-
-    def set_output_type(self, k, dtype):
-        self.output_types[k] = dtype
-
-
-class FakeNetwork:
-    def __init__(self, layers):
-        self.layers = layers
-        self.num_layers = len(layers)
-
-    def get_layer(self, i):
-        return self.layers[i]
-
-
 def _fake_backend(trt_version, calls, fail_parse=False, layers=(), raise_in_build=None):
     real = _real_polygraphy()
     enum = SimpleNamespace
@@ -354,18 +332,10 @@ def _digits_copy(tmp_path, name="digits.onnx"):
     return dst
 
 
-def _layers_of(onnx_path):
-    """A TensorRT-like layer list for the graph: one layer per computing node, named as the ONNX
-    parser names them, plus what a parser adds (a suffixed second layer, a shape layer)."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path)).graph
-    shuffles = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose")  # IShuffleLayer
-    layers = [FakeLayer(n.name, "SHUFFLE" if n.op_type in shuffles else "ELEMENTWISE")
-              for n in graph.node if n.op_type not in ("Constant", "Identity")]
-    layers.append(FakeLayer("/model/temb/dense.0/Gemm_bias_add"))  # second layer of a node
-    layers.append(FakeLayer("/model/block.0/norm1/Shape", ltype="SHAPE", out_dtypes=("i32",)))
-    return layers
+def _layers_of(onnx_path, layer_class=FakeLayer):
+    """The layers TensorRT's ONNX parser makes for the graph, named as its importers name them
+    (tests/trt_fakes.py parsed_network: Gemm's bias add and Softmax's reshape back unnamed)."""
+    return parsed_network(onnx_path, layer_class).layers
 
 
 def test_build_fp16_flag_on_trt85_static_batch(tmp_path, fake):
@@ -391,7 +361,13 @@ def test_build_fp16_flag_on_trt85_static_batch(tmp_path, fake):
     shuffles = {ly.name for ly in calls["layers"] if ly.type == "SHUFFLE"}
     assert any(n.endswith("/Reshape_1") for n in islands & shuffles)  # GroupNorm's reshape back
     pinned = {ly.name for ly in calls["layers"] if ly.precision == "FLOAT"}
-    assert pinned == (islands - shuffles) | {"/model/temb/dense.0/Gemm_bias_add"}
+    # issue 28 item 3: the temb Gemms' bias adds, which the parser leaves unnamed, are pinned too
+    # (found between the Gemm's inputs and its output tensor); the block Gemms' are not islands
+    by_output = {ly.outputs[0].name: ly for ly in calls["layers"]}
+    bias_adds = {by_output[f"/model/temb/dense.{k}/Gemm_output_0"].name for k in (0, 1)}
+    assert all(b.startswith("(Unnamed Layer* ") and b.endswith(") [ElementWise]") for b in bias_adds)
+    assert pinned == (islands - shuffles) | bias_adds
+    assert by_output["/model/block.0/temb_proj/Gemm_output_0"].precision is None
     for ly in calls["layers"]:
         assert ly.output_types == ({0: "FLOAT"} if ly.name in pinned else {}), ly.name
     assert m["engine"]["fp32_pinned_layers"] == len(pinned)
@@ -722,15 +698,32 @@ def test_builder_flag_build_without_onnx_says_what_to_install(tmp_path, fake, mo
 
 
 def test_a_partial_island_name_match_stops_the_build(tmp_path, fake):
-    """Defect 8: a softmax (or norm, or temb matmul) whose layer name does not match stays FP16."""
-    layers = [ly for ly in _layers_of(ROOT / "engines" / "digits.onnx")
-              if not ly.name.endswith("/Softmax")]
-    layers.append(FakeLayer("renamed_by_the_parser_softmax"))
+    """Defect 8: a softmax (or norm, or temb matmul) found neither by its layer name nor by its
+    output tensor would stay FP16: the build stops."""
+    layers = _layers_of(ROOT / "engines" / "digits.onnx")
+    softmax = next(ly for ly in layers if ly.name.endswith("/Softmax"))
+    node, softmax.name = softmax.name, "renamed_softmax"
+    for ly in layers:  # and its output tensor (the reshape back after it) not the ONNX one
+        if ly.outputs[0].name == f"{node}_output_0":
+            ly.outputs[0].name = "renamed_softmax_output"
     fake("8.5.2.2", layers=layers)
     onnx = _digits_copy(tmp_path)
-    with pytest.raises(B.BuildError, match=r"FP32-island nodes .* matched no TensorRT layer name \(e\.g\. .*Softmax"):
+    with pytest.raises(B.BuildError, match=r"FP32-island nodes .* not found in TensorRT's network, by layer name and by their output tensors \(e\.g\. .*Softmax"):
         B.build_engine(B.BuildConfig(onnx=str(onnx), fp16=True), log=lambda s: None)
     assert not (tmp_path / "digits.plan").exists()
+
+
+def test_an_island_found_by_name_but_not_by_position_stops_the_build(tmp_path, fake):
+    """Issue 28 item 3: one named layer per node used to satisfy the check, so a Gemm whose
+    output tensor is not in the network (its bias add unknown) passed with the bias add in FP16."""
+    layers = _layers_of(ROOT / "engines" / "digits.onnx")
+    for ly in layers:
+        if ly.outputs[0].name == "/model/temb/dense.1/Gemm_output_0":
+            ly.outputs[0].name = "(Unnamed Layer* 17) [ElementWise]_output"
+    fake("8.5.2.2", layers=layers)
+    onnx = _digits_copy(tmp_path)
+    with pytest.raises(B.BuildError, match=r"1 FP32-island nodes .*/model/temb/dense\.1/Gemm"):
+        B.build_engine(B.BuildConfig(onnx=str(onnx), fp16=True), log=lambda s: None)
 
 
 def test_pinning_on_tensorrt_10_12_raises_no_deprecation_warning(tmp_path, fake):
@@ -749,8 +742,7 @@ def test_pinning_on_tensorrt_10_12_raises_no_deprecation_warning(tmp_path, fake)
             warnings.warn(msg, DeprecationWarning, stacklevel=2)
             super().set_output_type(k, dtype)
 
-    layers = [Deprecated(ly.name, ly.type, tuple(o.dtype for o in ly.outputs))
-              for ly in _layers_of(ROOT / "engines" / "digits.onnx")]
+    layers = _layers_of(ROOT / "engines" / "digits.onnx", Deprecated)
     calls = fake("10.12.0.36", layers=layers)
     onnx = _digits_copy(tmp_path)
     import warnings
