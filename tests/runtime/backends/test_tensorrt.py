@@ -683,6 +683,66 @@ def test_runner_data_path_pads_to_the_profile_min_and_returns_the_batch(tmp_path
     assert not r.is_active and len(fake_gpu.freed) == 3 and fake_gpu.buffers == {}
 
 
+def _runner_on_fakes(tmp_path, monkeypatch, profile=(2, 4, 8)):
+    trt = fake_tensorrt()
+    _use(monkeypatch, trt, rt.FULL)
+    plan, m = _fake_plan(tmp_path, trt, profile=profile)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    t = rng.integers(0, 1000, 3).astype(np.int32)
+    return rt.TensorRTRunner(str(plan), m), x, t, 0.5 * x + t[:, None, None, None]
+
+
+def test_the_fake_cuda_is_asynchronous_so_a_missing_synchronize_fails(tmp_path, monkeypatch, fake_gpu):
+    """Issue 28 item 6: the fakes copied and ran at the call, so a runner that never waited for
+    its stream would pass. Copies and execute_async_v3 now run when their stream is synchronized."""
+    r, x, t, want = _runner_on_fakes(tmp_path, monkeypatch)
+    with r:
+        np.testing.assert_allclose(r(x, t), want, rtol=1e-6)  # the runner as it is: it waits
+        assert r._stream.ptr in fake_gpu.synchronized
+        monkeypatch.setattr(r._stream, "synchronize", lambda: None)  # a runner that forgets to
+        stale = r(x + 1, t)
+        assert not np.allclose(stale, want + 0.5)
+        fake_gpu.stream_synchronize(r._stream.ptr)  # let the stream finish before it is freed
+
+
+def test_the_fake_cuda_catches_a_copy_on_another_stream(tmp_path, monkeypatch, fake_gpu):
+    import polygraphy.cuda as cuda
+
+    r, x, t, want = _runner_on_fakes(tmp_path, monkeypatch)
+    with r:
+        other = cuda.Stream()
+        arr = r._dev["x_t"]
+        real_copy = arr.copy_from
+        monkeypatch.setattr(arr, "copy_from", lambda host, stream=None: real_copy(host, other))
+        got = r(x, t)  # x_t's copy still pending on the other stream when the engine ran
+        assert not np.allclose(got, want)
+        other.free()
+
+
+def test_the_fake_tensorrt_needs_every_input_shape_set(tmp_path, monkeypatch, fake_gpu):
+    """execute_async_v3 fails unless set_input_shape was called for every input (x_t and t) with
+    shapes inside that input's own profile, as enqueueV3 does."""
+    r, x, t, want = _runner_on_fakes(tmp_path, monkeypatch)
+    with r:
+        ctx = r._context
+        assert ctx.set_input_shape("t", (9,)) is False  # above t's profile max, 8
+        assert ctx.set_input_shape("t", (3, 1)) is False  # t is 1-D
+        assert ctx.set_input_shape("x_t", (3, 1, 32, 32)) is False  # a static dim changed
+        assert ctx.set_input_shape("eps", (3, 3, 32, 32)) is False  # not an input
+        real = ctx.set_input_shape
+        monkeypatch.setattr(ctx, "set_input_shape", lambda name, shape: True if name == "t" else real(name, shape))
+        with pytest.raises(RuntimeError, match="execute_async_v3 failed"):
+            r(x, t)  # t's shape never set
+        monkeypatch.setattr(ctx, "set_input_shape", real)
+        r._batch = -1
+        np.testing.assert_allclose(r(x, t), want, rtol=1e-6)
+        ctx.shapes["t"] = (4,)  # x_t and t disagree on the batch
+        with pytest.raises(RuntimeError, match="execute_async_v3 failed"):
+            r(x, t)
+        r._batch = -1
+
+
 def test_runner_data_path_imports_no_torch(tmp_path):
     """Polygraphy's array helpers could pull torch in; the runtime must not (Jetson memory)."""
     pytest.importorskip("polygraphy", reason="polygraphy not installed")
