@@ -750,3 +750,17 @@ def test_pinning_on_tensorrt_10_12_raises_no_deprecation_warning(tmp_path, fake)
         warnings.simplefilter("error", DeprecationWarning)
         B.build_engine(B.BuildConfig(onnx=str(onnx), fp16=True), log=lambda s: None)
     assert any(ly.precision == "FLOAT" for ly in calls["layers"])
+
+
+def test_the_polygraphy_floor_is_a_version_the_code_works_with():
+    """Issue 28 item 4: polygraphy>=0.49 admitted 0.49.0-0.49.6 (EXPLICIT_BATCH set
+    unconditionally: util.default(explicit_batch, True) in backend/trt/loader.py at TensorRT
+    v9.1.0, gone from TensorRT 11) and everything below 0.53 (no search of the CUDA 12 wheel)."""
+    import re
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in ("trt", "test"):
+        spec = next(d for d in extras[extra] if d.startswith("polygraphy"))
+        floor = tuple(int(x) for x in re.search(r">=\s*([\d.]+)", spec).group(1).split("."))
+        assert floor >= (0, 53), (extra, spec)

@@ -509,7 +509,9 @@ def test_find_cudart_finds_the_cuda13_wheel_and_the_loader_cache(tmp_path, monke
     lib12 = site / "nvidia" / "cuda_runtime" / "lib" / "libcudart.so.12"  # Polygraphy's own
     lib12.parent.mkdir(parents=True)
     lib12.write_bytes(b"")
-    assert cuda.find_cudart([str(site)], find_library=lambda n: None) == (str(lib12), True)
+    assert cuda.find_cudart([str(site)], find_library=lambda n: None, polygraphy_version=(0, 53, 6)) == (str(lib12), True)
+    # issue 28 item 4: Polygraphy before 0.53 does not search that wheel: it must be added for it
+    assert cuda.find_cudart([str(site)], find_library=lambda n: None, polygraphy_version=(0, 49, 27)) == (str(lib12), False)
     absolute = str(tmp_path / "libcudart.so.12")
     assert cuda.find_cudart([], find_library=lambda n: absolute) == (absolute, False)
     assert "cu12" in cuda.CUDART_HINT and "cu13" in cuda.CUDART_HINT
