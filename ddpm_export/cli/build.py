@@ -52,8 +52,10 @@ def _user_errors() -> tuple:
               help="0-5; default TensorRT's (3). Lower builds faster (useful on a Jetson), "
               "higher searches longer. TensorRT >= 8.6.")
 @click.option("--version-compatible", is_flag=True,
-              help="Plan runs on later TensorRT versions and on the lean runtime "
-              "(tensorrt-lean wheels); may be slower. TensorRT >= 8.6.")
+              help="Plan runs on later TensorRT versions in NVIDIA's documented range, through the "
+              "full tensorrt module or the dispatch runtime (tensorrt-dispatch wheels); the lean "
+              "runtime runs it only at the version that built it. Embeds host code (load with "
+              "--allow-host-code); may be slower. TensorRT >= 8.6.")
 @click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), default=None,
               help="Builder workspace limit in MB. Default: TensorRT's (the GPU's memory); "
               "on an 8 GB Orin Nano try 1024.")

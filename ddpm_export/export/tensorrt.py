@@ -96,7 +96,7 @@ GET_CIFAR10 = (
 )
 # Every TensorRT attribute this module touches itself (the rest goes through Polygraphy);
 # tests/ddpm_export/export/test_tensorrt_build.py checks each against TensorRT's Python binding
-# sources at 8.5.3, 8.6.1 and 10.3 (tests/runtime/backends/trt_api/).
+# sources at every version of tests/trt_fakes.py TRT_API_VERSIONS (tests/runtime/backends/trt_api/).
 BUILD_TRT_API: Dict[str, Tuple[str, ...]] = {
     "": ("__version__", "OnnxParserFlag", "MemoryPoolType", "DataType", "LayerType",
          "TensorIOMode", "INetworkDefinition", "ILayer", "ITensor"),
@@ -132,7 +132,7 @@ class BuildConfig:
     static_batch: Optional[int] = None  # min = opt = max = N; the runtime pads smaller batches
     timing_cache: Optional[str] = None  # read if it exists, written after the build
     builder_opt_level: Optional[int] = None  # 0..5; None: TensorRT's default (3)
-    version_compatible: bool = False  # runs on later TensorRT and on the lean runtime (>= 8.6)
+    version_compatible: bool = False  # later TensorRT (full or dispatch runtime), >= 8.6
     workspace_mb: Optional[int] = None  # None: TensorRT's default (the GPU's memory)
     force: bool = False  # overwrite an existing --out (and re-export from --checkpoint)
 

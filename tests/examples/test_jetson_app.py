@@ -184,3 +184,26 @@ def test_a_plan_that_is_not_its_manifests_plan_is_an_error_not_a_fallback(tmp_pa
         assert opened.backend == "tensorrt" and opened.fallback_reason is None
     finally:
         opened.close()
+
+
+def test_stdout_carries_only_the_apps_lines(monkeypatch, capsys):
+    """Issue 28 (style): TensorRT's log reaches Python through Polygraphy's logger, which prints
+    to sys.stdout, between the app's lines and its final JSON summary."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("jetson_app", APP)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    real_load = app.runtime.load
+
+    def chatty_load(path, **kw):
+        print("[W] [TRT] a TensorRT warning through Polygraphy's logger")
+        return real_load(path, **kw)
+    monkeypatch.setattr(app.runtime, "load", chatty_load)
+    assert app.main(["--engine", str(ENGINE), "--num", "1", "--requests", "1", "--steps", "3",
+                     "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "TensorRT warning" in err and "TensorRT warning" not in out
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("loaded ") and lines[1].startswith("request 0:")
+    assert json.loads(lines[-1])["backend"] == "onnxruntime" and len(lines) == 3

@@ -2,7 +2,7 @@
 
 Device memory and streams go through Polygraphy's ``polygraphy.cuda``: it is
 pure Python (ctypes over the ``libcudart`` that every CUDA install and JetPack
-ships), so it works on JetPack 5's Python 3.8, where cuda-python (Python >= 3.9,
+ships), so it works on JetPack 5's Python 3.8, where cuda-python (recent releases need Python >= 3.9,
 and its major version must follow the CUDA driver's) does not install; it is
 also what the build already needs. It has no device query, so the probe calls
 the few symbols in ``CUDART_API`` through the same ``libcudart`` handle.

@@ -42,7 +42,9 @@ sees it. Load plans and ONNX models only from sources you trust.
 
 TensorRT keeps one logger per process (a second one is ignored with a
 warning), so the runner uses Polygraphy's TensorRT logger, the one the build
-uses, whenever it runs on the full ``tensorrt`` module.
+uses, whenever it runs on the full ``tensorrt`` module. That logger prints to
+``sys.stdout``: a program whose stdout is a protocol redirects it while the
+runtime loads and runs (examples/jetson_app/app.py does).
 """
 from __future__ import annotations
 
@@ -63,7 +65,8 @@ from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError
 
 # Every TensorRT attribute this module touches, in one place:
 # tests/runtime/backends/test_tensorrt.py checks each against the real lean bindings and
-# against TensorRT's Python binding sources at 8.5.3, 8.6.1, 10.3, 10.16 and 11.1 (trt_api/).
+# against TensorRT's Python binding sources at every version of tests/trt_fakes.py
+# TRT_API_VERSIONS (trt_api/).
 TRT_API: Dict[str, Tuple[str, ...]] = {
     "": ("__version__", "Logger", "Runtime", "ICudaEngine", "IExecutionContext",
          "TensorIOMode", "DataType"),

@@ -764,3 +764,12 @@ def test_the_polygraphy_floor_is_a_version_the_code_works_with():
         spec = next(d for d in extras[extra] if d.startswith("polygraphy"))
         floor = tuple(int(x) for x in re.search(r">=\s*([\d.]+)", spec).group(1).split("."))
         assert floor >= (0, 53), (extra, spec)
+
+
+def test_version_compatible_help_follows_the_runtime_policy():
+    """Issue 28 (style): the help said the lean runtime runs later versions; only the full
+    module and the dispatch runtime do (compat.check_engine_compat), the lean one its own."""
+    r = _invoke("--help")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "dispatch runtime" in text
+    assert "only at the version that built it" in text and "and on the lean runtime" not in text
