@@ -189,8 +189,9 @@ class TensorRTRunner(Runner):
                                                   self.path, self.engine_info)
         got = check_engine_io(self._engine, trt, self.image_shape)
         if got != self.profile:
-            raise PlanManifestMismatch(f"{self.path}: engine profile {got.to_dict()} differs from its "
-                                 f"manifest's {self.profile.to_dict()}; rebuild with 'ddpm-export build'")
+            raise PlanManifestMismatch(f"{self.path}: engine profile {got.to_dict()} differs from "
+                                       f"its manifest's {self.profile.to_dict()}; rebuild with "
+                                       f"'ddpm-export build'")
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise EngineMismatch(f"{self.path}: TensorRT could not create an execution context "
