@@ -706,17 +706,23 @@ def read_embedded_manifest(onnx_path: PathLike) -> Optional[str]:
     return sess.get_modelmeta().custom_metadata_map.get(MANIFEST_KEY)
 
 
-def compute_precision(manifest: Mapping[str, Any]) -> str:
-    """The precision the engine computes in: "fp32" or "fp16".
+def compute_precision(manifest: Mapping[str, Any], artifact: PathLike) -> str:
+    """The precision ``artifact`` (the NAME.onnx or NAME.plan loaded) computes in: "fp32" or "fp16".
 
-    A TensorRT plan says it in its ``engine.precision``: a plan built from the
-    float32 graph with the FP16 builder flag computes in FP16 while the export's
-    top-level ``precision`` stays "fp32". Anything without an engine section (an
-    ONNX export) computes in its top-level ``precision``. Judge, label and report
-    an engine by this value, never by the top-level field alone.
+    A plan and the ONNX export it was built from share one NAME.json, and the build adds the
+    plan's ``engine`` section to it, so the manifest alone cannot say which file computes. A
+    TensorRT plan (.plan, .engine, .trt) computes in its ``engine.precision``: built from the float32
+    graph with the FP16 builder flag it computes in FP16 while the top-level ``precision``
+    stays "fp32". An ONNX export computes in the top-level ``precision`` of its graph, whatever
+    engine section a build has added. Judge, label and report an engine by this value.
     """
+    suffix = Path(artifact).suffix
+    if suffix not in (".onnx",) + _PLAN_SUFFIXES:
+        raise ValueError(f"compute_precision: artifact {str(artifact)!r}: expected the NAME.onnx or "
+                         f"NAME.plan that is loaded (its suffix decides whether the manifest's "
+                         f"engine section applies)")
     engine = manifest.get("engine")
-    if isinstance(engine, Mapping) and "precision" in engine:
+    if suffix in _PLAN_SUFFIXES and isinstance(engine, Mapping) and "precision" in engine:
         value, field = engine["precision"], "engine.precision"
     else:
         value, field = manifest.get("precision"), "precision"
@@ -724,3 +730,6 @@ def compute_precision(manifest: Mapping[str, Any]) -> str:
         _fail(field, value, f"one of {PRECISIONS}",
               "rebuild the plan with 'ddpm-export build' or re-export the model")
     return value
+
+
+_PLAN_SUFFIXES = (".plan", ".engine", ".trt")  # runtime.api.TRT_SUFFIXES (not imported: api imports this module)

@@ -259,7 +259,7 @@ def _open_run(out: Path, config: Dict[str, Any], engine, n_shards: int) -> None:
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "config": config,
         "engine": {"path": str(engine.runner.path), "backend": getattr(engine.runner, "backend", None),
-                   "precision": compute_precision(manifest), "onnx_sha256": manifest.get("onnx_sha256"),
+                   "precision": compute_precision(manifest, engine.runner.path), "onnx_sha256": manifest.get("onnx_sha256"),
                    "checkpoint_sha256": (manifest.get("source") or {}).get("checkpoint_sha256")},
         "shards": n_shards,
         "layout": "shard-NNNNN.npz: images uint8 [n, H, W, C] = images [k*shard_size, ...), "

@@ -23,8 +23,16 @@ run killed mid-section keeps every finished row:
                  gate, FP16_ATOL; twice PyTorch's own FP16-with-islands error when that
                  is larger, as with random weights); a broken gate fails the section
   torch_compile  torch.compile FP16 at batch 1, 64, 256 (last: compiling is slow)
+                 A fourth plan on TensorRT 10.x: the float32 graph with the FP16 builder
+                 flag, whose build stops unless every FP32-island normalization, softmax and
+                 timestep-embedding matmul was found and pinned (and which must pin some).
+                 The section's "paths" says what it exercised (builds, the runtime module
+                 that loaded each plan, each FP16 gate's basis) and what it never does
+                 (lean/dispatch loads, cross-version loads, FP32 plans).
 On a GPU without TensorRT (PyTorch + onnx + CPU ONNX Runtime) everything but
-``tensorrt`` runs, well within the 420 s budget.
+``tensorrt`` runs, well within the 420 s budget, and the run is incomplete (exit 2):
+a missing TensorRT is never "all passed"; one that is installed but fails to import
+fails the run (exit 1).
 
 --smoke (CI, no GPU needed): the tiny model, small batches and few iterations;
 sections that need CUDA or TensorRT say "skipped: needs CUDA/TensorRT"; the
@@ -211,6 +219,17 @@ TRT_PLANS = (
     ("static64", {"static_batch": 64}, (64, 5), (64,), False),  # 5: padded up to 64
     ("version_compatible", {"min_batch": 1, "opt_batch": 8, "max_batch": 64,
                             "version_compatible": True}, (1, 8, 64), None, True),
+    # TensorRT 10.x: the float32 graph with the FP16 builder flag and the FP32 islands pinned
+    # (on 8.5-9.x that is the dynamic plan already; TensorRT 11 has no FP16 flag)
+    ("builder_flag_fp16", {"min_batch": 1, "opt_batch": 8, "max_batch": 64, "graph": "fp32"},
+     (1, 8, 64), None, False),
+)
+# What the tensorrt section never runs, whatever the machine (said in its report's "paths").
+TRT_NOT_EXERCISED = (
+    "loading through the lean runtime (tensorrt_lean) or the dispatch runtime (tensorrt_dispatch): "
+    "every plan is loaded by the full tensorrt module",
+    "loading a plan with another TensorRT version than the one that built it",
+    "an FP32 plan (no --fp16)",
 )
 
 
@@ -235,11 +254,16 @@ def tensorrt_section(sec, rep, ctx, trt_version):
     ts = np.array(TIMESTEPS, np.int32)
     failures = []
 
-    def build(name, **kw):
+    def build(name, graph=None, **kw):
         plan = tmp / f"{preset}-{name}.plan"
-        m = build_engine(BuildConfig(onnx=str(onnx), fp16=True, out=str(plan), timing_cache=cache,
+        src = onnx if graph is None else onnx_files[graph]
+        m = build_engine(BuildConfig(onnx=str(src), fp16=True, out=str(plan), timing_cache=cache,
                                      **kw), log=lambda s_: None)
         sec.setdefault("builds", {})[name] = m["engine"]
+        mode = m["engine"].get("precision_mode")
+        if mode == "fp16_builder_flag" and not m["engine"].get("fp32_pinned_layers"):
+            failures.append(f"{name}: FP16 builder-flag build pinned no FP32-island layer")
+        paths.append(f"{name}: built from {Path(src).name} ({mode})")
         rep.save()
         return plan
 
@@ -249,6 +273,8 @@ def tensorrt_section(sec, rep, ctx, trt_version):
                    for b in sizes]
         eps, info = eps_in_fresh_process(plan, batches, tmp, allow_host_code)
         sec.setdefault("fresh_process", {})[name] = info
+        paths.append(f"{name}: loaded in a fresh process by the {info.get('runtime_kind')} runtime "
+                     f"(TensorRT {info.get('trt_version')}), batches {list(sizes)}")
         rows = []
         with runtime.load(onnx_files["fp32"], providers=ORT_FP32_PROVIDERS) as ref:
             sec["onnxruntime_reference"] = {"providers": ref.runner.active_providers,
@@ -274,6 +300,7 @@ def tensorrt_section(sec, rep, ctx, trt_version):
                 rep.row(sec, row)
         limit, basis = fp16_limit(FP16_ATOL, max(r["torch_fp16_islands_max_vs_torch"] for r in rows))
         sec.setdefault("limits", {})[name] = {"max_vs_torch": limit, "basis": basis}
+        paths.append(f"{name}: FP16 gate max |eps - PyTorch FP32| <= {limit:.3g}: {basis}")
         failures.extend(gate_failures(rows, limit, name))
         sampled = sample_in_fresh_process(plan, tmp, allow_host_code)
         sec.setdefault("runtime_sample", {})[name] = sampled
@@ -290,14 +317,27 @@ def tensorrt_section(sec, rep, ctx, trt_version):
                 rep.row(sec, {"plan": name, "bench_batch": b, "image_steps_per_s_via_runtime": b / dt,
                               "ms_per_call": dt * 1e3})
 
+    paths = []
+    not_run = list(TRT_NOT_EXERCISED)
+    major_minor = tuple(map(int, trt_version.split(".")[:2]))
     try:
         for k, (name, kw, sizes, bench_sizes, host) in enumerate(TRT_PLANS):
             if k and time.time() > deadline - 60:  # the first plan always runs
                 sec[name] = {"skipped": "time budget"}
                 rep.incomplete(f"tensorrt: {name} build/load not run (time budget spent)")
+                not_run.append(f"{name} (time budget spent)")
                 continue
-            if kw.get("version_compatible") and tuple(map(int, trt_version.split(".")[:2])) < (8, 6):
+            if kw.get("version_compatible") and major_minor < (8, 6):
                 sec[name] = {"skipped": f"TensorRT {trt_version} has no version compatibility"}
+                not_run.append(f"{name} ({sec[name]['skipped']})")
+                continue
+            if kw.get("graph") == "fp32" and prec == "fp32":
+                sec[name] = {"skipped": f"on TensorRT {trt_version} the dynamic plan is the "
+                                        f"FP16 builder-flag build of the float32 graph already"}
+                continue
+            if kw.get("graph") == "fp32" and major_minor >= (11, 0):
+                sec[name] = {"skipped": f"TensorRT {trt_version} has no FP16 builder flag"}
+                not_run.append(f"{name} ({sec[name]['skipped']})")
                 continue
             plan = build(name, **kw)
             validate(name, plan, sizes, allow_host_code=host)
@@ -305,9 +345,44 @@ def tensorrt_section(sec, rep, ctx, trt_version):
                 bench(name, plan, batches if bench_sizes == "all" else bench_sizes)
     finally:
         sec["gate_failures"] = failures
+        sec["paths"] = {"exercised": paths, "not_exercised": not_run}
         rep.save()
     if failures:
         raise RuntimeError(f"{len(failures)} TensorRT gate(s) failed: {'; '.join(failures[:5])}")
+
+
+def tensorrt_plan(cuda, gpu_only, rep, importer=None):
+    """(function that runs the tensorrt section, skip reason or None).
+
+    Without a CUDA device the section is skipped (smoke mode). With one, TensorRT is what this
+    check is for: not installed (ModuleNotFoundError) leaves the run incomplete (exit 2), and a
+    TensorRT that is installed but fails to import (a missing libnvinfer, a broken wheel) fails
+    the section (exit 1); neither may end in "complete, all passed"."""
+    def imp():
+        import tensorrt
+        return tensorrt
+
+    try:
+        trt = (importer or imp)()
+    except ModuleNotFoundError as e:
+        if not cuda:
+            return None, f"{NEEDS} (tensorrt not installed)"
+        rep.incomplete(f"tensorrt: not run: TensorRT is not installed on this CUDA machine ({e}); "
+                       f"pip install tensorrt-cu12 polygraphy onnx (JetPack: python3-libnvinfer)")
+        return None, f"not run: tensorrt not installed ({e})"
+    except Exception as e:  # noqa: BLE001 - installed but broken
+        if not cuda:
+            return None, f"{NEEDS} (tensorrt not importable: {type(e).__name__}: {e})"
+        err = f"{type(e).__name__}: {e}"
+
+        def broken(sec):
+            raise RuntimeError(f"tensorrt is installed but does not import on this CUDA machine "
+                               f"({err}); fix the TensorRT installation (libnvinfer on the "
+                               f"loader path, wheels for this CUDA major)")
+        return broken, None
+    if gpu_only:
+        return None, gpu_only
+    return (lambda sec, rep_, ctx: tensorrt_section(sec, rep_, ctx, trt.__version__)), None
 
 
 def naive_half(model):
@@ -501,16 +576,10 @@ def main(argv=None) -> int:
                           "unet_fp16_graph_ms": unet * 1e3, "host_over_unet": (step + cp) / unet})
     rep.section("host", _host, deadline, skip=gpu_only)
 
-    try:
-        import tensorrt as trt  # noqa: F401
-        trt_skip = gpu_only
-    except Exception as e:
-        trt_skip = f"{NEEDS} (tensorrt not importable: {type(e).__name__}: {e})"
-
     ctx = SimpleNamespace(onnx_files=onnx_files, tmp=tmp, preset=preset, c=c, s=s, dev=dev,
                           m32=m32, m16=m16, batches=batches, deadline=deadline)
-    rep.section("tensorrt", lambda sec: tensorrt_section(sec, rep, ctx, trt.__version__), deadline,
-                skip=trt_skip)
+    run_trt, trt_skip = tensorrt_plan(cuda, gpu_only, rep)
+    rep.section("tensorrt", lambda sec: run_trt(sec, rep, ctx), deadline, skip=trt_skip)
 
     def _compile(sec):
         sec["mode"] = "default, FP16 with FP32 islands"
@@ -534,6 +603,9 @@ def main(argv=None) -> int:
     summary = {k: v.get("skipped") or v.get("error") or f"ok ({v.get('seconds')} s)"
                for k, v in rep.data.items() if isinstance(v, dict)}
     summary["incomplete"] = rep.incomplete() or "no: every section and step ran"
+    paths = (rep.data.get("tensorrt") or {}).get("paths")
+    if paths:
+        summary["tensorrt_paths"] = paths
     print(json.dumps(summary, indent=1))
     errors, status = rep.errors(), rep.exit_status()
     state = {0: "complete, all passed", 1: "FAILED", 2: "INCOMPLETE (time budget spent; nothing failed)"}

@@ -10,7 +10,8 @@
 # Needs a Python with a CUDA build of torch, onnx and onnxruntime (CPU is enough). Without
 # TensorRT it measures PyTorch (precision of FP16 with FP32 islands vs naive .half(), eager /
 # CUDA graph / torch.compile speed), the ONNX exports on CPU ONNX Runtime and the runtime's host
-# cost; the TensorRT section runs only when `import tensorrt` works (and polygraphy is installed).
+# cost, and exits 2 (incomplete: the TensorRT section did not run); a TensorRT that is installed
+# but fails to import exits 1. The TensorRT section needs tensorrt, polygraphy and onnx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPORT="${OUT:-.}/gpu_check.json"

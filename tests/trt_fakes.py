@@ -24,6 +24,9 @@ class FakeEngine:
         return self.tensors[n][2]
 
     def get_tensor_profile_shape(self, n, i):
+        """(min, opt, max) of input n: profile holds x_t's; t's is its batch (as built)."""
+        if n == "t":
+            return tuple((p[0],) for p in self.profile)
         return self.profile
 
 
@@ -95,10 +98,25 @@ def fake_plan_bytes(version="10.3.0.30", plugins=False, version_compatible=False
 
 
 class FakeCudaMemory:
-    """polygraphy.cuda's wrapper() with host memory as 'device' memory: copies really copy."""
+    """polygraphy.cuda's wrapper() with host memory as 'device' memory, asynchronous as CUDA is.
+
+    What the runner may rely on (CUDA Runtime API, "API synchronization behavior" and stream
+    semantics), and nothing more:
+      - cudaMemcpyAsync(..., stream) and execute_async_v3(stream) are queued on that stream and
+        run in order only when that stream is synchronized; nothing is promised about when
+        before that, so here they run exactly then, and a copy queued on another stream has not
+        run when this stream's work reads its destination;
+      - a host-to-device copy from pageable memory has read its source when the call returns
+        (staged), so the source is read at the call; a device-to-host copy writes the host
+        buffer only when its stream is synchronized;
+      - cudaMemcpy (no stream) runs on the legacy default stream, which waits for the work of
+        every blocking stream (Polygraphy's cudaStreamCreate makes blocking streams) first.
+    """
 
     def __init__(self):
         self.buffers, self.freed, self.streams = {}, [], 0
+        self.queues = {}  # stream ptr -> pending callables
+        self.synchronized = []
 
     def malloc(self, nbytes):
         buf = ctypes.create_string_buffer(max(int(nbytes), 1))
@@ -110,18 +128,50 @@ class FakeCudaMemory:
             self.freed.append(ptr)
             self.buffers.pop(ptr, None)
 
+    def enqueue(self, stream_ptr, fn):
+        if stream_ptr is None:
+            self.run_all()
+            fn()
+        else:
+            if stream_ptr not in self.queues:
+                raise RuntimeError(f"cudaErrorInvalidResourceHandle: stream {stream_ptr} was not created")
+            self.queues[stream_ptr].append(fn)
+
     def memcpy(self, dst, src, nbytes, kind, stream_ptr=None):
-        ctypes.memmove(dst, src, nbytes)
+        if getattr(kind, "value", kind) == 1:  # HostToDevice (a ctypes.c_int): the source is staged now
+            staged = ctypes.create_string_buffer(ctypes.string_at(src, nbytes), nbytes)
+            self.enqueue(stream_ptr, lambda: ctypes.memmove(dst, staged, nbytes))
+        else:
+            self.enqueue(stream_ptr, lambda: ctypes.memmove(dst, src, nbytes))
+
+    def run_all(self):
+        for ptr in list(self.queues):
+            self.stream_synchronize(ptr)
 
     def create_stream(self):
         self.streams += 1
-        return 1000 + self.streams
+        ptr = 1000 + self.streams
+        self.queues[ptr] = []
+        return ptr
 
     def stream_synchronize(self, ptr):
-        pass
+        queue = self.queues.get(ptr, [])
+        while queue:
+            queue.pop(0)()
+        self.synchronized.append(ptr)
 
     def destroy_stream(self, ptr):
-        pass
+        self.queues.pop(ptr, None)
+
+
+def _fake_cuda_in_use():
+    """The FakeCudaMemory the test put behind polygraphy.cuda (the runner's CUDA), else None."""
+    try:
+        import polygraphy.cuda.cuda as pc
+    except ImportError:
+        return None
+    mem = pc.wrapper()
+    return mem if isinstance(mem, FakeCudaMemory) else None
 
 
 def fake_tensorrt(version="10.3.0.30", kind="full"):
@@ -151,10 +201,18 @@ def fake_tensorrt(version="10.3.0.30", kind="full"):
             state["contexts"].append(self)
 
         def set_input_shape(self, name, shape):
-            lo, hi = self.engine.head["profile"][0], self.engine.head["profile"][2]
-            if not lo <= shape[0] <= hi:
+            """False (TensorRT logs the error) for a name that is not an input, a rank other
+            than the tensor's, a static dimension changed, or a dimension outside the profile."""
+            if name not in self.engine.tensors or self.engine.tensors[name][0] != TensorIOMode.INPUT:
                 return False
-            self.shapes[name] = tuple(shape)
+            dims = self.engine.tensors[name][2]
+            lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+            shape = tuple(int(d) for d in shape)
+            if len(shape) != len(dims) or any(d != -1 and s_ != d for s_, d in zip(shape, dims)):
+                return False
+            if any(not a <= s_ <= b for s_, a, b in zip(shape, lo, hi)):
+                return False
+            self.shapes[name] = shape
             return True
 
         def set_tensor_address(self, name, ptr):
@@ -162,14 +220,29 @@ def fake_tensorrt(version="10.3.0.30", kind="full"):
             return True
 
         def execute_async_v3(self, stream):
-            """eps = 0.5 * x_t + t, read from and written to the bound addresses."""
+            """eps = 0.5 * x_t + t, read from and written to the bound addresses when the stream
+            runs it. False, as enqueueV3 returns it, unless every input's shape was set (and
+            they agree on the batch) and every I/O tensor has an address."""
+            inputs = [n for n, v in self.engine.tensors.items() if v[0] == TensorIOMode.INPUT]
+            if any(n not in self.shapes for n in inputs) or set(self.addresses) != set(self.engine.tensors):
+                return False
             b = self.shapes["x_t"][0]
+            if self.shapes["t"] != (b,):
+                return False  # the graph's t and x_t batches must agree
             chw = tuple(self.engine.head["image_shape"])
             n = b * int(np.prod(chw))
-            x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addresses["x_t"]))
-            t = np.ctypeslib.as_array((ctypes.c_int32 * b).from_address(self.addresses["t"]))
-            out = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addresses["eps"]))
-            out[:] = (0.5 * x.reshape((b,) + chw) + t[:, None, None, None]).ravel()
+            addr = dict(self.addresses)
+
+            def run():
+                x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["x_t"]))
+                t = np.ctypeslib.as_array((ctypes.c_int32 * b).from_address(addr["t"]))
+                out = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["eps"]))
+                out[:] = (0.5 * x.reshape((b,) + chw) + t[:, None, None, None]).ravel()
+            mem = _fake_cuda_in_use()
+            if mem is None:
+                run()
+            else:
+                mem.enqueue(int(stream), run)
             self.runs.append((b, stream))
             return True
 
@@ -211,3 +284,121 @@ def fake_tensorrt(version="10.3.0.30", kind="full"):
             return True
         trt.init_libnvinfer_plugins = init_libnvinfer_plugins
     return trt
+
+
+# --- an INetworkDefinition as TensorRT's ONNX parser fills it (for the FP16 builder-flag pinning) --
+# Naming, from onnx-tensorrt's importers (release/8.5-GA builtin_op_importers.cpp, 10.1-GA
+# onnxOpImporters.cpp, ImporterContext.cpp, ModelImporter.cpp):
+#  - a layer an importer registers (ctx->registerLayer) is named after its node; a second one
+#    of the same name gets a unique suffix (generateUniqueName);
+#  - a layer an importer adds without registering keeps TensorRT's default name,
+#    "(Unnamed Layer* N) [Type]", and so does its output tensor, "... [Type]_output". Gemm's
+#    bias add (8.5-GA ~1655, 10.1-GA ~2076) is one: only the matrix multiply is registered
+#    (~1623 / ~2043); Softmax's reshape back to the input shape is another;
+#  - every node output tensor is renamed to its ONNX name (registerTensor in parseNode);
+#  - ONNX Constant nodes and initializers add no layer of their own; a weights input becomes a
+#    CONSTANT layer registered under the weights' name when an importer converts it to a tensor.
+class FakeTensor:
+    def __init__(self, name, dtype="FLOAT"):
+        self.name, self.dtype = name, dtype
+
+
+class FakeLayer:
+    def __init__(self, name, ltype="ELEMENTWISE", out_dtypes=("FLOAT",), inputs=(), outputs=None):
+        self.name, self.type, self.precision = name, ltype, None
+        self.inputs = list(inputs)
+        self.outputs = (list(outputs) if outputs is not None
+                        else [FakeTensor(f"{name}_output_{k}", d) for k, d in enumerate(out_dtypes)])
+        self.num_inputs, self.num_outputs = len(self.inputs), len(self.outputs)
+        self.output_types = {}
+
+    def get_input(self, k):
+        return self.inputs[k]
+
+    def get_output(self, k):
+        return self.outputs[k]
+
+    def set_output_type(self, k, dtype):
+        self.output_types[k] = dtype
+
+
+class FakeNetwork:
+    def __init__(self, layers):
+        self.layers = layers
+        self.num_layers = len(layers)
+
+    def get_layer(self, i):
+        return self.layers[i]
+
+
+_SHUFFLE_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose")  # IShuffleLayer
+_LAYER_TYPES = {"Shape": "SHAPE", "Gemm": "MATRIX_MULTIPLY", "MatMul": "MATRIX_MULTIPLY",
+                "Softmax": "SOFTMAX", "Conv": "CONVOLUTION", "Concat": "CONCATENATION",
+                "Gather": "GATHER", "Resize": "RESIZE", "Sigmoid": "ACTIVATION", "Sin": "UNARY",
+                "Cos": "UNARY", "Exp": "UNARY", "Cast": "CAST", "Pad": "SLICE",
+                "InstanceNormalization": "PLUGIN_V2", "GroupNormalization": "NORMALIZATION"}
+_TYPE_NAMES = {"ELEMENTWISE": "ElementWise", "SHUFFLE": "Shuffle", "CONSTANT": "Constant",
+               "MATRIX_MULTIPLY": "Matrix Multiply"}
+
+
+def parsed_network(onnx_path, layer_class=FakeLayer):
+    """The layers and tensors TensorRT's ONNX parser makes for the graph (rules above), with
+    the element types from ONNX shape inference (INT64 shape arithmetic -> "i32")."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    graph = model.graph
+    elem = {v.name: v.type.tensor_type.elem_type
+            for v in list(graph.input) + list(graph.value_info) + list(graph.output)}
+    weights = {i.name for i in graph.initializer}
+    weights |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    tensors = {i.name: FakeTensor(i.name, "FLOAT" if elem.get(i.name) == 1 else "i32")
+               for i in graph.input if i.name not in weights}
+    layers, used = [], set()
+
+    def unique(name):
+        k, out = 0, name
+        while out in used:
+            k += 1
+            out = f"{name}_{k}"
+        used.add(out)
+        return out
+
+    def add(ltype, inputs, name=None, out=None):
+        """A layer; name None: unregistered (TensorRT's default name, its output unnamed too)."""
+        idx = len(layers)
+        default = f"(Unnamed Layer* {idx}) [{_TYPE_NAMES.get(ltype, ltype.title())}]"
+        lname = unique(name) if name is not None else default
+        dtype = "i32" if ltype == "SHAPE" else "FLOAT"
+        if out is None:
+            out = FakeTensor(f"{default}_output", dtype)
+        ly = layer_class(lname, ltype, inputs=inputs, outputs=[out])
+        layers.append(ly)
+        return ly.outputs[0]
+
+    def tensor_of(name):
+        if name not in tensors and name in weights:  # convertToTensor: a registered constant
+            tensors[name] = add("CONSTANT", [], name=name)
+        return tensors[name]
+
+    for n in graph.node:
+        if n.op_type in ("Constant", "Identity"):
+            if n.op_type == "Identity" and n.input[0] in tensors:
+                tensors[n.output[0]] = tensors[n.input[0]]
+            elif n.op_type == "Identity":
+                weights.add(n.output[0])
+            continue
+        ins = [tensor_of(i) for i in n.input if i]
+        name = n.output[0]
+        out = FakeTensor(name, "FLOAT" if elem.get(name, 1) == 1 else "i32")
+        ltype = "SHUFFLE" if n.op_type in _SHUFFLE_OPS else _LAYER_TYPES.get(n.op_type, "ELEMENTWISE")
+        if n.op_type == "Gemm" and len(ins) > 2:  # the matrix multiply registered, the bias add not
+            mm = add("MATRIX_MULTIPLY", ins[:2], name=n.name)
+            add("ELEMENTWISE", [mm, ins[2]], out=out)
+        elif n.op_type == "Softmax":  # the softmax registered, the reshape back not
+            sm = add("SOFTMAX", ins, name=n.name)
+            add("SHUFFLE", [sm], out=out)
+        else:
+            add(ltype, ins, name=n.name, out=out)
+        tensors[name] = out
+    return FakeNetwork(layers)

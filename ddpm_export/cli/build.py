@@ -7,14 +7,15 @@ import click
 
 from ddpm_export.export import ExportError
 from ddpm_export.export.tensorrt import BuildConfig, BuildError, build_engine
-from runtime.backends.tensorrt import BackendMissing, EngineMismatch, NoCudaDevice
+from runtime.backends.tensorrt import BackendMissing, EngineMismatch, NoCudaDevice, PlanNotLoadable
 from runtime.contract import DEFAULT_BATCH_RANGE, ManifestError
 
 
 def _user_errors() -> tuple:
     """The errors that get one line instead of a traceback. CheckpointError lives with torch,
     imported only when a checkpoint was read: if it is not loaded, it cannot have been raised."""
-    errors = (BuildError, BackendMissing, NoCudaDevice, ManifestError, EngineMismatch, ExportError)
+    errors = (BuildError, BackendMissing, NoCudaDevice, ManifestError, EngineMismatch, PlanNotLoadable,
+              ExportError)
     ckpt = sys.modules.get("ddpm_export.model.checkpoint")
     return errors + ((ckpt.CheckpointError,) if ckpt is not None else ())
 
@@ -51,8 +52,10 @@ def _user_errors() -> tuple:
               help="0-5; default TensorRT's (3). Lower builds faster (useful on a Jetson), "
               "higher searches longer. TensorRT >= 8.6.")
 @click.option("--version-compatible", is_flag=True,
-              help="Plan runs on later TensorRT versions and on the lean runtime "
-              "(tensorrt-lean wheels); may be slower. TensorRT >= 8.6.")
+              help="Plan runs on later TensorRT versions in NVIDIA's documented range, through the "
+              "full tensorrt module or the dispatch runtime (tensorrt-dispatch wheels); the lean "
+              "runtime runs it only at the version that built it. Embeds host code (load with "
+              "--allow-host-code); may be slower. TensorRT >= 8.6.")
 @click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), default=None,
               help="Builder workspace limit in MB. Default: TensorRT's (the GPU's memory); "
               "on an 8 GB Orin Nano try 1024.")

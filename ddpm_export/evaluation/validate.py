@@ -360,7 +360,7 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
                 res = engine.sample_float(samples, seed=seed + 1, progress=progress, method=method,
                                           steps=steps, **method_options)
                 engine_samples[name] = res.images
-        precision = compute_precision(m)  # an FP16 builder-flag plan of the float32 graph is fp16
+        precision = compute_precision(m, path)  # an FP16 builder-flag plan of the float32 graph is fp16; its ONNX is not
         fp16 = precision == "fp16"
         eps_limit = thresholds.eps_fp16 if fp16 else thresholds.eps_fp32
         final_limit = thresholds.final_fp16 if fp16 else thresholds.final_fp32

@@ -26,13 +26,17 @@ when there is one, else the shipped digits export, saying which.
 FP16 with the builder flag lets TensorRT choose each layer's precision, so the
 layers that the FP16 export keeps in float32 (``fp32_island_nodes``: the
 timestep embedding, GroupNorm, softmax) are pinned to FP32 (layer precision
-and output types, with precision constraints obeyed), found by the names the
-ONNX parser gives the layers (a single-node layer is named after its node).
-Only layers that compute are pinned: shuffles (reshapes, whose second input
-may be a shape tensor), shapes and constants are left to TensorRT. Every
-normalization, softmax and timestep-embedding matrix product of the islands
-must have been pinned, else the build stops (``unpinned_island_nodes``): a
-partial name mismatch would otherwise leave them in FP16 silently. That step
+and output types, with precision constraints obeyed). A node's layers are found
+by graph position: every layer between the node's input and output tensors
+(``layers_between``; the parser names each node's output tensors after the
+ONNX ones), and also by name (the layer an importer registers is named after
+its node). Names alone miss the layers an importer adds without registering,
+such as Gemm's bias add. Only layers that compute are pinned: shuffles
+(reshapes, whose second input may be a shape tensor), shapes and constants are
+left to TensorRT. Every normalization, softmax and timestep-embedding matrix
+product of the islands must have been found by position and pinned, else the
+build stops (``unpinned_island_nodes``): they would otherwise run, wholly or in
+part, in FP16 silently. That step
 needs the ``onnx`` package (in the ``trt`` extra). TensorRT >= 10.12 marks
 layer precision and output types deprecated in favour of strong typing
 (a DeprecationWarning on each call); the build silences that warning for the
@@ -42,7 +46,10 @@ The plan's manifest is the export's manifest plus an ``engine`` section
 (``engine_section_dict``); the runtime checks that section against the running
 TensorRT and GPU before deserializing (runtime/backends/tensorrt/). The default
 ``--out`` is the ONNX's name with ``.plan``, so plan and ONNX share NAME.json;
-a plan never overwrites the NAME.json of a different ONNX.
+a plan never overwrites the NAME.json of a different ONNX. That NAME.json then also holds the
+plan's engine section, so the precision a file computes in is read for the file loaded
+(``contract.compute_precision(manifest, path)``): the plan's ``engine.precision``, the ONNX
+export's top-level ``precision``.
 """
 from __future__ import annotations
 
@@ -65,7 +72,8 @@ from runtime.contract import (
 )
 from runtime.io import atomic_write
 from runtime.backends.tensorrt import (ENGINE_SECTION_VERSION, BackendMissing, DeviceInfo,
-                                       EngineMismatch, check_engine_io, parse_version,
+                                       EngineMismatch, PlanNotLoadable, check_engine_io,
+                                       parse_version,
                                        probe_cuda_device)
 
 MIN_TRT = (8, 5)  # JetPack 5; the name-based I/O API (set_input_shape, execute_async_v3)
@@ -88,7 +96,7 @@ GET_CIFAR10 = (
 )
 # Every TensorRT attribute this module touches itself (the rest goes through Polygraphy);
 # tests/ddpm_export/export/test_tensorrt_build.py checks each against TensorRT's Python binding
-# sources at 8.5.3, 8.6.1 and 10.3 (tests/runtime/backends/trt_api/).
+# sources at every version of tests/trt_fakes.py TRT_API_VERSIONS (tests/runtime/backends/trt_api/).
 BUILD_TRT_API: Dict[str, Tuple[str, ...]] = {
     "": ("__version__", "OnnxParserFlag", "MemoryPoolType", "DataType", "LayerType",
          "TensorIOMode", "INetworkDefinition", "ILayer", "ITensor"),
@@ -97,8 +105,9 @@ BUILD_TRT_API: Dict[str, Tuple[str, ...]] = {
     "DataType": ("FLOAT", "HALF", "INT32"),
     "LayerType": ("SHAPE", "CONSTANT", "SHUFFLE"),
     "INetworkDefinition": ("num_layers", "get_layer"),
-    "ILayer": ("name", "type", "precision", "num_outputs", "get_output", "set_output_type"),
-    "ITensor": ("dtype",),
+    "ILayer": ("name", "type", "precision", "num_inputs", "get_input", "num_outputs", "get_output",
+               "set_output_type"),
+    "ITensor": ("dtype", "name"),
 }
 BUILD_TRT_API_SINCE = {("", "OnnxParserFlag"): (8, 6), ("OnnxParserFlag", "NATIVE_INSTANCENORM"): (8, 6)}
 # used only by the FP16 builder-flag build, which TensorRT 11 no longer has (strong typing only)
@@ -123,7 +132,7 @@ class BuildConfig:
     static_batch: Optional[int] = None  # min = opt = max = N; the runtime pads smaller batches
     timing_cache: Optional[str] = None  # read if it exists, written after the build
     builder_opt_level: Optional[int] = None  # 0..5; None: TensorRT's default (3)
-    version_compatible: bool = False  # runs on later TensorRT and on the lean runtime (>= 8.6)
+    version_compatible: bool = False  # later TensorRT (full or dispatch runtime), >= 8.6
     workspace_mb: Optional[int] = None  # None: TensorRT's default (the GPU's memory)
     force: bool = False  # overwrite an existing --out (and re-export from --checkpoint)
 
@@ -200,14 +209,19 @@ def check_config(cfg: BuildConfig, trt_version: Optional[str] = None) -> None:
         raise BuildError(f"--workspace {cfg.workspace_mb}: expected a positive number of MB")
     if trt_version is None:
         return
-    v = parse_version(trt_version)[:2]
+    try:
+        v = parse_version(trt_version)[:2]
+    except ValueError as e:
+        raise BuildError(f"the installed TensorRT reports tensorrt.__version__ {trt_version!r}, "
+                         f"which this build cannot read ({e}); reinstall TensorRT: "
+                         f"{_INSTALL_BUILD}") from None
     if v < MIN_TRT:
         raise BuildError(f"TensorRT {trt_version} is too old: this project needs >= 8.5 "
                          f"(JetPack 5.1); upgrade TensorRT (or JetPack)")
     for field, flag in (("builder_opt_level", "--builder-opt-level"),
                         ("version_compatible", "--version-compatible")):
         val = getattr(cfg, field)
-        if val not in (None, False) and v < FEATURE_MIN[field]:
+        if val is not None and val is not False and v < FEATURE_MIN[field]:  # 0 == False: level 0 is set
             raise BuildError(f"{flag} needs TensorRT >= 8.6; this is {trt_version} (JetPack 5): "
                              f"drop {flag}")
 
@@ -338,30 +352,80 @@ def node_of_layer(layer_name: str, node_names: set) -> Optional[str]:
 
 
 def island_layer(layer_name: str, islands: set, node_names: set) -> bool:
-    """Whether a TensorRT layer belongs to an island node."""
+    """Whether a TensorRT layer belongs to an island node, by its name."""
     return node_of_layer(layer_name, node_names) in islands
 
 
+def layers_between(network: Any, outputs: Iterable[str], graph_tensors: set) -> Optional[List[int]]:
+    """Indices of the layers that compute the tensors ``outputs`` (one node's ONNX outputs) from
+    the node's inputs: walked back from those tensors, stopping at any tensor with an ONNX name
+    (graph_tensors: every node output, graph input and initializer name). The ONNX parser names
+    every node output tensor after its ONNX name, and the tensors an importer makes inside a node
+    keep TensorRT's "(Unnamed Layer* N) [...]_output" names, so this finds the layers an importer
+    adds without naming them (Gemm's bias add: onnx-tensorrt 8.5-GA builtin_op_importers.cpp
+    ~1655, 10.1-GA onnxOpImporters.cpp ~2076). None when no output is a tensor of the network."""
+    producer: Dict[str, int] = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for k in range(layer.num_outputs):
+            producer[layer.get_output(k).name] = i
+    todo = [o for o in outputs if o in producer]
+    if not todo:
+        return None
+    found: List[int] = []
+    while todo:
+        i = producer.get(todo.pop())
+        if i is None or i in found:
+            continue
+        found.append(i)
+        layer = network.get_layer(i)
+        for k in range(layer.num_inputs):
+            t = layer.get_input(k)
+            if t is not None and t.name not in graph_tensors:
+                todo.append(t.name)
+    return sorted(found)
+
+
 def unpinned_island_nodes(op_types: Mapping[str, str], islands: Iterable[str],
-                          pinned_layers: Iterable[str]) -> List[str]:
-    """Island nodes of the ops that must run in FP32 (ISLAND_MUST_PIN_OPS) with no pinned layer."""
+                          pinned_layers: Iterable[str], located: Optional[Iterable[str]] = None
+                          ) -> List[str]:
+    """Island nodes of the ops that must run in FP32 (ISLAND_MUST_PIN_OPS) with no pinned layer,
+    or (located given: the island nodes found by graph position) not found by position: then
+    the layers between their inputs and outputs cannot all have been pinned."""
     names = set(op_types)
     covered = {node_of_layer(name, names) for name in pinned_layers}
+    if located is not None:
+        covered &= set(located)
     return [n for n in islands if op_types.get(n) in ISLAND_MUST_PIN_OPS and n not in covered]
 
 
-def pin_fp32_islands(network: Any, trt: Any, islands: Sequence[str],
-                     node_names: Iterable[str]) -> List[str]:
-    """Set FP32 precision and FP32 float outputs on the island layers that compute; returns their
-    names. Shuffles (a reshape's second input may be a shape tensor), shapes and constants are
-    left to TensorRT."""
+def pin_fp32_islands(network: Any, trt: Any, islands: Sequence[str], node_names: Iterable[str],
+                     node_outputs: Optional[Mapping[str, Sequence[str]]] = None,
+                     graph_tensors: Optional[set] = None) -> Tuple[List[str], List[str]]:
+    """Set FP32 precision and FP32 float outputs on the island layers that compute; returns
+    (their names, the island nodes found by graph position).
+
+    A layer belongs to an island node when it is named after the node (the layer the node's
+    importer registers) or, given node_outputs ({node: its ONNX output names}) and
+    graph_tensors, lies between the node's inputs and outputs (``layers_between``): the layers
+    an importer adds without registering have TensorRT's default names. Shuffles (a reshape's
+    second input may be a shape tensor), shapes and constants are left to TensorRT."""
     islands, node_names = set(islands), set(node_names)
     floats = (trt.DataType.FLOAT, trt.DataType.HALF)
     skip = (trt.LayerType.SHAPE, trt.LayerType.CONSTANT, trt.LayerType.SHUFFLE)
+    members = {i for i in range(network.num_layers)
+               if island_layer(network.get_layer(i).name, islands, node_names)}
+    located = []
+    if node_outputs is not None:
+        for node in sorted(islands):
+            between = layers_between(network, node_outputs.get(node, ()), graph_tensors or set())
+            if between is not None:
+                located.append(node)
+                members.update(between)
     pinned = []
-    for i in range(network.num_layers):
+    for i in sorted(members):
         layer = network.get_layer(i)
-        if layer.type in skip or not island_layer(layer.name, islands, node_names):
+        if layer.type in skip:
             continue
         outs = [k for k in range(layer.num_outputs) if layer.get_output(k).dtype in floats]
         if not outs:
@@ -372,7 +436,7 @@ def pin_fp32_islands(network: Any, trt: Any, islands: Sequence[str],
             for k in outs:
                 layer.set_output_type(k, trt.DataType.FLOAT)
         pinned.append(layer.name)
-    return pinned
+    return pinned, located
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -531,16 +595,21 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
         graph = onnx_lib.load(str(onnx), load_external_data=False).graph
         islands, names = fp32_island_nodes(graph), [n.name for n in graph.node]
         op_types = {n.name: n.op_type for n in graph.node}
+        node_outputs = {n.name: [o for o in n.output if o] for n in graph.node}
+        graph_tensors = ({o for outs in node_outputs.values() for o in outs}
+                         | {i.name for i in graph.input} | {i.name for i in graph.initializer})
 
         def pin(network):
-            pinned[:] = pin_fp32_islands(network, trt, islands, names)
-            missed = unpinned_island_nodes(op_types, islands, pinned)
+            got, located = pin_fp32_islands(network, trt, islands, names, node_outputs, graph_tensors)
+            pinned[:] = got
+            missed = unpinned_island_nodes(op_types, islands, pinned, located)
             if missed:
                 raise BuildError(
-                    f"{len(missed)} FP32-island nodes of {onnx} matched no TensorRT layer name "
-                    f"(e.g. {', '.join(missed[:3])}), so this FP16 builder-flag build would run "
-                    f"them in FP16; build the FP16 export strongly typed (TensorRT >= 10: "
-                    f"ddpm-export export --fp16) or build without --fp16")
+                    f"{len(missed)} FP32-island nodes of {onnx} were not found in TensorRT's "
+                    f"network, by layer name and by their output tensors (e.g. "
+                    f"{', '.join(missed[:3])}), so this FP16 builder-flag build could run them, "
+                    f"or layers of them, in FP16; build the FP16 export strongly typed "
+                    f"(TensorRT >= 10: ddpm-export export --fp16) or build without --fp16")
             return network
         network = pg.PostprocessNetwork(network, func=pin, name="pin FP32 islands")
     if cfg.timing_cache:
@@ -573,7 +642,7 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
             own_log = False
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
         raise BuildError(explain_failure(text, onnx, pg.version, cfg, profile, log_path)) from None
-    except (BuildError, EngineMismatch):
+    except (BuildError, EngineMismatch, PlanNotLoadable):
         raise
     except Exception as e:  # a TensorRT binding error is not Polygraphy's: still one message
         raise BuildError(f"TensorRT {pg.version} build of {onnx} failed: {type(e).__name__}: "

@@ -21,6 +21,7 @@ is a JSON summary (machine-readable). Needs only the runtime's dependencies
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -44,7 +45,9 @@ from runtime.io import make_grid, save_png, to_uint8
 from runtime.loop import METHODS
 
 # why a plan cannot run on this machine: then ONNX Runtime takes over. PlanNotLoadable (TensorRT
-# refused a plan that fits this machine by its manifest) is a broken plan, never a fallback.
+# refused a plan that fits this machine by its manifest) and its PlanManifestMismatch (the plan's
+# I/O or batch profile is not its NAME.json's: plan and manifest mixed up) are a broken plan,
+# never a fallback. EngineMismatch means only "built for another TensorRT or GPU".
 PLAN_UNAVAILABLE = (TrtMissing, NoCudaDevice, EngineMismatch)
 
 
@@ -157,32 +160,39 @@ def main(argv=None) -> int:
         p.error(f"--num and --requests must be >= 1, got {args.num} and {args.requests}")
 
     app = SamplerApp(args.engine, args.onnx, threads=args.threads, allow_host_code=args.allow_host_code)
+    # stdout carries only the app's own lines (the last one is the JSON summary). TensorRT's log
+    # reaches Python through Polygraphy's logger, which prints to sys.stdout: while the runtime
+    # loads and samples, sys.stdout is stderr, so nothing else lands between those lines.
+    out = sys.stdout
     try:
-        app.open()
+        with contextlib.redirect_stdout(sys.stderr):
+            app.open()
         print(f"loaded {args.engine if not app.fallback_reason else app.onnx_fallback} "
-              f"({app.backend}) in {app.load_seconds:.2f} s; peak RSS {peak_rss_mb():.0f} MB")
+              f"({app.backend}) in {app.load_seconds:.2f} s; peak RSS {peak_rss_mb():.0f} MB", file=out)
         rows = []
         how = {"method": args.method, "steps": args.steps}
         if "sampling" not in app.engine.manifest:  # a student's manifest says how it samples
             how = {"method": args.method or "unipc", "steps": 10 if args.steps is None else args.steps}
         for k, req in enumerate(_requests(args)):
-            r = app.handle(req["num"], req["seed"], batch=args.batch, **how)
+            with contextlib.redirect_stdout(sys.stderr):
+                r = app.handle(req["num"], req["seed"], batch=args.batch, **how)
             if args.out:
                 Path(args.out).mkdir(parents=True, exist_ok=True)
                 save_png(make_grid(r["images"]), Path(args.out) / f"request-{k:03d}.png", scale=4)
             print(f"request {k}: {r['num']} images, seed {r['seed']}: {1e3 * r['latency_s']:.0f} ms "
                   f"({r['images_per_s']:.1f} images/s, {r['network_calls']} engine calls, "
                   f"{r['ms_per_call']:.2f} ms each); Python heap peak {r['python_heap_peak_mb']:.1f} MB, "
-                  f"process peak RSS {r['peak_rss_mb']:.0f} MB")
+                  f"process peak RSS {r['peak_rss_mb']:.0f} MB", file=out)
             rows.append({k2: v for k2, v in r.items() if k2 != "images"})
     except (OSError, ValueError, RuntimeError, OrtMissing) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 1
     finally:
-        app.close()
+        with contextlib.redirect_stdout(sys.stderr):
+            app.close()
     print(json.dumps({"engine": str(args.engine), "backend": app.backend,
                       "fallback_reason": app.fallback_reason, "load_s": app.load_seconds,
-                      "requests": rows}))
+                      "requests": rows}), file=out)
     return 0
 
 

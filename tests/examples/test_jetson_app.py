@@ -143,3 +143,67 @@ def test_a_plan_tensorrt_refuses_is_an_error_not_a_fallback(tmp_path, monkeypatc
         else type("E", (), {"__enter__": lambda self: self, "runner": None})())
     opened = app.SamplerApp(str(plan), log=lambda s: None).open()
     assert "EngineMismatch" in opened.fallback_reason  # a real mismatch still falls back
+
+
+def test_a_plan_that_is_not_its_manifests_plan_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    """Issue 28 item 7: the runner's "engine profile differs from its manifest's" (plan and
+    NAME.json mixed up) was an EngineMismatch, so the app fell back to ONNX Runtime; the README
+    calls that an error. Here the real runner loads a fake plan (tests/trt_fakes.py) built for
+    the batch profile 1/4/8 under a NAME.json that says 1/8/64."""
+    pytest.importorskip("polygraphy", reason="polygraphy not installed")
+    import hashlib
+    import importlib.util
+
+    import polygraphy.cuda.cuda as pc
+
+    from runtime.backends import tensorrt as rt
+    from trt_fakes import FakeCudaMemory, fake_plan_bytes, fake_tensorrt
+
+    spec = importlib.util.spec_from_file_location("jetson_app", APP)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    trt = fake_tensorrt("10.3.0.30")
+    mem = FakeCudaMemory()
+    monkeypatch.setattr(pc, "wrapper", lambda: mem)
+    monkeypatch.setattr(rt.runner, "probe_cuda_device", lambda: rt.DeviceInfo(0, "Orin", (8, 7)))
+    monkeypatch.setattr(rt.runner, "import_tensorrt", lambda allow_lean=False: (trt, rt.FULL))
+    monkeypatch.setattr(rt.runner, "_LOGGERS", {})
+    plan = _plan_beside_digits(tmp_path)
+    data = fake_plan_bytes("10.3.0.30", profile=(1, 4, 8), image_shape=(1, 16, 16))
+    plan.write_bytes(data)
+    m = json.loads((tmp_path / "digits.json").read_text())
+    m["engine"]["plan_sha256"] = hashlib.sha256(data).hexdigest()
+    (tmp_path / "digits.json").write_text(json.dumps(m))
+    with pytest.raises(rt.PlanManifestMismatch, match="engine profile .* differs from its manifest"):
+        app.SamplerApp(str(plan), log=lambda s: None).open()
+    # the same plan under a NAME.json with its own profile runs on the (fake) TensorRT
+    m["engine"]["profiles"] = [{"min": 1, "opt": 4, "max": 8}]
+    (tmp_path / "digits.json").write_text(json.dumps(m))
+    opened = app.SamplerApp(str(plan), log=lambda s: None).open()
+    try:
+        assert opened.backend == "tensorrt" and opened.fallback_reason is None
+    finally:
+        opened.close()
+
+
+def test_stdout_carries_only_the_apps_lines(monkeypatch, capsys):
+    """Issue 28 (style): TensorRT's log reaches Python through Polygraphy's logger, which prints
+    to sys.stdout, between the app's lines and its final JSON summary."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("jetson_app", APP)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    real_load = app.runtime.load
+
+    def chatty_load(path, **kw):
+        print("[W] [TRT] a TensorRT warning through Polygraphy's logger")
+        return real_load(path, **kw)
+    monkeypatch.setattr(app.runtime, "load", chatty_load)
+    assert app.main(["--engine", str(ENGINE), "--num", "1", "--requests", "1", "--steps", "3",
+                     "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "TensorRT warning" in err and "TensorRT warning" not in out
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("loaded ") and lines[1].startswith("request 0:")
+    assert json.loads(lines[-1])["backend"] == "onnxruntime" and len(lines) == 3

@@ -162,7 +162,8 @@ def test_onnxruntime_fp32_reference_turns_tf32_off():
         assert eng.runner.active_providers[-1] == "CPUExecutionProvider"  # accepted as given
 
 
-def _section_on_stand_ins(tmp_path, monkeypatch, trt_version="10.3.0.30", corrupt=None, deadline=float("inf")):
+def _section_on_stand_ins(tmp_path, monkeypatch, trt_version="10.3.0.30", corrupt=None, deadline=float("inf"),
+                          pinned=7):
     """gpu_check's tensorrt section with the shipped digits ONNX export standing in for every
     plan (build, fresh-process load and runtime.sample stubbed): its control flow, rows, gates
     and bookkeeping run here; TensorRT itself does not (that needs the GPU check)."""
@@ -189,7 +190,12 @@ def _section_on_stand_ins(tmp_path, monkeypatch, trt_version="10.3.0.30", corrup
     def build_engine(cfg, log=print, command=""):
         built.append(cfg)
         Path(cfg.out).write_bytes(b"stand-in plan")
-        return {"engine": {"version_compatible": cfg.version_compatible, "static_batch": cfg.static_batch}}
+        mode = B.precision_mode(trt_version, cfg.fp16, "fp16" if "-fp16" in cfg.onnx else "fp32")
+        e = {"version_compatible": cfg.version_compatible, "static_batch": cfg.static_batch,
+             "precision_mode": mode}
+        if mode == "fp16_builder_flag":
+            e["fp32_pinned_layers"] = pinned
+        return {"engine": e}
 
     def eps_fresh(plan, batches, work, allow_host_code=False, timeout=300):
         loaded.append((Path(plan).name, allow_host_code))
@@ -197,7 +203,7 @@ def _section_on_stand_ins(tmp_path, monkeypatch, trt_version="10.3.0.30", corrup
             eps = [eng(x, t) for x, t in batches]
         if corrupt and corrupt in Path(plan).name:
             eps[-1][0, 0, 0, 0] = np.nan
-        return eps, {"backend": "stand-in"}
+        return eps, {"backend": "stand-in", "runtime_kind": "full", "trt_version": trt_version}
 
     monkeypatch.setattr(B, "build_engine", build_engine)
     monkeypatch.setattr(gc, "eps_in_fresh_process", eps_fresh)
@@ -205,7 +211,8 @@ def _section_on_stand_ins(tmp_path, monkeypatch, trt_version="10.3.0.30", corrup
     monkeypatch.setattr(runtime, "load", lambda p, **kw: real_load(onnx32 if str(p).endswith(".plan") else p,
                                                                    providers=["CPUExecutionProvider"]))
     # the real plans' build options; small batches (the real ones take minutes on a busy CPU)
-    small = {"dynamic": ((1, 3), (1,)), "static64": ((2,), (2,)), "version_compatible": ((1, 2), None)}
+    small = {"dynamic": ((1, 3), (1,)), "static64": ((2,), (2,)), "version_compatible": ((1, 2), None),
+             "builder_flag_fp16": ((2,), None)}
     monkeypatch.setattr(gc, "TRT_PLANS", tuple((n, kw) + small[n] + (host,)
                                                for n, kw, _, _, host in gc.TRT_PLANS))
     rep = gc.Report(tmp_path / "r.json", started="now")
@@ -220,15 +227,60 @@ def test_tensorrt_section_builds_loads_fresh_validates_and_gates(tmp_path, monke
     gc, rep, sec, run, built, loaded = _section_on_stand_ins(tmp_path, monkeypatch)
     run()
     assert [(c.min_batch, c.max_batch, c.static_batch, c.version_compatible) for c in built] == \
-        [(1, 256, None, False), (None, None, 64, False), (1, 64, None, True)]
+        [(1, 256, None, False), (None, None, 64, False), (1, 64, None, True), (1, 64, None, False)]
+    # issue 28 item 5: on TensorRT 10 also the float32 graph with the FP16 builder flag
+    assert [Path(c.onnx).name for c in built] == ["digits-fp16.onnx"] * 3 + ["digits.onnx"]
+    assert sec["builds"]["builder_flag_fp16"]["precision_mode"] == "fp16_builder_flag"
     assert loaded == [("digits-dynamic.plan", False), ("digits-static64.plan", False),
-                      ("digits-version_compatible.plan", True)]
+                      ("digits-version_compatible.plan", True), ("digits-builder_flag_fp16.plan", False)]
     rows = [r for r in sec["rows"] if "validate_batch" in r]
-    assert [r["validate_batch"] for r in rows] == [1, 3, 2, 1, 2]
+    assert [r["validate_batch"] for r in rows] == [1, 3, 2, 1, 2, 2]
     assert [r["bench_batch"] for r in sec["rows"] if "bench_batch" in r] == [1, 2]
     assert all(r["finite"] and r["max_vs_onnxruntime_fp32"] < 1e-5 for r in rows)
-    assert sec["gate_failures"] == [] and set(sec["limits"]) == {"dynamic", "static64", "version_compatible"}
+    assert sec["gate_failures"] == [] and set(sec["limits"]) == {
+        "dynamic", "static64", "version_compatible", "builder_flag_fp16"}
     assert rep.exit_status() == 0
+    # what ran and what never does, in the report
+    done = sec["paths"]["exercised"]
+    assert "builder_flag_fp16: built from digits.onnx (fp16_builder_flag)" in done
+    assert any(p.startswith("dynamic: loaded in a fresh process by the full runtime") for p in done)
+    assert any(p.startswith("dynamic: FP16 gate") and "FP16_ATOL" in p for p in done)
+    assert any("lean runtime" in p and "dispatch" in p for p in sec["paths"]["not_exercised"])
+
+
+def test_a_builder_flag_build_that_pins_nothing_fails_the_section(tmp_path, monkeypatch):
+    gc, rep, sec, run, built, loaded = _section_on_stand_ins(tmp_path, monkeypatch, pinned=0)
+    with pytest.raises(RuntimeError, match="builder_flag_fp16: FP16 builder-flag build pinned no FP32-island layer"):
+        run()
+    gc, rep, sec, run, built, loaded = _section_on_stand_ins(tmp_path / "11", monkeypatch, "11.1.0.1")
+    run()
+    assert "no FP16 builder flag" in sec["builder_flag_fp16"]["skipped"]
+    assert any("builder_flag_fp16" in p for p in sec["paths"]["not_exercised"])
+
+
+def test_a_cuda_machine_without_tensorrt_is_never_all_passed(tmp_path):
+    """Issue 28 item 2: the tensorrt section was only "skipped" when import tensorrt failed, so
+    a GPU run without TensorRT exited 0, "complete, all passed"."""
+    gc = _gpu_check_module()
+
+    def missing():
+        raise ModuleNotFoundError("No module named 'tensorrt'")
+
+    def broken():
+        raise OSError("libnvinfer.so.10: cannot open shared object file")
+
+    rep = gc.Report(tmp_path / "a.json", started="now")
+    run, skip = gc.tensorrt_plan(True, None, rep, importer=missing)
+    rep.section("tensorrt", run, float("inf"), skip=skip)
+    assert rep.exit_status() == 2 and "not installed" in rep.incomplete()[0]
+    rep = gc.Report(tmp_path / "b.json", started="now")
+    run, skip = gc.tensorrt_plan(True, None, rep, importer=broken)
+    rep.section("tensorrt", run, float("inf"), skip=skip)
+    assert rep.exit_status() == 1 and "libnvinfer.so.10" in rep.data["tensorrt"]["error"]
+    rep = gc.Report(tmp_path / "c.json", started="now")  # smoke mode on a CPU: skipped, as before
+    run, skip = gc.tensorrt_plan(False, gc.NEEDS, rep, importer=missing)
+    rep.section("tensorrt", run, float("inf"), skip=skip)
+    assert rep.exit_status() == 0 and rep.data["tensorrt"]["skipped"].startswith(gc.NEEDS)
 
 
 def test_tensorrt_section_fails_on_a_non_finite_plan_and_marks_time_cuts(tmp_path, monkeypatch):
@@ -239,7 +291,10 @@ def test_tensorrt_section_fails_on_a_non_finite_plan_and_marks_time_cuts(tmp_pat
     run()
     assert sec["static64"] == {"skipped": "time budget"} and rep.exit_status() == 2
     assert rep.incomplete() == ["tensorrt: static64 build/load not run (time budget spent)",
-                                "tensorrt: version_compatible build/load not run (time budget spent)"]
+                                "tensorrt: version_compatible build/load not run (time budget spent)",
+                                "tensorrt: builder_flag_fp16 build/load not run (time budget spent)"]
     gc, rep, sec, run, built, loaded = _section_on_stand_ins(tmp_path / "85", monkeypatch, "8.5.2.2")
     run()
     assert "no version compatibility" in sec["version_compatible"]["skipped"] and rep.exit_status() == 0
+    assert "is the FP16 builder-flag build" in sec["builder_flag_fp16"]["skipped"]
+    assert sec["builds"]["dynamic"]["precision_mode"] == "fp16_builder_flag"

@@ -5,7 +5,8 @@ code that patches them.
 """
 from runtime.backends.tensorrt.compat import (DISPATCH, ENGINE_SECTION_VERSION, FULL, LEAN,
                                               LEAN_MODULES, RUNTIME_MODULES, EngineMismatch,
-                                              HostCodeNotAllowed, PlanNotLoadable,
+                                              HostCodeNotAllowed, PlanManifestMismatch,
+                                              PlanNotLoadable,
                                               VERSION_COMPAT_NEWEST_MAJOR, check_engine_compat,
                                               check_engine_io, engine_section, import_tensorrt,
                                               parse_version)
@@ -18,7 +19,7 @@ from runtime.backends.tensorrt.runner import TRT_API, TRT_API_FULL_ONLY, TensorR
 __all__ = [
     "BackendMissing", "CUDART_API", "CUDART_PROPS", "DISPATCH", "DeviceInfo",
     "ENGINE_SECTION_VERSION", "EngineMismatch", "FULL", "HostCodeNotAllowed", "LEAN",
-    "LEAN_MODULES", "PlanNotLoadable", "RUNTIME_MODULES", "VERSION_COMPAT_NEWEST_MAJOR",
+    "LEAN_MODULES", "PlanManifestMismatch", "PlanNotLoadable", "RUNTIME_MODULES", "VERSION_COMPAT_NEWEST_MAJOR",
     "find_cudart", "NoCudaDevice", "TRT_API", "TRT_API_FULL_ONLY", "TensorRTRunner", "_cudart",
     "check_engine_compat", "check_engine_io", "engine_section", "import_polygraphy_cuda",
     "import_tensorrt", "parse_version", "probe_cuda_device",

@@ -6,6 +6,7 @@ the plan; also checks a deserialized engine's I/O against the export contract.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Mapping, Tuple
 
 from runtime.backends.tensorrt.cuda import BackendMissing, DeviceInfo
@@ -31,12 +32,20 @@ _INSTALL = (
 
 
 class EngineMismatch(RuntimeError):
-    """A plan that cannot run with this TensorRT or on this GPU (known before deserializing)."""
+    """A plan that cannot run with this TensorRT or on this GPU (known before deserializing):
+    another machine's plan, so running the ONNX export instead is right. A plan that does not
+    match its own NAME.json is PlanManifestMismatch instead."""
 
 
 class PlanNotLoadable(RuntimeError):
     """TensorRT refused a plan whose manifest says it fits this TensorRT and GPU: the file is
     damaged or not the plan its NAME.json describes (or needs what this runtime lacks)."""
+
+
+class PlanManifestMismatch(PlanNotLoadable):
+    """The deserialized plan is not the one its NAME.json describes (I/O tensors, image shape,
+    batch profile): plan and manifest were mixed up. Never a reason to fall back to the ONNX
+    export (which EngineMismatch, "built for another TensorRT or GPU", is): rebuild the plan."""
 
 
 class HostCodeNotAllowed(PermissionError):
@@ -72,11 +81,17 @@ def import_tensorrt(allow_lean: bool = False) -> Tuple[Any, str]:
 #    compatibility enabled using TensorRT 11.0 will be compatible with TensorRT 11.1 and later
 #    11.x versions." (TensorRT 11.1, Engine Compatibility,
 #    https://docs.nvidia.com/deeplearning/tensorrt/11.1.0/inference-library/engine-compatibility.html)
-# built major -> the newest running major documented to load it (never an older one).
+#   "Two combinations are supported across major versions: TensorRT 10 version-compatible
+#    engines can run with a TensorRT 11 runtime, and TensorRT 8 version-compatible engines can
+#    run with a TensorRT 10 runtime. No other combination across major versions is supported."
+#    (TensorRT 11.4.1 Support Matrix, Engine Portability,
+#    https://docs.nvidia.com/deeplearning/tensorrt/11.4.1/getting-started/support-matrix.html)
+# built major -> the newest running major documented to load it (never an older one). A 9.x
+# plan stays on 9.x: no document lists 9 -> 10. 8 -> 9 is the 10.16 guide's own example.
 VERSION_COMPAT_MIN = (8, 6)
-VERSION_COMPAT_NEWEST_MAJOR = {8: 10, 9: 10, 10: 11, 11: 11}
+VERSION_COMPAT_NEWEST_MAJOR = {8: 10, 9: 9, 10: 11, 11: 11}
 VERSION_COMPAT_SOURCE = ("TensorRT's version-compatibility documentation (8.6 -> 8.x/9/10, "
-                         "10 -> 10.x/11, 11 -> 11.x)")
+                         "9 -> 9.x, 10 -> 10.x/11, 11 -> 11.x; 11.4.1 support matrix)")
 
 
 def version_compatible_range(built: Tuple[int, ...]) -> Tuple[Tuple[int, int], int]:
@@ -88,14 +103,27 @@ def parse_version(v: Any) -> Tuple[int, ...]:
     """'10.3.0.30' -> (10, 3, 0, 30), '8.5' -> (8, 5, 0); raises ValueError for anything else.
 
     The build number (4th component) is kept when given: TensorRT checks it too when it
-    deserializes a plan that is not version-compatible."""
-    parts = str(v).split(".")
-    try:
-        nums = tuple(int(p) for p in parts[:4])
-    except ValueError:
-        raise ValueError(f"version {v!r}: expected MAJOR.MINOR[.PATCH[.BUILD]], e.g. "
-                         f"'10.3.0.30'") from None
-    return nums + (0,) * (3 - len(nums))
+    deserializes a plan that is not version-compatible. A pre-release or local tag ends the
+    numbers ('10.0.0b6', TensorRT 10.0 EA's __version__ -> (10, 0, 0); '8.6.1.post1' ->
+    (8, 6, 1)); ``version_tag`` keeps it for the exact comparison."""
+    nums = []
+    for part in str(v).split(".")[:4]:
+        digits = len(part) - len(part.lstrip("0123456789"))
+        if digits == 0:
+            break
+        nums.append(int(part[:digits]))
+        if digits < len(part):  # a tag such as 'b6' or 'rc1': no further numbers count
+            break
+    if len(nums) < 2:
+        raise ValueError(f"version {v!r}: expected MAJOR.MINOR[.PATCH[.BUILD]] (numbers, e.g. "
+                         f"'10.3.0.30', optionally with a pre-release tag such as '10.0.0b6')")
+    return tuple(nums) + (0,) * (3 - len(nums))
+
+
+def version_tag(v: Any) -> str:
+    """The part of a version after its numbers ('' for '10.3.0.30', 'b6' for '10.0.0b6')."""
+    m = re.match(r"\d+(?:\.\d+){0,3}", str(v))
+    return str(v)[m.end():].lstrip(".") if m else str(v)
 
 
 def same_build(built: Tuple[int, ...], running: Tuple[int, ...]) -> bool:
@@ -132,8 +160,13 @@ def check_engine_compat(engine: Mapping[str, Any], trt_version: str, device: Dev
     """Raise EngineMismatch when the plan cannot run here; return warnings for what may be slow.
 
     kind: the running module's kind (``import_tensorrt``): "full", "dispatch" or "lean"."""
-    built, running = parse_version(engine["tensorrt_version"]), parse_version(trt_version)
-    b, r = ".".join(map(str, built)), ".".join(map(str, running))
+    try:
+        running = parse_version(trt_version)
+    except ValueError as e:
+        raise BackendMissing(f"the installed TensorRT reports the version {trt_version!r}, which "
+                             f"is not a TensorRT version ({e}): reinstall TensorRT ({_INSTALL})") from None
+    built = parse_version(engine["tensorrt_version"])
+    b, r = str(engine["tensorrt_version"]), str(trt_version)
     vc = bool(engine["version_compatible"])
     rebuild = "rebuild it on this machine with 'ddpm-export build'"
     if kind != FULL and not vc:
@@ -145,7 +178,8 @@ def check_engine_compat(engine: Mapping[str, Any], trt_version: str, device: Dev
         raise EngineMismatch(
             f"the manifest says the plan is version-compatible, but it was built with TensorRT "
             f"{b}, and version compatibility exists from TensorRT 8.6: {rebuild}")
-    if kind == LEAN and not same_build(built, running):
+    tagged = version_tag(engine["tensorrt_version"]) or version_tag(trt_version)
+    if kind == LEAN and (not same_build(built, running) or (tagged and b != r)):
         raise EngineMismatch(
             f"the plan was built with TensorRT {b} and this is TensorRT's lean runtime {r}, "
             f"which runs version-compatible plans built by its own version only: install the "
@@ -162,7 +196,7 @@ def check_engine_compat(engine: Mapping[str, Any], trt_version: str, device: Dev
                 f"the plan was built with TensorRT {b} (version-compatible), which runs on "
                 f"TensorRT {oldest[0]}.{oldest[1]} through {newest_major}.x per "
                 f"{VERSION_COMPAT_SOURCE}; this is TensorRT {r}: {rebuild}")
-    if not vc and not same_build(built, running):
+    if not vc and (not same_build(built, running) or (tagged and b != r)):
         raise EngineMismatch(
             f"the plan was built with TensorRT {b} and this is TensorRT {r}: a plan runs only on "
             f"the TensorRT version (and build) that built it; {rebuild} (or build with "
@@ -197,15 +231,15 @@ def check_engine_io(engine: Any, trt: Any, image_shape: Tuple[int, int, int]) ->
             OUTPUT: (trt.TensorIOMode.OUTPUT, trt.DataType.FLOAT, "float32")}
     fix = "the plan and its NAME.json do not belong together: rebuild with 'ddpm-export build'"
     if sorted(names) != sorted(want):
-        raise EngineMismatch(f"engine I/O tensors {names}, expected {sorted(want)}; {fix}")
+        raise PlanManifestMismatch(f"engine I/O tensors {names}, expected {sorted(want)}; {fix}")
     for name, (mode, dtype, dname) in want.items():
         got_mode, got_dtype = engine.get_tensor_mode(name), engine.get_tensor_dtype(name)
         if got_mode != mode or got_dtype != dtype:
-            raise EngineMismatch(f"engine tensor {name!r} is {got_mode} {got_dtype}, expected "
+            raise PlanManifestMismatch(f"engine tensor {name!r} is {got_mode} {got_dtype}, expected "
                                  f"{mode} {dname}; {fix}")
     dims = tuple(engine.get_tensor_shape(INPUT_X))
     if len(dims) != 4 or tuple(dims[1:]) != tuple(image_shape):
-        raise EngineMismatch(f"engine input {INPUT_X!r} has shape {dims}, expected "
+        raise PlanManifestMismatch(f"engine input {INPUT_X!r} has shape {dims}, expected "
                              f"(batch, {', '.join(map(str, image_shape))}); {fix}")
     mn, opt, mx = (tuple(s) for s in engine.get_tensor_profile_shape(INPUT_X, 0))
     return BatchRange(mn[0], opt[0], mx[0])

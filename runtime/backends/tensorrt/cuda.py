@@ -2,7 +2,7 @@
 
 Device memory and streams go through Polygraphy's ``polygraphy.cuda``: it is
 pure Python (ctypes over the ``libcudart`` that every CUDA install and JetPack
-ships), so it works on JetPack 5's Python 3.8, where cuda-python (Python >= 3.9,
+ships), so it works on JetPack 5's Python 3.8, where cuda-python (recent releases need Python >= 3.9,
 and its major version must follow the CUDA driver's) does not install; it is
 also what the build already needs. It has no device query, so the probe calls
 the few symbols in ``CUDART_API`` through the same ``libcudart`` handle.
@@ -65,7 +65,9 @@ def import_polygraphy_cuda():
 # --- finding libcudart ---------------------------------------------------------
 # Polygraphy (0.53) globs libcudart.so* in LD_LIBRARY_PATH, /usr/local/cuda/lib64, /usr/lib,
 # /lib and the CUDA 12 wheel's site-packages/nvidia/cuda_runtime/lib, reading LD_LIBRARY_PATH
-# from os.environ when its wrapper is first made. The CUDA 13 wheel
+# from os.environ when its wrapper is first made; before 0.53 it does not search the wheel
+# (polygraphy/cuda/cuda.py at TensorRT v10.16, Polygraphy 0.49.27: the first four only), so
+# there the wheel's folder is treated like the ones below. The CUDA 13 wheel
 # (nvidia-cuda-runtime, "cu13") installs site-packages/nvidia/cu13/lib/libcudart.so.13, and a
 # system libcudart may be known only to the loader cache (ctypes.util.find_library).
 _POLYGRAPHY_DIRS = ("/usr/local/cuda/lib64", "/usr/lib", "/lib")
@@ -97,23 +99,45 @@ def _loaded_path(soname: str) -> Optional[str]:
     return None
 
 
+POLYGRAPHY_SEARCHES_WHEEL = (0, 53)  # first Polygraphy that globs nvidia/cuda_runtime/lib
+
+
+def _polygraphy_version() -> Tuple[int, ...]:
+    try:
+        import polygraphy
+    except ImportError:
+        return (0,)
+    nums = []
+    for part in str(getattr(polygraphy, "__version__", "0")).split(".")[:3]:
+        digits = part[:len(part) - len(part.lstrip("0123456789"))]
+        if not digits:
+            break
+        nums.append(int(digits))
+    return tuple(nums) or (0,)
+
+
 def find_cudart(search_path: Optional[Iterable[str]] = None,
-                find_library: Callable[[str], Optional[str]] = ctypes.util.find_library
+                find_library: Callable[[str], Optional[str]] = ctypes.util.find_library,
+                polygraphy_version: Optional[Tuple[int, ...]] = None
                 ) -> Tuple[Optional[str], bool]:
     """(path of a libcudart, whether Polygraphy's own search already finds one).
 
-    search_path: the site-packages folders to look in (default sys.path).
+    search_path: the site-packages folders to look in (default sys.path); polygraphy_version:
+    the installed Polygraphy's (default: read), which decides whether it searches the CUDA 12
+    wheel's folder itself.
     """
     env_dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d]
     roots = [p for p in (sys.path if search_path is None else search_path) if p and os.path.isdir(p)]
-    polygraphy_dirs = env_dirs + list(_POLYGRAPHY_DIRS) + [
-        os.path.join(r, *_WHEEL_SUBDIRS[0]) for r in roots]
+    pv = _polygraphy_version() if polygraphy_version is None else tuple(polygraphy_version)
+    own_wheel = pv >= POLYGRAPHY_SEARCHES_WHEEL
+    polygraphy_dirs = env_dirs + list(_POLYGRAPHY_DIRS) + (
+        [os.path.join(r, *_WHEEL_SUBDIRS[0]) for r in roots] if own_wheel else [])
     for d in polygraphy_dirs:
         hits = sorted(glob.glob(os.path.join(d, "libcudart.so*")))
         if hits:
             return hits[0], True
     for r in roots:
-        for sub in _WHEEL_SUBDIRS[1:]:
+        for sub in _WHEEL_SUBDIRS[(1 if own_wheel else 0):]:
             hits = sorted(glob.glob(os.path.join(r, *sub, "libcudart.so*")))
             if hits:
                 return hits[0], False

@@ -42,7 +42,9 @@ sees it. Load plans and ONNX models only from sources you trust.
 
 TensorRT keeps one logger per process (a second one is ignored with a
 warning), so the runner uses Polygraphy's TensorRT logger, the one the build
-uses, whenever it runs on the full ``tensorrt`` module.
+uses, whenever it runs on the full ``tensorrt`` module. That logger prints to
+``sys.stdout``: a program whose stdout is a protocol redirects it while the
+runtime loads and runs (examples/jetson_app/app.py does).
 """
 from __future__ import annotations
 
@@ -55,14 +57,16 @@ import numpy as np
 
 from runtime.backends.base import Runner
 from runtime.backends.tensorrt.compat import (FULL, EngineMismatch, HostCodeNotAllowed,
-                                              PlanNotLoadable, check_engine_compat,
+                                              PlanManifestMismatch, PlanNotLoadable,
+                                              check_engine_compat,
                                               check_engine_io, engine_section, import_tensorrt)
 from runtime.backends.tensorrt.cuda import DeviceInfo, import_polygraphy_cuda, probe_cuda_device
 from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError
 
 # Every TensorRT attribute this module touches, in one place:
 # tests/runtime/backends/test_tensorrt.py checks each against the real lean bindings and
-# against TensorRT's Python binding sources at 8.5.3, 8.6.1, 10.3, 10.16 and 11.1 (trt_api/).
+# against TensorRT's Python binding sources at every version of tests/trt_fakes.py
+# TRT_API_VERSIONS (trt_api/).
 TRT_API: Dict[str, Tuple[str, ...]] = {
     "": ("__version__", "Logger", "Runtime", "ICudaEngine", "IExecutionContext",
          "TensorIOMode", "DataType"),
@@ -185,8 +189,9 @@ class TensorRTRunner(Runner):
                                                   self.path, self.engine_info)
         got = check_engine_io(self._engine, trt, self.image_shape)
         if got != self.profile:
-            raise EngineMismatch(f"{self.path}: engine profile {got.to_dict()} differs from its "
-                                 f"manifest's {self.profile.to_dict()}; rebuild with 'ddpm-export build'")
+            raise PlanManifestMismatch(f"{self.path}: engine profile {got.to_dict()} differs from "
+                                       f"its manifest's {self.profile.to_dict()}; rebuild with "
+                                       f"'ddpm-export build'")
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise EngineMismatch(f"{self.path}: TensorRT could not create an execution context "
@@ -198,7 +203,9 @@ class TensorRTRunner(Runner):
                                    (OUTPUT, (n,) + chw, np.float32)):
             self._dev[name] = cuda.DeviceArray(shape=shape, dtype=dtype)
             if not self._context.set_tensor_address(name, self._dev[name].ptr):
-                raise EngineMismatch(f"set_tensor_address({name!r}) failed")
+                raise PlanManifestMismatch(
+                    f"{self.path}: set_tensor_address({name!r}) failed: the plan has no such I/O "
+                    f"tensor of the contract; rebuild it with 'ddpm-export build'")
 
     def _set_batch(self, b: int) -> None:
         if b != self._batch:

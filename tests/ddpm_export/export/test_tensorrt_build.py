@@ -23,7 +23,8 @@ from ddpm_export.export import tensorrt as B  # noqa: E402
 from runtime import contract  # noqa: E402
 from runtime.backends import tensorrt as rt  # noqa: E402
 from runtime.contract import BatchRange  # noqa: E402
-from trt_fakes import TRT_API_VERSIONS, FakeEngine, missing_trt_names, trt_api_list  # noqa: E402
+from trt_fakes import (TRT_API_VERSIONS, FakeEngine, FakeLayer, FakeNetwork,  # noqa: E402
+                       missing_trt_names, parsed_network, trt_api_list)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -99,8 +100,14 @@ def test_check_config():
         B.check_config(B.BuildConfig(onnx="a.onnx", version_compatible=True), "8.5.2.2")
     with pytest.raises(B.BuildError, match="--builder-opt-level needs"):
         B.check_config(B.BuildConfig(onnx="a.onnx", builder_opt_level=1), "8.5.2")
+    with pytest.raises(B.BuildError, match="--builder-opt-level needs"):  # issue 28: 0 == False
+        B.check_config(B.BuildConfig(onnx="a.onnx", builder_opt_level=0), "8.5.2")
     with pytest.raises(B.BuildError, match="too old"):
         B.check_config(B.BuildConfig(onnx="a.onnx"), "8.4.3")
+    # issue 28 item 9: a version this build cannot read is one BuildError, not a traceback
+    with pytest.raises(B.BuildError, match=r"reports tensorrt.__version__ 'dev'.*MAJOR\.MINOR.*reinstall"):
+        B.check_config(B.BuildConfig(onnx="a.onnx"), "dev")
+    B.check_config(B.BuildConfig(onnx="a.onnx"), "10.0.0b6")  # TensorRT 10.0 EA's version
     B.check_config(B.BuildConfig(onnx="a.onnx", version_compatible=True, builder_opt_level=0), "8.6.2")
 
 
@@ -179,29 +186,6 @@ def _real_polygraphy():
                            EngineBytesFromNetwork=ptrt.EngineBytesFromNetwork,
                            EngineFromBytes=ptrt.EngineFromBytes, SaveBytes=common.SaveBytes,
                            Profile=ptrt.Profile, G_LOGGER=G_LOGGER)
-
-
-class FakeLayer:
-    def __init__(self, name, ltype="ELEMENTWISE", out_dtypes=("FLOAT",)):
-        self.name, self.type, self.precision = name, ltype, None
-        self.outputs = [SimpleNamespace(dtype=d) for d in out_dtypes]
-        self.num_outputs = len(self.outputs)
-        self.output_types = {}
-
-    def get_output(self, k):
-        return self.outputs[k]
-
-    def set_output_type(self, k, dtype):
-        self.output_types[k] = dtype
-
-
-class FakeNetwork:
-    def __init__(self, layers):
-        self.layers = layers
-        self.num_layers = len(layers)
-
-    def get_layer(self, i):
-        return self.layers[i]
 
 
 def _fake_backend(trt_version, calls, fail_parse=False, layers=(), raise_in_build=None):
@@ -348,18 +332,10 @@ def _digits_copy(tmp_path, name="digits.onnx"):
     return dst
 
 
-def _layers_of(onnx_path):
-    """A TensorRT-like layer list for the graph: one layer per computing node, named as the ONNX
-    parser names them, plus what a parser adds (a suffixed second layer, a shape layer)."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path)).graph
-    shuffles = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose")  # IShuffleLayer
-    layers = [FakeLayer(n.name, "SHUFFLE" if n.op_type in shuffles else "ELEMENTWISE")
-              for n in graph.node if n.op_type not in ("Constant", "Identity")]
-    layers.append(FakeLayer("/model/temb/dense.0/Gemm_bias_add"))  # second layer of a node
-    layers.append(FakeLayer("/model/block.0/norm1/Shape", ltype="SHAPE", out_dtypes=("i32",)))
-    return layers
+def _layers_of(onnx_path, layer_class=FakeLayer):
+    """The layers TensorRT's ONNX parser makes for the graph, named as its importers name them
+    (tests/trt_fakes.py parsed_network: Gemm's bias add and Softmax's reshape back unnamed)."""
+    return parsed_network(onnx_path, layer_class).layers
 
 
 def test_build_fp16_flag_on_trt85_static_batch(tmp_path, fake):
@@ -376,14 +352,22 @@ def test_build_fp16_flag_on_trt85_static_batch(tmp_path, fake):
     assert m["engine"]["native_instancenorm"] is None
     assert m["engine"]["precision_mode"] == "fp16_builder_flag" and m["precision"] == "fp32"
     assert rt.TensorRTRunner(str(tmp_path / "digits.plan"), m).static
-    assert contract.compute_precision(m) == "fp16"  # what validate and sample-many judge it by
+    assert contract.compute_precision(m, tmp_path / "digits.plan") == "fp16"  # validate, sample-many
+    # the float32 ONNX shares the NAME.json the build rewrote: it still computes (and is judged) in FP32
+    assert contract.compute_precision(contract.read_manifest(calls_fp32), calls_fp32) == "fp32"
     import onnx
 
     islands = set(B.fp32_island_nodes(onnx.load(str(onnx_path))))
     shuffles = {ly.name for ly in calls["layers"] if ly.type == "SHUFFLE"}
     assert any(n.endswith("/Reshape_1") for n in islands & shuffles)  # GroupNorm's reshape back
     pinned = {ly.name for ly in calls["layers"] if ly.precision == "FLOAT"}
-    assert pinned == (islands - shuffles) | {"/model/temb/dense.0/Gemm_bias_add"}
+    # issue 28 item 3: the temb Gemms' bias adds, which the parser leaves unnamed, are pinned too
+    # (found between the Gemm's inputs and its output tensor); the block Gemms' are not islands
+    by_output = {ly.outputs[0].name: ly for ly in calls["layers"]}
+    bias_adds = {by_output[f"/model/temb/dense.{k}/Gemm_output_0"].name for k in (0, 1)}
+    assert all(b.startswith("(Unnamed Layer* ") and b.endswith(") [ElementWise]") for b in bias_adds)
+    assert pinned == (islands - shuffles) | bias_adds
+    assert by_output["/model/block.0/temb_proj/Gemm_output_0"].precision is None
     for ly in calls["layers"]:
         assert ly.output_types == ({0: "FLOAT"} if ly.name in pinned else {}), ly.name
     assert m["engine"]["fp32_pinned_layers"] == len(pinned)
@@ -714,15 +698,32 @@ def test_builder_flag_build_without_onnx_says_what_to_install(tmp_path, fake, mo
 
 
 def test_a_partial_island_name_match_stops_the_build(tmp_path, fake):
-    """Defect 8: a softmax (or norm, or temb matmul) whose layer name does not match stays FP16."""
-    layers = [ly for ly in _layers_of(ROOT / "engines" / "digits.onnx")
-              if not ly.name.endswith("/Softmax")]
-    layers.append(FakeLayer("renamed_by_the_parser_softmax"))
+    """Defect 8: a softmax (or norm, or temb matmul) found neither by its layer name nor by its
+    output tensor would stay FP16: the build stops."""
+    layers = _layers_of(ROOT / "engines" / "digits.onnx")
+    softmax = next(ly for ly in layers if ly.name.endswith("/Softmax"))
+    node, softmax.name = softmax.name, "renamed_softmax"
+    for ly in layers:  # and its output tensor (the reshape back after it) not the ONNX one
+        if ly.outputs[0].name == f"{node}_output_0":
+            ly.outputs[0].name = "renamed_softmax_output"
     fake("8.5.2.2", layers=layers)
     onnx = _digits_copy(tmp_path)
-    with pytest.raises(B.BuildError, match=r"FP32-island nodes .* matched no TensorRT layer name \(e\.g\. .*Softmax"):
+    with pytest.raises(B.BuildError, match=r"FP32-island nodes .* not found in TensorRT's network, by layer name and by their output tensors \(e\.g\. .*Softmax"):
         B.build_engine(B.BuildConfig(onnx=str(onnx), fp16=True), log=lambda s: None)
     assert not (tmp_path / "digits.plan").exists()
+
+
+def test_an_island_found_by_name_but_not_by_position_stops_the_build(tmp_path, fake):
+    """Issue 28 item 3: one named layer per node used to satisfy the check, so a Gemm whose
+    output tensor is not in the network (its bias add unknown) passed with the bias add in FP16."""
+    layers = _layers_of(ROOT / "engines" / "digits.onnx")
+    for ly in layers:
+        if ly.outputs[0].name == "/model/temb/dense.1/Gemm_output_0":
+            ly.outputs[0].name = "(Unnamed Layer* 17) [ElementWise]_output"
+    fake("8.5.2.2", layers=layers)
+    onnx = _digits_copy(tmp_path)
+    with pytest.raises(B.BuildError, match=r"1 FP32-island nodes .*/model/temb/dense\.1/Gemm"):
+        B.build_engine(B.BuildConfig(onnx=str(onnx), fp16=True), log=lambda s: None)
 
 
 def test_pinning_on_tensorrt_10_12_raises_no_deprecation_warning(tmp_path, fake):
@@ -741,8 +742,7 @@ def test_pinning_on_tensorrt_10_12_raises_no_deprecation_warning(tmp_path, fake)
             warnings.warn(msg, DeprecationWarning, stacklevel=2)
             super().set_output_type(k, dtype)
 
-    layers = [Deprecated(ly.name, ly.type, tuple(o.dtype for o in ly.outputs))
-              for ly in _layers_of(ROOT / "engines" / "digits.onnx")]
+    layers = _layers_of(ROOT / "engines" / "digits.onnx", Deprecated)
     calls = fake("10.12.0.36", layers=layers)
     onnx = _digits_copy(tmp_path)
     import warnings
@@ -750,3 +750,26 @@ def test_pinning_on_tensorrt_10_12_raises_no_deprecation_warning(tmp_path, fake)
         warnings.simplefilter("error", DeprecationWarning)
         B.build_engine(B.BuildConfig(onnx=str(onnx), fp16=True), log=lambda s: None)
     assert any(ly.precision == "FLOAT" for ly in calls["layers"])
+
+
+def test_the_polygraphy_floor_is_a_version_the_code_works_with():
+    """Issue 28 item 4: polygraphy>=0.49 admitted 0.49.0-0.49.6 (EXPLICIT_BATCH set
+    unconditionally: util.default(explicit_batch, True) in backend/trt/loader.py at TensorRT
+    v9.1.0, gone from TensorRT 11) and everything below 0.53 (no search of the CUDA 12 wheel)."""
+    import re
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in ("trt", "test"):
+        spec = next(d for d in extras[extra] if d.startswith("polygraphy"))
+        floor = tuple(int(x) for x in re.search(r">=\s*([\d.]+)", spec).group(1).split("."))
+        assert floor >= (0, 53), (extra, spec)
+
+
+def test_version_compatible_help_follows_the_runtime_policy():
+    """Issue 28 (style): the help said the lean runtime runs later versions; only the full
+    module and the dispatch runtime do (compat.check_engine_compat), the lean one its own."""
+    r = _invoke("--help")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "dispatch runtime" in text
+    assert "only at the version that built it" in text and "and on the lean runtime" not in text

@@ -177,6 +177,22 @@ def test_parse_version():
         rt.parse_version("ten")
 
 
+def test_a_tagged_tensorrt_version_parses_and_must_match_exactly():
+    """Issue 28 item 9: TensorRT 10.0 EA reports '10.0.0b6'; int('0b6') was a raw ValueError."""
+    assert rt.parse_version("10.0.0b6") == (10, 0, 0)
+    assert rt.parse_version("8.6.1.post1") == (8, 6, 1)
+    assert rt.compat.version_tag("10.0.0b6") == "b6" and rt.compat.version_tag("10.3.0.30") == ""
+    for bad in ("", "10", "10.x", None):
+        with pytest.raises(ValueError, match=r"expected MAJOR\.MINOR"):
+            rt.parse_version(bad)
+    e = _engine(tensorrt_version="10.0.0b6")
+    assert rt.check_engine_compat(e, "10.0.0b6", ORIN) == []
+    with pytest.raises(rt.EngineMismatch, match=r"built with TensorRT 10\.0\.0b6 and this is TensorRT 10\.0\.0\.6"):
+        rt.check_engine_compat(e, "10.0.0.6", ORIN)  # EA plan on the GA release: not the same build
+    with pytest.raises(rt.BackendMissing, match=r"reports the version 'unknown'.*reinstall TensorRT"):
+        rt.check_engine_compat(e, "unknown", ORIN)
+
+
 def test_compat_same_version_and_gpu_passes():
     assert rt.check_engine_compat(_engine(), "10.3.0.30", ORIN) == []
 
@@ -198,7 +214,9 @@ def test_compat_version_compatible_plans_run_forward_only():
 @pytest.mark.parametrize("built,running,ok", [
     ("8.6.1", "8.6.2", True), ("8.6.1", "9.3.0", True), ("8.6.1", "10.3.0", True),
     ("8.6.1", "11.4.0", False),  # not in the documented matrix (8 -> 9, 10)
-    ("9.3.0", "10.0.0", True), ("9.3.0", "11.0.0", False),
+    ("9.3.0", "9.4.0", True),
+    ("9.3.0", "10.0.0", False),  # issue 28 item 8: no document lists 9 -> 10 (11.4.1 matrix: 8 -> 10, 10 -> 11 only)
+    ("9.3.0", "11.0.0", False),
     ("10.3.0", "11.4.0", True), ("10.3.0", "12.0.0", False),
     ("11.0.0", "11.4.0", True), ("11.4.0", "11.0.0", False), ("10.3.0", "8.6.1", False),
 ])
@@ -274,13 +292,16 @@ def test_check_engine_io():
             "eps": (M.OUTPUT, D.FLOAT, (-1, 3, 32, 32))}
     assert rt.check_engine_io(FakeEngine(good), trt, (3, 32, 32)) == BatchRange(1, 8, 64)
     bad = dict(good, t=(M.INPUT, D.FLOAT, (-1,)))
-    with pytest.raises(rt.EngineMismatch, match="'t' is .*expected .*int32"):
+    with pytest.raises(rt.PlanManifestMismatch, match="'t' is .*expected .*int32"):
         rt.check_engine_io(FakeEngine(bad), trt, (3, 32, 32))
-    with pytest.raises(rt.EngineMismatch, match=r"shape \(-1, 3, 32, 32\)"):
+    with pytest.raises(rt.PlanManifestMismatch, match=r"shape \(-1, 3, 32, 32\)"):
         rt.check_engine_io(FakeEngine(good), trt, (1, 16, 16))
     renamed = {("x" if k == "x_t" else k): v for k, v in good.items()}
-    with pytest.raises(rt.EngineMismatch, match="I/O tensors"):
+    with pytest.raises(rt.PlanManifestMismatch, match="I/O tensors"):
         rt.check_engine_io(FakeEngine(renamed), trt, (3, 32, 32))
+    # issue 28 item 7: plan and manifest mixed up is not "built for another TensorRT or GPU"
+    assert not issubclass(rt.PlanManifestMismatch, rt.EngineMismatch)
+    assert issubclass(rt.PlanManifestMismatch, rt.PlanNotLoadable)
 
 
 # --- the runner before activation, and the order of its checks ----------------------
@@ -488,7 +509,9 @@ def test_find_cudart_finds_the_cuda13_wheel_and_the_loader_cache(tmp_path, monke
     lib12 = site / "nvidia" / "cuda_runtime" / "lib" / "libcudart.so.12"  # Polygraphy's own
     lib12.parent.mkdir(parents=True)
     lib12.write_bytes(b"")
-    assert cuda.find_cudart([str(site)], find_library=lambda n: None) == (str(lib12), True)
+    assert cuda.find_cudart([str(site)], find_library=lambda n: None, polygraphy_version=(0, 53, 6)) == (str(lib12), True)
+    # issue 28 item 4: Polygraphy before 0.53 does not search that wheel: it must be added for it
+    assert cuda.find_cudart([str(site)], find_library=lambda n: None, polygraphy_version=(0, 49, 27)) == (str(lib12), False)
     absolute = str(tmp_path / "libcudart.so.12")
     assert cuda.find_cudart([], find_library=lambda n: absolute) == (absolute, False)
     assert "cu12" in cuda.CUDART_HINT and "cu13" in cuda.CUDART_HINT
@@ -662,6 +685,66 @@ def test_runner_data_path_pads_to_the_profile_min_and_returns_the_batch(tmp_path
     assert not r.is_active and len(fake_gpu.freed) == 3 and fake_gpu.buffers == {}
 
 
+def _runner_on_fakes(tmp_path, monkeypatch, profile=(2, 4, 8)):
+    trt = fake_tensorrt()
+    _use(monkeypatch, trt, rt.FULL)
+    plan, m = _fake_plan(tmp_path, trt, profile=profile)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    t = rng.integers(0, 1000, 3).astype(np.int32)
+    return rt.TensorRTRunner(str(plan), m), x, t, 0.5 * x + t[:, None, None, None]
+
+
+def test_the_fake_cuda_is_asynchronous_so_a_missing_synchronize_fails(tmp_path, monkeypatch, fake_gpu):
+    """Issue 28 item 6: the fakes copied and ran at the call, so a runner that never waited for
+    its stream would pass. Copies and execute_async_v3 now run when their stream is synchronized."""
+    r, x, t, want = _runner_on_fakes(tmp_path, monkeypatch)
+    with r:
+        np.testing.assert_allclose(r(x, t), want, rtol=1e-6)  # the runner as it is: it waits
+        assert r._stream.ptr in fake_gpu.synchronized
+        monkeypatch.setattr(r._stream, "synchronize", lambda: None)  # a runner that forgets to
+        stale = r(x + 1, t)
+        assert not np.allclose(stale, want + 0.5)
+        fake_gpu.stream_synchronize(r._stream.ptr)  # let the stream finish before it is freed
+
+
+def test_the_fake_cuda_catches_a_copy_on_another_stream(tmp_path, monkeypatch, fake_gpu):
+    import polygraphy.cuda as cuda
+
+    r, x, t, want = _runner_on_fakes(tmp_path, monkeypatch)
+    with r:
+        other = cuda.Stream()
+        arr = r._dev["x_t"]
+        real_copy = arr.copy_from
+        monkeypatch.setattr(arr, "copy_from", lambda host, stream=None: real_copy(host, other))
+        got = r(x, t)  # x_t's copy still pending on the other stream when the engine ran
+        assert not np.allclose(got, want)
+        other.free()
+
+
+def test_the_fake_tensorrt_needs_every_input_shape_set(tmp_path, monkeypatch, fake_gpu):
+    """execute_async_v3 fails unless set_input_shape was called for every input (x_t and t) with
+    shapes inside that input's own profile, as enqueueV3 does."""
+    r, x, t, want = _runner_on_fakes(tmp_path, monkeypatch)
+    with r:
+        ctx = r._context
+        assert ctx.set_input_shape("t", (9,)) is False  # above t's profile max, 8
+        assert ctx.set_input_shape("t", (3, 1)) is False  # t is 1-D
+        assert ctx.set_input_shape("x_t", (3, 1, 32, 32)) is False  # a static dim changed
+        assert ctx.set_input_shape("eps", (3, 3, 32, 32)) is False  # not an input
+        real = ctx.set_input_shape
+        monkeypatch.setattr(ctx, "set_input_shape", lambda name, shape: True if name == "t" else real(name, shape))
+        with pytest.raises(RuntimeError, match="execute_async_v3 failed"):
+            r(x, t)  # t's shape never set
+        monkeypatch.setattr(ctx, "set_input_shape", real)
+        r._batch = -1
+        np.testing.assert_allclose(r(x, t), want, rtol=1e-6)
+        ctx.shapes["t"] = (4,)  # x_t and t disagree on the batch
+        with pytest.raises(RuntimeError, match="execute_async_v3 failed"):
+            r(x, t)
+        r._batch = -1
+
+
 def test_runner_data_path_imports_no_torch(tmp_path):
     """Polygraphy's array helpers could pull torch in; the runtime must not (Jetson memory)."""
     pytest.importorskip("polygraphy", reason="polygraphy not installed")
@@ -802,14 +885,24 @@ def _builder_flag_manifest():
 
 
 def test_compute_precision_reads_the_engine_section_of_a_builder_flag_plan():
-    assert contract.compute_precision(_builder_flag_manifest()) == "fp16"
+    assert contract.compute_precision(_builder_flag_manifest(), "m.plan") == "fp16"
     onnx_only = _builder_flag_manifest()
     del onnx_only["engine"]
-    assert contract.compute_precision(onnx_only) == "fp32"
+    assert contract.compute_precision(onnx_only, "m.onnx") == "fp32"
     bad = _builder_flag_manifest()
     bad["engine"]["precision"] = "int8"
     with pytest.raises(ManifestError, match=r"engine\.precision: received 'int8'.*ddpm-export build"):
-        contract.compute_precision(bad)
+        contract.compute_precision(bad, "m.plan")
+
+
+def test_the_float32_onnx_under_a_builder_flag_plans_manifest_computes_in_fp32():
+    """Issue 28 item 1: 'build --fp16 --onnx NAME.onnx' writes the plan's engine section into
+    NAME.json, which NAME.onnx reads too; the ONNX model still computes in float32."""
+    m = _builder_flag_manifest()
+    assert contract.compute_precision(m, "engines/m.onnx") == "fp32"
+    assert contract.compute_precision(m, Path("engines/m.plan")) == "fp16"
+    with pytest.raises(ValueError, match=r"artifact 'm\.json': expected the NAME\.onnx or NAME\.plan"):
+        contract.compute_precision(m, "m.json")  # a manifest path cannot say which file computes
 
 
 def test_sample_many_run_json_labels_a_builder_flag_plan_fp16(tmp_path):
@@ -839,6 +932,13 @@ def test_sample_many_run_json_labels_a_builder_flag_plan_fp16(tmp_path):
                   steps=2, progress=False, log=lambda s: None)
     run = json.loads((tmp_path / "out" / RUN_FILE).read_text())
     assert run["engine"]["precision"] == "fp16"
+    # the float32 ONNX the plan was built from, reading the same NAME.json: an FP32 run
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"onnx")
+    sample_shards(Engine(Zeros(str(onnx), m)), tmp_path / "out32", 2, shard_size=2, method="ddim",
+                  steps=2, progress=False, log=lambda s: None)
+    run = json.loads((tmp_path / "out32" / RUN_FILE).read_text())
+    assert run["engine"]["precision"] == "fp32"
 
 
 def test_validate_judges_a_builder_flag_plan_by_the_fp16_limits(tmp_path, monkeypatch):
@@ -868,3 +968,27 @@ def test_validate_judges_a_builder_flag_plan_by_the_fp16_limits(tmp_path, monkey
     e = report["engines"][0]
     assert e["precision"] == "fp16"
     assert e["checks"]["eps_max_abs"]["limit"] == Thresholds().eps_fp16
+
+
+def test_validate_judges_the_float32_onnx_of_a_builder_flag_build_by_the_fp32_limits(tmp_path):
+    """Issue 28 item 1: after 'build --fp16 --onnx digits.onnx' (TensorRT 8.5-10) digits.json
+    carries the plan's engine section; 'validate --engine digits.onnx' applied the FP16 limit
+    (200x looser) and dropped the final-image gate, for a model that computes in float32."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    import json
+    import shutil
+
+    from ddpm_export.evaluation.validate import Thresholds, validate
+
+    onnx = tmp_path / "digits.onnx"
+    shutil.copy(ROOT / "engines" / "digits.onnx", onnx)
+    m = json.loads((ROOT / "engines" / "digits.json").read_text())
+    m["engine"] = _engine(precision="fp16", precision_mode="fp16_builder_flag",
+                          profiles=[m["batch_range"]])
+    contract.write_manifest(onnx, m)
+    report, _ = validate(str(ROOT / "engines" / "digits.pt"), [str(onnx)], Thresholds(),
+                         t_stride=999, batches=(1,), trajectory_images=0)
+    e = report["engines"][0]
+    assert e["precision"] == "fp32"
+    assert e["checks"]["eps_max_abs"]["limit"] == Thresholds().eps_fp32
