@@ -39,6 +39,12 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return emb
 
 
+def _tracing() -> bool:
+    """True while torch.jit / torch.onnx (either exporter) / torch.compile trace the model."""
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(compiling and compiling())
+
+
 class ResnetBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float, groups: int, eps: float):
         super().__init__()
@@ -231,8 +237,7 @@ class UNet(nn.Module):
             raise ValueError(
                 f"class_labels must be integers (int64 [N] in 0..{k}), got dtype {class_labels.dtype}"
             )
-        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-            # value checks only in eager mode: an export traces one graph for every input
+        if not _tracing():  # value checks only in eager mode: an export traces one graph for all inputs
             if tuple(class_labels.shape) != (batch,):
                 raise ValueError(
                     f"class_labels has shape {tuple(class_labels.shape)}, expected [{batch}] "

@@ -141,3 +141,13 @@ def test_diffusion_passes_labels_to_the_model():
     assert (s3 - s7).abs().max() > 1e-4
     with pytest.raises(ValueError, match="needs class_labels"):
         diff.loss(m, x0, t, noise)
+
+
+def test_the_label_path_traces_as_a_graph_input():
+    """The ONNX export traces the model: the labels must stay a graph input, not constants
+    baked in at the labels it was traced with."""
+    m = _randomized(TINY_COND)
+    x, t = _inputs(TINY_COND)
+    traced = torch.jit.trace(m, (x, t, torch.tensor([1, 2, 3, 4])), check_trace=False)
+    y = torch.tensor([9, 10, 0, 5])
+    torch.testing.assert_close(traced(x, t, y), m(x, t, class_labels=y), rtol=0, atol=1e-5)
