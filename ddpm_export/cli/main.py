@@ -71,12 +71,17 @@ def main():
 @click.option("--ckpt-every", type=int, default=None, help=f"Steps between checkpoints. Default: the preset's ({_per_preset('ckpt_every')}).")
 @library_option("--log-every", type=int, default_from=TC + "log_every", help="Steps between metrics.jsonl lines.")
 @click.option("--dropout", type=float, default=None, help=f"Override the preset's dropout ({', '.join(f'{n} {p.unet.dropout}' for n, p in sorted(PRESETS.items()))}).")
+@click.option("--label-dropout", type=float, default=None, help="Class-conditional presets: the share "
+              "of training labels replaced by the null label, so the model also learns the "
+              "unconditional branch of classifier-free guidance. Default: the preset's ("
+              + ", ".join(f"{n} {p.label_dropout}" for n, p in sorted(PRESETS.items()) if p.unet.num_classes)
+              + "); unconditional presets take none.")
 @library_option("--device", default_from=TC + "device", help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(preset, data, out, steps, batch_size, lr, warmup, grad_clip, ema_decay, seed,
-          sample_every, ckpt_every, log_every, dropout, device, resume, no_progress):
-    """Train a DDPM (Adam, warmup, grad clip, EMA).
+          sample_every, ckpt_every, log_every, dropout, label_dropout, device, resume, no_progress):
+    """Train a DDPM (Adam, warmup, grad clip, EMA); digits-cond learns class labels.
 
     Multi-GPU / multi-node: run under torchrun, e.g.
     torchrun --nproc_per_node 8 -m ddpm_export.cli.main train --preset cifar10 --data DIR
@@ -86,8 +91,8 @@ def train(preset, data, out, steps, batch_size, lr, warmup, grad_clip, ema_decay
     cfg = TrainConfig(preset=preset, out=out or f"runs/{preset}", data=data, steps=steps,
                       batch_size=batch_size, lr=lr, warmup=warmup, grad_clip=grad_clip,
                       ema_decay=ema_decay, seed=seed, sample_every=sample_every,
-                      ckpt_every=ckpt_every, log_every=log_every, dropout=dropout, device=device,
-                      resume=resume)
+                      ckpt_every=ckpt_every, log_every=log_every, dropout=dropout,
+                      label_dropout=label_dropout, device=device, resume=resume)
     summary = run_train(cfg, progress=not no_progress, log=lambda s: click.echo(s, err=True))
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(

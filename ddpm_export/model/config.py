@@ -5,8 +5,8 @@ so a checkpoint alone rebuilds its model (nanoGPT's ``model_args``).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Tuple
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Dict, Optional, Tuple
 
 from runtime.schedulers.schedule import ScheduleConfig
 
@@ -24,6 +24,10 @@ class UNetConfig:
     dropout: float = 0.1  # dropout inside each ResBlock
     num_groups: int = 32  # GroupNorm groups
     norm_eps: float = 1e-6  # GroupNorm epsilon (the TF default of the official code)
+    # Class conditioning: 0 = unconditional; K > 0 = labels 0..K-1 plus the null label K
+    # (classifier-free guidance, Ho & Salimans 2021). Left out of to_dict() when 0, so an
+    # unconditional config, checkpoint and manifest are exactly what they were before.
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
@@ -42,19 +46,42 @@ class UNetConfig:
                 )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(
+                f"num_classes must be an int >= 0 (0: unconditional), got {self.num_classes!r}"
+            )
+
+    @property
+    def null_label(self) -> Optional[int]:
+        """The class index that means "no label" (the unconditional branch of classifier-free
+        guidance, and what label dropout trains): num_classes, the embedding's last row.
+        None for an unconditional model. The one place that defines it."""
+        return self.num_classes if self.num_classes > 0 else None
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["ch_mult"] = list(self.ch_mult)
         d["attn_resolutions"] = list(self.attn_resolutions)
+        if self.num_classes == 0:
+            del d["num_classes"]  # unconditional: the dict of every checkpoint before conditioning
+        else:
+            d["null_label"] = self.null_label  # recorded for readers of the checkpoint, checked on load
         return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "UNetConfig":
+        d = dict(d)
+        null = d.pop("null_label", None)
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown UNetConfig fields {sorted(unknown)}")
-        return cls(**d)
+        config = cls(**d)
+        if null is not None and null != config.null_label:
+            raise ValueError(
+                f"null_label {null!r} does not match num_classes {config.num_classes} (the null "
+                f"label is always num_classes, the last embedding row); the config is damaged"
+            )
+        return config
 
 
 @dataclass(frozen=True)
@@ -70,6 +97,10 @@ class Preset:
     warmup: int = 5000  # linear learning-rate warmup steps
     sample_every: int = 10_000  # steps between sample grids
     ckpt_every: int = 10_000  # steps between checkpoints
+    # conditional presets (unet.num_classes > 0): the share of training labels replaced by
+    # the null label, so one network also learns the unconditional model that classifier-free
+    # guidance needs (p_uncond = 0.1 in Ho & Salimans 2021). Unused when unconditional.
+    label_dropout: float = 0.1
 
 
 PRESETS: Dict[str, Preset] = {
@@ -122,6 +153,15 @@ PRESETS: Dict[str, Preset] = {
         ckpt_every=10,
     ),
 }
+# The digits model with the digit as a class label (0..9, null label 10) and label dropout
+# for classifier-free guidance; the same schedule and training length as digits.
+PRESETS["digits-cond"] = replace(
+    PRESETS["digits"], name="digits-cond", unet=replace(PRESETS["digits"].unet, num_classes=10)
+)
+# tiny with class labels, for tests
+PRESETS["tiny-cond"] = replace(
+    PRESETS["tiny"], name="tiny-cond", unet=replace(PRESETS["tiny"].unet, num_classes=10)
+)
 
 
 def get_preset(name: str) -> Preset:

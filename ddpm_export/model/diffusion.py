@@ -61,11 +61,13 @@ class GaussianDiffusion:
         x0: torch.Tensor,
         t: torch.Tensor,
         noise: torch.Tensor,
+        class_labels: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """L_simple = mean((target - model(x_t, t))^2), a scalar; target = eps (eq. 14) for an
-        eps model, x0 or v for the other prediction types (``target``), all unweighted."""
+        eps model, x0 or v for the other prediction types (``target``), all unweighted.
+        ``class_labels`` [N] go to a class-conditional model as model(x_t, t, class_labels=...)."""
         x_t = self.q_sample(x0, t, noise)
-        return torch.mean((self.target(x0, t, noise) - model(x_t, t)) ** 2)
+        return torch.mean((self.target(x0, t, noise) - _call(model, x_t, t, class_labels)) ** 2)
 
     # --- the variational bound (official diffusion_utils_2.py) ----------------
     def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
@@ -136,12 +138,13 @@ class GaussianDiffusion:
         return x0
 
     def p_mean_logvar(
-        self, model: nn.Module, x_t: torch.Tensor, t: torch.Tensor
+        self, model: nn.Module, x_t: torch.Tensor, t: torch.Tensor,
+        class_labels: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, log-variance and x0_hat of p(x_{t-1} | x_t), all float64."""
         s = self.schedule
         x_t = x_t.to(torch.float64)
-        out = model(x_t.to(torch.float32), t.to(torch.int64)).to(torch.float64)
+        out = _call(model, x_t.to(torch.float32), t.to(torch.int64), class_labels).to(torch.float64)
         x0 = self.predict_x0(x_t, t, out)
         mean = (
             _extract(s.posterior_mean_coef1, t, x_t.ndim) * x0
@@ -161,6 +164,7 @@ class GaussianDiffusion:
         progress: bool = False,
         device: Union[str, torch.device] = "cpu",
         callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+        class_labels: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, List[Tuple[int, torch.Tensor]]]:
         """Ancestral sampling (Algorithm 2), t = T-1 .. 0.
 
@@ -170,6 +174,7 @@ class GaussianDiffusion:
         That lets another backend be compared step by step on identical noise.
 
         ``callback(t, x)`` sees the chain after each step (for drift measurements).
+        ``class_labels`` [N] condition a class-conditional model (no guidance: one branch).
         Returns (x_0 float32 [N, C, H, W] in [-1, 1] when clipping, and the
         trajectory: (t, x0_hat float32) every ``trajectory_every`` steps and at t=0).
         """
@@ -185,12 +190,13 @@ class GaussianDiffusion:
             from runtime.progress import progress_bar
 
             steps = progress_bar(steps, desc="sampling (reference)", unit="step")
+        labels = None if class_labels is None else torch.as_tensor(class_labels).to(device)
         was_training = model.training
         model.eval()
         try:
             for t_int in steps:
                 t = torch.full((shape[0],), t_int, dtype=torch.int64, device=device)
-                mean, logvar, x0 = self.p_mean_logvar(model, x, t)
+                mean, logvar, x0 = self.p_mean_logvar(model, x, t, labels)
                 if t_int > 0:
                     z = self._noise(noise, t_int, shape, generator)
                     x = mean + torch.exp(0.5 * logvar) * z.to(device=device, dtype=torch.float64)
@@ -213,6 +219,15 @@ class GaussianDiffusion:
         if tuple(z.shape) != shape:
             raise ValueError(f"noise for t={t} has shape {tuple(z.shape)}, expected {shape}")
         return z
+
+
+def _call(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor,
+          class_labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """model(x_t, t), or model(x_t, t, class_labels=...) when there are labels (an unconditional
+    or external network keeps its two-argument call)."""
+    if class_labels is None:
+        return model(x_t, t)
+    return model(x_t, t, class_labels=class_labels)
 
 
 def _dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:

@@ -3,11 +3,17 @@ code as converted by pesser/pytorch_diffusion, so the converted CIFAR-10
 checkpoint loads without renaming (``temb.dense.0``, ``down.0.block.1.conv1``...).
 
 Shapes: ``x [N, C, H, W] float32``, ``t [N]`` (int or float) -> ``eps [N, C, H, W]``.
+
+Class-conditional (``UNetConfig.num_classes = K > 0``): ``forward(x, t, class_labels)`` with
+``class_labels int64 [N]`` in 0..K, K being the learned null label (classifier-free
+guidance, Ho & Salimans 2021). The label's embedding (``class_embedding``, an
+``nn.Embedding(K + 1, temb_ch)``) is added to the time embedding before the blocks, as
+in guided-diffusion and diffusers' UNet2DModel (``num_class_embeds``).
 """
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +37,12 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
+
+
+def _tracing() -> bool:
+    """True while torch.jit / torch.onnx (either exporter) / torch.compile trace the model."""
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(compiling and compiling())
 
 
 class ResnetBlock(nn.Module):
@@ -126,6 +138,8 @@ class UNet(nn.Module):
         ch, g, eps = c.ch, c.num_groups, c.norm_eps
         temb_ch = ch * 4
         self.temb = TimeEmbedding(ch, temb_ch)
+        if c.num_classes > 0:  # rows 0..K-1 the classes, row K (null_label) "no label"
+            self.class_embedding = nn.Embedding(c.num_classes + 1, temb_ch)
         self.conv_in = nn.Conv2d(c.in_channels, ch, 3, padding=1)
 
         in_mult = (1,) + tuple(c.ch_mult)
@@ -196,9 +210,54 @@ class UNet(nn.Module):
             with torch.no_grad():
                 m.weight.mul_(1e-10)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def null_label(self) -> Optional[int]:
+        """The class index meaning "no label" (UNetConfig.null_label); None when unconditional."""
+        return self.config.null_label
+
+    def _class_emb(self, class_labels: Optional[torch.Tensor], batch: int) -> Optional[torch.Tensor]:
+        """The class embedding [N, temb_ch] of class_labels, after checking them; None when the
+        model is unconditional (and then class_labels must be None)."""
+        k = self.config.num_classes
+        if k == 0:
+            if class_labels is not None:
+                raise ValueError(
+                    "class_labels were passed to an unconditional model (num_classes=0); call it "
+                    "as model(x, t), or train a class-conditional model (e.g. --preset digits-cond)"
+                )
+            return None
+        if class_labels is None:
+            raise ValueError(
+                f"this model is class-conditional (num_classes={k}) and needs class_labels: "
+                f"int64 [N] in 0..{k}, with {k} (null_label) for 'no label'; got none"
+            )
+        if not isinstance(class_labels, torch.Tensor):
+            class_labels = torch.as_tensor(class_labels)
+        if class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
+            raise ValueError(
+                f"class_labels must be integers (int64 [N] in 0..{k}), got dtype {class_labels.dtype}"
+            )
+        if not _tracing():  # value checks only in eager mode: an export traces one graph for all inputs
+            if tuple(class_labels.shape) != (batch,):
+                raise ValueError(
+                    f"class_labels has shape {tuple(class_labels.shape)}, expected [{batch}] "
+                    f"(one label per image of x)"
+                )
+            if batch and (int(class_labels.min()) < 0 or int(class_labels.max()) > k):
+                raise ValueError(
+                    f"class_labels range over {int(class_labels.min())}..{int(class_labels.max())}, "
+                    f"expected 0..{k} ({k} = null_label, 'no label')"
+                )
+        return self.class_embedding(class_labels.to(torch.int64))
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, class_labels: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         c = self.config
         temb = self.temb(t)
+        cemb = self._class_emb(class_labels, x.shape[0])
+        if cemb is not None:
+            temb = temb + cemb.to(temb.dtype)
         hs = [self.conv_in(x)]
         for i, level in enumerate(self.down):
             for j, block in enumerate(level.block):

@@ -185,6 +185,37 @@ def folder_images(folder: str, size: int, channels: int) -> np.ndarray:
     return out
 
 
+def load_labelled_images(
+    source: str, data: Optional[str], size: int, channels: int, num_classes: int = 0
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(images, labels) for training: ``load_images``, and with ``num_classes`` > 0 (a
+    class-conditional model) the class of each image, int64 [N] in 0..num_classes-1.
+
+    Only the sklearn digits (the ``digits`` source with no ``data`` folder) carry labels
+    here; a conditional model on any other source raises DataError. Unconditional:
+    labels is None.
+    """
+    if num_classes == 0:
+        return load_images(source, data, size, channels), None
+    if source != "digits" or data is not None:  # refused before reading a whole folder
+        where = data if data is not None else f"the {source!r} source"
+        raise DataError(
+            f"a class-conditional model ({num_classes} classes) needs labelled data, and {where} "
+            f"has no labels here (only the sklearn digits, the digits presets' own data, carry "
+            f"them); drop --data to train on the digits, or train an unconditional preset"
+        )
+    x = load_images(source, data, size, channels)
+    y = digits_labels()
+    if len(y) != len(x):  # the same load_digits() call order: cannot differ unless sklearn changed
+        raise DataError(f"the digits have {len(x)} images but {len(y)} labels")
+    if int(y.max()) >= num_classes:
+        raise DataError(
+            f"the digits have labels 0..{int(y.max())}, the model has num_classes={num_classes}; "
+            f"use a preset with num_classes={int(y.max()) + 1} (digits-cond)"
+        )
+    return x, y
+
+
 def load_images(source: str, data: Optional[str], size: int, channels: int) -> np.ndarray:
     """Images for training, checked against the model's shape.
 

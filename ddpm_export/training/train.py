@@ -25,8 +25,8 @@ from torch import nn
 from runtime.io import FolderLocked, folder_lock, remove_stale_temporaries, save_grid
 
 from ddpm_export.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, slim
-from ddpm_export.model.config import get_preset
-from ddpm_export.training.data import load_images
+from ddpm_export.model.config import PRESETS, get_preset
+from ddpm_export.training.data import load_labelled_images
 from ddpm_export.model.diffusion import GaussianDiffusion
 from ddpm_export.model.unet import UNet, count_parameters
 
@@ -48,6 +48,9 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics lines
     num_samples: int = 16  # images in each periodic grid
     dropout: Optional[float] = None  # override the preset's dropout (None: preset's)
+    # class-conditional presets: probability that a training label becomes the null label
+    # (classifier-free guidance's p_uncond; None: the preset's, 0.1). 0 for unconditional ones.
+    label_dropout: Optional[float] = None
     device: str = "auto"  # auto | cpu | cuda
     resume: bool = False  # continue from out/last.pt
 
@@ -62,7 +65,30 @@ class TrainConfig:
             raise ValueError(
                 f"need batch_size >= 1, steps >= 0, lr > 0; got {c.batch_size}, {c.steps}, {c.lr}"
             )
+        if p.unet.num_classes == 0:
+            if c.label_dropout:
+                raise ValueError(
+                    f"label_dropout {c.label_dropout} is for class-conditional presets; preset "
+                    f"{c.preset!r} is unconditional (num_classes=0): drop it, or pick a conditional "
+                    f"preset ({', '.join(n for n, q in sorted(PRESETS.items()) if q.unet.num_classes)})"
+                )
+            c.label_dropout = 0.0
+        else:
+            c.label_dropout = p.label_dropout if c.label_dropout is None else float(c.label_dropout)
+            if not 0.0 <= c.label_dropout < 1.0:
+                raise ValueError(
+                    f"label_dropout must be in [0, 1) (the share of labels trained as the null "
+                    f"label; 0.1 in Ho & Salimans 2021), got {c.label_dropout}"
+                )
         return c
+
+
+def drop_labels(labels: torch.Tensor, p: float, null_label: int, gen: torch.Generator) -> torch.Tensor:
+    """labels with each one replaced by null_label with probability p, drawn from gen (the
+    training's data generator, so --resume continues the same draws). Always draws len(labels)
+    numbers, also for p = 0, so the data order does not depend on p."""
+    drop = torch.rand(labels.shape[0], generator=gen) < p
+    return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
 class TrainError(RuntimeError):
@@ -152,9 +178,10 @@ def _train(cfg: TrainConfig, progress: bool) -> Dict[str, Any]:
     unet_cfg = preset.unet
     if cfg.dropout is not None:
         unet_cfg = dataclasses.replace(unet_cfg, dropout=cfg.dropout)
-    images = torch.from_numpy(
-        load_images(preset.data, cfg.data, unet_cfg.image_size, unet_cfg.in_channels)
-    )
+    x_np, y_np = load_labelled_images(preset.data, cfg.data, unet_cfg.image_size,
+                                      unet_cfg.in_channels, unet_cfg.num_classes)
+    images = torch.from_numpy(x_np)
+    labels = None if y_np is None else torch.from_numpy(y_np)
     diffusion = GaussianDiffusion(preset.schedule)
     torch.manual_seed(cfg.seed)  # weight init: the same on every rank
     model = UNet(unet_cfg).to(device)
@@ -176,7 +203,8 @@ def _train(cfg: TrainConfig, progress: bool) -> Dict[str, Any]:
         old = ckpt.get("train_config", {})
         changed = [
             f"{k} {old[k]!r} -> {getattr(cfg, k)!r}"
-            for k in ("batch_size", "lr", "warmup", "grad_clip", "ema_decay", "seed", "data")
+            for k in ("batch_size", "lr", "warmup", "grad_clip", "ema_decay", "seed", "data",
+                      "label_dropout")
             if k in old and old[k] != getattr(cfg, k)
         ]
         if changed:
@@ -259,7 +287,10 @@ def _train(cfg: TrainConfig, progress: bool) -> Dict[str, Any]:
             return
         g = torch.Generator().manual_seed(cfg.seed)
         shape = (cfg.num_samples, unet_cfg.in_channels, unet_cfg.image_size, unet_cfg.image_size)
-        x, _ = diffusion.sample(ema, shape, generator=g, device=device)
+        grid_labels = None  # conditional: the classes in turn, 0, 1, .., K-1, 0, ..
+        if unet_cfg.num_classes:
+            grid_labels = torch.arange(cfg.num_samples) % unet_cfg.num_classes
+        x, _ = diffusion.sample(ema, shape, generator=g, device=device, class_labels=grid_labels)
         save_grid(x.numpy(), out / "samples" / f"step{step:07d}.png", scale=2)
 
     if is_main:
@@ -283,6 +314,10 @@ def _train(cfg: TrainConfig, progress: bool) -> Dict[str, Any]:
             flip = torch.rand(B, generator=gen) < 0.5
             t = torch.randint(diffusion.num_timesteps, (B,), generator=gen)
             noise = torch.randn((B,) + tuple(images.shape[1:]), generator=gen)
+            y_b = None
+            if labels is not None:  # drawn after the rest: an unconditional run draws as before
+                y = drop_labels(labels[idx], cfg.label_dropout, unet_cfg.null_label, gen)
+                y_b = y[rank * local_bs:(rank + 1) * local_bs].to(device)
             sl = slice(rank * local_bs, (rank + 1) * local_bs)
             x0 = images[idx[sl]]
             if preset.hflip:
@@ -292,7 +327,7 @@ def _train(cfg: TrainConfig, progress: bool) -> Dict[str, Any]:
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
             for g_ in opt.param_groups:
                 g_["lr"] = lr
-            loss = diffusion.loss(net, x0, t_b, noise_b)
+            loss = diffusion.loss(net, x0, t_b, noise_b, class_labels=y_b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
