@@ -484,8 +484,15 @@ def schedule_from_diffusers(sched_json: Dict[str, Any], source: str = SCHEDULER_
     scaled_linear / squaredcos_cap_v2, trained_betas, prediction_type, clip_sample and
     its range, thresholding, timestep_spacing, steps_offset, variance_type fixed_small /
     fixed_large); a missing key means what diffusers itself reads for it (the
-    scheduler class's default). ``variance_type`` missing means DDPMScheduler's default
-    ``fixed_small``; schedulers without the notion (DDIM, PNDM) get fixedlarge.
+    scheduler class's default).
+
+    DDPM sampling of any config is ``DDPMScheduler.from_config(config)``, whatever its
+    ``_class_name``: a config without ``variance_type`` (a DDIMScheduler's or
+    PNDMScheduler's, e.g. a DDIMPipeline folder of a model trained with DDPMScheduler)
+    takes DDPMScheduler's ``fixed_small`` (the variance the folder's own DDIM gives at
+    eta = 1) and DDPMScheduler's noise on a last step above t = 0 (final_step_noise).
+    ``set_alpha_to_one`` is what ``DDIMScheduler.from_config(config)`` reads (missing:
+    true), for the runtime's DDIM.
     Raises ValueError listing every option it cannot honour, in one line.
     """
     if not isinstance(sched_json, dict):
@@ -511,12 +518,9 @@ def schedule_from_diffusers(sched_json: Dict[str, Any], source: str = SCHEDULER_
     spacing = s.get("timestep_spacing", "leading")
     if spacing not in _SPACINGS:
         problems.append(f"timestep_spacing={spacing!r} (supported: {', '.join(_SPACINGS)})")
-    if "variance_type" in s and s["variance_type"] is not None:
-        vt = s["variance_type"]
-    elif s.get("_class_name", "DDPMScheduler") == "DDPMScheduler":
-        vt = "fixed_small"  # DDPMScheduler's default
-    else:
-        vt = "fixed_large"
+    # DDPMScheduler.from_config(s) for every class: a missing (or null) variance_type is its
+    # default fixed_small, also for a DDIMScheduler / PNDMScheduler config that has no such key
+    vt = s["variance_type"] if s.get("variance_type") is not None else "fixed_small"
     if vt not in _VARIANCE:
         problems.append(f"variance_type={vt!r} (supported: {', '.join(_VARIANCE)}; a learned variance "
                         f"needs the network's second output half, which the export contract does not carry)")
@@ -540,9 +544,10 @@ def schedule_from_diffusers(sched_json: Dict[str, Any], source: str = SCHEDULER_
         sample_max_value=float(s.get("sample_max_value", 1.0)),
         timestep_spacing=spacing,
         steps_offset=int(s.get("steps_offset", 0)),
-        # DDPMScheduler adds noise on every step whose t > 0, the last one of a chain that
-        # ends above 0 included (trailing spacing, steps_offset): so does the runtime then
-        final_step_noise=s.get("_class_name", "DDPMScheduler") == "DDPMScheduler",
+        # DDPMScheduler (which DDPM sampling of any of these configs is) adds noise on every
+        # step whose t > 0, the last one of a chain that ends above 0 included (trailing
+        # spacing, steps_offset): so does the runtime then
+        final_step_noise=True,
     )
     if betas is not None:
         fields.update(kind="explicit", betas=[float(b) for b in betas], num_timesteps=len(betas))
@@ -792,8 +797,8 @@ def _resolve_schedule(schedule_config, sched_path: Optional[Path], src: Path):
         return pipeline, pipeline_json, str(sched_path)
     given, given_json = _explicit_schedule(schedule_config)
     if pipeline is not None:
-        # final_step_noise follows the pipeline's scheduler class (DDPMScheduler's rule), not a
-        # choice a caller makes: take the pipeline's and compare everything else
+        # final_step_noise is DDPMScheduler's rule for any diffusers config, not a choice a
+        # caller makes: take the pipeline's and compare everything else
         given = dataclasses.replace(given, final_step_noise=pipeline.final_step_noise)
         a, b = given.to_dict(), pipeline.to_dict()
         diffs = [f"{k}: given {a[k]!r}, the pipeline has {b[k]!r}" for k in a if a[k] != b[k]]
