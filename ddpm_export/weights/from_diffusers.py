@@ -464,7 +464,7 @@ _PREDICTION = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 _SPACINGS = ("leading", "trailing", "linspace")
 # Scheduler keys that do not change what DDPM sampling computes from the schedule
 # (they belong to other samplers, which the runtime configures itself).
-_SAMPLER_ONLY_KEYS = ("set_alpha_to_one", "skip_prk_steps", "eta", "use_karras_sigmas",
+_SAMPLER_ONLY_KEYS = ("skip_prk_steps", "eta", "use_karras_sigmas",
                       "solver_order", "algorithm_type", "solver_type", "lower_order_final",
                       "predict_x0", "disable_corrector", "solver_p", "final_sigmas_type",
                       "use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas",
@@ -474,7 +474,8 @@ _SAMPLER_ONLY_KEYS = ("set_alpha_to_one", "skip_prk_steps", "eta", "use_karras_s
 _SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                    "variance_type", "clip_sample", "clip_sample_range", "prediction_type",
                    "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
-                   "timestep_spacing", "steps_offset", "rescale_betas_zero_snr") + _SAMPLER_ONLY_KEYS
+                   "timestep_spacing", "steps_offset", "rescale_betas_zero_snr",
+                   "set_alpha_to_one") + _SAMPLER_ONLY_KEYS
 
 
 def schedule_from_diffusers(sched_json: Dict[str, Any], source: str = SCHEDULER_FILE) -> ScheduleConfig:
@@ -548,6 +549,8 @@ def schedule_from_diffusers(sched_json: Dict[str, Any], source: str = SCHEDULER_
         # step whose t > 0, the last one of a chain that ends above 0 included (trailing
         # spacing, steps_offset): so does the runtime then
         final_step_noise=True,
+        # DDIMScheduler's final_alpha_cumprod (1 or alphas_cumprod[0]); its default True
+        set_alpha_to_one=bool(s.get("set_alpha_to_one", True)),
     )
     if betas is not None:
         fields.update(kind="explicit", betas=[float(b) for b in betas], num_timesteps=len(betas))

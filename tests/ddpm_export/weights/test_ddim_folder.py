@@ -62,3 +62,10 @@ def test_import_verify_chain_equals_ddpmpipeline(random_folder, tmp_path):
     ckpt = import_diffusers(random_folder, tmp_path / "m.pt", verify=True, verify_steps=10)
     assert ckpt["schedule_config"]["variance_type"] == "fixedsmall"
     assert ckpt["provenance"]["verify"]["chain"]["max_abs_01"] < 1e-5
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_set_alpha_to_one_is_carried_not_dropped(value):
+    assert schedule_from_diffusers(dict(DDIMScheduler(set_alpha_to_one=value).config)).set_alpha_to_one is value
+    # a DDPMScheduler config has no such key: DDIMScheduler's default, true (as before)
+    assert schedule_from_diffusers(dict(DDPMScheduler().config)).set_alpha_to_one is True
