@@ -708,6 +708,8 @@ def import_diffusers(
             raise ValueError(_with_schedule_problems(str(e), schedule_config, sched_path, src)) from e
         image_shape = tuple(model_config["image_shape"])
     sched, sched_json, schedule_source = _resolve_schedule(schedule_config, sched_path, src)
+    pipeline_class = _pipeline_class(src, unet_dir)
+    sampling = default_sampling(pipeline_class, sched_json)
 
     provenance: Dict[str, Any] = {
         "command": command or f"ddpm_export.weights.import_diffusers({str(src)!r}, {str(out_path)!r})",
@@ -721,10 +723,11 @@ def import_diffusers(
         "scheduler_config": sched_json,
         "schedule_source": schedule_source,
         "diffusers_version": _diffusers_version(),
+        "pipeline_class": pipeline_class,
     }
     if mapped_error is not None:
         provenance["why_diffusers_network"] = mapped_error
-    ckpt = _write_checkpoint(out_path, model_config, sched, state, provenance)
+    ckpt = _write_checkpoint(out_path, model_config, sched, state, provenance, sampling)
     if verify:
         from ddpm_export.weights.verify import verify_import
 
@@ -735,8 +738,55 @@ def import_diffusers(
             Path(out_path).unlink(missing_ok=True)  # a checkpoint that failed verification is not kept
             raise
         ckpt["provenance"]["verify"] = report
-        ckpt = _write_checkpoint(out_path, model_config, sched, state, ckpt["provenance"])
+        ckpt = _write_checkpoint(out_path, model_config, sched, state, ckpt["provenance"], sampling)
     return ckpt
+
+
+PIPELINE_FILE = "model_index.json"
+# DDIMPipeline.__call__'s defaults (diffusers 0.42): num_inference_steps=50, eta=0.0,
+# use_clipped_model_output=None (the network's eps kept after clipping: the runtime's
+# variant "diffusers", which also steps to t - T // N as DDIMScheduler.step does)
+_DDIM_PIPELINE = {"method": "ddim", "steps": 50, "options": {"eta": 0.0, "variant": "diffusers"}}
+
+
+def _pipeline_class(src: Path, unet_dir: Path) -> Optional[str]:
+    """The ``_class_name`` of the folder's model_index.json (DDPMPipeline, DDIMPipeline...), or None."""
+    candidates = [src / PIPELINE_FILE] if src.is_dir() else []
+    if unet_dir.name == "unet":
+        candidates.append(unet_dir.parent / PIPELINE_FILE)
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        return None
+    name = _read_json(path).get("_class_name")
+    return name if isinstance(name, str) else None
+
+
+def default_sampling(pipeline_class: Optional[str], scheduler_json: Optional[Dict[str, Any]]
+                     ) -> Optional[Dict[str, Any]]:
+    """The manifest's non-binding ``sampling`` section (runtime/contract.py) that makes the
+    runtime's no-flag sampling the folder's own pipeline, or None (DDPM over all T, as
+    ``DDPMPipeline`` with a DDPMScheduler samples by default).
+
+    * a ``DDIMPipeline`` folder (model_index.json), or a folder without model_index.json
+      whose scheduler is a DDIMScheduler: DDIM at DDIMPipeline's defaults, 50 steps, eta 0,
+      diffusers' step rule; set_alpha_to_one, timestep_spacing and steps_offset travel in
+      the schedule;
+    * a ``DDPMPipeline`` whose scheduler is a DDIMScheduler: DDPMPipeline calls
+      DDIMScheduler.step with its defaults (eta 0) at 1000 steps: that DDIM.
+    """
+    sched_class = (scheduler_json or {}).get("_class_name")
+    if pipeline_class == "DDIMPipeline" or (pipeline_class is None and sched_class == "DDIMScheduler"):
+        where = "DDIMPipeline" if pipeline_class else "a DDIMScheduler (no model_index.json): DDIMPipeline"
+        return {"binding": False, **_DDIM_PIPELINE, "options": dict(_DDIM_PIPELINE["options"]),
+                "source": f"diffusers {where}'s defaults: num_inference_steps=50, eta=0.0, "
+                          f"use_clipped_model_output=None"}
+    if pipeline_class == "DDPMPipeline" and sched_class == "DDIMScheduler":
+        T = int((scheduler_json or {}).get("num_train_timesteps") or 1000)
+        return {"binding": False, "method": "ddim", "steps": min(1000, T),
+                "options": dict(_DDIM_PIPELINE["options"]),
+                "source": "diffusers DDPMPipeline's defaults (num_inference_steps=1000) with its "
+                          "DDIMScheduler's step defaults (eta=0.0)"}
+    return None
 
 
 def _with_schedule_problems(message: str, schedule_config, sched_path: Optional[Path], src: Path) -> str:
