@@ -668,8 +668,14 @@ def import_diffusers(
     ``verify=True`` (needs diffusers) rebuilds the imported model from the written
     checkpoint and compares it with diffusers' own ``UNet2DModel.from_pretrained`` at
     several t, and runs ``verify_steps`` DDPM steps through the runtime scheduler against
-    ``DDPMPipeline`` from the same noise; raises if eps differs by more than
-    ``verify_tol``. The report is ``provenance["verify"]`` of the returned checkpoint dict.
+    ``DDPMPipeline`` from the same noise (and a DDIM default against ``DDIMPipeline``);
+    raises, writing nothing, if eps differs by more than ``verify_tol`` or a chain by more
+    than ``verify.CHAIN_TOL`` on [0, 1] images. The report is ``provenance["verify"]`` of
+    the returned checkpoint dict.
+
+    A ``DDIMPipeline`` folder (model_index.json) gets the non-binding ``sampling`` section
+    of :func:`default_sampling` (DDIM at the pipeline's defaults), which the export carries,
+    so the runtime's no-flag sampling is the pipeline's.
     """
     if network not in ("auto", "ours", "diffusers"):
         raise ValueError(f"network: received {network!r}, expected 'auto', 'ours' or 'diffusers'")
@@ -733,7 +739,7 @@ def import_diffusers(
 
         try:
             report = verify_import(out_path, unet_dir, sched, sched_json, image_shape,
-                                   tol=verify_tol, steps=verify_steps)
+                                   tol=verify_tol, steps=verify_steps, sampling=sampling)
         except Exception:
             Path(out_path).unlink(missing_ok=True)  # a checkpoint that failed verification is not kept
             raise
