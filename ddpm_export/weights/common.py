@@ -8,6 +8,7 @@ either source format; :mod:`ddpm_export.weights` is the public face of all three
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -87,3 +88,14 @@ def _write_checkpoint(out_path, cfg: Union[UNetConfig, Dict[str, Any]], sched: S
         ckpt["sampling"] = dict(sampling)
     save_checkpoint(ckpt, out_path)
     return ckpt
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read as JSON ({type(e).__name__}: {e}); re-download it") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}; re-download it")
+    return d
