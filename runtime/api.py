@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from runtime.contract import (default_guidance, plan_steps, read_manifest, sample_kind_of,
+from runtime.contract import (default_guidance, plan_options, plan_steps, read_manifest, sample_kind_of,
                               sampling_plan)
 from runtime.io import to_uint8
 from runtime.backends.base import Runner
@@ -73,10 +73,13 @@ class Engine:
 
         method: any of runtime.METHODS; method options (order=, variant=, corrector=,
         karras=, clip=, ...) as keywords, see runtime.schedulers. method/steps None: the
-        manifest's ``sampling`` section (a distilled student's) when it has one, else ddpm
-        over all T; a student refuses what it was not trained for, and samples the timesteps its
-        manifest lists for the call count (runtime.contract.sampling_plan)."""
+        manifest's ``sampling`` section when it has one, else ddpm over all T. A distilled
+        student's section is binding: it refuses what it was not trained for, and samples the
+        timesteps its manifest lists for the call count. A non-binding one (a diffusers
+        DDIMPipeline folder's) is a default: its method, steps and options (eta, variant, ...)
+        where none are given (runtime.contract.sampling_plan, plan_options)."""
         plan = sampling_plan(self.manifest, method, steps)
+        opts = plan_options(plan, dict(options, eta=eta, spacing=spacing))
         if guidance is None:
             guidance = default_guidance(self.manifest)
         if batch is None:
@@ -86,10 +89,10 @@ class Engine:
         self.runner.__enter__()
         try:
             return sample(self.runner, self.sample_shape, self.manifest["schedule"], num, seed=seed,
-                          method=plan["method"], **plan_steps(plan), eta=eta, spacing=spacing, batch=batch,
+                          method=plan["method"], **plan_steps(plan), batch=batch,
                           callback=callback, trajectory_frames=trajectory_frames,
                           progress=progress, first_image=first_image, conditions=self.conditions,
-                          cond=cond, guidance=guidance, max_batch=self.runner.max_batch, **options)
+                          cond=cond, guidance=guidance, max_batch=self.runner.max_batch, **opts)
         finally:
             if opened_here:
                 self.runner.close()

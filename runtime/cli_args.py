@@ -19,7 +19,8 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method", "how to sample; every option defaults to the method's own default")
     g.add_argument("--method", default=None,
                    help=f"one of {', '.join(METHODS)} (default: the manifest's sampling method, which a "
-                        f"distilled student has, else ddpm). {summary}")
+                        f"distilled student has (binding) and an imported diffusers DDIMPipeline has (ddim "
+                        f"with the pipeline's eta and steps; any flag overrides it), else ddpm). {summary}")
     g.add_argument("--steps", type=int, default=None,
                    help="sampling steps = engine calls per image (default: the manifest's sampling steps, "
                         "else all T for ddpm, 50 for ddim, 20 for the solvers, 4 for consistency)")

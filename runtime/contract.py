@@ -87,17 +87,29 @@ file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
                       PyTorch through ONNX Runtime CPU, with its tolerance)
     tools             {"python", "torch", "onnx", "onnxruntime", "ddpm_export", ...}
     command           str   the command that made the file
-    sampling          optional; only a model that must be sampled one way (a few-step
-                      student of 'ddpm-export distill') has it:
+    sampling          optional, absent = ddpm over all T unless asked otherwise. Two kinds:
+                      binding (a model that must be sampled one way, a few-step student
+                      of 'ddpm-export distill'; "binding" absent or true):
                       {"method": a runtime.schedulers method name, "steps": the default
                        call count, "allowed_steps": [call counts it was trained for],
                        "timesteps": {"N": [the N descending timesteps], ...}}
+                      non-binding (a default, e.g. what a diffusers DDIMPipeline folder
+                      samples with):
+                      {"binding": false, "method": a method name, "steps": the default
+                       call count or null (the method's own), "options": {method options
+                       as runtime.schedulers.resolve_options takes them, e.g. {"eta": 0.0,
+                       "variant": "diffusers"}}, "source": optional str, where the default
+                       comes from}
                       ``sampling_plan(manifest, method, steps)`` resolves a request
-                      against it: defaults from it, anything else refused; the
-                      runtime samples exactly the listed timesteps (they need not
-                      be the method's own spacing: a student's list may be chosen
-                      by measurement after training).
-
+                      against it. Binding: defaults from it, anything else refused; the
+                      runtime samples exactly the listed timesteps (they need not be the
+                      method's own spacing: a student's list may be chosen by
+                      measurement after training). Non-binding: no method asked = its
+                      method, steps and options; its method asked = its steps and
+                      options where not given; another method = that method's own
+                      defaults. ``plan_options(plan, given)`` merges the options. An
+                      older runtime refuses a non-binding section (no allowed_steps)
+                      rather than sampling with another method.
 Keys not listed (e.g. an ``engine`` section added by an engine build) are kept
 and ignored, so later tools can extend the manifest without a version bump.
 """
@@ -524,10 +536,11 @@ def _version_or_newest(schedule: Any) -> int:
     try:
         return manifest_version_for(schedule)
     except (TypeError, ValueError, AttributeError):
-        return MANIFEST_VERSION  # validate_manifest then names what is wrong with the schedule
+        return CONDITIONAL_VERSION - 1  # validate_manifest then names what is wrong with the schedule
 
 
 SAMPLING_KEY = "sampling"
+_DEFAULT_SAMPLING_KEYS = ("binding", "method", "steps", "options", "source")
 
 
 def _is_int(v: Any) -> bool:
@@ -535,12 +548,37 @@ def _is_int(v: Any) -> bool:
 
 
 def _check_sampling(sec: Any, T: int) -> None:
-    from runtime.schedulers import METHODS
+    from runtime.schedulers import METHODS, resolve_options
 
     if not isinstance(sec, Mapping):
-        _fail("sampling", sec, "an object {method, steps, allowed_steps, timesteps}")
+        _fail("sampling", sec, "an object {method, steps, allowed_steps, timesteps}, or "
+              "{binding: false, method, steps, options}")
+    binding = sec.get("binding", True)
+    if not isinstance(binding, bool):
+        _fail("sampling.binding", binding, "true (a model that must be sampled one way) or false (a default)")
     if sec.get("method") not in METHODS:
         _fail("sampling.method", sec.get("method", "<missing>"), f"one of {', '.join(METHODS)}")
+    if not binding:
+        unknown = sorted(k for k in sec if k not in _DEFAULT_SAMPLING_KEYS)
+        if unknown:
+            _fail("sampling", f"keys {unknown}", f"only {', '.join(_DEFAULT_SAMPLING_KEYS)} with binding "
+                  f"false (a newer ddpm-export wrote it?)", "upgrade ddpm-export to read it")
+        n = sec.get("steps")
+        if n is not None and not (_is_int(n) and 1 <= n <= T):
+            _fail("sampling.steps", n, f"null (the method's default) or an int in [1, {T}]")
+        opts = sec.get("options", {})
+        if not isinstance(opts, Mapping):
+            _fail("sampling.options", opts, "an object of method options, e.g. {\"eta\": 0.0}")
+        try:
+            resolved = resolve_options(sec["method"], opts)
+        except ValueError as e:
+            raise ManifestError(f"manifest sampling.options: {e}; {_FIX}") from None
+        eta = resolved.get("eta")
+        if eta is not None and not 0.0 <= eta <= 1.0:
+            _fail("sampling.options.eta", eta, "a number in [0, 1]")
+        if "source" in sec and not isinstance(sec["source"], str):
+            _fail("sampling.source", sec["source"], "a string")
+        return
     allowed = sec.get("allowed_steps")
     if not (isinstance(allowed, list) and allowed and all(_is_int(n) and n >= 1 for n in allowed)):
         _fail("sampling.allowed_steps", allowed if allowed is not None else "<missing>",
@@ -559,21 +597,37 @@ def _check_sampling(sec: Any, T: int) -> None:
             _fail(f"sampling.timesteps[{n!r}]", t, f"{n} descending ints in [0, {T})")
 
 
+def is_student(manifest: Mapping[str, Any]) -> bool:
+    """True when the manifest (or checkpoint) has a binding ``sampling`` section: a few-step
+    student that must be sampled as it says. A non-binding default is not one."""
+    sec = manifest.get(SAMPLING_KEY)
+    return isinstance(sec, Mapping) and sec.get("binding", True) is not False
+
+
 def sampling_plan(manifest: Mapping[str, Any], method: Optional[str] = None,
                   steps: Optional[int] = None) -> Dict[str, Any]:
-    """The method, step count and timesteps to sample this model with:
-    {"method", "steps", "timesteps"}.
+    """The method, step count, timesteps and method options to sample this model with:
+    {"method", "steps", "timesteps", "options"}.
 
     Without a ``sampling`` section: ``method`` (None = "ddpm") and ``steps`` as given,
-    timesteps None (the method's own spacing). With one, None takes its method and
-    default call count, "timesteps" is the section's list for that call count (the
-    runtime samples exactly those: pass them to runtime.loop.sample / make_scheduler
-    with steps None), and a request it was not trained for (another method, an
-    unlisted call count) raises ValueError.
+    timesteps None (the method's own spacing), options {}. With a binding one (a
+    student's), None takes its method and default call count, "timesteps" is the
+    section's list for that call count (the runtime samples exactly those: pass them to
+    runtime.loop.sample / make_scheduler with steps None), and a request it was not
+    trained for (another method, an unlisted call count) raises ValueError. With a
+    non-binding one (a default): method None or the section's method takes its steps
+    where ``steps`` is None and its options (``plan_options`` lets given ones win);
+    another method gets nothing from it.
     """
     sec = manifest.get(SAMPLING_KEY)
     if sec is None:
-        return {"method": "ddpm" if method is None else method, "steps": steps, "timesteps": None}
+        return {"method": "ddpm" if method is None else method, "steps": steps, "timesteps": None,
+                "options": {}}
+    if sec.get("binding", True) is False:
+        if method is not None and method != sec["method"]:
+            return {"method": method, "steps": steps, "timesteps": None, "options": {}}
+        return {"method": sec["method"], "steps": sec.get("steps") if steps is None else steps,
+                "timesteps": None, "options": dict(sec.get("options") or {})}
     m = sec["method"] if method is None else method
     n = sec["steps"] if steps is None else steps
     allowed = list(sec["allowed_steps"])
@@ -583,7 +637,7 @@ def sampling_plan(manifest: Mapping[str, Any], method: Optional[str] = None,
             f"{', '.join(map(str, allowed))} calls (its manifest's 'sampling' section), and received method "
             f"{m} with {n} steps; drop --method/--steps for its default ({sec['method']}, {sec['steps']} calls) "
             f"or pass --steps {'|'.join(map(str, allowed))}")
-    return {"method": m, "steps": n, "timesteps": [int(t) for t in sec["timesteps"][str(n)]]}
+    return {"method": m, "steps": n, "timesteps": [int(t) for t in sec["timesteps"][str(n)]], "options": {}}
 
 
 def plan_steps(plan: Mapping[str, Any]) -> Dict[str, Any]:
@@ -591,6 +645,14 @@ def plan_steps(plan: Mapping[str, Any]) -> Dict[str, Any]:
     {"timesteps": [...], "steps": None} for a student, else {"steps": n, "timesteps": None}."""
     ts = plan.get("timesteps")
     return {"steps": None if ts is not None else plan["steps"], "timesteps": ts}
+
+
+def plan_options(plan: Mapping[str, Any], given: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The method options to sample a plan with: the plan's (a non-binding default's, e.g.
+    DDIMPipeline's eta and step rule), overridden by every ``given`` option that is not None."""
+    out = dict(plan.get("options") or {})
+    out.update({k: v for k, v in (given or {}).items() if v is not None})
+    return out
 
 
 def schedule_config(manifest: Mapping[str, Any]) -> ScheduleConfig:

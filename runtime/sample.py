@@ -55,14 +55,15 @@ def _run(args) -> int:
 
     if args.num < 1:
         raise ValueError(f"--num {args.num}: expected at least 1")
-    from runtime.contract import plan_steps, sampling_plan
+    from runtime.contract import plan_options, plan_steps, sampling_plan
     from runtime.schedulers import make_scheduler
 
     require_pillow()
     engine = load(args.engine, threads=args.threads, allow_host_code=args.allow_host_code)
     # method and options checked before anything is sampled or written
     plan = sampling_plan(engine.manifest, args.method, args.steps)
-    make_scheduler(engine.manifest["schedule"], plan["method"], **plan_steps(plan), **method_options(args))
+    make_scheduler(engine.manifest["schedule"], plan["method"], **plan_steps(plan),
+                   **plan_options(plan, method_options(args)))
     # every image stays in memory until the grid is written: refuse what cannot fit, now
     check_images_fit(args.num, engine.sample_shape, SAMPLE_CLI_BYTES_PER_VALUE, name="--num")
     image = engine.sample_kind == "image"

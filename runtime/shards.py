@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from runtime.contract import compute_precision, sampling_plan
+from runtime.contract import compute_precision, plan_options, sampling_plan
 from runtime.io import NpzError, load_npz, save_npz, sha256_file, to_uint8, write_json
 from runtime.progress import progress_bar
 from runtime.schedulers import make_scheduler, resolve_options
@@ -88,7 +88,8 @@ def sample_shards(
     Shard k holds images [k*shard_size, min(num, (k+1)*shard_size)). Finished
     shards of an earlier run with the same configuration are kept; a different
     configuration in out_dir is refused (ShardsError). method/steps None: the manifest's
-    ``sampling`` section when it has one, else ddpm (runtime.contract.sampling_plan). ``batch`` None means
+    ``sampling`` section when it has one (a non-binding default's options too), else ddpm
+    (runtime.contract.sampling_plan). ``batch`` None means
     min(shard_size, the engine's max batch); it changes the speed, not the
     images (each image has its own noise stream), so a resumed run may use
     another. With ``progress``, shows the progress over images
@@ -103,6 +104,9 @@ def sample_shards(
     out = Path(out_dir)
     plan = sampling_plan(engine.manifest, method, steps)
     method, steps = plan["method"], plan["steps"]  # a student's timesteps: engine.sample_float takes them
+    # a non-binding default's options (a DDIMPipeline's eta, variant): explicit, so run.json records them
+    options = plan_options(plan, dict(options, eta=eta, spacing=spacing))
+    eta, spacing = options.pop("eta", None), options.pop("spacing", None)
     config = _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing, options)
     n_shards = -(-num // shard_size)
     _open_run(out, config, engine, n_shards)

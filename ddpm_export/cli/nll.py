@@ -64,7 +64,9 @@ def nll_command(engine, checkpoint, data, num, t_samples, batch, seed, report, t
     # every check first: bad input costs one line and writes nothing
     eng = runtime.load(engine, threads=threads, allow_host_code=allow_host_code)
     m = eng.manifest
-    if m.get("sampling") is not None:  # a bound computed from a student's output would mean nothing
+    from runtime.contract import is_student
+
+    if is_student(m):  # a bound computed from a student's output would mean nothing
         raise ValueError(f"{engine} is a few-step student (its manifest has a 'sampling' section): it jumps to "
                          f"the end of its teacher's ODE and has no variational bound; score its teacher instead")
     schedule = ScheduleConfig.from_dict(m["schedule"])

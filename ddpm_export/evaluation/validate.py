@@ -294,14 +294,16 @@ def validate(checkpoint: str, engines: Sequence[str], thresholds: Thresholds = T
     import runtime
     from runtime.schedulers import make_scheduler
 
-    from runtime.contract import plan_steps, sampling_plan
+    from runtime.contract import is_student, plan_options, plan_steps, sampling_plan
 
-    method_options = {k: v for k, v in (method_options or {}).items() if v is not None}
     model, ckpt = load_model(checkpoint)
     schedule = ScheduleConfig.from_dict(ckpt["schedule_config"])
-    student = ckpt.get("sampling") is not None  # a few-step student of 'ddpm-export distill'
+    student = is_student(ckpt)  # a few-step student of 'ddpm-export distill'
     plan = sampling_plan({"schedule": ckpt["schedule_config"], "sampling": ckpt.get("sampling")}, method, steps)
     method, steps = plan["method"], plan["steps"]
+    # a non-binding default's options (an imported DDIMPipeline's eta, variant) made explicit, so the
+    # engine and the PyTorch reference run the same sampler
+    method_options = plan_options(plan, method_options)
     make_scheduler(schedule, method, **plan_steps(plan), **method_options)  # bad method/options: fail now
     ckpt_sha = sha256_file(checkpoint)
     report: Dict[str, Any] = {"checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha,

@@ -6,7 +6,9 @@ Two sources hold the paper's CIFAR-10 model:
   + ``diffusion_pytorch_model.safetensors`` (or ``.bin``), and a
   ``scheduler_config.json`` beside them (or in a ``scheduler/`` sibling folder in the
   pipeline layout). :func:`import_diffusers`, in :mod:`ddpm_export.weights.from_diffusers`
-  with the config/schedule translations and the state_dict name mapping (both ways).
+  with the config translation and the state_dict name mapping (both ways); the scheduler
+  config's translation and the pipeline's default sampling are in
+  :mod:`ddpm_export.weights.diffusers_schedule`.
 * pesser/pytorch_diffusion ``.ckpt`` files (``ema_diffusion_cifar10_model/
   model-790000.ckpt``): a plain ``torch.save``'d state_dict with our parameter names
   already and no config. :func:`import_pesser`, in :mod:`ddpm_export.weights.from_pesser`.
@@ -27,8 +29,8 @@ from ddpm_export.weights.from_diffusers import (
     diffusers_to_ours,
     import_diffusers,
     ours_to_diffusers,
-    schedule_from_diffusers,
 )
+from ddpm_export.weights.diffusers_schedule import schedule_from_diffusers
 from ddpm_export.weights.from_pesser import import_pesser
 
 __all__ = [

@@ -8,8 +8,9 @@ either source format; :mod:`ddpm_export.weights` is the public face of all three
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 
@@ -68,11 +69,14 @@ def _validate(cfg: UNetConfig, state: StateDict, path, hint: str) -> None:
 
 
 def _write_checkpoint(out_path, cfg: Union[UNetConfig, Dict[str, Any]], sched: ScheduleConfig,
-                      state: StateDict, provenance: Dict[str, Any]) -> Dict[str, Any]:
+                      state: StateDict, provenance: Dict[str, Any],
+                      sampling: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Save the imported weights as a ddpm-export checkpoint at ``out_path``; returns the dict.
 
     cfg: our UNetConfig, or an external network's model_config dict
-    (:func:`ddpm_export.model.external.diffusers_model_config`).
+    (:func:`ddpm_export.model.external.diffusers_model_config`). sampling: the manifest's
+    ``sampling`` section the export will carry (runtime/contract.py), e.g. the non-binding
+    default of a diffusers DDIMPipeline folder; None: none.
     """
     ckpt = {
         "model_config": cfg.to_dict() if isinstance(cfg, UNetConfig) else dict(cfg),
@@ -80,5 +84,18 @@ def _write_checkpoint(out_path, cfg: Union[UNetConfig, Dict[str, Any]], sched: S
         "ema": state,
         "provenance": provenance,
     }
+    if sampling is not None:
+        ckpt["sampling"] = dict(sampling)
     save_checkpoint(ckpt, out_path)
     return ckpt
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read as JSON ({type(e).__name__}: {e}); re-download it") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}; re-download it")
+    return d

@@ -4,7 +4,8 @@ The diffusers copy of the paper's CIFAR-10 model (``google/ddpm-cifar10-32``) is
 folder with ``config.json`` + ``diffusion_pytorch_model.safetensors`` (or ``.bin``),
 and a ``scheduler_config.json`` beside them (or in a ``scheduler/`` sibling folder in
 the pipeline layout). :func:`import_diffusers` reads it; :func:`config_from_diffusers`,
-:func:`schedule_from_diffusers` and :func:`diffusers_to_ours` translate the pieces, and
+:func:`schedule_from_diffusers` (in :mod:`ddpm_export.weights.diffusers_schedule`, with
+the pipeline's default sampling) and :func:`diffusers_to_ours` translate the pieces, and
 :func:`config_to_diffusers` / :func:`ours_to_diffusers` go the other way.
 
 Name mapping (table in docs/numerics.md, "Weight names"): ``time_embedding.linear_{1,2}`` <-> ``temb.dense.{0,1}``,
@@ -23,15 +24,14 @@ A model our U-Net cannot express exactly (several attention heads, cos-first or
 shifted sinusoids, padded downsampling, other block types, non-square...) is
 imported as diffusers' own ``UNet2DModel`` instead (:mod:`ddpm_export.model.external`):
 its state_dict is kept under diffusers' names, and exporting it needs diffusers.
-The scheduler config is translated option by option (:func:`schedule_from_diffusers`);
+The scheduler config is translated option by option (:func:`schedule_from_diffusers`,
+:mod:`ddpm_export.weights.diffusers_schedule`);
 nothing that changes the samples is guessed, and every refusal is one line listing
 all its reasons. ``verify=True`` compares the result with diffusers itself
 (:mod:`ddpm_export.weights.verify`).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 import warnings
 from pathlib import Path
@@ -49,15 +49,22 @@ from ddpm_export.weights.common import (
     _check_tensors,
     _first_line,
     _load_torch_file,
+    _read_json,
     _to_float32,
     _validate,
     _write_checkpoint,
+)
+from ddpm_export.weights.diffusers_schedule import (  # noqa: F401 (schedule_from_diffusers: public here too)
+    SCHEDULER_FILE,
+    _pipeline_class,
+    _resolve_schedule,
+    default_sampling,
+    schedule_from_diffusers,
 )
 from ddpm_export.model.unet import UNet
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 CONFIG_FILE = "config.json"
-SCHEDULER_FILE = "scheduler_config.json"
 
 # ---------------------------------------------------------------------------
 # state_dict name mapping
@@ -453,122 +460,9 @@ def config_to_diffusers(cfg: UNetConfig) -> Dict[str, Any]:
     }
 
 
-_VARIANCE = {
-    "fixed_large": "fixedlarge",
-    "fixed_large_log": "fixedlarge",
-    "fixed_small": "fixedsmall",
-    "fixed_small_log": "fixedsmall",
-}
-_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-_PREDICTION = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
-_SPACINGS = ("leading", "trailing", "linspace")
-# Scheduler keys that do not change what DDPM sampling computes from the schedule
-# (they belong to other samplers, which the runtime configures itself).
-_SAMPLER_ONLY_KEYS = ("set_alpha_to_one", "skip_prk_steps", "eta", "use_karras_sigmas",
-                      "solver_order", "algorithm_type", "solver_type", "lower_order_final",
-                      "predict_x0", "disable_corrector", "solver_p", "final_sigmas_type",
-                      "use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas",
-                      "euler_at_final", "variance_type_dpm", "lambda_min_clipped",
-                      "interpolation_type", "sigma_min", "sigma_max", "timestep_type",
-                      "use_flow_sigmas", "flow_shift")
-_SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-                   "variance_type", "clip_sample", "clip_sample_range", "prediction_type",
-                   "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
-                   "timestep_spacing", "steps_offset", "rescale_betas_zero_snr") + _SAMPLER_ONLY_KEYS
-
-
-def schedule_from_diffusers(sched_json: Dict[str, Any], source: str = SCHEDULER_FILE) -> ScheduleConfig:
-    """Translate a diffusers scheduler config (DDPMScheduler, DDIMScheduler...) to ScheduleConfig.
-
-    Every option that changes the samples is carried over (beta_schedule linear /
-    scaled_linear / squaredcos_cap_v2, trained_betas, prediction_type, clip_sample and
-    its range, thresholding, timestep_spacing, steps_offset, variance_type fixed_small /
-    fixed_large); a missing key means what diffusers itself reads for it (the
-    scheduler class's default). ``variance_type`` missing means DDPMScheduler's default
-    ``fixed_small``; schedulers without the notion (DDIM, PNDM) get fixedlarge.
-    Raises ValueError listing every option it cannot honour, in one line.
-    """
-    if not isinstance(sched_json, dict):
-        raise ValueError(f"{source}: expected a JSON object, got {type(sched_json).__name__}")
-    s = sched_json
-    problems: List[str] = []
-    unknown = sorted(k for k in s if not k.startswith("_") and k not in _SCHEDULER_KEYS
-                     and s[k] not in (None, False))
-    if unknown:
-        problems.append(f"unknown option(s) {', '.join(f'{k}={s[k]!r}' for k in unknown)} "
-                        f"(newer diffusers? ddpm-export cannot tell whether they change the samples)")
-    schedule = s.get("beta_schedule", "linear")
-    betas = s.get("trained_betas")
-    if betas is None and schedule not in _BETA_SCHEDULES:
-        problems.append(f"beta_schedule={schedule!r} (supported: {', '.join(_BETA_SCHEDULES)}, "
-                        f"or trained_betas)")
-    pred = s.get("prediction_type", "epsilon")
-    if pred not in _PREDICTION:
-        problems.append(f"prediction_type={pred!r} (supported: {', '.join(_PREDICTION)})")
-    if s.get("rescale_betas_zero_snr", False):
-        problems.append("rescale_betas_zero_snr=true (supported: false; the zero-SNR rescaled schedule "
-                        "is not implemented)")
-    spacing = s.get("timestep_spacing", "leading")
-    if spacing not in _SPACINGS:
-        problems.append(f"timestep_spacing={spacing!r} (supported: {', '.join(_SPACINGS)})")
-    if "variance_type" in s and s["variance_type"] is not None:
-        vt = s["variance_type"]
-    elif s.get("_class_name", "DDPMScheduler") == "DDPMScheduler":
-        vt = "fixed_small"  # DDPMScheduler's default
-    else:
-        vt = "fixed_large"
-    if vt not in _VARIANCE:
-        problems.append(f"variance_type={vt!r} (supported: {', '.join(_VARIANCE)}; a learned variance "
-                        f"needs the network's second output half, which the export contract does not carry)")
-    T = s.get("num_train_timesteps", 1000)
-    if betas is not None:
-        if not isinstance(betas, (list, tuple)) or len(betas) < 2:
-            problems.append(f"trained_betas={betas!r} (expected a list of T betas)")
-        elif len(betas) != T and "num_train_timesteps" in s:
-            problems.append(f"trained_betas has {len(betas)} values but num_train_timesteps={T} "
-                            f"(diffusers would use the {len(betas)} betas; fix the file)")
-    if problems:
-        raise ValueError(f"{source}: this scheduler cannot be expressed by ddpm-export: " + "; ".join(problems))
-    fields: Dict[str, Any] = dict(
-        num_timesteps=int(T),
-        variance_type=_VARIANCE[vt],
-        clip_denoised=bool(s.get("clip_sample", True)),
-        clip_sample_range=float(s.get("clip_sample_range", 1.0)),
-        prediction=_PREDICTION[pred],
-        thresholding=bool(s.get("thresholding", False)),
-        dynamic_thresholding_ratio=float(s.get("dynamic_thresholding_ratio", 0.995)),
-        sample_max_value=float(s.get("sample_max_value", 1.0)),
-        timestep_spacing=spacing,
-        steps_offset=int(s.get("steps_offset", 0)),
-        # DDPMScheduler adds noise on every step whose t > 0, the last one of a chain that
-        # ends above 0 included (trailing spacing, steps_offset): so does the runtime then
-        final_step_noise=s.get("_class_name", "DDPMScheduler") == "DDPMScheduler",
-    )
-    if betas is not None:
-        fields.update(kind="explicit", betas=[float(b) for b in betas], num_timesteps=len(betas))
-    else:
-        fields.update(kind=schedule, beta_start=float(s.get("beta_start", 1e-4)),
-                      beta_end=float(s.get("beta_end", 0.02)))
-    try:
-        return ScheduleConfig(**fields)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: {' '.join(str(e).split())}") from e
-
-
 # ---------------------------------------------------------------------------
 # file reading
 # ---------------------------------------------------------------------------
-
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot be read as JSON ({type(e).__name__}: {e}); re-download it") from e
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}; re-download it")
-    return d
-
 
 def _read_weights(path: Path) -> StateDict:
     if path.suffix == ".safetensors":
@@ -660,8 +554,14 @@ def import_diffusers(
     ``verify=True`` (needs diffusers) rebuilds the imported model from the written
     checkpoint and compares it with diffusers' own ``UNet2DModel.from_pretrained`` at
     several t, and runs ``verify_steps`` DDPM steps through the runtime scheduler against
-    ``DDPMPipeline`` from the same noise; raises if eps differs by more than
-    ``verify_tol``. The report is ``provenance["verify"]`` of the returned checkpoint dict.
+    ``DDPMPipeline`` from the same noise (and a DDIM default against ``DDIMPipeline``);
+    raises, writing nothing, if eps differs by more than ``verify_tol`` or a chain by more
+    than ``verify.CHAIN_TOL`` on [0, 1] images. The report is ``provenance["verify"]`` of
+    the returned checkpoint dict.
+
+    A ``DDIMPipeline`` folder (model_index.json) gets the non-binding ``sampling`` section
+    of :func:`default_sampling` (DDIM at the pipeline's defaults), which the export carries,
+    so the runtime's no-flag sampling is the pipeline's.
     """
     if network not in ("auto", "ours", "diffusers"):
         raise ValueError(f"network: received {network!r}, expected 'auto', 'ours' or 'diffusers'")
@@ -700,6 +600,8 @@ def import_diffusers(
             raise ValueError(_with_schedule_problems(str(e), schedule_config, sched_path, src)) from e
         image_shape = tuple(model_config["image_shape"])
     sched, sched_json, schedule_source = _resolve_schedule(schedule_config, sched_path, src)
+    pipeline_class = _pipeline_class(src, unet_dir)
+    sampling = default_sampling(pipeline_class, sched_json)
 
     provenance: Dict[str, Any] = {
         "command": command or f"ddpm_export.weights.import_diffusers({str(src)!r}, {str(out_path)!r})",
@@ -713,21 +615,22 @@ def import_diffusers(
         "scheduler_config": sched_json,
         "schedule_source": schedule_source,
         "diffusers_version": _diffusers_version(),
+        "pipeline_class": pipeline_class,
     }
     if mapped_error is not None:
         provenance["why_diffusers_network"] = mapped_error
-    ckpt = _write_checkpoint(out_path, model_config, sched, state, provenance)
+    ckpt = _write_checkpoint(out_path, model_config, sched, state, provenance, sampling)
     if verify:
         from ddpm_export.weights.verify import verify_import
 
         try:
             report = verify_import(out_path, unet_dir, sched, sched_json, image_shape,
-                                   tol=verify_tol, steps=verify_steps)
+                                   tol=verify_tol, steps=verify_steps, sampling=sampling)
         except Exception:
             Path(out_path).unlink(missing_ok=True)  # a checkpoint that failed verification is not kept
             raise
         ckpt["provenance"]["verify"] = report
-        ckpt = _write_checkpoint(out_path, model_config, sched, state, ckpt["provenance"])
+        ckpt = _write_checkpoint(out_path, model_config, sched, state, ckpt["provenance"], sampling)
     return ckpt
 
 
@@ -745,65 +648,6 @@ def _diffusers_version() -> Optional[str]:
     except ImportError:
         return None
     return diffusers.__version__
-
-
-_REQUIRED_SCHEDULE_KEYS = ("kind", "prediction", "variance_type")
-_DIFFUSERS_SCHEDULER_HINTS = ("_class_name", "beta_schedule", "prediction_type", "num_train_timesteps",
-                              "trained_betas")
-_NO_SCHEDULER_FIX = (
-    "pass the schedule explicitly: the CLI's --scheduler-config FILE (a diffusers scheduler_config.json, "
-    "e.g. written by DDPMScheduler(...).save_config(DIR)), or in Python schedule_config= a ScheduleConfig, "
-    "a dict naming kind (linear | scaled_linear | squaredcos_cap_v2 | explicit), prediction (eps | x0 | v) "
-    "and variance_type (fixedsmall | fixedlarge), or a diffusers scheduler config dict"
-)
-
-
-def _explicit_schedule(schedule_config: Any) -> Tuple[ScheduleConfig, Optional[Dict[str, Any]]]:
-    """A given schedule -> (ScheduleConfig, its diffusers scheduler dict or None)."""
-    if isinstance(schedule_config, ScheduleConfig):
-        return schedule_config, None
-    if isinstance(schedule_config, dict):
-        if any(k in schedule_config for k in _DIFFUSERS_SCHEDULER_HINTS):
-            return schedule_from_diffusers(schedule_config, "schedule_config"), dict(schedule_config)
-        missing = [k for k in _REQUIRED_SCHEDULE_KEYS if k not in schedule_config]
-        if missing:
-            raise ValueError(
-                f"schedule_config: received {sorted(schedule_config)}, missing {missing}: they change the "
-                f"samples and are not guessed; name kind, prediction and variance_type explicitly")
-        try:
-            return ScheduleConfig.from_dict(schedule_config), None
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"schedule_config: {' '.join(str(e).split())}") from e
-    raise TypeError(f"schedule_config: received {type(schedule_config).__name__}, expected a ScheduleConfig "
-                    f"or a dict")
-
-
-def _resolve_schedule(schedule_config, sched_path: Optional[Path], src: Path):
-    """-> (ScheduleConfig, diffusers scheduler dict or None, where it came from)."""
-    pipeline = pipeline_json = None
-    if sched_path is not None:
-        pipeline_json = _read_json(sched_path)
-        pipeline = schedule_from_diffusers(pipeline_json, source=str(sched_path))
-    if schedule_config is None:
-        if pipeline is None:
-            raise ValueError(
-                f"{src}: no {SCHEDULER_FILE} beside the weights, in scheduler/ or in the pipeline folder, "
-                f"so the schedule and the prediction type (eps, x0 or v) are unknown; {_NO_SCHEDULER_FIX}")
-        return pipeline, pipeline_json, str(sched_path)
-    given, given_json = _explicit_schedule(schedule_config)
-    if pipeline is not None:
-        # final_step_noise follows the pipeline's scheduler class (DDPMScheduler's rule), not a
-        # choice a caller makes: take the pipeline's and compare everything else
-        given = dataclasses.replace(given, final_step_noise=pipeline.final_step_noise)
-        a, b = given.to_dict(), pipeline.to_dict()
-        diffs = [f"{k}: given {a[k]!r}, the pipeline has {b[k]!r}" for k in a if a[k] != b[k]]
-        if diffs:
-            shown = [d if len(d) < 200 else d[:200] + "..." for d in diffs]
-            raise ValueError(
-                f"{src}: schedule_config disagrees with the pipeline's {sched_path}: {'; '.join(shown)}; "
-                f"omit schedule_config to use the pipeline's, or correct it")
-        return given, pipeline_json, f"given, equal to {sched_path}"
-    return given, given_json, "given"
 
 
 _OLD_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}

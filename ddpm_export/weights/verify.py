@@ -9,7 +9,12 @@ copy, is what is checked):
 * a short chain: ``DDPMPipeline`` (diffusers' DDPMScheduler built from the pipeline's
   scheduler config) against the runtime's DDPM scheduler driven by the imported
   model, both from the same x_T and the same per-step noise (drawn from one torch
-  generator in diffusers' order: x_T, then one draw per step with t > 0).
+  generator in diffusers' order: x_T, then one draw per step with t > 0);
+* for a folder whose default is DDIM (a DDIMPipeline's), that default against
+  ``DDIMPipeline`` the same way.
+
+A difference beyond the tolerances is a refusal (ValueError, every number in one line),
+never a warning: a silently different sampler is the failure this check exists for.
 
 diffusers is needed here only.
 """
@@ -55,10 +60,20 @@ def verify_timesteps(T: int) -> Sequence[int]:
     return sorted({0, T // 4, T // 2, (3 * T) // 4, T - 1})
 
 
+CHAIN_TOL = 1e-3  # a float32 chain of 10 steps agrees to ~1e-5 when the scheduler maths is the same
+
+
 def verify_import(checkpoint: Any, unet_dir: Path, schedule: ScheduleConfig,
                   scheduler_json: Optional[Dict[str, Any]], image_shape: Sequence[int],
-                  tol: float = 1e-4, steps: int = 10, batch: int = 2, seed: int = 0) -> Dict[str, Any]:
-    """The report {"eps": {...}, "chain": {...}}; ValueError when eps differs by more than tol."""
+                  tol: float = 1e-4, steps: int = 10, batch: int = 2, seed: int = 0,
+                  chain_tol: float = CHAIN_TOL, sampling: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The report {"eps": {...}, "chain": {...}[, "default_chain": {...}]}.
+
+    Raises ValueError, one line with every number measured, when eps differs from diffusers'
+    network by more than ``tol`` or a chain differs from its diffusers pipeline by more than
+    ``chain_tol`` on [0, 1] images. ``sampling``: the checkpoint's non-binding default (a
+    DDIMPipeline folder's): its DDIM is then also run against ``DDIMPipeline`` at ``steps``
+    steps from the same x_T and noise ("default_chain")."""
     try:
         from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
     except ImportError as e:
@@ -86,11 +101,6 @@ def verify_import(checkpoint: Any, unet_dir: Path, schedule: ScheduleConfig,
         "reference": f"diffusers {diffusers.__version__} UNet2DModel.from_pretrained",
         "eps": {"batch": batch, "rows": rows, "max_abs": eps_max, "tol": float(tol)},
     }
-    if not eps_max <= tol:
-        raise ValueError(
-            f"{unet_dir}: the imported model's output differs from diffusers' by {eps_max:.3g} "
-            f"(> {tol:g}, at t={max(rows, key=lambda r: r['max_abs'])['t']}); the import is wrong for this "
-            f"config: please report it (with config.json)")
 
     sched_cfg = dict(scheduler_json) if scheduler_json is not None else schedule_to_diffusers(schedule)
     scheduler = DDPMScheduler.from_config(sched_cfg)
@@ -103,14 +113,72 @@ def verify_import(checkpoint: Any, unet_dir: Path, schedule: ScheduleConfig,
     got, _ = runtime_chain(torch_fn(ours), schedule, (1, c, h, w), n, seed)
     report["chain"] = {
         "reference": f"diffusers {diffusers.__version__} DDPMPipeline "
-                     f"({type(scheduler).__name__}, num_inference_steps={n})",
+                     f"({type(scheduler).__name__}.from_config, num_inference_steps={n})",
         "ours": "runtime DDPM scheduler + the imported model (PyTorch float32)",
         "steps": n,
         "timesteps": [int(t) for t in scheduler.timesteps],
         "max_abs_01": float(np.abs(got - want).max()),
+        "tol": float(chain_tol),
         "note": "images on [0, 1] as DDPMPipeline returns them (x / 2 + 0.5, clamped)",
     }
+    if sampling is not None and sampling.get("method") == "ddim":
+        report["default_chain"] = _ddim_default_chain(ours, theirs, sched_cfg, schedule, sampling,
+                                                      (1, c, h, w), n, seed, chain_tol)
+    problems = []
+    if not eps_max <= tol:
+        worst = max(rows, key=lambda r: r["max_abs"])["t"]
+        problems.append(f"the network's output differs from diffusers' by {eps_max:.3g} (> {tol:g}, worst at "
+                        f"t={worst}; " + ", ".join(f"t={r['t']}: {r['max_abs']:.2g}" for r in rows) + ")")
+    for key, what in (("chain", "DDPM chain vs DDPMPipeline"), ("default_chain", "default DDIM chain vs "
+                                                                                  "DDIMPipeline")):
+        ch = report.get(key)
+        if ch is not None and not ch["max_abs_01"] <= chain_tol:
+            problems.append(f"the {ch['steps']}-step {what} from the same noise differs by "
+                            f"{ch['max_abs_01']:.3g} on [0, 1] images (> {chain_tol:g})")
+    if problems:
+        measured = f"eps max abs {eps_max:.3g}, " + ", ".join(
+            f"{k} {report[k]['max_abs_01']:.3g}" for k in ("chain", "default_chain") if k in report)
+        raise ValueError(
+            f"{unet_dir}: --verify failed: {'; '.join(problems)} (measured: {measured}); the runtime does not "
+            f"reproduce this diffusers model: please report it (with config.json and scheduler_config.json), "
+            f"or pass --no-verify (verify=False) to import it anyway")
     return report
+
+
+def _ddim_default_chain(ours, theirs, sched_cfg: Dict[str, Any], schedule: ScheduleConfig,
+                        sampling: Dict[str, Any], shape: Sequence[int], steps: int, seed: int,
+                        chain_tol: float) -> Dict[str, Any]:
+    """The runtime's default DDIM (the sampling section's options) against DDIMPipeline with
+    DDIMScheduler.from_config, both from one torch generator: x_T, then one draw per step when
+    eta > 0 (diffusers' order)."""
+    import diffusers
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    opts = dict(sampling.get("options") or {})
+    eta = float(opts.get("eta", 0.0))
+    pipe = DDIMPipeline(unet=theirs, scheduler=DDIMScheduler.from_config(sched_cfg))
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        want = pipe(batch_size=shape[0], generator=torch.Generator().manual_seed(seed), eta=eta,
+                    num_inference_steps=steps, output_type="np").images
+    sch = make_scheduler(schedule, "ddim", steps, **opts)
+    fn = torch_fn(ours)
+    g = torch.Generator().manual_seed(seed)
+    shape = tuple(int(v) for v in shape)
+    x = torch.randn(shape, generator=g).numpy()
+    for t in sch.timesteps:
+        out = fn(x.astype(np.float32), np.full((shape[0],), int(t), dtype=np.int32))
+        noise = torch.randn(shape, generator=g).numpy() if eta > 0 else None
+        x = sch.step(out, int(t), x, noise=noise).prev_sample
+    got = np.clip(np.asarray(x, np.float64) / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
+    return {
+        "reference": f"diffusers {diffusers.__version__} DDIMPipeline (DDIMScheduler.from_config, "
+                     f"num_inference_steps={steps}, eta={eta:g})",
+        "ours": f"runtime ddim {opts} + the imported model (PyTorch float32)",
+        "steps": int(steps),
+        "max_abs_01": float(np.abs(got - want).max()),
+        "tol": float(chain_tol),
+    }
 
 
 def torch_fn(model):

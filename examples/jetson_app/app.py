@@ -171,7 +171,7 @@ def main(argv=None) -> int:
               f"({app.backend}) in {app.load_seconds:.2f} s; peak RSS {peak_rss_mb():.0f} MB", file=out)
         rows = []
         how = {"method": args.method, "steps": args.steps}
-        if "sampling" not in app.engine.manifest:  # a student's manifest says how it samples
+        if "sampling" not in app.engine.manifest:  # a student's (or a DDIMPipeline's) manifest says how it samples
             how = {"method": args.method or "unipc", "steps": 10 if args.steps is None else args.steps}
         for k, req in enumerate(_requests(args)):
             with contextlib.redirect_stdout(sys.stderr):

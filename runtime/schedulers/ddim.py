@@ -1,7 +1,7 @@
 """DDIM sampling (Song et al. 2021, eq. 12) as a NumPy scheduler.
 
-API shaped like diffusers' ``DDIMScheduler`` (``set_alpha_to_one=True``,
-``timestep_spacing="leading"``): ``set_timesteps(n)``, ``timesteps``,
+API shaped like diffusers' ``DDIMScheduler`` (``set_alpha_to_one`` and
+``timestep_spacing`` from the schedule): ``set_timesteps(n)``, ``timesteps``,
 ``step(eps, t, x_t, rng)``. Float64 math on ``runtime.schedulers.schedule``'s constants;
 same noise order as ``runtime.schedulers.ddpm``: x_T first, then one z per step with
 sigma > 0, each ``rng.standard_normal(x_t.shape, dtype=np.float32)``.
@@ -53,8 +53,9 @@ class DDIMScheduler(Scheduler):
     clip: None = the schedule's x0 limit (clip_denoised / thresholding), False = none, True =
     the schedule's, clipping when it has none (runtime.schedulers.prediction).
     dtype: dtype of the returned arrays; the math is float64.
-    The step after the last timestep uses abar_prev = 1 (diffusers
-    set_alpha_to_one=True; the DDIM code's alpha at t = -1), so it returns x0_hat.
+    The step after the last timestep goes to abar_prev = 1 when the schedule's
+    set_alpha_to_one is true (the default; the DDIM code's alpha at t = -1), so it returns
+    x0_hat, else to alphas_cumprod[0] (diffusers' DDIMScheduler(set_alpha_to_one=False)).
     """
 
     def __init__(
@@ -97,14 +98,17 @@ class DDIMScheduler(Scheduler):
         return super()._all_timesteps(num_timesteps)
 
     def _set_coefficients(self, t, prev, abar, abar_prev) -> None:
+        s = self.schedule
+        # diffusers' final_alpha_cumprod: where the step after the last timestep goes
+        final = 1.0 if self.config.set_alpha_to_one else s.alphas_cumprod[0]
+        abar_prev = np.where(prev >= 0, abar_prev, final)
         if self.diffusers_prev and not self.custom_timesteps and self.spacing != "quadratic":
             # diffusers' DDIMScheduler.step steps to t - T // N, not to the next timestep: the
             # same with "leading" spacing, a different point with "linspace" (and "trailing"
             # when N does not divide T), where the next step then starts from x at the
             # wrong noise level. Reproduced only for the "diffusers" variant.
-            s = self.schedule
             prev = t - self.num_train_timesteps // self.num_inference_steps
-            abar_prev = np.where(prev >= 0, s.alphas_cumprod[np.maximum(prev, 0)], 1.0)
+            abar_prev = np.where(prev >= 0, s.alphas_cumprod[np.maximum(prev, 0)], final)
         # eq. (16): sigma_t(eta) = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev)
         sigma = self.eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar))
         sigma = sigma * np.sqrt(1.0 - abar / abar_prev)

@@ -7,7 +7,8 @@ Equations: Ho et al. 2020, eq. (4), (6), (7); code indices t = 0..T-1.
 
 ``ScheduleConfig`` follows diffusers' scheduler options where they overlap
 (``beta_schedule``, ``trained_betas``, ``prediction_type``, ``thresholding``,
-``clip_sample_range``, ``timestep_spacing``, ``steps_offset``), with our own names;
+``clip_sample_range``, ``timestep_spacing``, ``steps_offset``, ``set_alpha_to_one``),
+with our own names where they differ;
 every new field defaults to the meaning a manifest had before it existed (linear
 betas, an eps network, clipping to [-1, 1], "leading" spacing), so older manifests
 and checkpoints load unchanged. docs/numerics.md describes each option.
@@ -58,6 +59,10 @@ class ScheduleConfig:
         with fixedlarge, 1e-10 with fixedsmall). False (the default, the paper's
         Algorithm 2): the last step adds no noise to the clean sample. The diffusers
         import sets it, so ``--steps N`` equals ``DDPMPipeline(num_inference_steps=N)``.
+    set_alpha_to_one: DDIM only (diffusers' DDIMScheduler option of the same name): the
+        alpha_cumprod the step after the last timestep goes to: 1 (True, the default and
+        the meaning of every manifest without the key: that step returns x0_hat) or
+        alphas_cumprod[0] (False: it ends at the noise level of t = 0).
     """
 
     kind: str = "linear"
@@ -75,6 +80,7 @@ class ScheduleConfig:
     timestep_spacing: str = "leading"
     steps_offset: int = 0
     final_step_noise: bool = False
+    set_alpha_to_one: bool = True
 
     def __post_init__(self) -> None:
         if self.betas is not None and not isinstance(self.betas, (str, bytes)) \
@@ -150,6 +156,8 @@ class ScheduleConfig:
             bad("steps_offset", f"an int below num_timesteps={self.num_timesteps}")
         if not isinstance(self.final_step_noise, bool):
             bad("final_step_noise", "true or false")
+        if not isinstance(self.set_alpha_to_one, bool):
+            bad("set_alpha_to_one", "true or false")
         return out
 
     def to_dict(self) -> Dict[str, Any]:

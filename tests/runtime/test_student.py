@@ -62,14 +62,14 @@ def test_runtime_without_flags_equals_the_pytorch_students_sampler(student):
 
 def test_sampling_plan_defaults_and_refusals():
     plain = {"schedule": {}}
-    assert sampling_plan(plain) == {"method": "ddpm", "steps": None, "timesteps": None}
-    assert sampling_plan(plain, "ddim", 20) == {"method": "ddim", "steps": 20, "timesteps": None}
+    assert sampling_plan(plain) == {"method": "ddpm", "steps": None, "timesteps": None, "options": {}}
+    assert sampling_plan(plain, "ddim", 20) == {"method": "ddim", "steps": 20, "timesteps": None, "options": {}}
     assert plan_steps(sampling_plan(plain, "ddim", 20)) == {"steps": 20, "timesteps": None}
     sched = {"kind": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000,
              "variance_type": "fixedlarge", "clip_denoised": True, "prediction": "v"}
     m = {"schedule": sched, "sampling": SAMPLING}
-    assert sampling_plan(m) == {"method": "consistency", "steps": 2, "timesteps": [999, 250]}
-    assert sampling_plan(m, steps=4) == {"method": "consistency", "steps": 4, "timesteps": [999, 749, 500, 250]}
+    assert sampling_plan(m) == {"method": "consistency", "steps": 2, "timesteps": [999, 250], "options": {}}
+    assert sampling_plan(m, steps=4) == {"method": "consistency", "steps": 4, "timesteps": [999, 749, 500, 250], "options": {}}
     assert plan_steps(sampling_plan(m)) == {"steps": None, "timesteps": [999, 250]}
     for method, steps in (("ddpm", None), ("unipc", 10), (None, 3), ("consistency", 8)):
         with pytest.raises(ValueError, match=r"few-step student: it was trained to be sampled with method "

@@ -36,7 +36,7 @@ if _HERE in sys.path:
 sys.path.insert(0, _HERE)  # the runtime/ copied beside this file wins over any installed one
 
 from backend_env import check_numpy  # noqa: E402
-from runtime.contract import INPUT_T, INPUT_X, OUTPUT, plan_steps, read_manifest, sampling_plan  # noqa: E402
+from runtime.contract import INPUT_T, INPUT_X, OUTPUT, plan_options, plan_steps, read_manifest, sampling_plan  # noqa: E402
 from runtime.io import to_uint8  # noqa: E402
 from runtime.loop import METHODS, sample  # noqa: E402
 from runtime.schedulers import make_scheduler  # noqa: E402
@@ -167,11 +167,12 @@ class TritonPythonModel:
             raise RequestError(f"input 'eta': {eta} is invalid; expected a finite value >= 0 (0: deterministic DDIM)")
         if seed < 0:
             raise RequestError(f"input 'seed': {seed} is negative; expected an integer >= 0")
+        options = plan_options(plan, {"eta": eta})  # a non-binding default's (a DDIMPipeline's) options too
         try:  # the method's own rules (eta only for ddim, enough steps for the order): before sampling
-            make_scheduler(self.manifest["schedule"], method, **plan_steps(plan), eta=eta)
+            make_scheduler(self.manifest["schedule"], method, **plan_steps(plan), **options)
         except ValueError as e:
             raise RequestError(f"inputs method/steps/eta: {e}") from None
-        return dict(num=num, seed=seed, method=method, steps=steps, timesteps=timesteps, eta=eta)
+        return dict(num=num, seed=seed, method=method, steps=steps, timesteps=timesteps, options=options)
 
     def execute(self, requests):
         responses = []
@@ -180,7 +181,7 @@ class TritonPythonModel:
                 s = self._settings(request)
                 # the batch runtime.load(engine).sample uses by default, so images match it
                 result = sample(self.runner, self.image_shape, self.manifest["schedule"], s["num"],
-                                seed=s["seed"], method=s["method"], **plan_steps(s), eta=s["eta"],
+                                seed=s["seed"], method=s["method"], **plan_steps(s), **s["options"],
                                 batch=min(s["num"], self.max_batch),
                                 callback=_stop_if_cancelled(request))
                 images = to_uint8(result.images)

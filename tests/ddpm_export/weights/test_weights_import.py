@@ -354,7 +354,9 @@ def test_schedulers_we_cannot_express(change, message):
 
 def test_scheduler_defaults():
     assert schedule_from_diffusers({"_class_name": "DDPMScheduler"}).variance_type == "fixedsmall"
-    assert schedule_from_diffusers({"_class_name": "DDIMScheduler"}) == ScheduleConfig()
+    # DDPM sampling of a DDIM config is DDPMScheduler.from_config(it): fixed_small, noise on a last t > 0
+    assert schedule_from_diffusers({"_class_name": "DDIMScheduler"}) == ScheduleConfig(
+        variance_type="fixedsmall", final_step_noise=True)
     assert schedule_from_diffusers({"_class_name": "DDPMScheduler", "prediction_type": "v_prediction"}).prediction == "v"
 
 

@@ -194,3 +194,43 @@ def ten_steps(eta=1.0):
 def test_errors_say_what_was_received_and_expected(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("variant", ["consistent", "diffusers"])
+@pytest.mark.parametrize("steps, eta", [(50, 0.0), (10, 1.0)])
+def test_set_alpha_to_one_false_matches_diffusers(steps, eta, variant):
+    """set_alpha_to_one=False (a DDIMPipeline folder may ship it): the step after the last
+    timestep goes to alphas_cumprod[0], not 1, as diffusers' DDIMScheduler does; the last
+    step of the default (True) ends 0.01-ish away on eps ~ N(0, 1)."""
+    diffusers = pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch")
+    from runtime.schedulers import make_scheduler
+
+    cfg = ScheduleConfig(set_alpha_to_one=False, steps_offset=1)
+    ours = make_scheduler(cfg, "ddim", steps, eta=eta, variant=variant, clip=False)
+    d = diffusers.DDIMScheduler(set_alpha_to_one=False, steps_offset=1, clip_sample=False)
+    d.set_timesteps(steps)
+    np.testing.assert_array_equal(d.timesteps.numpy(), ours.timesteps)
+    rng = np.random.default_rng(3)
+    for t in ours.timesteps:
+        x = rng.standard_normal(SHAPE).astype(np.float32)
+        eps = rng.standard_normal(SHAPE).astype(np.float32)
+        z = rng.standard_normal(SHAPE).astype(np.float32)
+        want = d.step(torch.from_numpy(eps), int(t), torch.from_numpy(x), eta=eta,
+                      variance_noise=torch.from_numpy(z)).prev_sample.numpy()
+        got = ours.step(eps, int(t), x, noise=z).prev_sample
+        assert np.abs(got - want).max() < 2e-5, f"t={t}"
+    assert float(d.final_alpha_cumprod) == pytest.approx(ours.schedule.alphas_cumprod[0], rel=1e-6)
+
+
+def test_set_alpha_to_one_in_the_schedule_contract():
+    """Absent = true (what every older manifest meant); false needs manifest_version 2, so a
+    version-1 reader refuses the file instead of ending the chain at alpha 1."""
+    from runtime.contract import manifest_version_for
+
+    assert ScheduleConfig.from_dict({"kind": "linear"}).set_alpha_to_one is True
+    assert manifest_version_for(ScheduleConfig()) == 1
+    assert manifest_version_for(ScheduleConfig(set_alpha_to_one=False)) == 2
+    assert ScheduleConfig.from_dict(ScheduleConfig(set_alpha_to_one=False).to_dict()).set_alpha_to_one is False
+    with pytest.raises(ValueError, match=r"set_alpha_to_one=0 \(expected true or false\)"):
+        ScheduleConfig(set_alpha_to_one=0)
