@@ -404,7 +404,7 @@ def test_build_and_run_tiny_engine_matches_onnxruntime(request, tmp_path):
         assert np.isfinite(fresh).all() and np.abs(fresh - want).max() < 2e-2, plan
 
 
-# --- names against TensorRT 8.5.3 / 8.6.1 / 10.3 binding sources -----------------------
+# --- names against TensorRT binding sources (every version of trt_fakes.TRT_API_VERSIONS) --------
 @pytest.mark.parametrize("version", TRT_API_VERSIONS)
 def test_every_tensorrt_name_the_runner_touches_is_bound_in_that_version(version):
     api = trt_api_list(version)
