@@ -48,6 +48,9 @@ def triton_command(engine, out, name, max_batch, instances, sampler_instances, m
     ddpm | ddim | dpmsolver++ | sde-dpmsolver++ | unipc), steps (INT32), eta (FP32,
     ddim only); the response 'images' is uint8
     [num, H, W, C], the same images as runtime.load(engine).sample(num, seed, ...).
+    A conditional engine's sampler also takes each condition input by its name
+    (class labels INT64 [num] or [1]; a vector FP32 [num, ...]) and guidance
+    (FP32, default the manifest's); an array engine answers 'samples' FP32.
     The Python models carry a copy of the runtime; their Python needs numpy<2
     (Triton 24.10's stub) and onnxruntime (inprocess, --unet-backend python) or
     TensorRT + Polygraphy (a .plan in inprocess mode). See docs/serving.md.
