@@ -61,7 +61,8 @@ from runtime.shards import DEFAULT_SHARD_SIZE, INTERRUPTED
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--npz", default=None, type=click.Path(dir_okay=False),
               help="When all shards are done, also write every image to this one .npz "
-              "(key arr_0, uint8 [N, H, W, C], as OpenAI's guided-diffusion evaluator reads).")
+              "(key arr_0, uint8 [N, H, W, C], as OpenAI's guided-diffusion evaluator reads; an array "
+              "engine's float32 [N, ...]; a conditional run's conditions under their input names).")
 @click.option("--no-progress", is_flag=True, help="No progress bar: one line per shard instead.")
 @allow_host_code_option
 def sample_many_command(engine, num, out, shard_size, seed, batch, method, steps, threads, npz,

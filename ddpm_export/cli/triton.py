@@ -62,6 +62,9 @@ def triton_command(engine, out, name, max_batch, instances, sampler_instances, m
         allow_host_code=allow_host_code))
     click.echo(f"wrote {summary['out']}: models {', '.join(summary['models'])} ({mode} mode); "
                f"max batch {summary['max_batch']}, max num per request {summary['max_num']}")
+    if summary["conditions"]:
+        click.echo(f"conditional: requests to the sampler also send {', '.join(summary['conditions'])} "
+                   f"(one row per image, or one for all) and optionally guidance (FP32)")
     if summary["server_args"]:
         click.echo(f"start the server with: tritonserver --model-repository {summary['out']} "
                    f"{' '.join(summary['server_args'])}")
