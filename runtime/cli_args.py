@@ -84,10 +84,12 @@ def _parse_labels(text: str) -> list:
 
 
 def condition_values(args: argparse.Namespace, conditions: Sequence[Any], num: int,
-                     first: int = 0) -> Optional[Dict[str, Any]]:
+                     first: int = 0, whole_run: bool = False) -> Optional[Dict[str, Any]]:
     """The ``cond=`` of engine.sample_float from --label / --cond: None when none was given.
     Labels of a list are cycled over samples first, first + 1, ... (so a shard gets the
-    labels its samples have in the whole run)."""
+    labels its samples have in the whole run). whole_run: the values are for a whole run of
+    ``num`` samples, so a --cond file of one row per sample must have exactly ``num`` rows
+    (not more, which would be cut silently)."""
     import numpy as np
 
     cond: Dict[str, Any] = {}
@@ -108,6 +110,10 @@ def condition_values(args: argparse.Namespace, conditions: Sequence[Any], num: i
         a = np.load(path, allow_pickle=False)
         spec = [c for c in conditions if c.name == name]
         if spec and a.ndim == len(spec[0].shape) + 1 and a.shape[0] != 1:
+            if whole_run and a.shape[0] != num:
+                raise ValueError(
+                    f"--cond {name}={path}: received {a.shape[0]} rows (shape {a.shape}), expected one per "
+                    f"sample, {num} rows (--num), or one value of shape {tuple(spec[0].shape)} for every sample")
             a = a[first:first + num]  # one per sample of the whole run: this run's rows
         cond[name] = a
     return cond or None

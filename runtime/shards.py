@@ -14,6 +14,17 @@ The folder OUT holds::
     shard-00001.npz   "seed" (the run's seed)
     ...
 
+A conditional engine's run (``cond=``, ``guidance=``) records both: run.json's config has
+"guidance" (the scale used, the manifest's default made explicit) and "conditions" (per
+input its dtype, the whole run's shape and the sha256 of its values), and each shard also
+holds its own samples' rows under "cond.NAME" plus "guidance". A resumed run with other
+conditions or another guidance is refused like any other change, and load_shards refuses
+shards whose conditions are not the run's. An engine whose samples are arrays
+(sample_kind "array") stores them as they are: "samples" float32 [n, *sample_shape]
+instead of uint8 "images". These runs are format_version 3, so a runtime that knows only
+version 2 refuses them instead of dropping their conditions; an unconditional image run
+writes version 2, byte for byte as before.
+
 Why shards: a run of hours is interrupted (Ctrl-C, preemption, a full disk);
 it then loses at most the shard in progress, and the same command run again
 skips every finished shard. Each shard is written atomically (temporary file +
@@ -39,7 +50,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from runtime.contract import compute_precision, plan_options, sampling_plan
+from runtime.contract import compute_precision, default_guidance, plan_options, sampling_plan
+from runtime.guidance import check_guidance, null_conditions, prepare_conditions
 from runtime.io import NpzError, load_npz, save_npz, sha256_file, to_uint8, write_json
 from runtime.progress import progress_bar
 from runtime.schedulers import make_scheduler, resolve_options
@@ -49,12 +61,19 @@ SHARD_PATTERN = "shard-{:05d}.npz"
 FORMAT = "ddpm-export-shards"
 # version 2: one noise stream per image (version 1 seeded each shard; its images differ)
 FORMAT_VERSION = 2
+# version 3: a conditional engine's run (conditions and guidance recorded) or array samples;
+# an unconditional image run stays version 2, so older runtimes still read it
+CONDITIONAL_FORMAT_VERSION = 3
+FORMAT_VERSIONS = (FORMAT_VERSION, CONDITIONAL_FORMAT_VERSION)
 # the keys of run.json's "config" that decide the images; a re-run must match every one
 DEFAULT_SHARD_SIZE = 1000  # images per shard file: the most an interruption loses
 INTERRUPTED = "interrupted; finished shards are kept; re-run the same command to resume"
 # (the batch is recorded but changes only the speed, so a resumed run may use another)
 CONFIG_KEYS = ("engine_sha256", "image_shape", "num", "shard_size", "seed",
                "method", "steps", "eta", "spacing", "options")
+# and those of a version-3 run (absent from version 2; compared too, absent = None)
+CONDITIONAL_KEYS = ("sample_kind", "sample_shape", "guidance", "conditions")
+COND_PREFIX = "cond."  # a shard's condition rows: "cond.NAME"
 _RESTART = ("re-run with that run's options to resume it, or choose another --out "
             "(or delete {out}) to start a new run")
 
@@ -81,9 +100,17 @@ def sample_shards(
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_shard: Optional[Callable[[int, Path], None]] = None,
+    cond: Optional[Dict[str, Any]] = None,
+    guidance: Optional[float] = None,
     **options: Any,
 ) -> Dict[str, Any]:
-    """Write ``num`` uint8 samples of ``engine`` (a runtime.Engine) to out_dir in shards.
+    """Write ``num`` uint8 samples of ``engine`` (a runtime.Engine) to out_dir in shards
+    (float32 arrays for an engine whose sample_kind is "array").
+
+    cond (a conditional engine): its inputs for the WHOLE run by name, each one value for
+    every sample or one per sample of the run ([num, ...]); shard k samples rows
+    [k*shard_size, ...) of them. guidance: the classifier-free guidance scale (None: the
+    manifest's default). Both are recorded (module docstring) and a resume must match them.
 
     Shard k holds images [k*shard_size, min(num, (k+1)*shard_size)). Finished
     shards of an earlier run with the same configuration are kept; a different
@@ -107,11 +134,12 @@ def sample_shards(
     # a non-binding default's options (a DDIMPipeline's eta, variant): explicit, so run.json records them
     options = plan_options(plan, dict(options, eta=eta, spacing=spacing))
     eta, spacing = options.pop("eta", None), options.pop("spacing", None)
-    config = _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing, options)
+    config, conds = _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing, options,
+                            cond, guidance)
     n_shards = -(-num // shard_size)
     _open_run(out, config, engine, n_shards)
 
-    hwc = _hwc(config["image_shape"])
+    hwc = _sample_dims(config)
     todo: List[int] = []
     redone = 0
     for k in range(n_shards):
@@ -119,7 +147,7 @@ def sample_shards(
         if not p.exists():
             todo.append(k)
             continue
-        problem = _read_shard(p, k, config, hwc)[1]
+        problem = _read_shard(p, k, config, hwc, _rows(conds, config, k))[1]
         if problem:
             log(f"warning: {p} {problem}; sampling it again")
             todo.append(k)
@@ -141,11 +169,13 @@ def sample_shards(
         for k in todo:
             n = _shard_len(config, k)
             t0 = time.perf_counter()
+            rows = _rows(conds, config, k)
+            extra = {} if conds is None else {"cond": rows, "guidance": config["guidance"]}
             res = engine.sample_float(n, seed=seed, first_image=k * shard_size, steps=config["steps"],
-                                      method=method, eta=eta, spacing=spacing, **options,
+                                      method=method, eta=eta, spacing=spacing, **options, **extra,
                                       batch=config["batch"], callback=on_step if bar is not None else None)
             p = shard_path(out, k)
-            save_npz(p, images=to_uint8(res.images), index_start=np.int64(k * shard_size),
+            save_npz(p, **_shard_arrays(config, res.images, rows), index_start=np.int64(k * shard_size),
                      seed=np.uint64(seed))
             images_sampled += n
             image_steps += res.image_steps
@@ -179,11 +209,22 @@ def sample_shards(
 
 
 def load_shards(out_dir) -> np.ndarray:
-    """All images of a finished sample_shards run, in order: uint8 [num, H, W, C]."""
-    out = Path(out_dir)
+    """All images of a finished sample_shards run, in order: uint8 [num, H, W, C] (an array
+    engine's run: float32 [num, *sample_shape]). A conditional run's conditions:
+    load_conditions."""
+    return _load(Path(out_dir))[0]
+
+
+def load_conditions(out_dir) -> Dict[str, np.ndarray]:
+    """The conditions a finished run sampled with, by input name: [num, ...] each ({} for an
+    unconditional run); checked against its run.json."""
+    return _load(Path(out_dir))[1]
+
+
+def _load(out: Path) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     config = _read_run(out)["config"]
     n_shards = -(-config["num"] // config["shard_size"])
-    hwc = _hwc(config["image_shape"])
+    hwc = _sample_dims(config)
     missing = [k for k in range(n_shards) if not shard_path(out, k).is_file()]
     if missing:
         names = ", ".join(shard_path(out, k).name for k in missing[:3]) + (", ..." if len(missing) > 3 else "")
@@ -192,36 +233,59 @@ def load_shards(out_dir) -> np.ndarray:
             f"run the same sample-many command again to sample only those"
         )
     parts = []
+    cond_parts: Dict[str, List[np.ndarray]] = {}
     for k in range(n_shards):
-        images, problem = _read_shard(shard_path(out, k), k, config, hwc)
+        images, problem, rows = _read_shard(shard_path(out, k), k, config, hwc)
         if problem:
             raise ShardsError(
                 f"{shard_path(out, k)} {problem}; run the same sample-many command again: "
                 f"it samples damaged shards again"
             )
         parts.append(images)
-    return np.concatenate(parts)
+        for name, a in rows.items():
+            cond_parts.setdefault(name, []).append(a)
+    conds = {name: np.concatenate(v) for name, v in cond_parts.items()}
+    if config.get("conditions") is not None:
+        got = _cond_record(conds)
+        if got != config["conditions"]:
+            raise ShardsError(
+                f"{out}: the conditions stored in its shards ({_describe(got)}) are not the ones its "
+                f"{RUN_FILE} records ({_describe(config['conditions'])}): shards of different runs were "
+                f"mixed; delete the shards that do not belong and run the same sample-many command again")
+    return np.concatenate(parts), conds
 
 
 def write_merged(out_dir, path) -> int:
     """All images in one .npz under ``arr_0`` (uint8 [N, H, W, C], the layout of
-    OpenAI's guided-diffusion evaluator and of np.savez(path, x)); returns N."""
-    images = load_shards(out_dir)
-    save_npz(path, arr_0=images)
+    OpenAI's guided-diffusion evaluator and of np.savez(path, x)); returns N.
+    An array engine's run: float32 [N, *sample_shape] under arr_0. A conditional run also
+    writes each condition, [N, ...], under its input name."""
+    images, conds = _load(Path(out_dir))
+    save_npz(path, arr_0=images, **conds)
     return int(images.shape[0])
 
 
 # --- configuration and run.json ------------------------------------------------
 
-def _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing, options) -> Dict[str, Any]:
+def _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing, options,
+            cond=None, guidance=None) -> Tuple[Dict[str, Any], Optional[Dict[str, np.ndarray]]]:
     """Checked, resolved configuration (None defaults made explicit, so that
-    --steps 50 and the DDIM default compare equal)."""
+    --steps 50 and the DDIM default compare equal), and the whole run's conditions
+    ([num, ...] each; None for an unconditional engine)."""
     for name, value, least in (("num", num, 1), ("shard_size", shard_size, 1), ("seed", seed, 0)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
             raise ValueError(f"{name} (--{name.replace('_', '-')}) = {value!r}: expected an int >= {least}")
+    conditions = tuple(getattr(engine, "conditions", ()) or ())
+    kind = getattr(engine, "sample_kind", "image")
+    # conditions and guidance checked now, before run.json or any shard is written
+    conds = prepare_conditions(conditions, cond, int(num)) if (conditions or cond) else None
+    w = check_guidance(default_guidance(engine.manifest) if guidance is None else guidance)
+    if w != 1.0:
+        null_conditions(conditions, 1)  # refuses guidance on a model without a null form
     max_batch = int(engine.runner.max_batch)
     if batch is None:
-        batch = min(shard_size, max_batch)
+        guided = w not in (0.0, 1.0) and max_batch >= 2  # one call at 2N, as engine.sample_float
+        batch = min(shard_size, max_batch // 2 if guided else max_batch)
     if batch < 1 or batch > max_batch:
         raise ValueError(f"batch (--batch) = {batch}: expected 1 to {max_batch}, the engine's max "
                          f"batch; leave it out for min(shard size, {max_batch})")
@@ -229,13 +293,55 @@ def _config(engine, num, shard_size, seed, batch, method, steps, eta, spacing, o
     resolved = {k: v for k, v in resolve_options(method, dict(options, eta=eta, spacing=spacing)).items()
                 if v is not None}
     eta, spacing = resolved.pop("eta", 0.0), resolved.pop("spacing", "uniform")
-    return {
+    config = {
         "engine_sha256": sha256_file(engine.runner.path),
-        "image_shape": [int(v) for v in engine.image_shape],
+        "image_shape": [int(v) for v in engine.image_shape] if kind == "image" else None,
         "num": int(num), "shard_size": int(shard_size), "seed": int(seed), "batch": int(batch),
         "method": method, "steps": int(sched.num_inference_steps),
         "eta": float(eta), "spacing": spacing, "options": resolved,
     }
+    if conditions or kind != "image":  # a version-3 run; any other keeps version 2's config exactly
+        config.update({"sample_kind": kind, "sample_shape": [int(v) for v in engine.sample_shape],
+                       "guidance": w, "conditions": _cond_record(conds or {})})
+    return config, conds
+
+
+def _cond_record(conds: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    """What run.json records of a run's conditions: per name its dtype, shape and the sha256
+    of its values (a resume must give exactly these)."""
+    import hashlib
+
+    return {name: {"dtype": str(a.dtype), "shape": [int(v) for v in a.shape],
+                   "sha256": hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()}
+            for name, a in sorted(conds.items())}
+
+
+def _describe(record: Optional[Dict[str, Any]]) -> str:
+    if not record:
+        return "none"
+    return ", ".join(f"{n} {r['dtype']} {r['shape']} sha256 {r['sha256'][:12]}..." for n, r in record.items())
+
+
+def _rows(conds: Optional[Dict[str, np.ndarray]], config: Dict[str, Any], k: int) -> Optional[Dict[str, np.ndarray]]:
+    """Shard k's rows of the run's conditions."""
+    if conds is None:
+        return None
+    a = k * config["shard_size"]
+    return {name: v[a:a + _shard_len(config, k)] for name, v in conds.items()}
+
+
+def _is_v3(config: Dict[str, Any]) -> bool:
+    return "sample_kind" in config
+
+
+def _shard_arrays(config: Dict[str, Any], samples: np.ndarray, rows) -> Dict[str, np.ndarray]:
+    if not _is_v3(config):
+        return {"images": to_uint8(samples)}
+    d = {"images": to_uint8(samples)} if config["sample_kind"] == "image" else \
+        {"samples": np.ascontiguousarray(samples, dtype=np.float32)}
+    d["guidance"] = np.float64(config["guidance"])
+    d.update({COND_PREFIX + name: a for name, a in (rows or {}).items()})
+    return d
 
 
 def _open_run(out: Path, config: Dict[str, Any], engine, n_shards: int) -> None:
@@ -247,6 +353,9 @@ def _open_run(out: Path, config: Dict[str, Any], engine, n_shards: int) -> None:
         old = run["config"]
         diffs = [f"{k} {config.get(k)!r} asked, {old.get(k)!r} in its {RUN_FILE}" for k in CONFIG_KEYS
                  if k != "engine_sha256" and config.get(k) != old.get(k, {} if k == "options" else None)]
+        shown = lambda k, c: _describe(c.get(k)) if k == "conditions" else repr(c.get(k))  # noqa: E731
+        diffs += [f"{k} {shown(k, config)} asked, {shown(k, old)} in its {RUN_FILE}"
+                  for k in CONDITIONAL_KEYS if config.get(k) != old.get(k)]
         if config["engine_sha256"] != old["engine_sha256"]:
             diffs.insert(0, f"engine {engine.runner.path} (sha256 {config['engine_sha256'][:12]}...) asked, "
                             f"{run.get('engine', {}).get('path')} (sha256 {old['engine_sha256'][:12]}...) "
@@ -259,17 +368,25 @@ def _open_run(out: Path, config: Dict[str, Any], engine, n_shards: int) -> None:
         raise ShardsError(f"{out}: holds shard files but no {RUN_FILE}, so what made them is unknown; "
                           f"choose another --out or delete {out}")
     manifest = engine.manifest
+    v3 = _is_v3(config)
     write_json(out / RUN_FILE, {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "format": FORMAT, "format_version": CONDITIONAL_FORMAT_VERSION if v3 else FORMAT_VERSION,
         "config": config,
         "engine": {"path": str(engine.runner.path), "backend": getattr(engine.runner, "backend", None),
                    "precision": compute_precision(manifest, engine.runner.path), "onnx_sha256": manifest.get("onnx_sha256"),
                    "checkpoint_sha256": (manifest.get("source") or {}).get("checkpoint_sha256")},
         "shards": n_shards,
-        "layout": "shard-NNNNN.npz: images uint8 [n, H, W, C] = images [k*shard_size, ...), "
-                  "index_start, seed; image i's noise stream: "
-                  "Generator(PCG64(SeedSequence(seed, spawn_key=(i,))))",
+        "layout": _LAYOUT_V3 if v3 else _LAYOUT,
     })
+
+
+_LAYOUT = ("shard-NNNNN.npz: images uint8 [n, H, W, C] = images [k*shard_size, ...), "
+           "index_start, seed; image i's noise stream: "
+           "Generator(PCG64(SeedSequence(seed, spawn_key=(i,))))")
+_LAYOUT_V3 = ("shard-NNNNN.npz: images uint8 [n, H, W, C] (sample_kind image) or samples float32 "
+              "[n, *sample_shape] (sample_kind array) = samples [k*shard_size, ...), index_start, seed, "
+              "guidance, cond.NAME (that shard's rows of each condition); sample i's noise stream: "
+              "Generator(PCG64(SeedSequence(seed, spawn_key=(i,))))")
 
 
 def _read_run(out: Path) -> Dict[str, Any]:
@@ -290,15 +407,24 @@ def _read_run(out: Path) -> Dict[str, Any]:
     if d.get("format") != FORMAT or missing:
         raise ShardsError(f"{run}: not a {FORMAT} run file (format {d.get('format')!r}, missing "
                           f"{missing}); choose another --out or delete {out}")
-    if d.get("format_version") != FORMAT_VERSION:
+    if d.get("format_version") not in FORMAT_VERSIONS:
         raise ShardsError(f"{run}: format_version {d.get('format_version')!r}, expected {FORMAT_VERSION} "
-                          f"(version 1 runs seeded each shard, so their images differ from this "
-                          f"version's); choose another --out or delete {out} to sample it again")
+                          f"(or {CONDITIONAL_FORMAT_VERSION} for a conditional or array run) (version 1 runs seeded each shard, so their images differ "
+                          f"from this version's); choose another --out or delete {out} to sample it again")
+    v3_missing = [k for k in CONDITIONAL_KEYS if k not in config]
+    if (d["format_version"] == CONDITIONAL_FORMAT_VERSION) != (not v3_missing) or (
+            not v3_missing and config["sample_kind"] not in ("image", "array")):
+        raise ShardsError(f"{run}: format_version {d['format_version']} with config keys "
+                          f"{[k for k in CONDITIONAL_KEYS if k in config]} (version 3 has all of "
+                          f"{list(CONDITIONAL_KEYS)}, version 2 none); choose another --out or delete {out}")
     return d
 
 
-def _hwc(image_shape) -> Tuple[int, int, int]:
-    c, h, w = (int(v) for v in image_shape)
+def _sample_dims(config: Dict[str, Any]) -> Tuple[int, ...]:
+    """A shard's per-sample shape: (H, W, C) of uint8 images, else sample_shape."""
+    if config.get("sample_kind", "image") == "array":
+        return tuple(int(v) for v in config["sample_shape"])
+    c, h, w = (int(v) for v in config["image_shape"])
     return h, w, c
 
 
@@ -306,21 +432,38 @@ def _shard_len(config: Dict[str, Any], k: int) -> int:
     return min(config["shard_size"], config["num"] - k * config["shard_size"])
 
 
-def _read_shard(path: Path, k: int, config: Dict[str, Any], hwc) -> Tuple[Optional[np.ndarray], Optional[str]]:
-    """(images, None) for a good shard k, else (None, what is wrong with it)."""
+def _read_shard(path: Path, k: int, config: Dict[str, Any], hwc, rows=None):
+    """(images, None, its condition rows) for a good shard k, else (None, what is wrong with
+    it, {}). rows: the condition rows it must hold (None: check them later, load_shards)."""
     want = (_shard_len(config, k),) + tuple(hwc)
+    v3 = _is_v3(config)
+    key, dtype = ("samples", np.float32) if v3 and config["sample_kind"] == "array" else ("images", np.uint8)
+    names = sorted(config["conditions"]) if v3 else []
+    keys = (key, "index_start", "seed") + (("guidance",) if v3 else ()) + tuple(COND_PREFIX + n for n in names)
     try:
-        z = load_npz(path, "a sample-many shard", keys=("images", "index_start", "seed"))
-        images, start, seed = z["images"], int(z["index_start"]), int(z["seed"])
+        z = load_npz(path, "a sample-many shard", keys=keys)
+        images, start, seed = z[key], int(z["index_start"]), int(z["seed"])
+        guidance = float(z["guidance"]) if v3 else None
     except (NpzError, TypeError, ValueError) as e:  # damaged, pickled objects, missing key, not scalars
-        return None, f"is unreadable: {e.reason}" if isinstance(e, NpzError) else \
-            f"is unreadable ({type(e).__name__}: {e})"
-    if images.dtype != np.uint8 or images.shape != want:
-        return None, f"holds {images.dtype} {images.shape}, expected uint8 {want}"
+        return None, (f"is unreadable: {e.reason}" if isinstance(e, NpzError) else
+                      f"is unreadable ({type(e).__name__}: {e})"), {}
+    if images.dtype != dtype or images.shape != want:
+        return None, f"holds {images.dtype} {images.shape}, expected {np.dtype(dtype)} {want}", {}
     if start != k * config["shard_size"] or seed != config["seed"]:
         return None, (f"has index_start {start} and seed {seed}, expected "
-                      f"{k * config['shard_size']} and {config['seed']}")
-    return images, None
+                      f"{k * config['shard_size']} and {config['seed']}"), {}
+    got = {n: z[COND_PREFIX + n] for n in names}
+    if v3 and guidance != config["guidance"]:
+        return None, f"was sampled with guidance {guidance}, expected {config['guidance']} (its {RUN_FILE})", {}
+    for n in names:
+        r = config["conditions"][n]
+        shape = [want[0]] + list(r["shape"][1:])
+        if str(got[n].dtype) != r["dtype"] or list(got[n].shape) != shape:
+            return None, (f"holds condition {n!r} {got[n].dtype} {list(got[n].shape)}, expected "
+                          f"{r['dtype']} {shape}"), {}
+        if rows is not None and not np.array_equal(got[n], rows[n]):
+            return None, f"was sampled with other {n!r} values than this run's for its samples", {}
+    return images, None, got
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):

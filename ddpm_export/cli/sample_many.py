@@ -48,14 +48,25 @@ from runtime.shards import DEFAULT_SHARD_SIZE, INTERRUPTED
               help="Solvers: dynamic thresholding quantile (needs clipping).")
 @click.option("--threshold-max", type=float, default=None,
               help="Solvers: dynamic thresholding's largest s, >= 1 (needs clipping).")
+@click.option("--label", default=None,
+              help="Class label(s) of a class-conditional engine: one for every sample, or a comma-separated "
+              "list cycled over the whole run's sample indices (sample i gets list[i % len]), so each shard "
+              "holds its own samples' labels.")
+@click.option("--cond", "cond_files", multiple=True, metavar="NAME=FILE.npy",
+              help="A condition input from a .npy file: the per-sample shape (one value for every sample) or "
+              "[num, ...] (one row per sample of the whole run). Repeatable.")
+@click.option("--guidance", type=float, default=None,
+              help="Classifier-free guidance scale w (1 = the conditional model alone; default: the "
+              "engine manifest's). Recorded in run.json and every shard: a resume must match it.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--npz", default=None, type=click.Path(dir_okay=False),
               help="When all shards are done, also write every image to this one .npz "
-              "(key arr_0, uint8 [N, H, W, C], as OpenAI's guided-diffusion evaluator reads).")
+              "(key arr_0, uint8 [N, H, W, C], as OpenAI's guided-diffusion evaluator reads; an array "
+              "engine's float32 [N, ...]; a conditional run's conditions under their input names).")
 @click.option("--no-progress", is_flag=True, help="No progress bar: one line per shard instead.")
 @allow_host_code_option
 def sample_many_command(engine, num, out, shard_size, seed, batch, method, steps, threads, npz,
-                        no_progress, allow_host_code, **options):
+                        no_progress, allow_host_code, label, cond_files, guidance, **options):
     """Sample N images from an engine into resumable shards (for FID on 50k).
 
     \b
@@ -66,18 +77,29 @@ def sample_many_command(engine, num, out, shard_size, seed, batch, method, steps
     \b
       ddpm-export sample-many --engine engines/cifar10.onnx --num 50000 --out samples/c10
     Read the result: runtime.shards.load_shards("samples/c10") -> uint8 [50000, 32, 32, 3]
+
+    A conditional engine takes --label or --cond and --guidance (recorded per
+    shard; a resume with others is refused); an array engine's shards hold
+    float32 'samples'.
     """
+    import argparse
+
     from runtime.api import load
+    from runtime.cli_args import condition_values
+    from runtime.sample_many import merged_text
     from runtime.shards import sample_shards, write_merged
 
     try:
         with load(engine, threads=threads, allow_host_code=allow_host_code) as e:
+            cond = condition_values(argparse.Namespace(label=label, cond=list(cond_files)), e.conditions, num,
+                                    whole_run=True)
             sample_shards(e, out, num, shard_size=shard_size, seed=seed, batch=batch, method=method,
-                          steps=steps, progress=not no_progress, log=click.echo,
+                          steps=steps, progress=not no_progress, log=click.echo, cond=cond, guidance=guidance,
                           **{k: v for k, v in options.items() if v is not None})
+            kind, names = e.sample_kind, [c.name for c in e.conditions]
         if npz:
             n = write_merged(out, npz)
-            click.echo(f"wrote {npz}: {n} images (arr_0, uint8 [N, H, W, C])")
+            click.echo(f"wrote {npz}: {merged_text(n, kind, names)}")
     except KeyboardInterrupt:
         click.echo(INTERRUPTED, err=True)
         sys.exit(130)

@@ -48,6 +48,9 @@ def triton_command(engine, out, name, max_batch, instances, sampler_instances, m
     ddpm | ddim | dpmsolver++ | sde-dpmsolver++ | unipc), steps (INT32), eta (FP32,
     ddim only); the response 'images' is uint8
     [num, H, W, C], the same images as runtime.load(engine).sample(num, seed, ...).
+    A conditional engine's sampler also takes each condition input by its name
+    (class labels INT64 [num] or [1]; a vector FP32 [num, ...]) and guidance
+    (FP32, default the manifest's); an array engine answers 'samples' FP32.
     The Python models carry a copy of the runtime; their Python needs numpy<2
     (Triton 24.10's stub) and onnxruntime (inprocess, --unet-backend python) or
     TensorRT + Polygraphy (a .plan in inprocess mode). See docs/serving.md.
@@ -59,6 +62,9 @@ def triton_command(engine, out, name, max_batch, instances, sampler_instances, m
         allow_host_code=allow_host_code))
     click.echo(f"wrote {summary['out']}: models {', '.join(summary['models'])} ({mode} mode); "
                f"max batch {summary['max_batch']}, max num per request {summary['max_num']}")
+    if summary["conditions"]:
+        click.echo(f"conditional: requests to the sampler also send {', '.join(summary['conditions'])} "
+                   f"(one row per image, or one for all) and optionally guidance (FP32)")
     if summary["server_args"]:
         click.echo(f"start the server with: tritonserver --model-repository {summary['out']} "
                    f"{' '.join(summary['server_args'])}")

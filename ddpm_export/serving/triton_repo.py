@@ -13,7 +13,13 @@ Layout (NAME defaults to the engine's file name)::
         1/model.json              the manifest (bls) | 1/model.onnx + 1/model.json (inprocess)
 
 Every shape, dtype, batch range and schedule comes from the engine's manifest
-(runtime.contract.read_manifest). The config files are built as Triton's own
+(runtime.contract.read_manifest). A conditional engine's condition inputs (its manifest's
+``conditions``) are inputs of the U-Net config (after x_t and t, one row per image) and of
+the sampler's (one row per requested image, or one for all), and the sampler takes a
+``guidance`` scale; its U-Net calls at batch 2N (both guidance branches) stay within the
+U-Net's max batch (the sampler samples N = max_batch // 2 at a time then, as
+runtime.load(engine).sample does). An engine whose samples are arrays answers ``samples``
+FP32 [num, *sample_shape] instead of ``images`` UINT8. The config files are built as Triton's own
 ``ModelConfig`` protobuf (tritonclient's model_config_pb2), so a field or enum
 Triton does not know fails here, not on the server.
 """
@@ -27,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from runtime.contract import INPUT_T, INPUT_X, OUTPUT, read_manifest
+from runtime.contract import (INPUT_T, INPUT_X, OUTPUT, conditions_of, read_manifest, sample_kind_of,
+                              sample_shape_of)
 
 MODES = ("bls", "inprocess")
 UNET_BACKENDS = ("native", "python")
@@ -40,6 +47,9 @@ PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 # its output (2 x C*H*W*4 bytes), the float64 uint8 conversion (C*H*W*8) and the
 # uint8 result; the U-Net's activations are per batch and bounded by max_batch.
 BYTES_PER_IMAGE_FACTOR = 4 * 2 + 8 + 1
+# with guidance the chain's x and output are also held at 2N, plus the mix
+GUIDED_BYTES_PER_IMAGE_FACTOR = 4 * 3
+TRITON_DTYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32"}
 
 
 @contextmanager
@@ -124,17 +134,21 @@ def engine_batch_max(engine: Path, manifest: Mapping[str, Any]) -> int:
 
 def unet_config(name: str, kind: str, manifest: Mapping[str, Any], max_batch: int, instances: int,
                 queue_delay_us: int) -> Dict[str, Any]:
-    """config for the U-Net: kind 'tensorrt_plan', 'onnxruntime_onnx' or 'python'."""
-    c, h, w = (int(v) for v in manifest["image_shape"])
+    """config for the U-Net: kind 'tensorrt_plan', 'onnxruntime_onnx' or 'python'. Every
+    engine input is listed: x_t, t, then each condition (a class label like t: [batch, 1] on
+    the wire, [batch] for the engine)."""
+    shape = [int(v) for v in sample_shape_of(manifest)]
     config: Dict[str, Any] = {
         "name": name,
         "maxBatchSize": max_batch,
         "input": [
-            {"name": INPUT_X, "dataType": "TYPE_FP32", "dims": [c, h, w]},
+            {"name": INPUT_X, "dataType": "TYPE_FP32", "dims": shape},
             # one timestep per image: [batch, 1] on the wire, [batch] for the engine
             {"name": INPUT_T, "dataType": "TYPE_INT32", "dims": [1], "reshape": {"shape": []}},
-        ],
-        "output": [{"name": OUTPUT, "dataType": "TYPE_FP32", "dims": [c, h, w]}],
+        ] + [({"name": c.name, "dataType": TRITON_DTYPES[c.dtype], "dims": [1], "reshape": {"shape": []}}
+              if not c.shape else {"name": c.name, "dataType": TRITON_DTYPES[c.dtype], "dims": list(c.shape)})
+             for c in conditions_of(manifest)],
+        "output": [{"name": OUTPUT, "dataType": "TYPE_FP32", "dims": shape}],
         "dynamicBatching": {"maxQueueDelayMicroseconds": str(queue_delay_us)},
         "instanceGroup": [{"count": instances,
                            "kind": "KIND_GPU" if kind == "tensorrt_plan" else
@@ -149,9 +163,15 @@ def unet_config(name: str, kind: str, manifest: Mapping[str, Any], max_batch: in
 
 
 def sampler_config(name: str, mode: str, unet_name: str, engine_file: str, max_batch: int,
-                   max_num: int, instances: int, allow_host_code: bool = False) -> Dict[str, Any]:
+                   max_num: int, instances: int, allow_host_code: bool = False,
+                   manifest: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The sampler's config; a conditional manifest adds its condition inputs (one row per
+    requested image or one for all: [-1, *shape]) and guidance (FP32 [1]); an array model's
+    output is samples FP32."""
     one = [1]
-    return {
+    conds = conditions_of(manifest) if manifest is not None else ()
+    array = manifest is not None and sample_kind_of(manifest) == "array"
+    config = {
         "name": name,
         "backend": "python",
         "maxBatchSize": 0,  # one request = one (num, seed, ...) job; num is the batch
@@ -163,7 +183,9 @@ def sampler_config(name: str, mode: str, unet_name: str, engine_file: str, max_b
             {"name": "steps", "dataType": "TYPE_INT32", "dims": one, "optional": True},
             {"name": "eta", "dataType": "TYPE_FP32", "dims": one, "optional": True},
         ],
-        "output": [{"name": "images", "dataType": "TYPE_UINT8", "dims": [-1, -1, -1, -1]}],
+        "output": [{"name": "samples", "dataType": "TYPE_FP32",
+                    "dims": [-1] + [int(v) for v in sample_shape_of(manifest)]} if array else
+                   {"name": "images", "dataType": "TYPE_UINT8", "dims": [-1, -1, -1, -1]}],
         "instanceGroup": [{"count": instances, "kind": "KIND_CPU"}],
         "parameters": {
             "mode": {"stringValue": mode},
@@ -176,12 +198,23 @@ def sampler_config(name: str, mode: str, unet_name: str, engine_file: str, max_b
             **({"allow_host_code": {"stringValue": "true"}} if allow_host_code else {}),
         },
     }
+    if conds:  # optional to Triton too: the sampler names a missing one in its own message
+        config["input"] += [{"name": c.name, "dataType": TRITON_DTYPES[c.dtype], "dims": [-1] + list(c.shape),
+                             "optional": True} for c in conds]
+        config["input"].append({"name": "guidance", "dataType": "TYPE_FP32", "dims": one, "optional": True})
+    return config
 
 
 def max_images(manifest: Mapping[str, Any], max_memory_mb: int) -> int:
     """The largest num one request may ask for within max_memory_mb of sampler memory."""
-    c, h, w = (int(v) for v in manifest["image_shape"])
-    return max(1, (max_memory_mb << 20) // (c * h * w * BYTES_PER_IMAGE_FACTOR))
+    import math
+
+    values = math.prod(int(v) for v in sample_shape_of(manifest))
+    conds = conditions_of(manifest)
+    per_image = values * (BYTES_PER_IMAGE_FACTOR + (GUIDED_BYTES_PER_IMAGE_FACTOR if conds else 0))
+    # each condition row: the request's, the checked copy, and the [null; cond] batch of 2N
+    per_image += sum(8 * 4 * math.prod(c.shape) for c in conds)
+    return max(1, (max_memory_mb << 20) // per_image)
 
 
 def _copy_engine(engine: Path, dest_dir: Path, stem: str = "model") -> str:
@@ -276,10 +309,11 @@ def write_repository(cfg: RepositoryConfig) -> Dict[str, Any]:
         n_max = max_images(manifest, cfg.max_memory_mb)
         (tmp / sampler_name / "config.pbtxt").write_text(config_text(sampler_config(
             sampler_name, cfg.mode, name, engine_file, max_batch, n_max, sampler_instances,
-            allow_host_code=version_compatible and cfg.mode == "inprocess")))
+            allow_host_code=version_compatible and cfg.mode == "inprocess", manifest=manifest)))
         models.append(sampler_name)
     server_args = [TRITON_VERSION_COMPATIBLE] if version_compatible and cfg.mode == "bls" else []
     return {"out": str(out), "models": models, "mode": cfg.mode, "max_batch": max_batch,
             "server_args": server_args,
-            "max_num": n_max, "image_shape": list(manifest["image_shape"]),
+            "max_num": n_max, "image_shape": manifest["image_shape"],
+            "sample_shape": list(sample_shape_of(manifest)), "conditions": [c.name for c in conditions_of(manifest)],
             "num_timesteps": int(manifest["schedule"]["num_timesteps"])}

@@ -13,9 +13,13 @@ TensorRT runs in this process; pass it only for plans you trust).
     python3 examples/jetson_app/app.py --engine engines/cifar10-fp16.plan --requests 3
     python3 examples/jetson_app/app.py --engine engines/digits.onnx --num 4 --method ddim --steps 20
     echo "8 42" | python3 examples/jetson_app/app.py --engine engines/digits.onnx --stdin
+    python3 examples/jetson_app/app.py --engine engines/digits-cond.onnx --label 3 --guidance 2
 
-With --stdin each input line is one request "NUM [SEED]". The last line printed
-is a JSON summary (machine-readable). Needs only the runtime's dependencies
+With --stdin each input line is one request "NUM [SEED [LABELS]]". The last line printed
+is a JSON summary (machine-readable). A conditional engine takes --label (one label, or a
+comma-separated list cycled over each request's images; a stdin line's LABELS replace it
+for that request), --cond NAME=FILE.npy and --guidance (default: the manifest's); each
+request's line and JSON row then carry its "labels" and "guidance". Needs only the runtime's dependencies
 (NumPy, a backend, Pillow for --out); Python >= 3.8 (JetPack 5).
 """
 from __future__ import annotations
@@ -37,6 +41,8 @@ except ImportError:  # run from a checkout without installing: the repo root is 
     import runtime
 
 from runtime.api import TRT_SUFFIXES
+from runtime.cli_args import add_condition_args, condition_values
+from runtime.contract import default_guidance
 from runtime.backends.onnxrt import BackendMissing as OrtMissing
 from runtime.backends.tensorrt import BackendMissing as TrtMissing
 from runtime.backends.tensorrt import NoCudaDevice
@@ -95,12 +101,14 @@ class SamplerApp:
         return self
 
     def handle(self, num: int, seed: int, **sample_kw: Any) -> Dict[str, Any]:
-        """One request: ``num`` uint8 images [num, H, W, C] for ``seed``, with latency and memory."""
+        """One request: ``num`` uint8 images [num, H, W, C] for ``seed`` (an array engine's float
+        samples as they are), with latency and memory. A conditional engine's ``cond=`` and
+        ``guidance=`` go in sample_kw."""
         tracemalloc.start()
         t0 = time.perf_counter()
         try:
             res = self.engine.sample_float(num, seed=seed, **sample_kw)
-            images = to_uint8(res.images)
+            images = to_uint8(res.images) if self.engine.sample_kind == "image" else res.images
             seconds = time.perf_counter() - t0
             _, traced_peak = tracemalloc.get_traced_memory()
         finally:
@@ -116,19 +124,22 @@ class SamplerApp:
             self.engine = None
 
 
-def _requests(args) -> List[Dict[str, int]]:
+def _requests(args) -> List[Dict[str, Any]]:
     if not args.stdin:
-        return [{"num": args.num, "seed": args.seed + k} for k in range(args.requests)]
+        return [{"num": args.num, "seed": args.seed + k, "label": args.label} for k in range(args.requests)]
     out = []
     for line in sys.stdin:
         parts = line.split()
         if not parts:
             continue
         try:
+            if len(parts) > 3:
+                raise ValueError
             num, seed = int(parts[0]), int(parts[1]) if len(parts) > 1 else args.seed
         except ValueError:
-            raise ValueError(f"request line {line.strip()!r}: expected 'NUM [SEED]', e.g. '8 42'") from None
-        out.append({"num": num, "seed": seed})
+            raise ValueError(f"request line {line.strip()!r}: expected 'NUM [SEED [LABELS]]', e.g. '8 42' "
+                             f"or '8 42 3,5'") from None
+        out.append({"num": num, "seed": seed, "label": parts[2] if len(parts) > 2 else args.label})
     return out
 
 
@@ -141,7 +152,8 @@ def main(argv=None) -> int:
     p.add_argument("--num", type=int, default=4, help="images per request (default 4)")
     p.add_argument("--requests", type=int, default=3, help="number of requests without --stdin (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first request; request k uses seed + k (default 0)")
-    p.add_argument("--stdin", action="store_true", help="read requests 'NUM [SEED]' from standard input, one a line")
+    p.add_argument("--stdin", action="store_true", help="read requests 'NUM [SEED [LABELS]]' from standard input, "
+                   "one a line (LABELS: a conditional engine's labels for that request, as --label)")
     # the frontier (docs/results.md): on the digits model UniPC at 10 engine calls scores a lower Frechet
     # distance than DDPM over all 1000 steps
     p.add_argument("--method", choices=METHODS, default=None,
@@ -155,6 +167,7 @@ def main(argv=None) -> int:
                         "process; only for plans you trust")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: ONNX Runtime's)")
     p.add_argument("--out", default=None, help="folder for one PNG grid per request (needs Pillow)")
+    add_condition_args(p)
     args = p.parse_args(argv)
     if args.num < 1 or args.requests < 1:
         p.error(f"--num and --requests must be >= 1, got {args.num} and {args.requests}")
@@ -173,13 +186,32 @@ def main(argv=None) -> int:
         how = {"method": args.method, "steps": args.steps}
         if "sampling" not in app.engine.manifest:  # a student's (or a DDIMPipeline's) manifest says how it samples
             how = {"method": args.method or "unipc", "steps": 10 if args.steps is None else args.steps}
+        conditional = bool(app.engine.conditions)
+        if args.out and app.engine.sample_kind != "image":
+            raise ValueError(f"{args.engine}: its samples are arrays of shape {app.engine.sample_shape}, not "
+                             f"images, so there is no PNG grid to write; leave out --out")
+        if conditional:  # what the stdout lines report; sample_float checks it
+            guidance = default_guidance(app.engine.manifest) if args.guidance is None else args.guidance
+            how["guidance"] = guidance
+        elif args.guidance is not None:
+            how["guidance"] = args.guidance  # refused by the runtime: the model is unconditional
         for k, req in enumerate(_requests(args)):
+            cond = condition_values(argparse.Namespace(label=req["label"], cond=args.cond),
+                                    app.engine.conditions, req["num"])
             with contextlib.redirect_stdout(sys.stderr):
-                r = app.handle(req["num"], req["seed"], batch=args.batch, **how)
+                r = app.handle(req["num"], req["seed"], batch=args.batch, cond=cond, **how)
+            told = ""
+            if conditional:
+                labels = [c.name for c in app.engine.conditions if c.kind == "class_label"]
+                r["labels"] = ([int(v) for v in cond[labels[0]]] if len(labels) == 1 and cond
+                               and labels[0] in cond else None)
+                r["guidance"] = float(how["guidance"])
+                told = (f", labels {','.join(map(str, r['labels']))}" if r["labels"] is not None else "") + \
+                    f", guidance {r['guidance']:g}"
             if args.out:
                 Path(args.out).mkdir(parents=True, exist_ok=True)
                 save_png(make_grid(r["images"]), Path(args.out) / f"request-{k:03d}.png", scale=4)
-            print(f"request {k}: {r['num']} images, seed {r['seed']}: {1e3 * r['latency_s']:.0f} ms "
+            print(f"request {k}: {r['num']} images, seed {r['seed']}{told}: {1e3 * r['latency_s']:.0f} ms "
                   f"({r['images_per_s']:.1f} images/s, {r['network_calls']} engine calls, "
                   f"{r['ms_per_call']:.2f} ms each); Python heap peak {r['python_heap_peak_mb']:.1f} MB, "
                   f"process peak RSS {r['peak_rss_mb']:.0f} MB", file=out)

@@ -8,8 +8,15 @@ Request (all inputs one-element tensors):
                     a distilled student's, else "ddpm")
     steps   INT32   sampling steps (optional; default: the manifest's, else the method's)
     eta     FP32    DDIM eta (optional, default 0)
+A conditional engine's sampler also takes (its config lists them):
+    NAME    INT64 [num] or [1] (a class label: one per image, or one for all) |
+            FP32 [num, *shape] or [1, *shape] (a vector or image-channel condition),
+            one input per condition in the manifest; every one is required
+    guidance FP32   classifier-free guidance scale (optional; default: the manifest's,
+                    else 1 = the conditional model alone)
 Response:
-    images  UINT8   [num, H, W, C]
+    images  UINT8   [num, H, W, C]  (an engine whose samples are arrays: samples FP32
+                                     [num, *sample_shape])
 
 A request the sampler refuses (a missing or malformed input, a value out of range) fails
 with Triton's INVALID_ARG code (HTTP 400, gRPC INVALID_ARGUMENT) and a one-line message
@@ -36,12 +43,14 @@ if _HERE in sys.path:
 sys.path.insert(0, _HERE)  # the runtime/ copied beside this file wins over any installed one
 
 from backend_env import check_numpy  # noqa: E402
-from runtime.contract import INPUT_T, INPUT_X, OUTPUT, plan_options, plan_steps, read_manifest, sampling_plan  # noqa: E402
+from runtime.contract import (INPUT_T, INPUT_X, OUTPUT, conditions_of, default_guidance, plan_options,  # noqa: E402
+                              plan_steps, read_manifest, sample_kind_of, sample_shape_of, sampling_plan)
+from runtime.guidance import ConditionError, check_condition, check_guidance, null_conditions  # noqa: E402
 from runtime.io import to_uint8  # noqa: E402
 from runtime.loop import METHODS, sample  # noqa: E402
 from runtime.schedulers import make_scheduler  # noqa: E402
 
-OPTIONAL = {"method": None, "steps": None, "eta": None}  # method/steps None: runtime.contract.sampling_plan
+OPTIONAL = {"method": None, "steps": None, "eta": None, "guidance": None}  # method/steps None: runtime.contract.sampling_plan
 QUOTE_CHARS = 40  # of a client's string quoted back in an error
 MESSAGE_CHARS = 1000  # longest error message sent back
 
@@ -76,17 +85,23 @@ def _stop_if_cancelled(request):
 
 
 class BLSRunner:
-    """eps = runner(x_t, t) by a BLS call to the U-Net model in the same server."""
+    """eps = runner(x_t, t, **cond) by a BLS call to the U-Net model in the same server
+    (a class label goes as [batch, 1], as t; other conditions as they are)."""
 
-    def __init__(self, model_name):
+    def __init__(self, model_name, conditions=()):
         self.model_name = model_name
+        self.conditions = tuple(conditions)
 
-    def __call__(self, x_t, t):
+    def __call__(self, x_t, t, **cond):
+        inputs = [pb_utils.Tensor(INPUT_X, np.ascontiguousarray(x_t, dtype=np.float32)),
+                  pb_utils.Tensor(INPUT_T, np.ascontiguousarray(t, dtype=np.int32).reshape(-1, 1))]
+        for c in self.conditions:
+            a = np.ascontiguousarray(cond[c.name], dtype=np.dtype(c.dtype))
+            inputs.append(pb_utils.Tensor(c.name, a.reshape(-1, 1) if not c.shape else a))
         request = pb_utils.InferenceRequest(
             model_name=self.model_name,
             requested_output_names=[OUTPUT],
-            inputs=[pb_utils.Tensor(INPUT_X, np.ascontiguousarray(x_t, dtype=np.float32)),
-                    pb_utils.Tensor(INPUT_T, np.ascontiguousarray(t, dtype=np.int32).reshape(-1, 1))],
+            inputs=inputs,
         )
         response = request.exec()
         if response.has_error():
@@ -138,11 +153,45 @@ class TritonPythonModel:
             self.runner = self.engine.runner
         elif self.mode == "bls":
             self.manifest = read_manifest(os.path.join(version_dir, params["manifest_file"]))
-            self.runner = BLSRunner(params["unet_model"])
+            self.runner = BLSRunner(params["unet_model"], conditions_of(self.manifest))
         else:
             raise ValueError(f"parameter mode: received {self.mode!r}, expected 'bls' or 'inprocess'")
-        self.image_shape = tuple(int(v) for v in self.manifest["image_shape"])
+        self.image_shape = tuple(int(v) for v in sample_shape_of(self.manifest))
+        self.conditions = conditions_of(self.manifest)
+        self.array = sample_kind_of(self.manifest) == "array"
         self.T = int(self.manifest["schedule"]["num_timesteps"])
+
+    def _conditions(self, request, num):
+        """The request's condition inputs, [num, *shape] each, and the guidance scale."""
+        cond = {}
+        for c in self.conditions:
+            tensor = pb_utils.get_input_tensor_by_name(request, c.name)
+            per = "a label" if c.kind == "class_label" else f"a {c.dtype} {list(c.shape)}"
+            if tensor is None:
+                raise RequestError(
+                    f"input {c.name!r} is missing; this model is conditional: send {c.name} "
+                    f"({c.dtype.upper()} [num{''.join(', ' + str(d) for d in c.shape)}]: {per} per image, or [1"
+                    f"{''.join(', ' + str(d) for d in c.shape)}] for all)")
+            a = tensor.as_numpy()
+            if a.ndim != 1 + len(c.shape) or a.shape[0] not in (1, num):
+                raise RequestError(
+                    f"input {c.name!r}: received shape {list(a.shape)}, expected [{num}"
+                    f"{''.join(', ' + str(d) for d in c.shape)}] ({per} per image, num = {num}) or [1"
+                    f"{''.join(', ' + str(d) for d in c.shape)}] (one for all)")
+            if a.shape[0] == 1 and num > 1:
+                a = np.broadcast_to(a, (num,) + a.shape[1:])
+            try:
+                cond[c.name] = check_condition(c, a, num)
+            except ConditionError as e:
+                raise RequestError(f"input {c.name!r}: {e}") from None
+        w = _scalar(request, "guidance", float) if self.conditions else None
+        try:
+            w = check_guidance(default_guidance(self.manifest) if w is None else w)
+            if w != 1.0:
+                null_conditions(self.conditions, 1)
+        except ConditionError as e:
+            raise RequestError(f"input 'guidance': {e}") from None
+        return cond, w
 
     def _settings(self, request):
         num = _scalar(request, "num", int)
@@ -172,20 +221,27 @@ class TritonPythonModel:
             make_scheduler(self.manifest["schedule"], method, **plan_steps(plan), **options)
         except ValueError as e:
             raise RequestError(f"inputs method/steps/eta: {e}") from None
-        return dict(num=num, seed=seed, method=method, steps=steps, timesteps=timesteps, options=options)
+        cond, guidance = self._conditions(request, num) if self.conditions else (None, 1.0)
+        return dict(num=num, seed=seed, method=method, steps=steps, timesteps=timesteps, options=options,
+                    cond=cond, guidance=guidance)
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
                 s = self._settings(request)
-                # the batch runtime.load(engine).sample uses by default, so images match it
+                # the batch runtime.load(engine).sample uses by default, so images match it; with
+                # guidance half of it, so that both branches go through one U-Net call at 2N
+                guided = s["guidance"] not in (0.0, 1.0) and self.max_batch >= 2
+                extra = {} if not self.conditions else dict(
+                    conditions=self.conditions, cond=s["cond"], guidance=s["guidance"], max_batch=self.max_batch)
                 result = sample(self.runner, self.image_shape, self.manifest["schedule"], s["num"],
                                 seed=s["seed"], method=s["method"], **plan_steps(s), **s["options"],
-                                batch=min(s["num"], self.max_batch),
-                                callback=_stop_if_cancelled(request))
-                images = to_uint8(result.images)
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("images", images)]))
+                                batch=min(s["num"], self.max_batch // 2 if guided else self.max_batch),
+                                callback=_stop_if_cancelled(request), **extra)
+                out = (pb_utils.Tensor("samples", np.ascontiguousarray(result.images, dtype=np.float32))
+                       if self.array else pb_utils.Tensor("images", to_uint8(result.images)))
+                responses.append(pb_utils.InferenceResponse([out]))
             except Cancelled as e:
                 pb_utils.Logger.log_info(f"{self.name}: {e}")
                 responses.append(pb_utils.InferenceResponse(

@@ -3,7 +3,8 @@
 
 A stand-in for the native ONNX Runtime / TensorRT backend on a server that has
 only the Python backend: same name, inputs and outputs (x_t FP32 [B, C, H, W],
-t INT32 [B, 1] -> eps FP32 [B, C, H, W]), same dynamic batching. The engine and
+t INT32 [B, 1], a conditional engine's condition inputs (a class label INT64 [B, 1],
+others [B, *shape]) -> eps FP32 [B, C, H, W]), same dynamic batching. The engine and
 its manifest are ``model.onnx``/``model.json`` beside this file (a TensorRT plan
 is served by Triton's native TensorRT backend, never by this stand-in).
 """
@@ -21,7 +22,7 @@ sys.path.insert(0, _HERE)
 
 import runtime  # noqa: E402
 from backend_env import check_numpy  # noqa: E402
-from runtime.contract import INPUT_T, INPUT_X, OUTPUT  # noqa: E402
+from runtime.contract import INPUT_T, INPUT_X, OUTPUT, conditions_of  # noqa: E402
 
 
 class TritonPythonModel:
@@ -32,13 +33,17 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.engine = runtime.load(os.path.join(version_dir, params["engine_file"]))
         self.engine.runner.__enter__()
+        self.conditions = conditions_of(self.engine.manifest)
 
     def execute(self, requests):
         # Triton's dynamic batcher may hand several requests at once: one engine call for all
         xs = [pb_utils.get_input_tensor_by_name(r, INPUT_X).as_numpy() for r in requests]
         ts = [pb_utils.get_input_tensor_by_name(r, INPUT_T).as_numpy().reshape(-1) for r in requests]
+        cond = {c.name: np.concatenate([
+            pb_utils.get_input_tensor_by_name(r, c.name).as_numpy().reshape((-1,) + tuple(c.shape))
+            for r in requests]) for c in self.conditions}
         try:
-            eps = self.engine(np.concatenate(xs), np.concatenate(ts).astype(np.int32))
+            eps = self.engine(np.concatenate(xs), np.concatenate(ts).astype(np.int32), **cond)
         except Exception as e:
             err = pb_utils.TritonError(f"U-Net failed: {type(e).__name__}: {e}")
             return [pb_utils.InferenceResponse(error=err) for _ in requests]
