@@ -297,7 +297,8 @@ def fake_tensorrt(version="10.3.0.30", kind="full"):
 #    (~1623 / ~2043); Softmax's reshape back to the input shape is another;
 #  - every node output tensor is renamed to its ONNX name (registerTensor in parseNode);
 #  - ONNX Constant nodes and initializers add no layer of their own; a weights input becomes a
-#    CONSTANT layer registered under the weights' name when an importer converts it to a tensor.
+#    CONSTANT layer registered under the weights' name when an importer converts it to a tensor
+#    (Identity of weights too: its importer adds an IDENTITY layer on that constant).
 class FakeTensor:
     def __init__(self, name, dtype="FLOAT"):
         self.name, self.dtype = name, dtype
@@ -336,7 +337,8 @@ _LAYER_TYPES = {"Shape": "SHAPE", "Gemm": "MATRIX_MULTIPLY", "MatMul": "MATRIX_M
                 "Softmax": "SOFTMAX", "Conv": "CONVOLUTION", "Concat": "CONCATENATION",
                 "Gather": "GATHER", "Resize": "RESIZE", "Sigmoid": "ACTIVATION", "Sin": "UNARY",
                 "Cos": "UNARY", "Exp": "UNARY", "Cast": "CAST", "Pad": "SLICE",
-                "InstanceNormalization": "PLUGIN_V2", "GroupNormalization": "NORMALIZATION"}
+                "InstanceNormalization": "PLUGIN_V2", "GroupNormalization": "NORMALIZATION",
+                "Identity": "IDENTITY"}
 _TYPE_NAMES = {"ELEMENTWISE": "ElementWise", "SHUFFLE": "Shuffle", "CONSTANT": "Constant",
                "MATRIX_MULTIPLY": "Matrix Multiply"}
 
@@ -382,11 +384,7 @@ def parsed_network(onnx_path, layer_class=FakeLayer):
         return tensors[name]
 
     for n in graph.node:
-        if n.op_type in ("Constant", "Identity"):
-            if n.op_type == "Identity" and n.input[0] in tensors:
-                tensors[n.output[0]] = tensors[n.input[0]]
-            elif n.op_type == "Identity":
-                weights.add(n.output[0])
+        if n.op_type == "Constant":
             continue
         ins = [tensor_of(i) for i in n.input if i]
         name = n.output[0]

@@ -249,10 +249,15 @@ def test_tensorrt_section_builds_loads_fresh_validates_and_gates(tmp_path, monke
 
 
 def test_a_builder_flag_build_that_pins_nothing_fails_the_section(tmp_path, monkeypatch):
+    def only_builder_flag(gc):  # the other plans are the test above's
+        monkeypatch.setattr(gc, "TRT_PLANS", tuple(x for x in gc.TRT_PLANS if x[0] == "builder_flag_fp16"))
+
     gc, rep, sec, run, built, loaded = _section_on_stand_ins(tmp_path, monkeypatch, pinned=0)
+    only_builder_flag(gc)
     with pytest.raises(RuntimeError, match="builder_flag_fp16: FP16 builder-flag build pinned no FP32-island layer"):
         run()
     gc, rep, sec, run, built, loaded = _section_on_stand_ins(tmp_path / "11", monkeypatch, "11.1.0.1")
+    only_builder_flag(gc)
     run()
     assert "no FP16 builder flag" in sec["builder_flag_fp16"]["skipped"]
     assert any("builder_flag_fp16" in p for p in sec["paths"]["not_exercised"])
