@@ -19,8 +19,8 @@ def _run(*args):
 def test_validate_conditional_engine_records_conditions_and_checks_every_branch(cond_digits, tmp_path):
     out = tmp_path / "rep"
     r = _run("--checkpoint", cond_digits["checkpoint"], "--engine", cond_digits["onnx"], "--batch", "1",
-             "--batch", "4", "--trajectory-images", "3", "--samples", "20", "--method", "ddim", "--steps", "4",
-             "--likelihood-images", "3", "--likelihood-t-samples", "5", "--report", out)
+             "--batch", "4", "--trajectory-images", "3", "--samples", "10", "--method", "ddim", "--steps", "4",
+             "--likelihood-images", "2", "--likelihood-t-samples", "3", "--report", out)
     assert r.exit_code in (0, 1) and "error:" not in r.output, r.output  # an untrained net may miss the FD gate
     rep = json.loads((out / "report.json").read_text())
     cond = rep["conditioning"]
