@@ -64,3 +64,14 @@ def tiny_export(tiny_checkpoint):
     onnx_path = d / "engines" / "tiny.onnx"
     manifest = export_onnx(ckpt, onnx_path, command=TINY_EXPORT_COMMAND)
     return {"model": model, "checkpoint": ckpt, "onnx": onnx_path, "manifest": manifest, "dir": d}
+
+
+@pytest.fixture(scope="session")
+def cond_digits(tmp_path_factory):
+    """A class-conditional 1x16x16 checkpoint (10 labels + null, T = 100, default guidance 2)
+    exported once per session (tests/cond_digits.py): {checkpoint, onnx, manifest, model, dir}."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("onnx")
+    from cond_digits import make_cond_digits
+
+    return make_cond_digits(tmp_path_factory.mktemp("cond_digits"))

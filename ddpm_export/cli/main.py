@@ -415,6 +415,16 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_
               "real-vs-real floor at the same sample count.")
 @library_option("--confident-ratio", type=float, default_from=TH + "confident_ratio",
               help="Gate: engine's confident-label share >= this x the reference's.")
+@library_option("--label-accuracy-ratio", type=float, default_from=TH + "label_accuracy_ratio",
+                help="Gate, class-conditional digits engines: the engine's label accuracy (the share of "
+                "samples the digits classifier assigns to the requested label) >= this x the reference's.")
+@click.option("--label", "labels", default=None,
+              help="A class-conditional engine: the labels every level uses, one or a comma-separated "
+              "list cycled over the samples (default: every label 0..K-1 cycled). Both sides get the same.")
+@click.option("--guidance", type=float, default=None,
+              help="A conditional engine: the classifier-free guidance scale of the chains and samples, "
+              "mixed the same way on the PyTorch side (default: the manifest's). With guidance != 1 the "
+              "one-step level also checks the null conditions and the guided mix.")
 @click.option("--likelihood-images", type=click.IntRange(min=0), default=8, show_default=True,
               help="Held-out digits for the likelihood level (0: skip it).")
 @click.option("--likelihood-t-samples", type=click.IntRange(min=0), default=50, show_default=True,
@@ -436,8 +446,8 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_
 @allow_host_code_option
 def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, samples, reference_samples,
              inception_weights, onnx_reference, eps_atol_fp32, eps_atol_fp16, final_atol_fp32, fd_excess,
-             confident_ratio, likelihood_images, likelihood_t_samples, nll_atol, seed, force, method,
-             method_steps, no_progress, allow_host_code):
+             confident_ratio, label_accuracy_ratio, labels, guidance, likelihood_images, likelihood_t_samples,
+             nll_atol, seed, force, method, method_steps, no_progress, allow_host_code):
     """Compare engines with the PyTorch reference on four levels.
 
     \b
@@ -452,6 +462,11 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
 
     Prints a pass/fail table; with --report also writes report.json, report.md
     and plots. Exits 1 when a check fails, so it can gate a deployment.
+
+    \b
+    A conditional engine is checked at fixed conditions on both sides (--label,
+    every label cycled by default; --guidance, the manifest's by default); a
+    class-conditional digits engine also gets per-class label accuracy.
     """
     from pathlib import Path
 
@@ -466,14 +481,20 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
 
         check_inception_weights(inception_weights)  # names the file and where to get it
     th = Thresholds(eps_fp32=eps_atol_fp32, eps_fp16=eps_atol_fp16, final_fp32=final_atol_fp32,
-                    fd_excess=fd_excess, confident_ratio=confident_ratio, nll_bpd=nll_atol)
+                    fd_excess=fd_excess, confident_ratio=confident_ratio, nll_bpd=nll_atol,
+                    label_accuracy_ratio=label_accuracy_ratio)
+    label_list = None
+    if labels is not None:
+        from runtime.cli_args import _parse_labels
+
+        label_list = _parse_labels(labels)
     rep, artifacts = run_validate(
         checkpoint, engines, th, t_stride=t_stride, batches=batches or None,
         trajectory_images=trajectory_images, samples=samples, reference_samples_path=reference_samples,
         inception_weights=inception_weights, onnx_reference=onnx_reference, seed=seed, force=force,
         progress=not no_progress, log=lambda s: click.echo(s, err=True), likelihood_images=likelihood_images,
         likelihood_t_samples=likelihood_t_samples or None, method=method, steps=method_steps,
-        allow_host_code=allow_host_code)
+        allow_host_code=allow_host_code, labels=label_list, guidance=guidance)
     table = format_report(rep)
     if report:
         from ddpm_export.evaluation.plots import write_plots

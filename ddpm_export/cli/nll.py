@@ -50,6 +50,11 @@ def nll_command(engine, checkpoint, data, num, t_samples, batch, seed, report, t
     \b
       ddpm-export nll --engine engines/digits.onnx --data digits --num 16
       ddpm-export nll --engine engines/digits.onnx --t-samples 50 --checkpoint engines/digits.pt
+
+    \b
+    A class-conditional engine is scored as p(x | y), each image with its own
+    label (--data digits has them; the conditional model alone, no guidance);
+    data without labels is refused: p(x) of such a model is not defined here.
     """
     import time
 
@@ -77,13 +82,33 @@ def nll_command(engine, checkpoint, data, num, t_samples, batch, seed, report, t
     max_batch = int(eng.batch_range["max"])
     if batch > max_batch:
         raise ValueError(f"--batch {batch} is more than {engine}'s max batch {max_batch}; pass --batch {max_batch}")
+    conds = eng.conditions
+    if conds and (len(conds) != 1 or conds[0].kind != "class_label"):
+        raise ValueError(f"{engine} takes conditions {[(c.name, c.kind) for c in conds]}; nll scores unconditional "
+                         f"engines, or class-conditional ones as p(x | y) with the data's labels; the likelihood "
+                         f"of a model without its conditions is not defined here")
+    if conds:
+        from ddpm_export.evaluation.likelihood_data import test_labels
+
+        test_labels(data)  # data without labels: refused before anything is read or computed
     images, what = load_test_images(data, m["image_shape"], default_num(data) if num is None else num)
+    cond = None
+    if conds:
+        from runtime.guidance import check_condition
+
+        cond = {conds[0].name: check_condition(conds[0], test_labels(data, len(images)), len(images))}
     model = None
     if checkpoint:
         from ddpm_export.model.checkpoint import load_model
         from ddpm_export.model.external import image_shape_of
 
         model, ckpt = load_model(checkpoint)
+        from ddpm_export.model.conditions import model_conditions
+
+        if [c.to_dict() for c in model_conditions(model)] != [c.to_dict() for c in conds]:
+            raise ValueError(f"{checkpoint} (conditions {[c.to_dict() for c in model_conditions(model)] or 'none'}) "
+                             f"does not match {engine} (conditions {[c.to_dict() for c in conds] or 'none'}); pass "
+                             f"the engine's own checkpoint")
         shape = list(image_shape_of(model))
         if shape != list(m["image_shape"]) or ScheduleConfig.from_dict(ckpt["schedule_config"]) != schedule:
             raise ValueError(f"{checkpoint} (images {shape}, schedule {ckpt['schedule_config']}) does not match "
@@ -101,6 +126,13 @@ def nll_command(engine, checkpoint, data, num, t_samples, batch, seed, report, t
     K = t_samples or schedule.num_timesteps
     click.echo(f"{len(x0)} {what}, {m['image_shape']}; {K if t_samples else 'every one'} of T="
                f"{schedule.num_timesteps} timesteps per image; seed {seed}", err=True)
+    computed = None
+    if cond:
+        name = conds[0].name
+        computed = (f"p(x | y): each image with its own label ({name} from the data; counts per label "
+                    f"{np.bincount(cond[name], minlength=conds[0].num_classes).tolist()}), the conditional "
+                    f"model alone (guidance 1)")
+        click.echo(f"computing {computed}", err=True)
 
     def run(name, fn):
         bar = None
@@ -118,18 +150,23 @@ def nll_command(engine, checkpoint, data, num, t_samples, batch, seed, report, t
     t0 = time.perf_counter()
     with eng:
         bounds = {Path(engine).name: run(Path(engine).name, lambda progress: L.compute_bound(
-            eng, x0, schedule, t_samples=t_samples, batch=batch, seed=seed, progress=progress))}
+            eng, x0, schedule, t_samples=t_samples, batch=batch, seed=seed, progress=progress, cond=cond))}
     if model is not None:
         from ddpm_export.evaluation.likelihood_reference import reference_bound
 
         bounds["pytorch"] = run("pytorch", lambda progress: reference_bound(
-            model, x0, schedule, t_samples=t_samples, batch=batch, seed=seed, progress=progress))
+            model, x0, schedule, t_samples=t_samples, batch=batch, seed=seed, progress=progress,
+            **({"conditions": conds, "cond": cond} if cond else {})))
     wall = time.perf_counter() - t0
 
     out = {"engine": str(engine), "checkpoint": checkpoint, "data": what, "num_images": len(x0),
            "seed": seed, "t_samples": t_samples, "command": " ".join(["ddpm-export"] + sys.argv[1:]),
            "wall_seconds": wall, "results": {}}
     lines = []
+    if computed:
+        out["likelihood"] = computed
+        out["labels"] = cond[conds[0].name].tolist()
+        lines.append(f"likelihood: {computed}")
     for name, b in bounds.items():
         s = b.summary()
         s["image_timesteps_per_second"] = b.terms.size / b.seconds if b.seconds else float("nan")

@@ -51,14 +51,20 @@ def _methods(ctx, param, value: str) -> List[str]:
               help="An .npz of DDPM samples over all T steps of this model (e.g. engines/digits_samples.npz): "
               "adds a 'ddpm-reference' row scored on disjoint slices of --samples, one per seed, "
               "without sampling (the full chain costs T engine calls per image).")
+@click.option("--label", "labels", default=None,
+              help="A class-conditional engine: the label(s) to sample, one or a comma-separated list "
+              "cycled over the samples (default: every label 0..K-1 cycled). Recorded in the table.")
+@click.option("--guidance", type=float, default=None,
+              help="A conditional engine: the classifier-free guidance scale (default: the manifest's). "
+              "Recorded in the table.")
 @click.option("--json", "json_out", default=None, help="Write the table as JSON here (after every run).")
 @click.option("--resume", is_flag=True,
               help="Reuse the runs already in --json (same engine and --samples) and sample only the rest.")
 @click.option("--plot", "plot_out", default=None, help="Write a PNG: Frechet vs engine calls per method.")
 @click.option("--no-progress", is_flag=True)
 @allow_host_code_option
-def steps_table_command(engine, num, steps, methods, seeds, full_ddpm, reference_samples, json_out,
-                        resume, plot_out, no_progress, allow_host_code):
+def steps_table_command(engine, num, steps, methods, seeds, full_ddpm, reference_samples, labels, guidance,
+                        json_out, resume, plot_out, no_progress, allow_host_code):
     """Quality vs engine calls for every sampling method on a digits engine.
 
     \b
@@ -66,8 +72,17 @@ def steps_table_command(engine, num, steps, methods, seeds, full_ddpm, reference
     (method, engine calls), next to the real-vs-real floor, e.g.
       ddpm-export steps-table --engine engines/digits.onnx --seeds 0,1,2 --full-ddpm \\
           --json frontier.json --plot frontier.png
-    Each method runs with its defaults (see runtime.schedulers).
+    Each method runs with its defaults (see runtime.schedulers). A class-conditional
+    engine samples at --label (cycled) and --guidance, and adds the label accuracy.
     """
+    label_list = None
+    if labels is not None:
+        from runtime.cli_args import _parse_labels
+
+        try:
+            label_list = _parse_labels(labels)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
     done = []
     if resume:
         if not json_out or not Path(json_out).is_file():
@@ -85,7 +100,8 @@ def steps_table_command(engine, num, steps, methods, seeds, full_ddpm, reference
     try:
         r = steps_table(engine, num, steps, methods, seeds, full_ddpm=full_ddpm, done=done,
                         reference_samples=reference_samples, allow_host_code=allow_host_code,
-                        progress=not no_progress, log=lambda s: click.echo(s, err=True), on_run=save)
+                        progress=not no_progress, log=lambda s: click.echo(s, err=True), on_run=save,
+                        labels=label_list, guidance=guidance)
     except ValueError as e:
         raise click.ClickException(str(e).strip().splitlines()[0]) from None
     save(r)

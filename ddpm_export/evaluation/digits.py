@@ -177,3 +177,50 @@ def digits_distribution(clf: DigitsClassifier, sets: Mapping[str, np.ndarray], n
             rows[name]["frechet_to_reference"] = frechet_distance(feats[name], feats[reference])
     return {"n": n, "real_reference_n": int(len(real_b)), "classifier_test_accuracy": clf.test_accuracy,
             "real_confident_share": confident_share(p_real, threshold), "sets": rows}
+
+
+def label_scores(clf: DigitsClassifier, sets: Mapping[str, np.ndarray], labels: np.ndarray,
+                 min_per_class: int = 10, threshold: float = 0.9) -> Dict[str, object]:
+    """Class-conditional sample sets against the labels they were drawn for.
+
+    sets: name -> images [N, 1, 16, 16] in [-1, 1], image i drawn for ``labels[i]`` (0..9).
+    Per set: the label accuracy (the share of samples the classifier assigns to the requested
+    label) overall and per class, and per class the Frechet distance to the held-out real
+    digits of that class (real_b), next to the real-vs-real floor of that class (real_a of the
+    class cut to the same count). Classes with fewer than ``min_per_class`` samples get no
+    Frechet distance (None): too few to fit a covariance. Every set is cut to the same n."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.ndim != 1 or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+        raise ValueError(f"labels: received {labels.shape} values in [{labels.min(initial=0)}, "
+                         f"{labels.max(initial=0)}], expected one digit label 0..9 per sample")
+    n = min([len(labels)] + [len(v) for v in sets.values()])
+    labels = labels[:n]
+    half = len(clf.x_test) // 2
+    y_a, y_b = clf.y_test[:half], clf.y_test[half:]
+    real_b = {k: clf.features(clf.real_b[y_b == k]) for k in range(10)}
+    counts = np.bincount(labels, minlength=10)
+    floor = []
+    for k in range(10):
+        n_k = int(min(counts[k], (y_a == k).sum()))
+        floor.append(frechet_distance(clf.features(clf.real_a[y_a == k][:n_k]), real_b[k])
+                     if n_k >= min_per_class else None)
+    rows: Dict[str, Dict[str, object]] = {}
+    for name, images in sets.items():
+        images = images[:n]
+        p = clf.proba(images)
+        hit = p.argmax(axis=1) == labels
+        feats = clf.features(images)
+        per_class = []
+        for k in range(10):
+            sel = labels == k
+            if not sel.any():
+                continue
+            per_class.append({
+                "label": k, "n": int(sel.sum()), "accuracy": float(hit[sel].mean()),
+                "confident_share": confident_share(p[sel], threshold),
+                "frechet_to_real_class": (frechet_distance(feats[sel], real_b[k])
+                                          if sel.sum() >= min_per_class else None),
+                "floor": floor[k]})
+        rows[name] = {"n": n, "label_accuracy": float(hit.mean()), "per_class": per_class}
+    return {"n": n, "classifier_test_accuracy": clf.test_accuracy, "min_per_class": min_per_class,
+            "sets": rows}

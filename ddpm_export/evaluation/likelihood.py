@@ -297,12 +297,14 @@ ProgressFn = Callable[[int], None]  # called with the number of image-timesteps 
 
 def compute_bound(eps_fn: EpsFn, x0: np.ndarray, schedule: ScheduleConfig, t_samples: Optional[int] = None,
                   batch: int = 64, seed: int = 0, indices: Optional[Sequence[int]] = None,
-                  progress: Optional[ProgressFn] = None) -> Bound:
+                  progress: Optional[ProgressFn] = None, cond: Optional[Dict[str, np.ndarray]] = None) -> Bound:
     """L_vlb of each image of x0 [N, C, H, W] (bin centres in [-1, 1]) through ``eps_fn``.
 
     ``batch`` images go through the network together, each at its own timestep.
     ``indices`` (default 0..N-1) name the images for the noise plan, so a subset
-    of a data set keeps its images' noise.
+    of a data set keeps its images' noise. ``cond``: a conditional model's inputs by name,
+    one row per image ([N, ...], e.g. each image's class label), passed as
+    ``eps_fn(x_t, t, **cond)``: the bound is then that of p(x | cond).
     """
     x0 = check_on_grid(x0)
     s = Schedule(schedule)
@@ -313,6 +315,10 @@ def compute_bound(eps_fn: EpsFn, x0: np.ndarray, schedule: ScheduleConfig, t_sam
     indices = np.arange(len(x0)) if indices is None else np.asarray(indices)
     if len(indices) != len(x0):
         raise ValueError(f"{len(indices)} indices for {len(x0)} images")
+    cond = dict(cond or {})
+    bad = {k: np.shape(v) for k, v in cond.items() if len(np.shape(v)) < 1 or np.shape(v)[0] != len(x0)}
+    if bad:
+        raise ValueError(f"cond: received {bad}, expected one row per image ({len(x0)} images)")
     K = T if t_samples is None else t_samples
     timesteps = np.empty((len(x0), K), dtype=np.int64)
     terms = np.empty((len(x0), K))
@@ -322,10 +328,11 @@ def compute_bound(eps_fn: EpsFn, x0: np.ndarray, schedule: ScheduleConfig, t_sam
         xb = x0[lo:lo + batch]
         plan = NoisePlan(seed, indices[lo:lo + batch], T, t_samples, xb.shape[1:])
         timesteps[lo:lo + len(xb)] = plan.timesteps
+        cond_b = {k: np.asarray(v)[lo:lo + len(xb)] for k, v in cond.items()}
         for k in range(K):
             t = plan.timesteps[:, k]
             x_t = q_sample(s, xb, t, plan.noise(k))
-            eps = eps_fn(x_t.astype(np.float32), t.astype(np.int32))
+            eps = eps_fn(x_t.astype(np.float32), t.astype(np.int32), **cond_b)
             if np.shape(eps) != xb.shape:
                 raise ValueError(f"the model returned eps of shape {np.shape(eps)} for x_t of shape "
                                  f"{xb.shape}; expected the same shape (a DDPM denoiser: eps, x0 or v, as its schedule says)")

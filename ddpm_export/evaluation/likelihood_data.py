@@ -63,6 +63,19 @@ def load_test_images(data: str, image_shape: Sequence[int], num: Optional[int] =
     return x, what
 
 
+def test_labels(data: str, num: Optional[int] = None) -> np.ndarray:
+    """The class labels (int64 [N]) of the images ``load_test_images(data, ..., num)`` returns, for a
+    class-conditional model's p(x | y); only the digits set has them here."""
+    if data != "digits":
+        raise DataError(f"--data {data}: these images have no class labels here (only --data digits has "
+                        f"them), and a class-conditional model's likelihood is p(x | y), which needs each "
+                        f"image's label; score it with --data digits")
+    from ddpm_export.evaluation.digits import digits_split
+
+    y = np.asarray(digits_split()[3], dtype=np.int64)
+    return y if num is None else y[:num]
+
+
 def folder_uint8(folder: str, shape: Tuple[int, int, int]) -> np.ndarray:
     """Every PNG/JPEG under folder as uint8 [N, C, H, W]; each must be C x H x W already."""
     from PIL import Image

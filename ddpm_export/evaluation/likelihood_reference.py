@@ -8,7 +8,7 @@ the two agree per image up to the engine's eps error.
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,8 +21,10 @@ from ddpm_export.model.diffusion import GaussianDiffusion
 
 def reference_bound(model, x0: np.ndarray, schedule: ScheduleConfig, t_samples: Optional[int] = None,
                     batch: int = 64, seed: int = 0, indices: Optional[Sequence[int]] = None,
-                    progress: Optional[ProgressFn] = None) -> Bound:
-    """L_vlb per image with the PyTorch model; arguments as in ``likelihood.compute_bound``."""
+                    progress: Optional[ProgressFn] = None, conditions: Sequence[Any] = (),
+                    cond: Optional[Dict[str, np.ndarray]] = None) -> Bound:
+    """L_vlb per image with the PyTorch model; arguments as in ``likelihood.compute_bound``
+    (conditions: the model's runtime.contract.Condition list, in input order, with ``cond``)."""
     x0 = check_on_grid(x0)
     diffusion = GaussianDiffusion(schedule)
     T = diffusion.num_timesteps
@@ -40,7 +42,12 @@ def reference_bound(model, x0: np.ndarray, schedule: ScheduleConfig, t_samples: 
                 progress(n)
             return z
 
-        terms, mse, prior = diffusion.calc_bpd(model, torch.from_numpy(xb), torch.from_numpy(plan.timesteps),
+        net = model
+        if conditions:
+            from ddpm_export.model.conditions import WithConditions, condition_tensors
+
+            net = WithConditions(model, condition_tensors(conditions, cond, slice(lo, lo + len(xb))))
+        terms, mse, prior = diffusion.calc_bpd(net, torch.from_numpy(xb), torch.from_numpy(plan.timesteps),
                                                noise)
         parts.append((plan.timesteps, terms.numpy(), mse.numpy(), prior.numpy()))
     return Bound(T, t_samples, seed, *(np.concatenate(p) for p in zip(*parts)),

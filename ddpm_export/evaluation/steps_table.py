@@ -7,6 +7,12 @@ confident-label share. Rows aggregate the seeds: mean and sample standard deviat
 (the seed-to-seed spread). Every method here makes one engine call per step, so
 "steps" and "engine calls" are the same number. Digits engines only (the feature
 extractor is the digits classifier); other models: sample with ``sample-many`` and use ``fid``.
+
+A class-conditional engine samples every run at the same labels (cycled over the samples:
+every label 0..K-1 by default, so that the set stays comparable with the real digits) and
+guidance scale (the manifest's default unless given); both are recorded in the result and
+every run, and each run also gets the label accuracy: the share of samples the digits
+classifier assigns to the requested label (10-class engines).
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
                 done: Sequence[Mapping[str, Any]] = (), reference_samples: Optional[str] = None,
                 progress: bool = False, allow_host_code: bool = False,
                 log: Callable[[str], None] = lambda s: None,
-                on_run: Callable[[Dict[str, Any]], None] = lambda r: None) -> Dict[str, Any]:
+                on_run: Callable[[Dict[str, Any]], None] = lambda r: None,
+                labels: Optional[Sequence[int]] = None, guidance: Optional[float] = None) -> Dict[str, Any]:
     """Frechet/confident share/wall time per (method, steps), over ``seeds``.
 
     methods: names in runtime.schedulers.METHODS (None = all); options: per-method options
@@ -40,6 +47,8 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
     same model (e.g. engines/digits_samples.npz, from the PyTorch reference sampler): adds the
     row "ddpm-reference" at T calls, scored on len(seeds) disjoint slices of ``num`` samples
     (independent noise, so they stand in for seeds) without sampling anything.
+    labels / guidance: a class-conditional engine's labels (cycled over the samples; None: every
+    label) and guidance scale (None: the manifest's default); an unconditional engine refuses them.
     """
     import runtime
     from runtime.schedulers import METHODS, make_scheduler, resolve_options
@@ -58,6 +67,15 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
             raise ValueError(f"{engine_path}: images {list(engine.image_shape)}; the steps table scores "
                              f"with the digits classifier and needs the digits model's {list(DIGITS_SHAPE)}")
         T = int(engine.manifest["schedule"]["num_timesteps"])
+        cond, conditioning = _conditioning(engine_path, engine, num, labels, guidance)
+        if conditioning and reference_samples is not None:
+            raise ValueError(f"--reference-samples {reference_samples}: stored samples do not record the labels and "
+                             f"guidance they were drawn at; a conditional engine's table samples every row itself")
+        for r in done:  # resumed runs must have been drawn at this table's conditions
+            if {k: r.get(k) for k in conditioning} != conditioning:
+                raise ValueError(f"--resume: the stored run {r.get('method')}-{r.get('steps')} seed {r.get('seed')} was "
+                                 f"drawn at {({k: r.get(k) for k in conditioning}) or 'no conditions'}, this table at "
+                                 f"{conditioning or 'no conditions'}; resume with the same --label and --guidance")
         for method in methods:  # check every (method, steps) before sampling anything
             opts = resolve_options(method, options.get(method))
             for n in steps:
@@ -71,13 +89,15 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
         key = lambda r: (r["method"], r["steps"], r["seed"])  # noqa: E731
         runs: Dict[Tuple[str, int, int], Dict[str, Any]] = {key(r): dict(r) for r in done}
         batch = min(num, engine.runner.max_batch)
+        if conditioning and conditioning["guidance"] not in (0.0, 1.0) and engine.runner.max_batch >= 2:
+            batch = min(num, engine.runner.max_batch // 2)  # both branches in one call at 2 x batch
         backend = engine.runner.backend
         floor = ref_n = None
 
         def result() -> Dict[str, Any]:
             return {"engine": str(engine_path), "backend": backend, "num": num, "seeds": seeds,
                     "batch": batch, "real_floor": floor, "real_reference_n": ref_n,
-                    "options": options, "runs": list(runs.values()),
+                    "options": options, **conditioning, "runs": list(runs.values()),
                     "rows": _rows(plan, seeds, runs)}
 
         if reference_samples is not None:
@@ -105,8 +125,9 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
                 if (method, n, seed) in runs:
                     continue
                 log(f"{method} {n} steps, seed {seed}: {num} samples")
+                ckw = {} if not conditioning else {"cond": cond, "guidance": conditioning["guidance"], "batch": batch}
                 res = engine.sample_float(num, seed=seed, method=method, steps=n, progress=progress,
-                                          **options.get(method, {}))
+                                          **options.get(method, {}), **ckw)
                 d = digits_distribution(clf, {"samples": res.images})
                 row = d["sets"]["samples"]
                 floor, ref_n = d["sets"][FLOOR]["frechet_to_real"], d["real_reference_n"]
@@ -114,12 +135,50 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
                     "method": method, "steps": n, "seed": seed, "engine_calls": n,
                     "seconds": res.seconds, "frechet_to_real": row["frechet_to_real"],
                     "confident_share": row["confident_share"], "class_min_share": row["class_min_share"]}
-                log(f"  Frechet {row['frechet_to_real']:.2f} (floor {floor:.2f}), {res.seconds:.1f} s")
+                if conditioning:
+                    run = runs[(method, n, seed)]
+                    run.update(conditioning)
+                    run["network_calls"] = res.network_calls  # 2 branches per step in one call at 2N, or two calls
+                    if conditioning.get("num_classes") == 10:
+                        from ddpm_export.evaluation.digits import label_scores
+
+                        run["label_accuracy"] = label_scores(clf, {"s": res.images}, cond[conditioning["condition"]]
+                                                             )["sets"]["s"]["label_accuracy"]
+                log(f"  Frechet {row['frechet_to_real']:.2f} (floor {floor:.2f}), {res.seconds:.1f} s"
+                    + (f", label accuracy {runs[(method, n, seed)]['label_accuracy']:.3f}"
+                       if "label_accuracy" in runs[(method, n, seed)] else ""))
                 on_run(result())
         if floor is None:  # everything reused: the floor at this count, without sampling
             d = digits_distribution(clf, {"samples": clf.real_a[:num]})
             floor, ref_n = d["sets"][FLOOR]["frechet_to_real"], d["real_reference_n"]
         return result()
+
+
+def _conditioning(engine_path, engine, num: int, labels, guidance):
+    """(cond for sample_float, the table's conditioning record) of a steps-table run; ({}, {})
+    for an unconditional engine. Every refusal before any sampling."""
+    from runtime.contract import default_guidance
+    from runtime.guidance import check_condition, check_guidance, null_conditions
+
+    conds = engine.conditions
+    if not conds:
+        given = [f for f, v in (("--label", labels), ("--guidance", guidance)) if v is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)}: received for {engine_path}, an unconditional engine (it "
+                             f"takes no conditions); omit {' and '.join(given)}")
+        return {}, {}
+    if len(conds) != 1 or conds[0].kind != "class_label":
+        raise ValueError(f"{engine_path}: conditions {[(c.name, c.kind) for c in conds]}; the steps table samples "
+                         f"unconditional or class-conditional engines (one class_label condition) only")
+    c = conds[0]
+    ids = list(range(c.num_classes)) if labels is None else [int(v) for v in labels]
+    check_condition(c, np.asarray(ids, dtype=np.int64), len(ids))
+    w = check_guidance(default_guidance(engine.manifest) if guidance is None else guidance)
+    if w != 1.0:
+        null_conditions(conds, 1)  # no null label: refused now, with how to fix it
+    cond = {c.name: np.array([ids[i % len(ids)] for i in range(num)], dtype=np.int64)}
+    return cond, {"condition": c.name, "labels": ids, "labels_cycled": True, "num_classes": c.num_classes,
+                  "guidance": w}
 
 
 def _rows(plan, seeds, runs) -> List[Dict[str, Any]]:
@@ -139,6 +198,9 @@ def _rows(plan, seeds, runs) -> List[Dict[str, Any]]:
                      "frechet_mean": f_mean, "frechet_std": f_std,
                      "frechet_per_seed": [r["frechet_to_real"] for r in got],
                      "confident_mean": c_mean, "confident_std": c_std, "seconds_mean": s_mean})
+        acc = [r["label_accuracy"] for r in got if "label_accuracy" in r]
+        if acc:
+            rows[-1]["label_accuracy_mean"], rows[-1]["label_accuracy_std"] = _stats(acc)
     return rows
 
 
@@ -149,9 +211,18 @@ def format_steps_table(r: Dict[str, Any]) -> str:
              f"seeds (real-vs-real floor {floor:.2f})",
              "| method | engine calls | Frechet to real | confident share | wall time (s) |",
              "|---|---|---|---|---|"]
+    acc = any("label_accuracy_mean" in row for row in r["rows"])
+    if "guidance" in r:
+        lines[0] += (f"; {r['condition']} {r['labels']} cycled over the samples, guidance {r['guidance']:g} "
+                     f"(steps = denoiser evaluations; with guidance each is two network branches)")
+        if acc:
+            lines[1:] = ["| method | steps | Frechet to real | confident share | label accuracy | wall time (s) |",
+                         "|---|---|---|---|---|---|"]
     for row in r["rows"]:
+        a = (f"{row['label_accuracy_mean']:.3f} +- {row['label_accuracy_std']:.3f} | "
+             if "label_accuracy_mean" in row else "")
         lines.append(f"| {row['method']} | {row['engine_calls']} | {row['frechet_mean']:.2f} +- "
-                     f"{row['frechet_std']:.2f} | {row['confident_mean']:.3f} | "
+                     f"{row['frechet_std']:.2f} | {row['confident_mean']:.3f} | {a}"
                      f"{'n/a' if row['seconds_mean'] is None else format(row['seconds_mean'], '.1f')} |")
     return "\n".join(lines)
 

@@ -7,10 +7,13 @@ the images do not depend on the batch size, any batch can be regenerated alone
 with the same seed follows the same chain up to the engine's rounding.
 The schedule decides what the model's output means (eps, x0 or v) and how x0_hat is
 limited (clipping, clip_sample_range, dynamic thresholding), as in the runtime.
+A conditional model samples with its conditions (one row per image, sliced per batch as
+the runtime slices them) and classifier-free guidance mixed on the raw output
+(``ddpm_export.model.conditions.GuidedModel``, the reference of runtime.guidance).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -41,6 +44,9 @@ def sample_images(
     trajectory_every: int = 0,
     progress: bool = True,
     device: str = "cpu",
+    conditions: Sequence[Any] = (),
+    cond: Optional[Dict[str, Any]] = None,
+    guidance: float = 1.0,
 ) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """Draw images 0..num-1 of ``seed`` [num, C, H, W] float32 in [-1, 1]
     (batches first_batch, ... of ``batch_size`` when given: images from
@@ -48,9 +54,24 @@ def sample_images(
 
     Returns the images and, when ``trajectory_every`` > 0, the x0-prediction
     trajectory of the first batch [(t, [b, C, H, W])].
+
+    conditions: a conditional model's (runtime.contract.Condition, in input order); cond: their
+    values by name, one for all images or one per image ([num, ...], as engine.sample_float
+    takes them); guidance: the classifier-free guidance scale (1 = the conditional model alone).
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"need num >= 1 and batch_size >= 1, got num={num}, batch_size={batch_size}")
+    conds = None
+    if conditions or cond:
+        from runtime.guidance import check_guidance, null_conditions, prepare_conditions
+
+        from ddpm_export.model.conditions import GuidedModel
+
+        if check_guidance(guidance) == 0.0 and cond is None:
+            conds = null_conditions(conditions, num)  # the unconditional model alone, as the runtime
+        else:
+            conds = prepare_conditions(conditions, cond, num)
+        guided = GuidedModel(model, conditions, guidance)
     diffusion = GaussianDiffusion(schedule)
     n_batches = (num + batch_size - 1) // batch_size
     last = n_batches if num_batches is None else min(n_batches, first_batch + num_batches)
@@ -60,12 +81,19 @@ def sample_images(
         from runtime.progress import progress_bar
 
         bar = progress_bar(total=(last - first_batch) * diffusion.num_timesteps, desc="sampling", unit="step")
+    image_shape = image_shape_of(model)
     model = model.to(device).eval()
     for i in range(first_batch, last):
         n = min(batch_size, num - i * batch_size)
-        shape = (n, *image_shape_of(model))
+        shape = (n, *image_shape)
+        net = model
+        if conds is not None:
+            from ddpm_export.model.conditions import WithConditions, condition_tensors
+
+            rows = slice(i * batch_size, i * batch_size + n)
+            net = WithConditions(guided, [v.to(device) for v in condition_tensors(conditions, conds, rows)])
         x, traj = diffusion.sample(
-            _Counting(model, bar), shape, device=device,
+            _Counting(net, bar), shape, device=device,
             trajectory_every=trajectory_every if i == first_batch else 0,
             **stream_noise(ImageStreams(seed, i * batch_size, n), shape),
         )
