@@ -218,8 +218,13 @@ def digits_score(checkpoint, samples, num, seed, batch, save, json_out, no_progr
               "the same noise (needs diffusers); a difference is a refusal: exit 1, nothing written.")
 @click.option("--verify-steps", type=click.IntRange(1), default=10, show_default=True,
               help="diffusers only: DDPM steps of the verification chain.")
+@click.option("--null-label", "null_label", type=int, default=None,
+              help="diffusers only, class-conditional models (num_class_embeds): the class index the model "
+              "was trained to read as 'no label', for classifier-free guidance. diffusers' folders do not "
+              "record it; without it the model samples with guidance 1 only.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-def import_(fmt, src, out, preset, scheduler_config, image_size, network, verify, verify_steps, force):
+def import_(fmt, src, out, preset, scheduler_config, image_size, network, verify, verify_steps, null_label,
+            force):
     """Convert published DDPM weights into a ddpm-export checkpoint.
 
     \b
@@ -251,9 +256,10 @@ def import_(fmt, src, out, preset, scheduler_config, image_size, network, verify
             sched.setdefault("_class_name", "DDPMScheduler")
         ckpt = weights.import_diffusers(src, out, sched, image_size=_parse_image_size(image_size),
                                         network=network, verify=verify, verify_steps=verify_steps,
-                                        command=command)
+                                        command=command, null_label=null_label)
     else:
-        for name, given in (("--scheduler-config", scheduler_config), ("--image-size", image_size)):
+        for name, given in (("--scheduler-config", scheduler_config), ("--image-size", image_size),
+                            ("--null-label", null_label)):
             if given is not None:
                 raise click.UsageError(f"{name} is for --format diffusers; a pesser checkpoint uses --preset")
         ckpt = weights.import_pesser(src, out, preset=preset, command=command)

@@ -535,8 +535,14 @@ def import_diffusers(
     verify_tol: float = 1e-4,
     verify_steps: int = 10,
     command: Optional[str] = None,
+    null_label: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Convert a diffusers ``UNet2DModel`` folder into a ddpm-export checkpoint at ``out_path``.
+
+    A class-conditional UNet2DModel (``num_class_embeds``, any ``class_embed_type``) imports
+    as diffusers' own network with a ``class_labels`` input (class_conditions);
+    ``null_label``: the class index it was trained to read as "no label" (needed for
+    guidance; diffusers' folders do not record it, so nothing is guessed).
 
     ``src_dir``: the folder with ``config.json`` + ``diffusion_pytorch_model.safetensors``
     (preferred) or ``.bin`` (``google/ddpm-cifar10-32`` has them at its root), a pipeline
@@ -573,6 +579,11 @@ def import_diffusers(
     mapped_error: Optional[str] = None
     use_ours = network in ("auto", "ours")
     cfg: Any = None
+    if null_label is not None and not _is_class_conditional(config_json):
+        raise ValueError(f"{config_path}: null_label (--null-label) {null_label!r} is for class-conditional "
+                         f"models (num_class_embeds / class_embed_type); this UNet2DModel is unconditional")
+    if use_ours and _is_class_conditional(config_json) and network == "auto":
+        use_ours, mapped_error = False, "class-conditional: imported as diffusers' own network"
     if use_ours:
         square = image_size if image_size is None or isinstance(image_size, int) else (
             image_size[0] if len(image_size) == 2 and image_size[0] == image_size[1] else list(image_size))
@@ -594,7 +605,8 @@ def import_diffusers(
     else:
         net_name = "diffusers.UNet2DModel"
         try:
-            model_config, state = _native_model(config_json, raw, image_size, config_path, weights_path)
+            model_config, state = _native_model(config_json, raw, image_size, config_path, weights_path,
+                                                null_label)
         except ValueError as e:
             # one line with every reason: the network's and the scheduler's
             raise ValueError(_with_schedule_problems(str(e), schedule_config, sched_path, src)) from e
@@ -667,8 +679,53 @@ def _native_state(raw: StateDict) -> StateDict:
     return _to_float32(out)
 
 
+def _is_class_conditional(config_json: Dict[str, Any]) -> bool:
+    return config_json.get("class_embed_type") is not None or config_json.get("num_class_embeds") is not None
+
+
+def class_conditions(d: Dict[str, Any], null_label: Optional[int]) -> Tuple[list, List[str]]:
+    """The contract conditions of a UNet2DModel config (defaults filled in) and the reasons it
+    cannot be deployed exactly. diffusers adds the class embedding to the time embedding:
+      class_embed_type None, num_class_embeds K: nn.Embedding(K, ...): labels 0..K-1;
+      "timestep": the labels go through the sinusoidal projection like t; any integer works
+        there, so the label range is num_class_embeds, which must be set;
+      "identity": class_labels are already embeddings, float32 [time_embed_dim]: a vector
+        condition (no null form: guidance refused);
+    the other class_embed_type values ("projection", "simple_projection") take a float vector of
+    projection_class_embeddings_input_dim."""
+    from runtime.contract import Condition
+
+    kind, k = d.get("class_embed_type"), d.get("num_class_embeds")
+    if kind is None and k is None:
+        return [], ([] if null_label is None else [f"null_label={null_label!r} for an unconditional model"])
+    name, problems = "class_labels", []
+    if kind in (None, "timestep"):
+        if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+            return [], [f"class_embed_type={kind!r} with num_class_embeds={k!r} (expected the number of "
+                        f"classes, an int >= 1: it is the range of the labels)"]
+        if null_label is not None and not (isinstance(null_label, int) and 0 <= null_label < k):
+            return [], [f"null_label={null_label!r} (expected a class index in [0, {k - 1}]: diffusers has no "
+                        f"extra null row, a model trained for guidance reserves one of its num_class_embeds={k})"]
+        return [Condition(name, "class_label", (), k, null_label)], []
+    dim = (d.get("block_out_channels") or [0])[0] * 4 if d.get("time_embedding_dim") is None         else d.get("time_embedding_dim")
+    if kind == "identity":
+        if null_label is not None:
+            problems.append("null_label with class_embed_type='identity' (its class_labels are embedding "
+                            "vectors, not indices)")
+        return [Condition(name, "vector", (int(dim),), None, None)], problems
+    if kind in ("projection", "simple_projection"):
+        pdim = d.get("projection_class_embeddings_input_dim")
+        if not isinstance(pdim, int) or pdim < 1:
+            return [], [f"class_embed_type={kind!r} with projection_class_embeddings_input_dim={pdim!r}"]
+        if null_label is not None:
+            problems.append(f"null_label with class_embed_type={kind!r} (its class_labels are vectors)")
+        return [Condition(name, "vector", (pdim,), None, None)], problems
+    return [], [f"class_embed_type={kind!r} (supported: None, 'timestep', 'identity', 'projection', "
+                f"'simple_projection')"]
+
+
 def _native_model(config_json: Dict[str, Any], raw: StateDict, image_size, config_path: Path,
-                  weights_path: Path) -> Tuple[Dict[str, Any], StateDict]:
+                  weights_path: Path, null_label: Optional[int] = None) -> Tuple[Dict[str, Any], StateDict]:
     """The checkpoint model_config and state of diffusers' own UNet2DModel; refuses what the
     export contract cannot carry, listing every reason in one line."""
     try:
@@ -695,10 +752,8 @@ def _native_model(config_json: Dict[str, Any], raw: StateDict, image_size, confi
         problems.append(f"out_channels={d.get('out_channels')!r} != in_channels={d.get('in_channels')!r} "
                         f"(supported: equal; a learned variance or other extra outputs are not part of the "
                         f"export contract)")
-    if d.get("class_embed_type") is not None or d.get("num_class_embeds") is not None:
-        problems.append(f"class_embed_type={d.get('class_embed_type')!r}, num_class_embeds="
-                        f"{d.get('num_class_embeds')!r} (supported: unconditional models only; the contract "
-                        f"has no class-label input)")
+    conditions, why = class_conditions(d, null_label)
+    problems += why
     if d.get("time_embedding_type", "positional") != "positional":
         problems.append(f"time_embedding_type={d.get('time_embedding_type')!r} (supported: 'positional'; "
                         f"'fourier' models are score-SDE networks conditioned on a noise level, not on t)")
@@ -716,13 +771,13 @@ def _native_model(config_json: Dict[str, Any], raw: StateDict, image_size, confi
                         f"2**(levels-1) = {2 ** (levels - 1)} for {levels} levels)")
     if problems:
         raise ValueError(f"{config_path}: this diffusers UNet2DModel cannot be deployed: " + "; ".join(problems))
-    model_config = diffusers_model_config(config_json, (int(d["in_channels"]), *hw))
+    model_config = diffusers_model_config(config_json, (int(d["in_channels"]), *hw), conditions)
     try:
         state = _native_state(raw)
     except ValueError as e:
         raise ValueError(f"{weights_path}: {e}") from e
     net = UNet2DModel.from_config({k: v for k, v in config_json.items()})
-    wrapped = DiffusersUNet(net, model_config["image_shape"])
+    wrapped = DiffusersUNet(net, model_config["image_shape"], conditions)
     try:
         load_state_dict_checked(wrapped.net, state, weights_path)
     except CheckpointError as e:

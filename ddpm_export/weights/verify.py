@@ -81,9 +81,14 @@ def verify_import(checkpoint: Any, unet_dir: Path, schedule: ScheduleConfig,
                          "(--no-verify / verify=False)") from e
     import diffusers
 
+    from ddpm_export.model.conditions import example_conditions, model_conditions
+
     ckpt = load_checkpoint(checkpoint)
     ours, _, _ = build_model(ckpt, checkpoint)
     theirs = UNet2DModel.from_pretrained(str(unet_dir)).eval()
+    conds = model_conditions(ours)  # a class-conditional model: class_labels, checked at fixed labels
+    cond = example_conditions(conds, batch, torch.Generator().manual_seed(seed + 1))
+    kw = {c.name: v for c, v in zip(conds, cond)}
     c, h, w = (int(v) for v in image_shape)
     theirs.register_to_config(sample_size=[h, w] if h != w else h)
     T = int(schedule.num_timesteps)
@@ -94,7 +99,7 @@ def verify_import(checkpoint: Any, unet_dir: Path, schedule: ScheduleConfig,
         for t in verify_timesteps(T):
             x = torch.randn(batch, c, h, w, generator=g)
             tt = torch.full((batch,), t, dtype=torch.int32)
-            diff = (ours(x, tt) - theirs(x, tt.long()).sample).abs().max().item()
+            diff = (ours(x, tt, *cond) - theirs(x, tt.long(), **kw).sample).abs().max().item()
             rows.append({"t": int(t), "max_abs": float(diff)})
     eps_max = max(r["max_abs"] for r in rows)
     report: Dict[str, Any] = {
@@ -105,15 +110,22 @@ def verify_import(checkpoint: Any, unet_dir: Path, schedule: ScheduleConfig,
     sched_cfg = dict(scheduler_json) if scheduler_json is not None else schedule_to_diffusers(schedule)
     scheduler = DDPMScheduler.from_config(sched_cfg)
     n = min(int(steps), T)
-    pipe = DDPMPipeline(unet=theirs, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    with torch.no_grad():
-        want = pipe(batch_size=1, generator=torch.Generator().manual_seed(seed), num_inference_steps=n,
-                    output_type="np").images
-    got, _ = runtime_chain(torch_fn(ours), schedule, (1, c, h, w), n, seed)
+    if conds:  # DDPMPipeline takes no labels: its loop, written out, with the first sample's
+        cond1 = [v[:1] for v in cond]  # conditions (the same generator draws: x_T, then one per step)
+        want = _ddpm_pipeline_loop(theirs, scheduler, (1, c, h, w), n, seed,
+                                   {k: v[:1] for k, v in kw.items()})
+        got, _ = runtime_chain(torch_fn(ours, cond1), schedule, (1, c, h, w), n, seed)
+    else:
+        pipe = DDPMPipeline(unet=theirs, scheduler=scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        with torch.no_grad():
+            want = pipe(batch_size=1, generator=torch.Generator().manual_seed(seed), num_inference_steps=n,
+                        output_type="np").images
+        got, _ = runtime_chain(torch_fn(ours), schedule, (1, c, h, w), n, seed)
     report["chain"] = {
-        "reference": f"diffusers {diffusers.__version__} DDPMPipeline "
-                     f"({type(scheduler).__name__}.from_config, num_inference_steps={n})",
+        "reference": f"diffusers {diffusers.__version__} DDPMPipeline"
+                     + (" loop with class_labels" if conds else "")
+                     + f" ({type(scheduler).__name__}.from_config, num_inference_steps={n})",
         "ours": "runtime DDPM scheduler + the imported model (PyTorch float32)",
         "steps": n,
         "timesteps": [int(t) for t in scheduler.timesteps],
@@ -121,7 +133,9 @@ def verify_import(checkpoint: Any, unet_dir: Path, schedule: ScheduleConfig,
         "tol": float(chain_tol),
         "note": "images on [0, 1] as DDPMPipeline returns them (x / 2 + 0.5, clamped)",
     }
-    if sampling is not None and sampling.get("method") == "ddim":
+    if conds:
+        report["conditions"] = {c.name: v.tolist() for c, v in zip(conds, cond)}
+    if sampling is not None and sampling.get("method") == "ddim" and not conds:
         report["default_chain"] = _ddim_default_chain(ours, theirs, sched_cfg, schedule, sampling,
                                                       (1, c, h, w), n, seed, chain_tol)
     problems = []
@@ -181,13 +195,26 @@ def _ddim_default_chain(ours, theirs, sched_cfg: Dict[str, Any], schedule: Sched
     }
 
 
-def torch_fn(model):
-    """model(x_t, t) as a NumPy function (float32 x_t, int t), for runtime_chain."""
+def torch_fn(model, cond=()):
+    """model(x_t, t, *cond) as a NumPy function (float32 x_t, int t), for runtime_chain."""
     def fn(x: np.ndarray, t: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                         torch.from_numpy(np.asarray(t, dtype=np.int32))).numpy()
+                         torch.from_numpy(np.asarray(t, dtype=np.int32)), *cond).numpy()
     return fn
+
+
+def _ddpm_pipeline_loop(unet, scheduler, shape, steps: int, seed: int, cond: Dict[str, Any]) -> np.ndarray:
+    """What DDPMPipeline.__call__ does (diffusers 0.2x-0.4x), with condition keywords for the
+    UNet: x_T from the generator, set_timesteps, then unet(x, t, **cond) and step(generator=)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tuple(shape), generator=g)
+    scheduler.set_timesteps(steps)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            out = unet(x, t, **cond).sample
+            x = scheduler.step(out, t, x, generator=g).prev_sample
+    return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
 def runtime_chain(fn, schedule: Any, shape: Sequence[int], steps: int, seed: int):

@@ -305,7 +305,7 @@ def test_every_network_refusal_in_one_line(tmp_path):
     src = tmp_path / "unet"
     net.save_pretrained(str(src))
     cfg = json.loads((src / "config.json").read_text())
-    cfg.update(out_channels=6, num_class_embeds=10, sample_size=[32, 40], brand_new_setting=1)
+    cfg.update(out_channels=6, class_embed_type="projection", sample_size=[32, 40], brand_new_setting=1)
     (src / "config.json").write_text(json.dumps(cfg))
     (src / "scheduler_config.json").write_text(json.dumps({**HUB_256_SCHEDULER, "variance_type": "learned_range"}))
     with pytest.raises(ValueError) as e:
@@ -313,7 +313,7 @@ def test_every_network_refusal_in_one_line(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "cannot be deployed" in msg
     for part in ("unknown settings ['brand_new_setting']", "out_channels=6 != in_channels=3",
-                 "num_class_embeds=10", "image size [32, 40]",
+                 "class_embed_type='projection' with projection_class_embeddings_input_dim=None", "image size [32, 40]",
                  "and " + str(src / "scheduler_config.json") + ": this scheduler cannot be expressed",
                  "variance_type='learned_range'"):
         assert part in msg
