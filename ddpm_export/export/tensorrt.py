@@ -105,14 +105,15 @@ BUILD_TRT_API: Dict[str, Tuple[str, ...]] = {
          "TensorIOMode", "INetworkDefinition", "ILayer", "ITensor"),
     "OnnxParserFlag": ("NATIVE_INSTANCENORM",),
     "MemoryPoolType": ("WORKSPACE",),
-    "DataType": ("FLOAT", "HALF", "INT32"),
+    "DataType": ("FLOAT", "HALF", "INT32", "INT64"),  # INT64: check_engine_io, a >= 9 plan's labels
     "LayerType": ("SHAPE", "CONSTANT", "SHUFFLE"),
     "INetworkDefinition": ("num_layers", "get_layer"),
     "ILayer": ("name", "type", "precision", "num_inputs", "get_input", "num_outputs", "get_output",
                "set_output_type"),
     "ITensor": ("dtype", "name"),
 }
-BUILD_TRT_API_SINCE = {("", "OnnxParserFlag"): (8, 6), ("OnnxParserFlag", "NATIVE_INSTANCENORM"): (8, 6)}
+BUILD_TRT_API_SINCE = {("", "OnnxParserFlag"): (8, 6), ("OnnxParserFlag", "NATIVE_INSTANCENORM"): (8, 6),
+                       ("DataType", "INT64"): (9, 0)}  # read with getattr (compat._label_dtypes)
 # used only by the FP16 builder-flag build, which TensorRT 11 no longer has (strong typing only)
 BUILD_TRT_API_UNTIL = {("ILayer", "precision"): NO_FP16_FLAG, ("ILayer", "set_output_type"): NO_FP16_FLAG}
 
