@@ -404,6 +404,39 @@ def test_build_and_run_tiny_engine_matches_onnxruntime(request, tmp_path):
         assert np.isfinite(fresh).all() and np.abs(fresh - want).max() < 2e-2, plan
 
 
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_build_and_run_a_class_conditional_plan_matches_onnxruntime(tmp_path):
+    """Issue 25 item 5 on real TensorRT (never run yet: no machine here has had a GPU with
+    TensorRT): a class-conditional diffusers export builds with a profile for class_labels,
+    its labels (INT32 on 8.x, INT64 from 9/10) give ONNX Runtime's eps, and a guided chain
+    runs at 2N and stays close to ONNX Runtime's."""
+    pytest.importorskip("tensorrt", reason="needs the full TensorRT (pip install tensorrt-cu12; "
+                                           "Jetson: JetPack's python3-libnvinfer)")
+    pytest.importorskip("polygraphy", reason="pip install polygraphy")
+    pytest.importorskip("diffusers", reason="the class-conditional test model is a diffusers UNet2DModel")
+    import runtime
+    from cond_engines import K, class_cond_engine
+    from ddpm_export.export.tensorrt import BuildConfig, build_engine
+
+    onnx = class_cond_engine(tmp_path, batch_range=(1, 4, 16))
+    m = build_engine(BuildConfig(onnx=str(onnx), min_batch=1, opt_batch=4, max_batch=8), log=lambda s: None)
+    assert m["engine"]["profiles"] == [{"min": 1, "opt": 4, "max": 8}]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 1, 8, 8)).astype(np.float32)
+    t = np.array([0, 1, 20, 35, 49], np.int32)
+    labels = np.array([0, 1, 2, 3, K], np.int64)  # K: the null label
+    with runtime.load(onnx) as ref, runtime.load(onnx.with_suffix(".plan")) as plan:
+        assert plan.runner._dtypes["class_labels"] in (np.int32, np.int64)
+        want, got = ref(x, t, class_labels=labels), plan(x, t, class_labels=labels)
+        assert np.abs(got - want).max() < 1e-2
+        other = plan(x, t, class_labels=(labels + 1) % (K + 1))
+        assert np.abs(other - got).max() > 10 * np.abs(got - want).max()  # labels reach the plan
+        a = ref.sample_float(4, seed=0, steps=4, method="ddim", cond={"class_labels": 3}, guidance=2.0)
+        b = plan.sample_float(4, seed=0, steps=4, method="ddim", cond={"class_labels": 3}, guidance=2.0)
+        assert b.image_steps == 4 * 8 and np.abs(a.images - b.images).max() < 5e-2
+
+
 # --- names against TensorRT binding sources (every version of trt_fakes.TRT_API_VERSIONS) --------
 @pytest.mark.parametrize("version", TRT_API_VERSIONS)
 def test_every_tensorrt_name_the_runner_touches_is_bound_in_that_version(version):
