@@ -24,10 +24,11 @@ class FakeEngine:
         return self.tensors[n][2]
 
     def get_tensor_profile_shape(self, n, i):
-        """(min, opt, max) of input n: profile holds x_t's; t's is its batch (as built)."""
-        if n == "t":
-            return tuple((p[0],) for p in self.profile)
-        return self.profile
+        """(min, opt, max) of input n: profile holds x_t's; every other input's (t, a condition)
+        is x_t's batch and that input's own static dims (as the build adds them)."""
+        if n == "x_t":
+            return self.profile
+        return tuple((p[0],) + tuple(self.tensors[n][2][1:]) for p in self.profile)
 
 
 # --- TensorRT's Python API names per version (scripts/trt_api_names.py) --------------------
@@ -91,10 +92,27 @@ FAKE_PLAN_MAGIC = b"FAKEPLAN"
 
 
 def fake_plan_bytes(version="10.3.0.30", plugins=False, version_compatible=False,
-                    profile=(1, 8, 64), image_shape=(3, 32, 32)):
+                    profile=(1, 8, 64), image_shape=(3, 32, 32), conditions=()):
+    """image_shape: the per-sample shape of x_t and eps (any rank). conditions: the plan's
+    condition inputs after x_t and t, each {"name", "kind", "shape", "dtype"} with dtype a
+    TensorRT DataType name ("INT32" as a TensorRT 8.x parser makes a label, "INT64" as 9/10
+    on do, "FLOAT"); the fake engine has exactly these inputs."""
     head = {"version": version, "plugins": plugins, "vc": version_compatible,
-            "profile": list(profile), "image_shape": list(image_shape)}
+            "profile": list(profile), "image_shape": list(image_shape),
+            "conditions": [dict(c, shape=list(c["shape"])) for c in conditions]}
     return FAKE_PLAN_MAGIC + json.dumps(head).encode()
+
+
+def fake_cond_eps(x, t, cond, kinds):
+    """What the fake plan computes: 0.5 * x_t + t, plus for every condition input its label
+    (class_label) or the mean of its per-sample values (vector, image_channels)."""
+    b = x.shape[0]
+    out = 0.5 * x + t.reshape((b,) + (1,) * (x.ndim - 1))
+    for name, kind in kinds.items():
+        v = np.asarray(cond[name]).reshape(b, -1).astype(np.float64)
+        add = v[:, 0] if kind == "class_label" else v.mean(axis=1)
+        out = out + add.reshape((b,) + (1,) * (x.ndim - 1))
+    return out.astype(np.float32)
 
 
 class FakeCudaMemory:
@@ -195,6 +213,10 @@ def fake_tensorrt(version="10.3.0.30", kind="full"):
     class DataType:
         FLOAT, INT32 = "FLOAT", "INT32"
 
+    if int(version.split(".")[0]) >= 9:  # TensorRT 8.x binds no INT64 (trt_api/tensorrt-8.*.json)
+        DataType.INT64 = "INT64"
+    ctypes_of = {"FLOAT": ctypes.c_float, "INT32": ctypes.c_int32, "INT64": ctypes.c_int64}
+
     class Context:
         def __init__(self, engine):
             self.engine, self.shapes, self.addresses, self.runs = engine, {}, {}, []
@@ -220,24 +242,32 @@ def fake_tensorrt(version="10.3.0.30", kind="full"):
             return True
 
         def execute_async_v3(self, stream):
-            """eps = 0.5 * x_t + t, read from and written to the bound addresses when the stream
-            runs it. False, as enqueueV3 returns it, unless every input's shape was set (and
-            they agree on the batch) and every I/O tensor has an address."""
+            """eps = fake_cond_eps(x_t, t, conditions), every input read from (in the plan's
+            dtype: an INT32 label plan reads 4 bytes a label) and eps written to the bound
+            addresses when the stream runs it. False, as enqueueV3 returns it, unless every
+            input's shape was set (all with x_t's batch) and every I/O tensor has an address."""
             inputs = [n for n, v in self.engine.tensors.items() if v[0] == TensorIOMode.INPUT]
             if any(n not in self.shapes for n in inputs) or set(self.addresses) != set(self.engine.tensors):
                 return False
             b = self.shapes["x_t"][0]
-            if self.shapes["t"] != (b,):
-                return False  # the graph's t and x_t batches must agree
+            if any(self.shapes[n][0] != b for n in inputs):
+                return False  # the graph's inputs must agree on the batch
             chw = tuple(self.engine.head["image_shape"])
-            n = b * int(np.prod(chw))
             addr = dict(self.addresses)
+            conds = self.engine.head.get("conditions", [])
+
+            def read(name, shape):
+                k = int(np.prod(shape))
+                ct = ctypes_of[self.engine.tensors[name][1]]
+                return np.ctypeslib.as_array((ct * k).from_address(addr[name])).reshape(shape).copy()
 
             def run():
-                x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["x_t"]))
-                t = np.ctypeslib.as_array((ctypes.c_int32 * b).from_address(addr["t"]))
+                x = read("x_t", (b,) + chw)
+                t = read("t", (b,))
+                cond = {c["name"]: read(c["name"], (b,) + tuple(c["shape"])) for c in conds}
+                n = b * int(np.prod(chw))
                 out = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["eps"]))
-                out[:] = (0.5 * x.reshape((b,) + chw) + t[:, None, None, None]).ravel()
+                out[:] = fake_cond_eps(x, t, cond, {c["name"]: c["kind"] for c in conds}).ravel()
             mem = _fake_cuda_in_use()
             if mem is None:
                 run()
@@ -250,11 +280,14 @@ def fake_tensorrt(version="10.3.0.30", kind="full"):
         def __init__(self, head):
             self.head = head
             mn, opt, mx = head["profile"]
-            c, h, w = head["image_shape"]
-            tensors = {"x_t": (TensorIOMode.INPUT, DataType.FLOAT, (-1, c, h, w)),
-                       "t": (TensorIOMode.INPUT, DataType.INT32, (-1,)),
-                       "eps": (TensorIOMode.OUTPUT, DataType.FLOAT, (-1, c, h, w))}
-            super().__init__(tensors, ((mn, c, h, w), (opt, c, h, w), (mx, c, h, w)))
+            shape = tuple(head["image_shape"])
+            tensors = {"x_t": (TensorIOMode.INPUT, DataType.FLOAT, (-1,) + shape),
+                       "t": (TensorIOMode.INPUT, DataType.INT32, (-1,))}
+            for c in head.get("conditions", ()):  # as the plan's network has them, after x_t, t
+                tensors[c["name"]] = (TensorIOMode.INPUT, getattr(DataType, c["dtype"]),
+                                      (-1,) + tuple(c["shape"]))
+            tensors["eps"] = (TensorIOMode.OUTPUT, DataType.FLOAT, (-1,) + shape)
+            super().__init__(tensors, tuple((b,) + shape for b in (mn, opt, mx)))
 
         def create_execution_context(self):
             return Context(self)

@@ -65,8 +65,11 @@ from runtime.contract import (
     INPUT_T,
     INPUT_X,
     BatchRange,
+    Condition,
     ManifestError,
+    conditions_of,
     read_manifest,
+    sample_shape_of,
     sha256_file,
     write_manifest,
 )
@@ -102,14 +105,15 @@ BUILD_TRT_API: Dict[str, Tuple[str, ...]] = {
          "TensorIOMode", "INetworkDefinition", "ILayer", "ITensor"),
     "OnnxParserFlag": ("NATIVE_INSTANCENORM",),
     "MemoryPoolType": ("WORKSPACE",),
-    "DataType": ("FLOAT", "HALF", "INT32"),
+    "DataType": ("FLOAT", "HALF", "INT32", "INT64"),  # INT64: check_engine_io, a >= 9 plan's labels
     "LayerType": ("SHAPE", "CONSTANT", "SHUFFLE"),
     "INetworkDefinition": ("num_layers", "get_layer"),
     "ILayer": ("name", "type", "precision", "num_inputs", "get_input", "num_outputs", "get_output",
                "set_output_type"),
     "ITensor": ("dtype", "name"),
 }
-BUILD_TRT_API_SINCE = {("", "OnnxParserFlag"): (8, 6), ("OnnxParserFlag", "NATIVE_INSTANCENORM"): (8, 6)}
+BUILD_TRT_API_SINCE = {("", "OnnxParserFlag"): (8, 6), ("OnnxParserFlag", "NATIVE_INSTANCENORM"): (8, 6),
+                       ("DataType", "INT64"): (9, 0)}  # read with getattr (compat._label_dtypes)
 # used only by the FP16 builder-flag build, which TensorRT 11 no longer has (strong typing only)
 BUILD_TRT_API_UNTIL = {("ILayer", "precision"): NO_FP16_FLAG, ("ILayer", "set_output_type"): NO_FP16_FLAG}
 
@@ -567,7 +571,7 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
         f"{profile.min}/{profile.opt}/{profile.max}, on {device.name} ({device.cc})")
 
     trt = pg.trt
-    c, h, w = manifest["image_shape"]
+    sample_shape, conditions = sample_shape_of(manifest), conditions_of(manifest)
     net_kw: Dict[str, Any] = {}
     native_instancenorm = native_instancenorm_used(pg.version, cfg.version_compatible)
     if cfg.version_compatible:  # required there; elsewhere the parser's default (may be faster)
@@ -575,8 +579,9 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
     if mode == "strongly_typed":
         net_kw["strongly_typed"] = True
     prof = pg.Profile()
-    prof.add(INPUT_X, min=(profile.min, c, h, w), opt=(profile.opt, c, h, w), max=(profile.max, c, h, w))
-    prof.add(INPUT_T, min=(profile.min,), opt=(profile.opt,), max=(profile.max,))
+    for name, shape in profile_inputs(sample_shape, conditions):
+        prof.add(name, **{k: (b,) + shape for k, b in
+                          (("min", profile.min), ("opt", profile.opt), ("max", profile.max))})
     cfg_kw: Dict[str, Any] = {"profiles": [prof]}
     network = pg.NetworkFromOnnxPath(str(onnx), **net_kw)
     pinned: List[str] = []
@@ -630,7 +635,7 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
         # the bytes are what we write; deserialize once only to check the I/O, then drop it.
         # (Polygraphy allows host code here: this is the plan we have just built ourselves.)
         engine = pg.EngineFromBytes(plan_bytes)()
-        got = check_engine_io(engine, trt, (c, h, w))
+        got = check_engine_io(engine, trt, sample_shape, conditions)
         del engine
         if got != profile:
             raise BuildError(f"the built engine's profile {got.to_dict()} is not the requested "
@@ -660,6 +665,16 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
         manifest["engine"]["fp32_pinned_layers"] = len(pinned)
     write_manifest(out, manifest)
     return manifest
+
+
+def profile_inputs(sample_shape: Sequence[int],
+                   conditions: Sequence[Condition] = ()) -> List[Tuple[str, Tuple[int, ...]]]:
+    """(input name, per-sample shape) for every engine input the optimization profile covers:
+    x_t, t and each condition input, all with one batch range. The runtime runs guidance as one
+    call at batch 2N with half the profile's max as its default batch, so a plan's max is the
+    2N of its largest guided batch."""
+    return ([(INPUT_X, tuple(int(d) for d in sample_shape)), (INPUT_T, ())]
+            + [(c.name, tuple(c.shape)) for c in conditions])
 
 
 def native_instancenorm_used(trt_version: str, version_compatible: bool) -> Optional[bool]:

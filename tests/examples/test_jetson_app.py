@@ -207,3 +207,58 @@ def test_stdout_carries_only_the_apps_lines(monkeypatch, capsys):
     lines = out.strip().splitlines()
     assert lines[0].startswith("loaded ") and lines[1].startswith("request 0:")
     assert json.loads(lines[-1])["backend"] == "onnxruntime" and len(lines) == 3
+
+
+def test_a_conditional_plan_runs_guided_requests_on_the_fake_tensorrt(tmp_path, monkeypatch):
+    """Issue 25 item 5: a class-conditional plan as JetPack 5's TensorRT 8.5 builds it (labels
+    INT32: 8.x has no INT64 I/O) gets its labels and the guidance batch 2N through the app.
+    A stand-in TensorRT and CUDA (tests/trt_fakes.py): our control and data flow only, no
+    evidence that TensorRT runs such a plan."""
+    pytest.importorskip("polygraphy", reason="polygraphy not installed")
+    import hashlib
+    import importlib.util
+
+    import polygraphy.cuda.cuda as pc
+
+    from runtime import contract
+    from runtime.backends import tensorrt as rt
+    from trt_fakes import FakeCudaMemory, fake_plan_bytes, fake_tensorrt
+
+    spec = importlib.util.spec_from_file_location("jetson_app", APP)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    trt = fake_tensorrt("8.5.2.2")
+    mem = FakeCudaMemory()
+    monkeypatch.setattr(pc, "wrapper", lambda: mem)
+    monkeypatch.setattr(rt.runner, "probe_cuda_device", lambda: rt.DeviceInfo(0, "Orin", (8, 7)))
+    monkeypatch.setattr(rt.runner, "import_tensorrt", lambda allow_lean=False: (trt, rt.FULL))
+    monkeypatch.setattr(rt.runner, "_LOGGERS", {})
+    labels = contract.Condition("class_labels", "class_label", (), 4, 4)
+    data = fake_plan_bytes("8.5.2.2", profile=(1, 4, 8), image_shape=(1, 8, 8),
+                           conditions=[{"name": "class_labels", "kind": "class_label", "shape": [],
+                                        "dtype": "INT32"}])
+    plan = tmp_path / "cond.plan"
+    plan.write_bytes(data)
+    m = contract.manifest_dict(
+        image_shape=(1, 8, 8), schedule={"kind": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+                                         "num_timesteps": 10, "variance_type": "fixedsmall",
+                                         "clip_denoised": True},
+        batch_range=(1, 4, 8), source={"checkpoint": "c.pt", "checkpoint_sha256": "ab" * 32},
+        tools={}, command="test", conditions=[labels], guidance={"default": 2.0})
+    m["engine"] = {"section_version": 1, "tensorrt_version": "8.5.2.2", "device_name": "Orin",
+                   "compute_capability": "8.7", "precision": "fp32", "precision_mode": "fp32",
+                   "version_compatible": False, "profiles": [{"min": 1, "opt": 4, "max": 8}],
+                   "hardware_compatibility": "none", "native_instancenorm": None,
+                   "plan_sha256": hashlib.sha256(data).hexdigest()}
+    contract.write_manifest(plan, m)
+    opened = app.SamplerApp(str(plan), log=lambda s: None).open()
+    try:
+        assert opened.backend == "tensorrt" and opened.fallback_reason is None
+        assert opened.engine.runner._dtypes["class_labels"] == np.int32
+        threes = opened.handle(4, 0, cond={"class_labels": 3}, guidance=2.0, method="ddim", steps=2)
+        ones = opened.handle(4, 0, cond={"class_labels": 1}, guidance=2.0, method="ddim", steps=2)
+        assert threes["images"].shape == (4, 8, 8, 1) and threes["network_calls"] == 2
+        assert [b for b, _ in trt._state["contexts"][0].runs] == [8, 8, 8, 8]  # 2N = 8 per call
+        assert not np.array_equal(threes["images"], ones["images"])  # the label reached the plan
+    finally:
+        opened.close()

@@ -7,10 +7,12 @@ the plan; also checks a deserialized engine's I/O against the export contract.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
 
 from runtime.backends.tensorrt.cuda import BackendMissing, DeviceInfo
-from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError
+from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, Condition, ManifestError
 
 # The modules that can run a plan, in the order tried; names: TensorRT 8.6-10 wheels, 11.x wheels.
 # "full" runs any plan its version built and version-compatible plans per the matrix below;
@@ -223,26 +225,71 @@ def check_engine_compat(engine: Mapping[str, Any], trt_version: str, device: Dev
     return notes
 
 
-def check_engine_io(engine: Any, trt: Any, image_shape: Tuple[int, int, int]) -> BatchRange:
-    """The deserialized engine's I/O must be the contract's; returns its batch profile."""
+def _label_dtypes(trt: Any) -> Dict[Any, str]:
+    """The TensorRT dtypes a class-label input may have in a plan, by name. TensorRT 8.x has
+    no INT64 I/O tensors: its ONNX parser maps an int64 graph input to INT32 (onnx-tensorrt
+    convertDtype, release/8.x), so an 8.x plan takes labels as INT32; the parsers that have
+    INT64 (TensorRT 9/10 on) keep it INT64. A version-compatible 8.6 plan run by TensorRT 10
+    still has INT32 labels, so either is accepted where the running module binds it."""
+    out = {trt.DataType.INT32: "int32"}
+    int64 = getattr(trt.DataType, "INT64", None)  # not bound before TensorRT 9
+    if int64 is not None:
+        out[int64] = "int64"
+    return out
+
+
+def _want_io(trt: Any, conditions: Sequence[Condition]) -> Dict[str, Tuple[Any, Dict[Any, str]]]:
+    """name -> (mode, {accepted TensorRT dtype: numpy name}) for every I/O tensor of the contract."""
+    M, D = trt.TensorIOMode, trt.DataType
+    want = {INPUT_X: (M.INPUT, {D.FLOAT: "float32"}), INPUT_T: (M.INPUT, {D.INT32: "int32"}),
+            OUTPUT: (M.OUTPUT, {D.FLOAT: "float32"})}
+    for c in conditions:
+        want[c.name] = (M.INPUT, _label_dtypes(trt) if c.kind == "class_label" else {D.FLOAT: "float32"})
+    return want
+
+
+def check_engine_io(engine: Any, trt: Any, sample_shape: Sequence[int],
+                    conditions: Sequence[Condition] = ()) -> BatchRange:
+    """The deserialized engine's I/O must be the contract's for this manifest (x_t, t, eps and
+    one input per condition, their modes, dtypes, shapes and batch profiles); returns its batch
+    profile. Any difference is PlanManifestMismatch."""
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    want = {INPUT_X: (trt.TensorIOMode.INPUT, trt.DataType.FLOAT, "float32"),
-            INPUT_T: (trt.TensorIOMode.INPUT, trt.DataType.INT32, "int32"),
-            OUTPUT: (trt.TensorIOMode.OUTPUT, trt.DataType.FLOAT, "float32")}
+    want = _want_io(trt, conditions)
     fix = "the plan and its NAME.json do not belong together: rebuild with 'ddpm-export build'"
     if sorted(names) != sorted(want):
-        raise PlanManifestMismatch(f"engine I/O tensors {names}, expected {sorted(want)}; {fix}")
-    for name, (mode, dtype, dname) in want.items():
+        missing, extra = sorted(set(want) - set(names)), sorted(set(names) - set(want))
+        raise PlanManifestMismatch(
+            f"engine I/O tensors {names}, expected {sorted(want)} (from its manifest"
+            + (f"; missing {missing}" if missing else "") + (f"; not in the manifest {extra}" if extra else "")
+            + f"); {fix}")
+    for name, (mode, dtypes) in want.items():
         got_mode, got_dtype = engine.get_tensor_mode(name), engine.get_tensor_dtype(name)
-        if got_mode != mode or got_dtype != dtype:
+        if got_mode != mode or got_dtype not in dtypes:
             raise PlanManifestMismatch(f"engine tensor {name!r} is {got_mode} {got_dtype}, expected "
-                                 f"{mode} {dname}; {fix}")
-    dims = tuple(engine.get_tensor_shape(INPUT_X))
-    if len(dims) != 4 or tuple(dims[1:]) != tuple(image_shape):
-        raise PlanManifestMismatch(f"engine input {INPUT_X!r} has shape {dims}, expected "
-                             f"(batch, {', '.join(map(str, image_shape))}); {fix}")
+                                       f"{mode} {' or '.join(dtypes.values())}; {fix}")
+    shapes = {INPUT_X: tuple(sample_shape), OUTPUT: tuple(sample_shape), INPUT_T: ()}
+    shapes.update({c.name: tuple(c.shape) for c in conditions})
+    for name, per_sample in shapes.items():
+        dims = tuple(engine.get_tensor_shape(name))
+        if len(dims) != len(per_sample) + 1 or tuple(dims[1:]) != per_sample:
+            raise PlanManifestMismatch(f"engine tensor {name!r} has shape {dims}, expected "
+                                       f"(batch{''.join(', ' + str(d) for d in per_sample)}); {fix}")
     mn, opt, mx = (tuple(s) for s in engine.get_tensor_profile_shape(INPUT_X, 0))
-    return BatchRange(mn[0], opt[0], mx[0])
+    profile = BatchRange(mn[0], opt[0], mx[0])
+    for name in [INPUT_T] + [c.name for c in conditions]:
+        got = [tuple(s) for s in engine.get_tensor_profile_shape(name, 0)]
+        expect = [(b,) + shapes[name] for b in (profile.min, profile.opt, profile.max)]
+        if got != expect:
+            raise PlanManifestMismatch(f"engine input {name!r} has the profile (min, opt, max) "
+                                       f"{got}, expected {expect} (x_t's batches); {fix}")
+    return profile
 
 
-
+def input_dtypes(engine: Any, trt: Any, conditions: Sequence[Condition]) -> Dict[str, Any]:
+    """numpy dtype of every condition input as the (checked) plan takes it: float32, or for a
+    class label int32 (TensorRT 8.x plans) or int64."""
+    out = {}
+    for c in conditions:
+        names = _want_io(trt, (c,))[c.name][1]
+        out[c.name] = np.dtype(names[engine.get_tensor_dtype(c.name)])
+    return out

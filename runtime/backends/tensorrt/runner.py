@@ -28,9 +28,14 @@ needs ``tensorrt.TensorFormat``, which the lean and dispatch bindings do not
 bind (TensorRT's python/src/pyTensorRT.cpp binds it only with the full
 bindings), and its ``EngineFromBytes`` sets ``engine_host_code_allowed`` for
 every plan, which would bypass the opt-in below. Buffers are allocated once for
-the profile's max batch; each call copies the batch in, sets the input shapes
-when the batch size changes, runs, and copies the output back on one stream.
-Batches below the profile's min are zero-padded.
+the profile's max batch; each call copies the batch in (x_t, t and every
+condition input of a conditional model), sets every input's shape when the
+batch size changes, runs, and copies the output back on one stream. Batches
+below the profile's min are zero-padded (a padded row's label is 0, a valid
+label; its output is dropped). Class labels go in the plan's own dtype: INT32
+in a TensorRT 8.x plan (8.x has no INT64 I/O; its ONNX parser turns the int64
+input into INT32), INT64 from the parsers that have it; the cast is exact for
+labels, which the base runner has checked to lie in [0, num_classes].
 
 Trust: a version-compatible plan carries TensorRT's lean runtime, host code
 that TensorRT runs in this process when ``Runtime.engine_host_code_allowed`` is
@@ -58,8 +63,8 @@ import numpy as np
 from runtime.backends.base import Runner
 from runtime.backends.tensorrt.compat import (FULL, EngineMismatch, HostCodeNotAllowed,
                                               PlanManifestMismatch, PlanNotLoadable,
-                                              check_engine_compat,
-                                              check_engine_io, engine_section, import_tensorrt)
+                                              check_engine_compat, check_engine_io,
+                                              engine_section, import_tensorrt, input_dtypes)
 from runtime.backends.tensorrt.cuda import DeviceInfo, import_polygraphy_cuda, probe_cuda_device
 from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError
 
@@ -76,13 +81,16 @@ TRT_API: Dict[str, Tuple[str, ...]] = {
                     "get_tensor_shape", "get_tensor_profile_shape", "create_execution_context"),
     "IExecutionContext": ("set_input_shape", "set_tensor_address", "execute_async_v3"),
     "TensorIOMode": ("INPUT", "OUTPUT"),
-    "DataType": ("FLOAT", "INT32"),
+    "DataType": ("FLOAT", "INT32", "INT64"),
 }
 # Used only with the full bindings (the lean and dispatch bindings do not have them).
 TRT_API_FULL_ONLY: Dict[str, Tuple[str, ...]] = {"": ("init_libnvinfer_plugins",)}
 # Names needed only from a TensorRT version on (the others exist in 8.5 and later):
 # engine_host_code_allowed is set for version-compatible plans, which need TensorRT >= 8.6.
-TRT_API_SINCE: Dict[Tuple[str, str], Tuple[int, int]] = {("Runtime", "engine_host_code_allowed"): (8, 6)}
+# DataType.INT64 (a class-label input of a plan built by TensorRT >= 9) is read with getattr:
+# 8.x does not bind it (compat._label_dtypes).
+TRT_API_SINCE: Dict[Tuple[str, str], Tuple[int, int]] = {("Runtime", "engine_host_code_allowed"): (8, 6),
+                                                         ("DataType", "INT64"): (9, 0)}
 
 _LOGGERS: Dict[str, Any] = {}  # one TensorRT logger per module, for the whole process
 
@@ -163,6 +171,7 @@ class TensorRTRunner(Runner):
     def _reset(self) -> None:
         self._runtime = self._engine = self._context = self._stream = None
         self._dev: Dict[str, Any] = {}
+        self._dtypes: Dict[str, Any] = {}  # condition input -> the numpy dtype the plan takes
         self._batch = -1
 
     def _activate(self) -> None:
@@ -187,7 +196,8 @@ class TensorRTRunner(Runner):
     def _load(self, trt, kind: str, data: bytes, cuda) -> None:
         self._runtime, self._engine = deserialize(trt, kind, data, self.allow_host_code,
                                                   self.path, self.engine_info)
-        got = check_engine_io(self._engine, trt, self.image_shape)
+        got = check_engine_io(self._engine, trt, self.sample_shape, self.conditions)
+        self._dtypes = input_dtypes(self._engine, trt, self.conditions)
         if got != self.profile:
             raise PlanManifestMismatch(f"{self.path}: engine profile {got.to_dict()} differs from "
                                        f"its manifest's {self.profile.to_dict()}; rebuild with "
@@ -198,9 +208,10 @@ class TensorRTRunner(Runner):
                                  f"(out of GPU memory?); close other GPU programs or rebuild with "
                                  f"a smaller --max-batch")
         self._stream = cuda.Stream()
-        n, chw = self.profile.max, tuple(self.image_shape)
-        for name, shape, dtype in ((INPUT_X, (n,) + chw, np.float32), (INPUT_T, (n,), np.int32),
-                                   (OUTPUT, (n,) + chw, np.float32)):
+        n, chw = self.profile.max, tuple(self.sample_shape)
+        buffers = [(INPUT_X, (n,) + chw, np.float32), (INPUT_T, (n,), np.int32)]
+        buffers += [(c.name, (n,) + tuple(c.shape), self._dtypes[c.name]) for c in self.conditions]
+        for name, shape, dtype in buffers + [(OUTPUT, (n,) + chw, np.float32)]:
             self._dev[name] = cuda.DeviceArray(shape=shape, dtype=dtype)
             if not self._context.set_tensor_address(name, self._dev[name].ptr):
                 raise PlanManifestMismatch(
@@ -209,17 +220,16 @@ class TensorRTRunner(Runner):
 
     def _set_batch(self, b: int) -> None:
         if b != self._batch:
-            chw = tuple(self.image_shape)
-            if not (self._context.set_input_shape(INPUT_X, (b,) + chw)
-                    and self._context.set_input_shape(INPUT_T, (b,))):
-                raise EngineMismatch(f"set_input_shape(batch={b}) failed; profile {self.profile.to_dict()}")
+            shapes = [(INPUT_X, (b,) + tuple(self.sample_shape)), (INPUT_T, (b,))]
+            shapes += [(c.name, (b,) + tuple(c.shape)) for c in self.conditions]
+            for name, shape in shapes:
+                if not self._context.set_input_shape(name, shape):
+                    raise EngineMismatch(f"set_input_shape({name!r}, {shape}) failed (batch {b}); "
+                                         f"profile {self.profile.to_dict()}")
             self._batch = b
 
     def _infer(self, x_t: np.ndarray, t: np.ndarray, cond=None) -> np.ndarray:
-        if cond:
-            raise NotImplementedError(
-                f"{self.path}: this TensorRT runner does not feed condition inputs {sorted(cond)} yet; "
-                f"sample the conditional model's .onnx with ONNX Runtime")
+        cond = cond or {}
         b = x_t.shape[0]
         run_b = max(b, self.profile.min)  # pad up to the profile's min
         x = np.zeros((run_b,) + x_t.shape[1:], np.float32)
@@ -227,6 +237,12 @@ class TensorRTRunner(Runner):
         x[:b], tt[:b] = x_t, t
         self._dev[INPUT_X].copy_from(x, self._stream)
         self._dev[INPUT_T].copy_from(tt, self._stream)
+        for c in self.conditions:  # checked by Runner.__call__: present, [b, *shape], in range
+            # labels in the plan's dtype: int32 in a TensorRT 8.x plan (exact: a label is a small
+            # int, checked in [0, num_classes] before this), else int64; padding rows are 0
+            host = np.zeros((run_b,) + tuple(c.shape), self._dtypes[c.name])
+            host[:b] = cond[c.name]
+            self._dev[c.name].copy_from(host, self._stream)
         self._set_batch(run_b)
         if not self._context.execute_async_v3(self._stream.ptr):
             raise RuntimeError("TensorRT execute_async_v3 failed (see its log above)")

@@ -32,12 +32,13 @@ SHA = "cd" * 32
 DEVICE = rt.DeviceInfo(0, "NVIDIA H100 80GB HBM3", (9, 0), driver_version=12080)
 
 
-def _export(tmp_path, precision="fp16", name="m-fp16.onnx", batch_range=(1, 8, 64)):
+def _export(tmp_path, precision="fp16", name="m-fp16.onnx", batch_range=(1, 8, 64),
+            image_shape=(3, 32, 32), conditions=()):
     """A stand-in export: arbitrary bytes + a valid sidecar carrying their sha256."""
     onnx = tmp_path / name
     onnx.write_bytes(b"onnx bytes " + precision.encode())
     m = contract.manifest_dict(
-        image_shape=(3, 32, 32),
+        image_shape=image_shape, conditions=conditions,
         schedule={"kind": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000,
                   "variance_type": "fixedlarge", "clip_denoised": True},
         precision=precision, batch_range=batch_range,
@@ -194,7 +195,8 @@ def _fake_backend(trt_version, calls, fail_parse=False, layers=(), raise_in_buil
     trt = SimpleNamespace(
         OnnxParserFlag=enum(NATIVE_INSTANCENORM="NATIVE_IN"),
         MemoryPoolType=enum(WORKSPACE="WS"),
-        DataType=enum(FLOAT="FLOAT", HALF="HALF", INT32="i32"),
+        DataType=enum(FLOAT="FLOAT", HALF="HALF", INT32="i32",
+                      **({"INT64": "i64"} if int(trt_version.split(".")[0]) >= 9 else {})),
         LayerType=enum(SHAPE="SHAPE", CONSTANT="CONSTANT", SHUFFLE="SHUFFLE"),
         TensorIOMode=enum(INPUT="in", OUTPUT="out"))
     logger = real.G_LOGGER
@@ -248,8 +250,13 @@ def _fake_backend(trt_version, calls, fail_parse=False, layers=(), raise_in_buil
     def from_bytes(data, runtime=None):
         calls["deserialized"] = data
         chw = tuple(prof["x_t"][0][1:])  # the image shape and profile the build set
-        io = {"x_t": ("in", "FLOAT", (-1,) + chw), "t": ("in", "i32", (-1,)),
-              "eps": ("out", "FLOAT", (-1,) + chw)}
+        io = {"x_t": ("in", "FLOAT", (-1,) + chw), "t": ("in", "i32", (-1,))}
+        # every other input the profile names is a condition input of the built network: its
+        # dtype as the parser makes it (calls["plan_dtypes"], default FLOAT), its static dims
+        for name, (mn, _, _) in prof.items():
+            if name not in io and name not in calls.get("plan_drops", ()):
+                io[name] = ("in", calls.get("plan_dtypes", {}).get(name, "FLOAT"), (-1,) + tuple(mn[1:]))
+        io["eps"] = ("out", "FLOAT", (-1,) + chw)
         return lambda: FakeEngine(io, prof["x_t"])
 
     def save(obj, path):
@@ -773,3 +780,41 @@ def test_version_compatible_help_follows_the_runtime_policy():
     text = " ".join(r.output.split())
     assert r.exit_code == 0 and "dispatch runtime" in text
     assert "only at the version that built it" in text and "and on the lean runtime" not in text
+
+
+# --- conditional exports (issue 25 item 5) ---------------------------------------------------
+LABELS = contract.Condition("class_labels", "class_label", (), 4, 4)
+VECTOR = contract.Condition("global_cond", "vector", (5,), null="zeros")
+
+
+@pytest.mark.parametrize("trt_version,label_dtype", [("10.3.0.30", "i64"), ("8.6.1.6", "i32")])
+def test_build_adds_a_profile_for_every_condition_input(tmp_path, fake, trt_version, label_dtype):
+    """x_t, t and each condition input get [min|opt|max batch, *shape]; samples of any rank.
+    The parser's label dtype: INT64 where TensorRT has it, INT32 on 8.x; both check."""
+    calls = fake(trt_version)
+    calls["plan_dtypes"] = {"class_labels": label_dtype}
+    onnx = _export(tmp_path, "fp32", name="c.onnx", image_shape=(6, 2), conditions=[LABELS, VECTOR])
+    m = B.build_engine(B.BuildConfig(onnx=str(onnx), max_batch=32, opt_batch=16), log=lambda s: None)
+    assert calls["profile_shapes"] == {
+        "x_t": ((1, 6, 2), (16, 6, 2), (32, 6, 2)), "t": ((1,), (16,), (32,)),
+        "class_labels": ((1,), (16,), (32,)), "global_cond": ((1, 5), (16, 5), (32, 5))}
+    assert m["conditions"] == contract.read_manifest(onnx)["conditions"]
+    assert m["engine"]["profiles"] == [{"min": 1, "opt": 16, "max": 32}]
+    assert (tmp_path / "c.plan").is_file()
+
+
+def test_build_refuses_a_built_plan_without_a_condition_input(tmp_path, fake):
+    calls = fake("10.3.0.30")
+    calls["plan_drops"] = ("global_cond",)
+    onnx = _export(tmp_path, "fp32", name="c.onnx", conditions=[LABELS, VECTOR])
+    with pytest.raises(rt.PlanManifestMismatch, match=r"missing \['global_cond'\]"):
+        B.build_engine(B.BuildConfig(onnx=str(onnx)), log=lambda s: None)
+    assert not (tmp_path / "c.plan").exists()
+
+
+def test_profile_inputs_names_every_engine_input_in_contract_order():
+    assert B.profile_inputs((3, 32, 32)) == [("x_t", (3, 32, 32)), ("t", ())]
+    assert B.profile_inputs((6, 2), [LABELS, VECTOR]) == [
+        ("x_t", (6, 2)), ("t", ()), ("class_labels", ()), ("global_cond", (5,))]
+    assert [n for n, _ in B.profile_inputs((6, 2), [LABELS, VECTOR])] == list(
+        contract.input_names([LABELS, VECTOR]))

@@ -66,9 +66,11 @@ def _plan(tmp_path, **engine_over):
 def test_every_tensorrt_name_the_runner_touches_exists_in_the_lean_bindings():
     trt = _lean()
     missing = []
+    running = rt.parse_version(trt.__version__)[:2]
     for owner, names in rt.TRT_API.items():
         obj = getattr(trt, owner) if owner else trt
-        missing += [f"{owner or 'tensorrt'}.{n}" for n in names if not hasattr(obj, n)]
+        missing += [f"{owner or 'tensorrt'}.{n}" for n in names if not hasattr(obj, n)
+                    and rt.runner.TRT_API_SINCE.get((owner, n), (0, 0)) <= running]
     assert not missing, f"not in tensorrt_lean_bindings {trt.__version__}: {missing}"
     assert rt.parse_version(trt.__version__) >= (8, 5, 0)
     # what the fakes model: the lean bindings cannot register plugins (full bindings only)
@@ -402,6 +404,39 @@ def test_build_and_run_tiny_engine_matches_onnxruntime(request, tmp_path):
         assert r.returncode == 0, (plan, r.stderr[-2000:])
         fresh = np.load(tmp_path / "out.npy")
         assert np.isfinite(fresh).all() and np.abs(fresh - want).max() < 2e-2, plan
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_build_and_run_a_class_conditional_plan_matches_onnxruntime(tmp_path):
+    """Issue 25 item 5 on real TensorRT (never run yet: no machine here has had a GPU with
+    TensorRT): a class-conditional diffusers export builds with a profile for class_labels,
+    its labels (INT32 on 8.x, INT64 from 9/10) give ONNX Runtime's eps, and a guided chain
+    runs at 2N and stays close to ONNX Runtime's."""
+    pytest.importorskip("tensorrt", reason="needs the full TensorRT (pip install tensorrt-cu12; "
+                                           "Jetson: JetPack's python3-libnvinfer)")
+    pytest.importorskip("polygraphy", reason="pip install polygraphy")
+    pytest.importorskip("diffusers", reason="the class-conditional test model is a diffusers UNet2DModel")
+    import runtime
+    from cond_engines import K, class_cond_engine
+    from ddpm_export.export.tensorrt import BuildConfig, build_engine
+
+    onnx = class_cond_engine(tmp_path, batch_range=(1, 4, 16))
+    m = build_engine(BuildConfig(onnx=str(onnx), min_batch=1, opt_batch=4, max_batch=8), log=lambda s: None)
+    assert m["engine"]["profiles"] == [{"min": 1, "opt": 4, "max": 8}]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 1, 8, 8)).astype(np.float32)
+    t = np.array([0, 1, 20, 35, 49], np.int32)
+    labels = np.array([0, 1, 2, 3, K], np.int64)  # K: the null label
+    with runtime.load(onnx) as ref, runtime.load(onnx.with_suffix(".plan")) as plan:
+        assert plan.runner._dtypes["class_labels"] in (np.int32, np.int64)
+        want, got = ref(x, t, class_labels=labels), plan(x, t, class_labels=labels)
+        assert np.abs(got - want).max() < 1e-2
+        other = plan(x, t, class_labels=(labels + 1) % (K + 1))
+        assert np.abs(other - got).max() > 10 * np.abs(got - want).max()  # labels reach the plan
+        a = ref.sample_float(4, seed=0, steps=4, method="ddim", cond={"class_labels": 3}, guidance=2.0)
+        b = plan.sample_float(4, seed=0, steps=4, method="ddim", cond={"class_labels": 3}, guidance=2.0)
+        assert b.image_steps == 4 * 8 and np.abs(a.images - b.images).max() < 5e-2
 
 
 # --- names against TensorRT binding sources (every version of trt_fakes.TRT_API_VERSIONS) --------
@@ -992,3 +1027,189 @@ def test_validate_judges_the_float32_onnx_of_a_builder_flag_build_by_the_fp32_li
     e = report["engines"][0]
     assert e["precision"] == "fp32"
     assert e["checks"]["eps_max_abs"]["limit"] == Thresholds().eps_fp32
+
+
+# --- conditional plans (issue 25 item 5): every condition input fed, checked and profiled -----
+LABELS = contract.Condition("class_labels", "class_label", (), 4, 4)  # K = 4, null label 4
+VECTOR = contract.Condition("global_cond", "vector", (5,), null="zeros")
+SCHED10 = {"kind": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 10,
+           "variance_type": "fixedsmall", "clip_denoised": True}
+
+
+def _plan_conds(conds, label_dtype="INT64"):
+    return [{"name": c.name, "kind": c.kind, "shape": list(c.shape),
+             "dtype": label_dtype if c.kind == "class_label" else "FLOAT"} for c in conds]
+
+
+def _cond_plan(tmp_path, trt, conds=(LABELS, VECTOR), label_dtype="INT64", plan_conds=None,
+               profile=(2, 4, 8), sample_shape=(1, 8, 8), guidance=None):
+    """A fake conditional plan (its head carries plan_conds, default: the manifest's conditions
+    with labels in label_dtype) and the manifest of a conditional export built into it."""
+    import hashlib
+
+    plan_conds = _plan_conds(conds, label_dtype) if plan_conds is None else plan_conds
+    data = fake_plan_bytes(trt.__version__, profile=profile, image_shape=sample_shape,
+                           conditions=plan_conds)
+    plan = tmp_path / "c.plan"
+    plan.write_bytes(data)
+    m = contract.manifest_dict(
+        image_shape=sample_shape, schedule=SCHED10, precision="fp32", batch_range=profile,
+        source={"checkpoint": "c.pt", "checkpoint_sha256": SHA}, tools={}, command="test",
+        conditions=list(conds), guidance=guidance)
+    m["engine"] = _engine(tensorrt_version=trt.__version__, precision="fp32",
+                          profiles=[dict(zip(("min", "opt", "max"), profile))],
+                          plan_sha256=hashlib.sha256(data).hexdigest(), native_instancenorm=True)
+    contract.write_manifest(plan, m)
+    return plan, m
+
+
+def _cond_inputs(rng, b, sample_shape):
+    x = rng.standard_normal((b,) + sample_shape).astype(np.float32)
+    t = rng.integers(0, 10, b).astype(np.int32)
+    cond = {"class_labels": rng.integers(0, 5, b).astype(np.int64),  # 4: the null label
+            "global_cond": rng.standard_normal((b, 5)).astype(np.float32)}
+    return x, t, cond
+
+
+@pytest.mark.parametrize("version,label_dtype,np_dtype", [("10.3.0.30", "INT64", np.int64),
+                                                          ("8.6.1.6", "INT32", np.int32)])
+@pytest.mark.parametrize("sample_shape", [(1, 8, 8), (6, 2)])
+def test_runner_feeds_every_condition_input_in_the_plans_dtype(tmp_path, monkeypatch, fake_gpu,
+                                                               version, label_dtype, np_dtype,
+                                                               sample_shape):
+    """eps = 0.5 x_t + t + label + mean(vector) from the fake plan, which reads every input from
+    its bound address in the plan's dtype (a TensorRT 8.x plan takes labels as INT32)."""
+    from trt_fakes import fake_cond_eps
+
+    trt = fake_tensorrt(version)
+    assert hasattr(trt.DataType, "INT64") == (label_dtype == "INT64")  # 8.x binds no INT64
+    _use(monkeypatch, trt, rt.FULL)
+    plan, m = _cond_plan(tmp_path, trt, label_dtype=label_dtype, sample_shape=sample_shape)
+    rng = np.random.default_rng(0)
+    kinds = {"class_labels": "class_label", "global_cond": "vector"}
+    with rt.TensorRTRunner(str(plan), m) as r:
+        assert r._dtypes == {"class_labels": np.dtype(np_dtype), "global_cond": np.dtype(np.float32)}
+        assert r._dev["class_labels"].nbytes == 8 * np.dtype(np_dtype).itemsize  # the profile max, 8
+        for b in (1, 3, 8, 3):  # 1 runs padded to the profile min, 2
+            x, t, cond = _cond_inputs(rng, b, sample_shape)
+            got = r(x, t, **cond)
+            assert got.shape == (b,) + sample_shape
+            np.testing.assert_allclose(got, fake_cond_eps(x, t, cond, kinds), rtol=1e-6, atol=1e-6)
+        other = dict(cond, class_labels=(cond["class_labels"] + 1) % 5)
+        diff = r(x, t, **other) - got  # a label moves eps by exactly its change
+        np.testing.assert_allclose(diff, (other["class_labels"] - cond["class_labels"]).astype(
+            np.float32).reshape((3,) + (1,) * len(sample_shape)) * np.ones_like(got), atol=1e-5)
+        ctx = trt._state["contexts"][0]
+        assert [n for n, _ in ctx.runs] == [2, 3, 8, 3, 3]
+        assert ctx.shapes["global_cond"] == (3, 5) and ctx.shapes["class_labels"] == (3,)
+        from runtime.backends.base import InputError
+
+        with pytest.raises(InputError, match="missing .'class_labels'"):
+            r(x, t, global_cond=cond["global_cond"])  # a condition missing: refused before the GPU
+    assert not r.is_active and len(fake_gpu.freed) == 5 and fake_gpu.buffers == {}
+
+
+def test_the_fake_plan_sees_a_wrong_label_dtype_or_a_missing_condition_copy(tmp_path, monkeypatch, fake_gpu):
+    """The fakes can fail: int64 labels written into an INT32 plan's buffer, or a condition
+    copy that never happened (the buffer still zero), give eps other than the formula."""
+    from trt_fakes import fake_cond_eps
+
+    trt = fake_tensorrt("8.6.1.6")
+    _use(monkeypatch, trt, rt.FULL)
+    plan, m = _cond_plan(tmp_path, trt, label_dtype="INT32")
+    kinds = {"class_labels": "class_label", "global_cond": "vector"}
+    x, t, cond = _cond_inputs(np.random.default_rng(1), 2, (1, 8, 8))
+    cond["class_labels"] = np.array([3, 2], np.int64)
+    want = fake_cond_eps(x, t, cond, kinds)
+    with rt.TensorRTRunner(str(plan), m) as r:
+        np.testing.assert_allclose(r(x, t, **cond), want, rtol=1e-6, atol=1e-6)
+        monkeypatch.setitem(r._dtypes, "class_labels", np.dtype(np.int64))  # ignores the plan's dtype
+        assert not np.allclose(r(x, t, **cond), want, atol=1e-3)
+        monkeypatch.setitem(r._dtypes, "class_labels", np.dtype(np.int32))
+        arr = r._dev["global_cond"]
+        monkeypatch.setattr(arr, "copy_from", lambda host, stream=None: arr)  # the copy forgotten
+        fresh = dict(cond, global_cond=cond["global_cond"] + 1.0)
+        assert not np.allclose(r(x, t, **fresh), fake_cond_eps(x, t, fresh, kinds), atol=1e-3)
+
+
+def test_a_plan_missing_a_condition_input_is_a_plan_manifest_mismatch(tmp_path, monkeypatch, fake_gpu):
+    trt = fake_tensorrt()
+    _use(monkeypatch, trt, rt.FULL)
+    plan, m = _cond_plan(tmp_path, trt, plan_conds=_plan_conds([LABELS]))  # no global_cond
+    with pytest.raises(rt.PlanManifestMismatch, match=r"missing \['global_cond'\].*rebuild"):
+        rt.TensorRTRunner(str(plan), m).__enter__()
+    assert fake_gpu.buffers == {}
+    # an unconditional manifest beside a conditional plan
+    plan, m = _cond_plan(tmp_path, trt, conds=(), plan_conds=_plan_conds([LABELS]))
+    with pytest.raises(rt.PlanManifestMismatch, match=r"not in the manifest \['class_labels'\]"):
+        rt.TensorRTRunner(str(plan), m).__enter__()
+    plan, m = _cond_plan(tmp_path, trt, plan_conds=[dict(c, dtype="FLOAT") if c["kind"] == "class_label"
+                                                    else c for c in _plan_conds([LABELS, VECTOR])])
+    with pytest.raises(rt.PlanManifestMismatch, match=r"'class_labels' is INPUT FLOAT, expected INPUT int32 or int64"):
+        rt.TensorRTRunner(str(plan), m).__enter__()
+
+
+def test_check_engine_io_checks_every_condition_tensor_against_the_real_enums():
+    """With the real lean bindings' enums: labels INT32 (a TensorRT 8.x plan) or INT64 pass;
+    any other dtype, a wrong per-sample shape or a profile off x_t's batches is refused."""
+    trt = _lean()
+    M, D = trt.TensorIOMode, trt.DataType
+    good = {"x_t": (M.INPUT, D.FLOAT, (-1, 6, 2)), "t": (M.INPUT, D.INT32, (-1,)),
+            "class_labels": (M.INPUT, D.INT64, (-1,)), "global_cond": (M.INPUT, D.FLOAT, (-1, 5)),
+            "eps": (M.OUTPUT, D.FLOAT, (-1, 6, 2))}
+    prof = ((1, 6, 2), (8, 6, 2), (64, 6, 2))
+    conds = (LABELS, VECTOR)
+    assert rt.check_engine_io(FakeEngine(good, prof), trt, (6, 2), conds) == BatchRange(1, 8, 64)
+    as_int32 = dict(good, class_labels=(M.INPUT, D.INT32, (-1,)))
+    assert rt.check_engine_io(FakeEngine(as_int32, prof), trt, (6, 2), conds) == BatchRange(1, 8, 64)
+    assert rt.runner.input_dtypes(FakeEngine(as_int32, prof), trt, conds) == {
+        "class_labels": np.dtype(np.int32), "global_cond": np.dtype(np.float32)}
+    for bad, match in ((dict(good, class_labels=(M.INPUT, D.HALF, (-1,))), "'class_labels' is"),
+                       (dict(good, global_cond=(M.INPUT, D.INT64, (-1, 5))), "'global_cond' is"),
+                       (dict(good, global_cond=(M.INPUT, D.FLOAT, (-1, 4))), r"\(batch, 5\)"),
+                       (dict(good, class_labels=(M.OUTPUT, D.INT64, (-1,))), "'class_labels' is")):
+        with pytest.raises(rt.PlanManifestMismatch, match=match):
+            rt.check_engine_io(FakeEngine(bad, prof), trt, (6, 2), conds)
+
+    class OffProfile(FakeEngine):
+        def get_tensor_profile_shape(self, n, i):
+            return ((1, 5), (8, 5), (32, 5)) if n == "global_cond" else super().get_tensor_profile_shape(n, i)
+    with pytest.raises(rt.PlanManifestMismatch, match=r"'global_cond' has the profile .*\(32, 5\)"):
+        rt.check_engine_io(OffProfile(good, prof), trt, (6, 2), conds)
+
+
+def test_guided_sample_float_through_the_tensorrt_runner_runs_at_2n_in_one_call(tmp_path, monkeypatch, fake_gpu):
+    """engine.sample_float with guidance: the default batch is half the plan's max, and each
+    step is one execute_async_v3 at 2N (conditional rows, then the null label / zero vector);
+    the samples equal those of a host runner computing the same formula."""
+    import runtime
+    from runtime.api import Engine
+    from runtime.backends.base import Runner
+    from trt_fakes import fake_cond_eps
+
+    trt = fake_tensorrt()
+    _use(monkeypatch, trt, rt.FULL)
+    plan, m = _cond_plan(tmp_path, trt, profile=(2, 4, 8), guidance={"default": 2.0})
+    kinds = {"class_labels": "class_label", "global_cond": "vector"}
+    cond = {"class_labels": np.array([0, 3, 1, 2]), "global_cond": np.linspace(-1, 1, 5).astype(np.float32)}
+    eng = runtime.load(plan)
+    assert isinstance(eng.runner, rt.TensorRTRunner)
+    got = eng.sample_float(4, seed=0, steps=3, method="ddim", cond=cond)  # guidance: manifest's 2
+    runs = [n for n, _ in trt._state["contexts"][0].runs]
+    assert runs == [8, 8, 8]  # 3 steps, each one call at 2N = 8
+
+    class Host(Runner):
+        calls = []
+
+        def _activate(self):
+            pass
+
+        def _infer(self, x_t, t, cond):
+            Host.calls.append(x_t.shape[0])
+            return fake_cond_eps(x_t, t, cond, kinds)
+
+    ref = Engine(Host(str(plan), m)).sample_float(4, seed=0, steps=3, method="ddim", cond=cond)
+    assert Host.calls == [8, 8, 8]
+    np.testing.assert_allclose(got.images, ref.images, rtol=1e-5, atol=1e-5)
+    unguided = eng.sample_float(4, seed=0, steps=3, method="ddim", cond=cond, guidance=1.0)
+    assert not np.allclose(unguided.images, got.images, atol=1e-3)  # guidance changed the samples
