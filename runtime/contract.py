@@ -72,7 +72,10 @@ file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
                       "leading": the spacing of DDPM and DDIM at N < T steps),
                       steps_offset (0), final_step_noise (false: DDPM adds no
                       noise on a chain's last step; true: it does when that t > 0,
-                      as diffusers' DDPMScheduler). An unknown key is refused.
+                      as diffusers' DDPMScheduler), set_alpha_to_one (true: DDIM's
+                      step after the last timestep goes to alpha_cumprod 1; false: to
+                      alphas_cumprod[0], as diffusers' DDIMScheduler). An unknown key
+                      is refused.
     io                {"inputs": [{"name", "dtype", "shape"}, ...],
                        "outputs": [...], "batch_axis": "batch"}
                       == io_spec(sample_shape, conditions)
