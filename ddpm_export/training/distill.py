@@ -191,7 +191,11 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
     x = torch.from_numpy(streams.standard_normal(shape, dtype=np.float32)).to(torch.float64)
     labels = None
     if conds:
-        labels = torch.as_tensor(np.asarray(class_labels, dtype=np.int64)).reshape(num).to(device)
+        arr = np.asarray(class_labels)
+        if arr.shape != (num,) or arr.dtype.kind not in "iu":
+            raise ValueError(f"sample_student: class_labels has shape {arr.shape} and dtype {arr.dtype}, expected "
+                             f"{num} integer labels (one per image)")
+        labels = torch.from_numpy(arr.astype(np.int64)).to(device)
         null = torch.full_like(labels, int(conds[0].null)) if conds[0].null is not None else None
 
     def net(x32: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,10 @@ def test_student_keeps_the_labels_learns_only_the_labels_it_was_given_and_export
         assert np.abs(img - ref).max() < 1e-4, w
     assert np.abs(got[2.0] - got[1.0]).max() > 1e-3  # guidance changes the sample
     assert np.abs(got[2.0] - swapped).max() > 1e-3  # and so does the label
+    with pytest.raises(ValueError, match=r"class_labels has shape \(3,\) and dtype int64, expected 2 integer"):
+        sample_student(student, sched, 2, seed=0, timesteps=ts, class_labels=np.array([3, 7, 1]))
+    with pytest.raises(ValueError, match="the student is class-conditional"):
+        sample_student(student, sched, 2, seed=0, timesteps=ts)
 
 
 def test_refusals_name_what_was_received(cond_teacher, cond_run, tiny_checkpoint, tmp_path, monkeypatch):
