@@ -48,12 +48,16 @@ def _counts(ctx, param, value) -> Tuple[int, ...]:
 @library_option("--sample-every", type=int, default_from=DC + "sample_every",
                 help="Steps between sample grids (rows: each call count); 0: never.")
 @library_option("--ckpt-every", type=int, default_from=DC + "ckpt_every", help="Steps between checkpoints.")
+@click.option("--label-dropout", type=float, default=None,
+              help="Class-conditional teachers: share of trajectories solved and trained with the null label, "
+              "so the student learns the unconditional branch and can be sampled with guidance. "
+              "Default: 0.1; 0: none.")
 @library_option("--device", default_from=DC + "device", help="cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt (same options).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def distill_command(teacher, out, teacher_steps, student_steps, default_steps, trajectories, data_seed, steps,
-                    batch_size, lr, warmup, ema_decay, seed, sample_every, ckpt_every, device, resume,
-                    no_progress):
+                    batch_size, lr, warmup, ema_decay, seed, sample_every, ckpt_every, label_dropout, device,
+                    resume, no_progress):
     """Distil a DDPM teacher into a student sampled in 1-8 engine calls.
 
     \b
@@ -68,6 +72,12 @@ def distill_command(teacher, out, teacher_steps, student_steps, default_steps, t
       ddpm-export export --checkpoint runs/distilled/model.pt --out student.onnx
       python -m runtime.sample --engine student.onnx   # no flags: the manifest says how
 
+    
+    A class-conditional teacher gives a class-conditional student (same null
+    label): each trajectory is solved at its own label, a share (--label-dropout)
+    at the null label, and the student learns both; it is sampled with
+    classifier-free guidance like any conditional engine (--label, --guidance).
+
     A killed run continues exactly with --resume.
     """
     from ddpm_export.training.distill import DistillConfig, distill
@@ -76,7 +86,7 @@ def distill_command(teacher, out, teacher_steps, student_steps, default_steps, t
                         default_steps=default_steps, trajectories=trajectories, data_seed=data_seed,
                         steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_decay=ema_decay,
                         seed=seed, sample_every=sample_every, ckpt_every=ckpt_every, device=device,
-                        resume=resume)
+                        resume=resume, label_dropout=label_dropout)
     s = distill(cfg, progress=not no_progress, log=lambda m: click.echo(m, err=True))
     click.echo(f"distilled {s['step']} steps in {s['train_seconds'] / 60:.1f} min (+ {s['data_seconds'] / 60:.1f} "
                f"min of teacher trajectories); checkpoint {s['checkpoint']}, student {s['model']} "

@@ -20,6 +20,15 @@ bit-for-bit or reread), ``metrics.jsonl``, a progress bar, sample grids in
 ``samples/`` (rows: 1, 2, 4, 8 calls) and provenance. ``model.pt`` carries the
 student's schedule (``prediction: "v"``) and a ``sampling`` section that
 ``ddpm-export export`` copies into the manifest.
+
+Class-conditional teachers (one ``class_labels`` input with a null label; "the student sampled
+with guidance"): every trajectory has a label, the classes in turn, and a share
+``label_dropout`` of them (drawn from ``data_seed``) is the null label, so the teacher solves
+its unconditional ODE there. The student keeps the teacher's architecture and null label and
+is trained on each trajectory with that trajectory's label: it learns both branches, and the
+runtime samples it with classifier-free guidance like any conditional engine (the mix is
+taken on its v output, which at a fixed x_t is the same as mixing its x0 jumps). Guidance is
+not distilled into the student: a guided sample costs two student evaluations per call.
 """
 from __future__ import annotations
 
@@ -44,6 +53,7 @@ from runtime.schedulers.solver_base import solver_timesteps
 from runtime.seeding import ImageStreams
 
 from ddpm_export.model.checkpoint import build_model, load_checkpoint, save_checkpoint, slim
+from ddpm_export.model.conditions import model_conditions
 from ddpm_export.model.external import ExternalDenoiser, image_shape_of, weights_module
 from ddpm_export.training.train import ema_update
 
@@ -51,6 +61,7 @@ SAMPLING_METHOD = "consistency"  # runtime.schedulers registry name of the stude
 STUDENT_PREDICTION = "v"
 TEACHER_METHOD = "unipc"
 LOCK_FILE = ".distill.lock"
+LABEL_DROPOUT = 0.1  # class-conditional teachers: share of trajectories drawn with the null label
 
 
 @dataclass
@@ -76,6 +87,9 @@ class DistillConfig:
     num_samples: int = 16  # images per row of each grid
     device: str = "cpu"
     resume: bool = False
+    # class-conditional teachers: share of trajectories solved and trained with the null label, so
+    # the student learns the unconditional branch guidance needs (None: LABEL_DROPOUT; 0: none)
+    label_dropout: Optional[float] = None
 
     def check(self) -> "DistillConfig":
         c = copy.copy(self)
@@ -89,6 +103,11 @@ class DistillConfig:
         if bad:
             raise ValueError(f"distill options out of range: {'; '.join(bad)}; expected counts >= 1 "
                              f"(steps, warmup and the *_every >= 0) and lr > 0")
+        if c.label_dropout is not None:
+            c.label_dropout = float(c.label_dropout)
+            if not 0.0 <= c.label_dropout < 1.0:
+                raise ValueError(f"label_dropout={c.label_dropout!r}: expected a share in [0, 1) of trajectories "
+                                 f"drawn with the null label (default {LABEL_DROPOUT}; 0: no unconditional branch)")
         if c.default_steps not in c.student_steps:
             raise ValueError(f"default_steps={c.default_steps} is not among the student's call counts "
                              f"{list(c.student_steps)}; pick one of them")
@@ -139,16 +158,29 @@ def student_x0(schedule: Schedule, v: torch.Tensor, x_t: torch.Tensor, t: torch.
 @torch.no_grad()
 def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: Optional[int] = None, seed: int = 0,
                    first_image: int = 0, clip: Optional[bool] = None, device: str = "cpu",
-                   timesteps: Optional[Sequence[int]] = None) -> np.ndarray:
+                   timesteps: Optional[Sequence[int]] = None, class_labels: Optional[Sequence[int]] = None,
+                   guidance: float = 1.0) -> np.ndarray:
     """The PyTorch student's own sampler (float64 step math, float32 network), on the runtime's
     per-image noise streams: images first_image, ... of ``seed`` [num, C, H, W] float32.
-    ``steps`` calls at consistency_timesteps(steps, T), or exactly ``timesteps`` (a manifest's list)."""
+    ``steps`` calls at consistency_timesteps(steps, T), or exactly ``timesteps`` (a manifest's list).
+    A class-conditional student takes ``class_labels`` ([num] ints) and classifier-free
+    ``guidance`` w: v = v(null) + w (v(label) - v(null)), as runtime.guidance mixes it."""
     s = Schedule(schedule)
     clip = schedule.clip_denoised if clip is None else clip
     if clip and schedule.thresholding:
         raise ValueError("sample_student clips to clip_sample_range; a schedule with dynamic thresholding "
                          "is not supported here: sample through the runtime instead")
     r = float(schedule.clip_sample_range)
+    conds = model_conditions(model)
+    if conds and class_labels is None:
+        raise ValueError(f"sample_student: the student is class-conditional ({conds[0].name}); pass class_labels "
+                         f"({num} ints)")
+    if not conds and (class_labels is not None or guidance != 1.0):
+        raise ValueError(f"sample_student: the student is unconditional; received class_labels={class_labels!r}, "
+                         f"guidance={guidance!r}: drop them")
+    if conds and guidance != 1.0 and conds[0].null is None:
+        raise ValueError(f"sample_student: guidance {guidance} needs the student's null label, and it has none; "
+                         f"sample with guidance 1")
     if (steps is None) == (timesteps is None):
         raise ValueError(f"sample_student: pass steps or timesteps, not both or neither (steps={steps!r}, "
                          f"timesteps={timesteps!r})")
@@ -157,12 +189,30 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
     shape = (num, *image_shape_of(model))
     streams = ImageStreams(seed, first_image, num)
     x = torch.from_numpy(streams.standard_normal(shape, dtype=np.float32)).to(torch.float64)
+    labels = None
+    if conds:
+        arr = np.asarray(class_labels)
+        if arr.shape != (num,) or arr.dtype.kind not in "iu":
+            raise ValueError(f"sample_student: class_labels has shape {arr.shape} and dtype {arr.dtype}, expected "
+                             f"{num} integer labels (one per image)")
+        labels = torch.from_numpy(arr.astype(np.int64)).to(device)
+        null = torch.full_like(labels, int(conds[0].null)) if conds[0].null is not None else None
+
+    def net(x32: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        if labels is None:
+            return model(x32, tt).to("cpu", torch.float64)
+        c = model(x32, tt, labels).to("cpu", torch.float64)
+        if guidance == 1.0:
+            return c
+        u = model(x32, tt, null).to("cpu", torch.float64)
+        return u + float(np.float32(guidance)) * (c - u)
+
     was_training = model.training
     model.eval()
     try:
         for i, t in enumerate(ts):
             tt = torch.full((num,), t, dtype=torch.int64)
-            v = model(x.to(torch.float32).to(device), tt.to(device)).to("cpu", torch.float64)
+            v = net(x.to(torch.float32).to(device), tt.to(device))
             x0 = student_x0(s, v, x, tt)
             if clip:
                 x0 = x0.clamp(-r, r)
@@ -177,26 +227,49 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
     return x.to(torch.float32).numpy()
 
 
+def trajectory_labels(num: int, num_classes: int, null: int, label_dropout: float, seed: int) -> np.ndarray:
+    """The label of every trajectory, int64 [num]: the classes in turn (0, 1, .., K-1, 0, ..),
+    each replaced by ``null`` with probability ``label_dropout``, drawn from ``seed``."""
+    labels = np.arange(num, dtype=np.int64) % int(num_classes)
+    drop = np.random.default_rng(int(seed)).random(num) < float(label_dropout)
+    return np.where(drop, np.int64(null), labels)
+
+
 def teacher_chunk(model: nn.Module, schedule: ScheduleConfig, first: int, n: int, seed: int,
-                  teacher_steps: int, record: Sequence[int], device: str = "cpu") -> Dict[str, np.ndarray]:
+                  teacher_steps: int, record: Sequence[int], device: str = "cpu",
+                  labels: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
     """Trajectories first..first+n-1 of ``seed``: the UniPC state entering each call at the
-    ``record`` timesteps [len(record), n, C, H, W] and the ODE's end x0 [n, C, H, W]."""
+    ``record`` timesteps [len(record), n, C, H, W] and the ODE's end x0 [n, C, H, W].
+    A class-conditional teacher solves each trajectory's ODE at its label (``labels``, [n];
+    the null label: the unconditional ODE), unguided; they are stored as ``labels``."""
     from runtime.loop import sample
 
     states: Dict[int, np.ndarray] = {}
 
     @torch.no_grad()
-    def runner(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def runner(x: np.ndarray, t: np.ndarray, **cond: np.ndarray) -> np.ndarray:
         if int(t[0]) in record:
             states[int(t[0])] = np.array(x, dtype=np.float32)
-        out = model(torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(t).long().to(device))
+        extra = [torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in cond.values()]
+        out = model(torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(t).long().to(device),
+                    *extra)
         return out.to("cpu").numpy()
 
+    conditions = model_conditions(model)
+    if bool(conditions) != (labels is not None):
+        raise ValueError(f"teacher_chunk: the teacher takes conditions {[c.name for c in conditions]}; received "
+                         f"labels={'none' if labels is None else 'an array'}: pass labels exactly for a "
+                         f"class-conditional teacher")
+    cond = None if labels is None else {conditions[0].name: np.asarray(labels, dtype=np.int64)}
     model.eval()
     res = sample(runner, image_shape_of(model), schedule.to_dict(), n, seed=seed,
-                 steps=teacher_steps, method=TEACHER_METHOD, batch=n, first_image=first)
-    return {"states": np.stack([states[t] for t in record]), "x0": res.images.astype(np.float32),
-            "timesteps": np.asarray(record, dtype=np.int64)}
+                 steps=teacher_steps, method=TEACHER_METHOD, batch=n, first_image=first,
+                 conditions=conditions, cond=cond, guidance=1.0)
+    out = {"states": np.stack([states[t] for t in record]), "x0": res.images.astype(np.float32),
+           "timesteps": np.asarray(record, dtype=np.int64)}
+    if labels is not None:
+        out["labels"] = np.asarray(labels, dtype=np.int64)
+    return out
 
 
 def distill(cfg: DistillConfig, progress: bool = True, log: Callable[[str], None] = _stderr) -> Dict[str, Any]:
@@ -222,7 +295,29 @@ def distill(cfg: DistillConfig, progress: bool = True, log: Callable[[str], None
 # options that must not change on --resume (the run would not continue the same trajectory)
 # (steps may change: nothing depends on the total, so a run can be extended or ended early)
 _FIXED = ("teacher_steps", "student_steps", "trajectories", "data_seed", "chunk", "batch_size",
-          "lr", "warmup", "grad_clip", "ema_decay", "seed")
+          "lr", "warmup", "grad_clip", "ema_decay", "seed", "label_dropout")
+
+
+def teacher_label_condition(conditions: Sequence[Any], label_dropout: Optional[float], teacher: str) -> Tuple[Any, float]:
+    """(the teacher's class-label Condition or None, the label dropout to use); raises
+    DistillError for what the distillation cannot take."""
+    if not conditions:
+        if label_dropout:
+            raise DistillError(f"--label-dropout {label_dropout} is for class-conditional teachers; {teacher} is "
+                               f"unconditional: drop the option")
+        return None, 0.0
+    if len(conditions) != 1 or conditions[0].kind != "class_label":
+        got = ", ".join(f"{c.name} ({c.kind})" for c in conditions)
+        raise DistillError(f"{teacher}: the teacher takes conditions {got}; distill takes an unconditional teacher "
+                           f"or one with a single class-label input (vector and image conditions are not "
+                           f"supported yet)")
+    c = conditions[0]
+    p = LABEL_DROPOUT if label_dropout is None else float(label_dropout)
+    if p > 0 and c.null is None:
+        raise DistillError(f"{teacher}: the teacher's {c.name!r} has no null label, so it has no unconditional "
+                           f"branch for the student to learn (label dropout {p}); pass --label-dropout 0 (a "
+                           f"student sampled with guidance 1 only), or re-import the teacher naming its null label")
+    return c, p
 
 
 def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> Dict[str, Any]:
@@ -245,6 +340,12 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
                            f"(thresholding=true); the student's PyTorch sampler only clips to "
                            f"clip_sample_range, so it would not sample as the teacher does: distill a "
                            f"teacher without thresholding")
+    label_cond, label_dropout = teacher_label_condition(model_conditions(teacher), cfg.label_dropout, cfg.teacher)
+    cfg = copy.copy(cfg)
+    cfg.label_dropout = label_dropout  # resolved: recorded, and compared on --resume
+    labels_all = (None if label_cond is None else
+                  trajectory_labels(cfg.trajectories, label_cond.num_classes, label_cond.null, label_dropout,
+                                    cfg.data_seed))
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -272,6 +373,9 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
     data_dir.mkdir(exist_ok=True)
     meta = {"teacher_sha256": teacher_sha, "method": TEACHER_METHOD, "teacher_steps": cfg.teacher_steps,
             "record": record, "data_seed": cfg.data_seed, "chunk": cfg.chunk}
+    if label_cond is not None:  # (absent for an unconditional teacher: older run folders still match)
+        meta["labels"] = {"name": label_cond.name, "num_classes": label_cond.num_classes, "null": label_cond.null,
+                          "label_dropout": label_dropout}
     meta_path = data_dir / "meta.json"
     if meta_path.exists():
         old_meta = json.loads(meta_path.read_text())
@@ -281,12 +385,13 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
     else:
         write_json(meta_path, meta)
     n_chunks = (cfg.trajectories + cfg.chunk - 1) // cfg.chunk
-    states_l, x0_l = [], []
+    states_l, x0_l, labels_l = [], [], []
     data_seconds = 0.0  # the teacher's time, summed over the chunk files (whichever run made them)
     bar = _bar(progress, n_chunks, "teacher trajectories", "chunk")
     for k in range(n_chunks):
         path = data_dir / f"chunk{k:05d}.npz"
         n = min(cfg.chunk, cfg.trajectories - k * cfg.chunk)
+        chunk_labels = None if labels_all is None else labels_all[k * cfg.chunk:k * cfg.chunk + n]
         if path.exists():
             d = load_npz(path, "teacher trajectories")
             for key in ("states", "x0", "timesteps"):
@@ -296,22 +401,28 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
             if d["x0"].shape[0] != n or list(d["timesteps"]) != record:
                 raise DistillError(f"{path}: holds {d['x0'].shape[0]} trajectories at {list(d['timesteps'])}, "
                                    f"expected {n} at {record}; use another --out")
+            if chunk_labels is not None and ("labels" not in d or not np.array_equal(d["labels"], chunk_labels)):
+                raise DistillError(f"{path}: its trajectories' labels are not this run's (or it has none); "
+                                   f"use another --out")
         else:
             t0 = time.time()
             d = teacher_chunk(teacher, t_sched, k * cfg.chunk, n, cfg.data_seed, cfg.teacher_steps, record,
-                              str(device))
+                              str(device), labels=chunk_labels)
             d["seconds"] = np.float64(time.time() - t0)
             save_npz(path, **d)
             data_seconds += float(d["seconds"])
         states_l.append(d["states"])
         x0_l.append(d["x0"])
+        if chunk_labels is not None:
+            labels_l.append(chunk_labels)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     states = torch.from_numpy(np.concatenate(states_l, axis=1))  # [R, N, C, H, W]
     targets = torch.from_numpy(np.concatenate(x0_l))
-    del states_l, x0_l
+    traj_labels = torch.from_numpy(np.concatenate(labels_l)) if labels_l else None
+    del states_l, x0_l, labels_l
     t_of = torch.tensor(record, dtype=torch.int64)
 
     # 2. the student
@@ -348,6 +459,11 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
         "teacher": str(cfg.teacher),
         "teacher_sha256": teacher_sha,
         "teacher_step": teacher_ckpt.get("step"),
+        "conditioning": (None if label_cond is None else
+                         f"class labels ({label_cond.name}, {label_cond.num_classes} classes, null label "
+                         f"{label_cond.null}): each trajectory's own label, {label_dropout} of them the null label "
+                         f"(the teacher's unconditional ODE); guidance is applied when the student is sampled, "
+                         f"not distilled"),
         "seed": cfg.seed,
         "torch": str(torch.__version__),
     }
@@ -378,8 +494,9 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
     def sample_grid() -> None:
         if cfg.num_samples <= 0:
             return
+        grid_labels = None if label_cond is None else np.arange(cfg.num_samples) % label_cond.num_classes
         rows = [sample_student(ema, s_sched, cfg.num_samples, seed=cfg.seed, device=str(device),
-                               timesteps=timesteps[n]) for n in sorted(timesteps)]
+                               timesteps=timesteps[n], class_labels=grid_labels) for n in sorted(timesteps)]
         save_grid(np.concatenate(rows), out / "samples" / f"step{step:07d}.png", nrow=cfg.num_samples, scale=2)
 
     metrics = open(out / "metrics.jsonl", "a")
@@ -393,10 +510,11 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
             idx = torch.randint(n_traj, (B,), generator=gen)
             k = torch.randint(n_rec, (B,), generator=gen)
             x_t, t, target = states[k, idx].to(device), t_of[k].to(device), targets[idx].to(device)
+            extra = () if traj_labels is None else (traj_labels[idx].to(device),)
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
             for g_ in opt.param_groups:
                 g_["lr"] = lr
-            loss = torch.mean((student_x0(schedule, model(x_t, t), x_t, t) - target) ** 2)
+            loss = torch.mean((student_x0(schedule, model(x_t, t, *extra), x_t, t) - target) ** 2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
