@@ -214,6 +214,11 @@ def make_fp16_unet(model: UNet) -> UNet:
             islands.add(id(wrapper))
     half.temb = Fp32TimeEmbedding(model.temb)
     islands.add(id(half.temb))
+    if getattr(model, "class_embedding", None) is not None:
+        # a class-conditional U-Net's label embedding, added to the time embedding: looked up in
+        # float32 like the time embedding's MLP (the builder-flag build pins the same scope)
+        half.class_embedding = Fp32Island(model.class_embedding)
+        islands.add(id(half.class_embedding))
     for mod in half.modules():
         if type(mod) is AttnBlock:
             mod.__class__ = Fp32SoftmaxAttnBlock

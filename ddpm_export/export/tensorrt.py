@@ -308,7 +308,9 @@ def default_source(trt_version: str, fp16: bool, engines: Path = ENGINES
 # --- FP32 islands of the float32 graph (FP16 builder-flag builds) -----------------
 ISLAND_NORM_OPS = ("InstanceNormalization", "GroupNormalization")  # GroupNorm as exported
 ISLAND_OPS = ("Softmax",)  # attention softmax
-ISLAND_SCOPE = "temb"  # the U-Net's timestep embedding module (sinusoid + MLP)
+# the U-Net's timestep embedding module (sinusoid + MLP), and a class-conditional U-Net's class
+# embedding, whose output is added to it
+ISLAND_SCOPES = ("temb", "class_embedding")
 NO_COMPUTE_OPS = ("Constant", "Shape", "Identity")
 # island nodes that must be pinned: the numerically sensitive operations themselves
 ISLAND_MUST_PIN_OPS = ISLAND_NORM_OPS + ISLAND_OPS + ("Gemm", "MatMul")
@@ -326,7 +328,8 @@ def fp32_island_nodes(graph: Any) -> List[str]:
     (torch.onnx scopes, e.g. ``/model/block.0/norm1/InstanceNormalization``):
       - GroupNorm: every node in the scope of an InstanceNormalization or GroupNormalization
         node (the reshapes, the normalization and the affine Mul/Add);
-      - the timestep embedding: every node under a ``temb`` scope (sinusoid and its MLP);
+      - the timestep embedding: every node under a ``temb`` scope (sinusoid and its MLP), and
+        a class-conditional model's class embedding (its Gather, under ``class_embedding``);
       - attention softmax: every Softmax node.
     Nodes that compute nothing (Constant, Shape, Identity) are left out.
     """
@@ -339,7 +342,7 @@ def fp32_island_nodes(graph: Any) -> List[str]:
             continue
         scope = _scope(n.name)
         if (scope in norm_scopes or n.op_type in ISLAND_OPS
-                or ISLAND_SCOPE in scope.split("/")):
+                or any(k in scope.split("/") for k in ISLAND_SCOPES)):
             out.append(n.name)
     return out
 

@@ -818,3 +818,21 @@ def test_profile_inputs_names_every_engine_input_in_contract_order():
         ("x_t", (6, 2)), ("t", ()), ("class_labels", ()), ("global_cond", (5,))]
     assert [n for n, _ in B.profile_inputs((6, 2), [LABELS, VECTOR])] == list(
         contract.input_names([LABELS, VECTOR]))
+
+
+def test_fp32_island_rule_takes_the_class_embedding_of_the_shipped_conditional_export():
+    """engines/digits-cond: the class embedding (a Gather added to the time embedding) is an
+    island of the builder-flag rule, and the FP16 export keeps the same scopes in float32."""
+    import onnx
+
+    graph = onnx.load(str(ROOT / "engines" / "digits-cond.onnx")).graph
+    islands = B.fp32_island_nodes(graph)
+    assert "/model/class_embedding/Gather" in islands
+    scopes = _island_roots({B._scope(n) for n in islands})
+    assert scopes == DIGITS_ISLAND_SCOPES | {"/model/class_embedding"}
+    fp16 = onnx.load(str(ROOT / "engines" / "digits-cond-fp16.onnx")).graph
+    # the model's own two top-scope Casts (the labels to int64, the class embedding to the time
+    # embedding's dtype) are in the float32 graph too: they bracket no island
+    top = {n.name for n in graph.node if n.op_type == "Cast" and B._scope(n.name) == "/model"}
+    assert top == {"/model/Cast", "/model/Cast_1"}
+    assert scopes == _fp16_cast_scopes(fp16) - {"/model"}
