@@ -70,7 +70,7 @@ def _run(args) -> int:
     if not image and (args.trajectory or not args.npz):
         raise ValueError(f"{args.engine}: its samples are arrays of shape {engine.sample_shape}, not images; "
                          f"pass --npz OUT.npz to keep them (no PNG grid or --trajectory)")
-    cond = condition_values(args, engine.conditions, args.num)
+    cond = condition_values(args, engine.conditions, args.num, whole_run=True)
     with engine:
         res = engine.sample_float(
             args.num, seed=args.seed, steps=args.steps, method=args.method, batch=args.batch,

@@ -304,9 +304,12 @@ def test_runtime_sample_cli_takes_labels_and_guidance(cond_unet, tmp_path, capsy
                                 guidance=2.0).images
     np.testing.assert_array_equal(saved["samples"], want)
     capsys.readouterr()
+    rows = tmp_path / "labels.npy"
+    np.save(rows, np.array([0, 1, 2]))  # more rows than samples: refused, not cut
     for argv, match in ((["--label", "9"], "received label 9, expected labels in [0, 3] or the null label 4"),
                         ([], "missing ['class_labels']"),
-                        (["--label", "a,b"], "--label 'a,b': expected an int")):
+                        (["--label", "a,b"], "--label 'a,b': expected an int"),
+        (["--cond", f"class_labels={rows}"], "received 3 rows (shape (3,)), expected one per sample, 2 rows")):
         rc = sample_main(["--engine", str(out), "--num", "2", "--steps", "2", "--method", "ddim",
                           "--out", str(tmp_path / "x.png"), "--no-progress"] + argv)
         err = capsys.readouterr().err.strip().splitlines()
