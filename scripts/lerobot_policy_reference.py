@@ -1,0 +1,164 @@
+"""LeRobot 0.4.4's own DiffusionPolicy as the reference (run ONLY with the LeRobot venv's python;
+imports nothing from ddpm_export or runtime).
+
+  make  --kind state|image --seed S --out DIR [--scheduler DDPM|DDIM --steps N] [--cameras 1|2]
+        a tiny random-init policy (down_dims (16, 32), horizon 8, n_obs_steps 2,
+        n_action_steps 4; image kind: 3x32x32 cameras, crop (28, 28), resnet18 with group norm)
+        with made-up normalization stats, saved with save_pretrained + its pre/post processors.
+  chunk --policy DIR --inputs IN.npz --out OUT.npz
+        raw network outputs at given inputs: IN.npz holds the NORMALIZED history
+        (observation.state [B, n_obs, S], observation.images [B, n_obs, n_cam, C, H, W],
+        observation.environment_state [B, n_obs, E] as the policy has them), x_t [B, horizon, A],
+        t int [B]; OUT.npz gets global_cond [B, D] and eps [B, horizon, A] (unet(x_t, t, global_cond)).
+  run   --policy DIR --obs EPISODE.npz --noise NOISE.npz --out ACTIONS.npz
+        LeRobot's select_action with its pre/post processors over an episode.
+        EPISODE.npz: one array per feature name, [T, B, *shape] (raw units; step i is obs[i]).
+        NOISE.npz: for the k-th predicted chunk (k = 0, 1, ...): "x_T_<k>" [B, horizon, A] and
+        "z_<k>" [n_steps, B, horizon, A], z_<k>[i] being the noise the scheduler's i-th step
+        (i in timestep order, from the first, largest t) draws; DDPM's last step (t = 0) draws
+        none in diffusers, so z_<k> may hold n_steps rows of which the t = 0 row is ignored, or
+        n_steps - 1. ACTIONS.npz: "actions" [T, B, A] raw units.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _config(kind: str, scheduler: str, steps, cameras: int):
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+
+    inputs = {"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(3,))}
+    if kind == "state":
+        inputs["observation.environment_state"] = PolicyFeature(type=FeatureType.ENV, shape=(4,))
+    else:
+        for c in range(cameras):
+            name = "observation.image" if cameras == 1 else f"observation.images.cam{c}"
+            inputs[name] = PolicyFeature(type=FeatureType.VISUAL, shape=(3, 32, 32))
+    return DiffusionConfig(
+        input_features=inputs, output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(2,))},
+        n_obs_steps=2, horizon=8, n_action_steps=4, down_dims=(16, 32), diffusion_step_embed_dim=16,
+        kernel_size=3, n_groups=8, crop_shape=(28, 28) if kind == "image" else None, crop_is_random=False,
+        vision_backbone="resnet18", pretrained_backbone_weights=None, use_group_norm=True,
+        spatial_softmax_num_keypoints=8, use_separate_rgb_encoder_per_camera=(cameras > 1),
+        noise_scheduler_type=scheduler, num_inference_steps=steps, num_train_timesteps=100,
+        device="cpu")
+
+
+def _stats(cfg, rng):
+    stats = {}
+    for name, f in list(cfg.input_features.items()) + list(cfg.output_features.items()):
+        shape = tuple(f.shape)
+        if f.type.value == "VISUAL":
+            shape = (shape[0], 1, 1)
+        lo = rng.uniform(-2, 0, shape).astype(np.float32)
+        hi = lo + rng.uniform(0.5, 3, shape).astype(np.float32)
+        stats[name] = {"min": lo, "max": hi, "mean": ((lo + hi) / 2).astype(np.float32),
+                       "std": rng.uniform(0.2, 1.5, shape).astype(np.float32)}
+    return stats
+
+
+def cmd_make(a):
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
+
+    torch.manual_seed(a.seed)
+    cfg = _config(a.kind, a.scheduler, a.steps, a.cameras)
+    policy = DiffusionPolicy(cfg)
+    # random init leaves GroupNorm affine at 1/0; perturb every parameter so the test sees them
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    pre, post = make_diffusion_pre_post_processors(cfg, dataset_stats=_stats(cfg, np.random.default_rng(a.seed)))
+    out = Path(a.out)
+    policy.save_pretrained(out)
+    pre.save_pretrained(out)
+    post.save_pretrained(out)
+    print(out)
+
+
+def _load(d):
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+
+    p = DiffusionPolicy.from_pretrained(d)
+    p.eval()
+    return p
+
+
+def cmd_chunk(a):
+    p = _load(a.policy)
+    z = dict(np.load(a.inputs))
+    batch = {k: torch.from_numpy(v) for k, v in z.items() if k.startswith("observation.")}
+    with torch.no_grad():
+        gc = p.diffusion._prepare_global_conditioning(batch)
+        eps = p.diffusion.unet(torch.from_numpy(z["x_t"]), torch.from_numpy(z["t"]).long(), global_cond=gc)
+    np.savez(a.out, global_cond=gc.numpy(), eps=eps.numpy())
+
+
+def cmd_run(a):
+    import diffusers.schedulers.scheduling_ddpm as sd
+    from lerobot.policies.factory import make_pre_post_processors
+
+    p = _load(a.policy)
+    pre, post = make_pre_post_processors(p.config, pretrained_path=a.policy)
+    obs = dict(np.load(a.obs))
+    noise = dict(np.load(a.noise))
+    state = {"k": -1, "i": 0}
+
+    def fake_randn(shape, generator=None, device=None, dtype=None, **kw):
+        z = noise[f"z_{state['k']}"][state["i"]]
+        state["i"] += 1
+        return torch.from_numpy(np.ascontiguousarray(z)).to(dtype or torch.float32).reshape(shape)
+
+    sd.randn_tensor = fake_randn
+    orig = p.diffusion.generate_actions
+
+    def gen(batch, noise=None):
+        state["k"] += 1
+        state["i"] = 0
+        return orig(batch, noise=torch.from_numpy(noise_arr(state["k"])))
+
+    def noise_arr(k):
+        return np.ascontiguousarray(noise[f"x_T_{k}"]).astype(np.float32)
+
+    p.diffusion.generate_actions = gen
+    p.reset()
+    T = next(iter(obs.values())).shape[0]
+    acts = []
+    with torch.no_grad():
+        for i in range(T):
+            o = pre({k: torch.from_numpy(v[i]) for k, v in obs.items()})
+            acts.append(post(p.select_action(o)).numpy())
+    np.savez(a.out, actions=np.stack(acts))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make")
+    m.add_argument("--kind", choices=("state", "image"), required=True)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", required=True)
+    m.add_argument("--scheduler", choices=("DDPM", "DDIM"), default="DDPM")
+    m.add_argument("--steps", type=int, default=None)
+    m.add_argument("--cameras", type=int, default=1)
+    c = sub.add_parser("chunk")
+    c.add_argument("--policy", required=True)
+    c.add_argument("--inputs", required=True)
+    c.add_argument("--out", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--policy", required=True)
+    r.add_argument("--obs", required=True)
+    r.add_argument("--noise", required=True)
+    r.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    {"make": cmd_make, "chunk": cmd_chunk, "run": cmd_run}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
