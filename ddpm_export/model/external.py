@@ -169,6 +169,10 @@ def is_external_config(model_config: Any) -> bool:
 def build_external(model_config: Dict[str, Any]) -> ExternalDenoiser:
     """The (untrained) network a checkpoint's external ``model_config`` describes."""
     family = model_config.get("family")
+    if family == "lerobot.DiffusionPolicy":
+        from ddpm_export.model.lerobot_diffusion import build_lerobot_denoiser
+
+        return build_lerobot_denoiser(model_config).eval()
     if family != FAMILY_DIFFUSERS:
         raise ValueError(f"model_config family {family!r} cannot be rebuilt from a checkpoint "
                          f"(only {FAMILY_DIFFUSERS!r}); export such a network from Python with "

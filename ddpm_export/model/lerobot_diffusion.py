@@ -273,3 +273,24 @@ def split_state_dict(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tenso
         else:
             enc[k2] = v
     return enc, unet
+
+
+def build_lerobot_denoiser(model_config: Dict[str, Any]):
+    """The checkpoint's denoiser: LeRobotUnet1d behind ExternalDenoiser (x_t, t, global_cond),
+    sample_kind "array", one vector condition global_cond with no null form; the step
+    embedding is its FP32 island."""
+    from ddpm_export.model.external import ExternalDenoiser
+
+    cfg = model_config["config"]
+    d = int(model_config["global_cond_dim"])
+    net = LeRobotUnet1d(cfg, d)
+    cond = {"name": "global_cond", "kind": "vector", "dtype": "float32", "shape": [d], "null": None}
+    return ExternalDenoiser(net, model_config["image_shape"], FAMILY_LEROBOT,
+                            fp32_modules=("diffusion_step_encoder",), conditions=[cond], sample_kind="array")
+
+
+def build_lerobot_encoder(ckpt: Dict[str, Any]) -> LeRobotObsEncoder:
+    """The checkpoint's observation encoder, weights loaded strictly."""
+    enc = LeRobotObsEncoder(ckpt["policy"]["lerobot_config"])
+    enc.load_state_dict(ckpt["policy"]["encoder_state"], strict=True)
+    return enc.eval()
