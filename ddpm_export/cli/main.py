@@ -196,8 +196,10 @@ def digits_score(checkpoint, samples, num, seed, batch, save, json_out, no_progr
 
 
 @main.command("import")
-@click.option("--format", "fmt", type=click.Choice(["diffusers", "pesser"]), required=True,
-              help="diffusers: a UNet2DModel folder or DDPMPipeline folder (config.json + "
+@click.option("--format", "fmt", type=click.Choice(["diffusers", "pesser", "lerobot"]), required=True,
+              help="lerobot: a LeRobot 0.4.4 DiffusionPolicy folder (policy.save_pretrained(DIR) plus its "
+              "pre/post processors: config.json, model.safetensors, policy_*processor.json and their stats). "
+              "diffusers: a UNet2DModel folder or DDPMPipeline folder (config.json + "
               "diffusion_pytorch_model.safetensors or .bin, e.g. google/ddpm-cifar10-32). pesser: a "
               "pytorch_diffusion .ckpt (e.g. ema_diffusion_cifar10_model/model-790000.ckpt).")
 @click.argument("src", type=click.Path(exists=True))
@@ -233,6 +235,8 @@ def import_(fmt, src, out, preset, scheduler_config, image_size, network, verify
       ddpm-export import --format diffusers ddpm-cifar10-32/ --out cifar10.pt
     The official CIFAR-10 model as pesser's checkpoint:
       ddpm-export import --format pesser model-790000.ckpt --out cifar10.pt
+    A LeRobot DiffusionPolicy (denoiser, observation encoder, normalization, schedule):
+      ddpm-export import --format lerobot outputs/train/diffusion/pretrained_model --out policy.pt
     """
     import json
     from pathlib import Path
@@ -257,6 +261,15 @@ def import_(fmt, src, out, preset, scheduler_config, image_size, network, verify
         ckpt = weights.import_diffusers(src, out, sched, image_size=_parse_image_size(image_size),
                                         network=network, verify=verify, verify_steps=verify_steps,
                                         command=command, null_label=null_label)
+    elif fmt == "lerobot":
+        for name, given in (("--scheduler-config", scheduler_config), ("--image-size", image_size),
+                            ("--null-label", null_label)):
+            if given is not None:
+                raise click.UsageError(f"{name} is for --format diffusers; a LeRobot folder carries its "
+                                       f"own config.json")
+        from ddpm_export.weights.from_lerobot import import_lerobot
+
+        ckpt = import_lerobot(src, out, command=command)
     else:
         for name, given in (("--scheduler-config", scheduler_config), ("--image-size", image_size),
                             ("--null-label", null_label)):
