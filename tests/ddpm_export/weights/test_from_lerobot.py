@@ -77,3 +77,47 @@ def test_modules_equal_lerobot(lerobot_folders, kind):
     assert gc.shape == ref["global_cond"].shape and np.abs(gc.numpy() - ref["global_cond"]).max() <= 1e-5
     assert eps.shape == ref["eps"].shape and np.abs(eps.numpy() - ref["eps"]).max() <= 1e-5
     assert np.abs(ref["eps"]).max() > 0.1  # a non-trivial output was compared
+
+
+def test_import_reads_stats_exactly_and_rebuilds(lerobot_folders, tmp_path):
+    from safetensors.numpy import load_file
+
+    from ddpm_export.model.checkpoint import load_model
+    from ddpm_export.weights.from_lerobot import import_lerobot
+
+    d = lerobot_folders["image"]
+    import_lerobot(d, tmp_path / "p.pt")
+    ckpt = torch.load(tmp_path / "p.pt", weights_only=True)
+    pre = load_file(str(d / "policy_preprocessor_step_3_normalizer_processor.safetensors"))
+    post = load_file(str(d / "policy_postprocessor_step_0_unnormalizer_processor.safetensors"))
+    obs = {o["name"]: o for o in ckpt["policy"]["observations"]}
+    st = obs["observation.state"]["normalization"]
+    assert st["mode"] == "min_max" and st["eps"] == 1e-8
+    np.testing.assert_array_equal(np.float32(st["min"]), pre["observation.state.min"])
+    np.testing.assert_array_equal(np.float32(st["max"]), pre["observation.state.max"])
+    im = obs["observation.image"]["normalization"]
+    assert im["mode"] == "mean_std" and obs["observation.image"]["camera_index"] == 0
+    np.testing.assert_array_equal(np.float32(im["std"]), pre["observation.image.std"])
+    act = ckpt["policy"]["action"]["normalization"]
+    np.testing.assert_array_equal(np.float32(act["min"]), post["action.min"])
+    model, _ = load_model(tmp_path / "p.pt")
+    assert [c.name for c in model.conditions] == ["global_cond"] and model.sample_kind == "array"
+    assert ckpt["schedule_config"]["kind"] == "squaredcos_cap_v2"
+
+
+def test_import_refuses_in_one_line_with_every_reason(lerobot_folders, tmp_path):
+    from ddpm_export.weights.from_lerobot import import_lerobot
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    cfg = json.loads((lerobot_folders["image"] / "config.json").read_text())
+    cfg.update(resize_shape=[40, 40], vision_backbone="resnet50", use_group_norm=False, type="act")
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError) as e:
+        import_lerobot(bad, tmp_path / "x.pt")
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in ("resize_shape", "resnet50", "use_group_norm", "'act'", "model.safetensors is missing",
+                 "policy_preprocessor.json is missing", "policy_postprocessor.json is missing"):
+        assert part in msg, part
+    assert not (tmp_path / "x.pt").exists()
