@@ -16,7 +16,7 @@ TORCH_SPEC  ?= torch==2.13.0+cpu
 TORCH_INDEX ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: setup demo test test-slow clean-venv
+.PHONY: setup setup-lerobot demo test test-slow clean-venv
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,30 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -c "from ddpm_export.serving.local_server import numpy1_backend_env as e; e()"
 	touch $@
 
+# LeRobot 0.4.4 as the reference for the DiffusionPolicy import (tests/ddpm_export/weights/
+# test_from_lerobot.py, scripts/lerobot_policy_reference.py): its own venv, since it needs
+# torchvision, which the project venv cannot hold. lerobot goes in with --no-deps (its full
+# dependency set pulls gym environments and hardware SDKs); these are what its diffusion
+# policy and processors import. The tests find it at .venv-lerobot/bin/python or
+# $$DDPM_LEROBOT_PYTHON and skip with that reason when neither exists.
+LEROBOT_VENV ?= .venv-lerobot
+LEROBOT_PY   := $(LEROBOT_VENV)/bin/python
+LEROBOT_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+LEROBOT_DEPS = draccus==0.10.0 mergedeep pyyaml-include==1.4.1 toml typing-inspect mypy-extensions \
+	jsonlines termcolor deepdiff orderly-set datasets pyarrow pandas dill xxhash multiprocess fsspec \
+	pytz tzdata python-dateutil imageio pyserial future iso8601 cachebox av diffusers safetensors \
+	huggingface_hub einops accelerate
+
+setup-lerobot: $(LEROBOT_VENV)/.installed
+
+$(LEROBOT_VENV)/.installed:
+	$(PYTHON) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_PY) -m pip install -q $(TORCH_PIP_ARGS) $(LEROBOT_TORCH_SPEC)
+	$(LEROBOT_PY) -m pip install -q --no-deps lerobot==0.4.4
+	$(LEROBOT_PY) -m pip install -q $(LEROBOT_DEPS)
+	$(LEROBOT_PY) -c "from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy"
+	touch $@
+
 DEMO_OUT ?= samples.png
 DEMO_ARGS = --engine engines/digits.onnx --num 64 --seed 0
 
@@ -49,10 +73,10 @@ demo: setup
 	@echo "The paper's reference chain, DDPM over all 1000 steps (100x the engine calls, minutes on a CPU):"
 	@echo "  $(PY) -m runtime.sample $(DEMO_ARGS) --method ddpm --out samples-ddpm1000.png"
 
-test: setup
+test: setup setup-lerobot
 	$(PY) -m pytest -q --durations=15
 
-test-slow: setup
+test-slow: setup setup-lerobot
 	$(PY) -m pytest -q -m slow --runslow
 
 clean-venv:
