@@ -1,0 +1,102 @@
+"""The observation encoder of an imported LeRobot DiffusionPolicy, and the manifest's
+``policy`` section (the spec the policy runtime reads).
+
+:func:`export_policy` runs after the denoiser's ordinary export (NAME.onnx + NAME.json):
+it writes NAME-encoder.onnx (inputs the normalized observation history named as LeRobot
+names them, output global_cond, the same dynamic batch axis), checks it against PyTorch
+through ONNX Runtime (refusing on a failed check), and adds the ``policy`` section to
+NAME.json (the encoder file embeds the same section in its metadata).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from ddpm_export.model.lerobot_diffusion import (OBS_ENV, OBS_IMAGES, OBS_STATE, build_lerobot_encoder,
+                                                 image_features)
+
+ENCODER_ATOL = 1e-4
+
+
+def _input_shapes(cfg: Dict[str, Any], enc) -> Dict[str, List[int]]:
+    n = int(cfg["n_obs_steps"])
+    feats = cfg["input_features"]
+    out = {OBS_STATE: [n, *feats[OBS_STATE]["shape"]]}
+    cams = image_features(cfg)
+    if cams:
+        out[OBS_IMAGES] = [n, len(cams), *feats[cams[0]]["shape"]]
+    if enc.env:
+        out[OBS_ENV] = [n, *feats[enc.env]["shape"]]
+    return {k: out[k] for k in enc.input_names}
+
+
+def export_policy(ckpt: Dict[str, Any], onnx_path, fp16: bool = False, batch_range=(1, 1, 64)) -> Dict[str, Any]:
+    import onnx
+    import onnxruntime as ort
+
+    onnx_path = Path(onnx_path)
+    pol = ckpt["policy"]
+    cfg = pol["lerobot_config"]
+    enc = build_lerobot_encoder(ckpt)
+    shapes = _input_shapes(cfg, enc)
+    enc_path = onnx_path.with_name(onnx_path.stem + "-encoder.onnx")
+    rng = np.random.default_rng(0)
+
+    def feed(b):
+        return {k: rng.standard_normal((b, *s)).astype(np.float32) for k, s in shapes.items()}
+
+    example = tuple(torch.from_numpy(v) for v in feed(2).values())
+    # The encoder runs once per chunk: an --fp16 export keeps it float32 for now (an FP16
+    # encoder with FP32 islands is not written yet); "precision" says so.
+    islands: List[str] = []
+    torch.onnx.export(enc, example, str(enc_path),
+                      input_names=list(shapes), output_names=["global_cond"], opset_version=17,
+                      dynamic_axes={**{k: {0: "batch"} for k in shapes}, "global_cond": {0: "batch"}},
+                      dynamo=False)
+    onnx.checker.check_model(str(enc_path))
+    sess = ort.InferenceSession(str(enc_path), providers=["CPUExecutionProvider"])
+    enc = build_lerobot_encoder(ckpt)
+    worst = 0.0
+    for b in (1, 3):
+        f = feed(b)
+        got = sess.run(None, f)[0]
+        with torch.no_grad():
+            ref = enc(*[torch.from_numpy(v) for v in f.values()]).numpy()
+        worst = max(worst, float(np.abs(got.astype(np.float32) - ref).max()))
+    atol = ENCODER_ATOL
+    if not worst <= atol:
+        enc_path.unlink()
+        raise ValueError(f"{enc_path.name}: encoder ONNX vs PyTorch max abs diff {worst:.3g}, expected <= "
+                         f"{atol:g}; nothing deployed (report it with the checkpoint)")
+    sha = hashlib.sha256(enc_path.read_bytes()).hexdigest()
+    lo, opt, hi = batch_range
+    section = {
+        "format": pol["format"], "n_obs_steps": int(cfg["n_obs_steps"]), "horizon": int(cfg["horizon"]),
+        "n_action_steps": int(cfg["n_action_steps"]), "action_start": int(cfg["n_obs_steps"]) - 1,
+        "encoder": {"file": enc_path.name, "sha256": sha,
+                    "inputs": [{"name": k, "dtype": "float32", "shape": ["batch", *s]}
+                               for k, s in shapes.items()],
+                    "outputs": [{"name": "global_cond", "dtype": "float32",
+                                 "shape": ["batch", enc.global_cond_dim]}],
+                    "batch_range": {"min": lo, "opt": opt, "max": hi},
+                    "parity": {"max_abs_diff": worst, "atol": atol}, "fp32_islands": islands,
+                    "precision": "fp32"},
+        "observations": pol["observations"], "image_features": image_features(cfg),
+        "image_preprocess": ({"resize": None, "crop": list(cfg["crop_shape"]) if cfg.get("crop_shape") else None}
+                             if image_features(cfg) else None),
+        "action": pol["action"], "source": {"lerobot_config": cfg, "folder": pol.get("folder")},
+    }
+    model = onnx.load(str(enc_path))
+    model.metadata_props.add(key="policy", value=json.dumps(section))
+    onnx.save(model, str(enc_path))
+    section["encoder"]["sha256"] = hashlib.sha256(enc_path.read_bytes()).hexdigest()
+    man_path = onnx_path.with_suffix(".json")
+    man = json.loads(man_path.read_text())
+    man["policy"] = section
+    man_path.write_text(json.dumps(man, indent=2))
+    return section
