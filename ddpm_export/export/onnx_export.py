@@ -327,7 +327,7 @@ def _export_proto(model: UNet, fp16: bool, opset: int):
     image_shape = image_shape_of(model)
     wrapper = (Fp16EpsModel(model) if fp16 else EpsModel(model)).eval()
     x = torch.randn(_TRACE_BATCH, *image_shape)
-    if fp16 and _FP16_TRACE_CHANNELS_LAST:
+    if fp16 and _FP16_TRACE_CHANNELS_LAST and x.dim() == 4:  # an array sample (rank 3 batch) has no NHWC
         # The tracer runs the half-precision forward once. A CPU without native FP16 runs
         # contiguous (NCHW) half convolutions through a slow fallback: 86 s for one 3x3
         # 128->128 conv on a 2 x 128 x 128 x 128 input, where the channels-last (NHWC)
