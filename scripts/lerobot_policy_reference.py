@@ -17,7 +17,8 @@ imports nothing from ddpm_export or runtime).
         "z_<k>" [n_steps, B, horizon, A], z_<k>[i] being the noise the scheduler's i-th step
         (i in timestep order, from the first, largest t) draws; DDPM's last step (t = 0) draws
         none in diffusers, so z_<k> may hold n_steps rows of which the t = 0 row is ignored, or
-        n_steps - 1. ACTIONS.npz: "actions" [T, B, A] raw units.
+        n_steps - 1. ACTIONS.npz: "actions" [T, B, A] raw units, "draws" [n_chunks] the number
+        of step noises each chunk consumed (a missing row raises IndexError/KeyError: no silent reuse).
 """
 from __future__ import annotations
 
@@ -102,10 +103,18 @@ def cmd_chunk(a):
 
 def cmd_run(a):
     import diffusers.schedulers.scheduling_ddpm as sd
-    from lerobot.policies.factory import make_pre_post_processors
+    # what lerobot.policies.factory.make_pre_post_processors(cfg, pretrained_path=DIR) does,
+    # without the factory module (it imports gymnasium through lerobot.envs)
+    from lerobot.processor import PolicyProcessorPipeline
+    from lerobot.processor.converters import (batch_to_transition, policy_action_to_transition,
+                                              transition_to_batch, transition_to_policy_action)
 
     p = _load(a.policy)
-    pre, post = make_pre_post_processors(p.config, pretrained_path=a.policy)
+    pre = PolicyProcessorPipeline.from_pretrained(a.policy, config_filename="policy_preprocessor.json",
+                                                  to_transition=batch_to_transition, to_output=transition_to_batch)
+    post = PolicyProcessorPipeline.from_pretrained(a.policy, config_filename="policy_postprocessor.json",
+                                                   to_transition=policy_action_to_transition,
+                                                   to_output=transition_to_policy_action)
     obs = dict(np.load(a.obs))
     noise = dict(np.load(a.noise))
     state = {"k": -1, "i": 0}
@@ -118,7 +127,11 @@ def cmd_run(a):
     sd.randn_tensor = fake_randn
     orig = p.diffusion.generate_actions
 
+    draws = []
+
     def gen(batch, noise=None):
+        if state["k"] >= 0:
+            draws.append(state["i"])
         state["k"] += 1
         state["i"] = 0
         return orig(batch, noise=torch.from_numpy(noise_arr(state["k"])))
@@ -134,7 +147,9 @@ def cmd_run(a):
         for i in range(T):
             o = pre({k: torch.from_numpy(v[i]) for k, v in obs.items()})
             acts.append(post(p.select_action(o)).numpy())
-    np.savez(a.out, actions=np.stack(acts))
+    draws.append(state["i"])
+    # draws[k]: how many step noises chunk k consumed (99 for DDPM over T = 100: none at t = 0)
+    np.savez(a.out, actions=np.stack(acts), draws=np.array(draws, dtype=np.int64))
 
 
 def main(argv=None):
