@@ -354,13 +354,8 @@ def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weight
     m = export_onnx(checkpoint, out, fp16=fp16, opset=opset, batch_range=(min_batch, opt_batch, max_batch),
                     check=not no_check, command=" ".join(["ddpm-export"] + sys.argv[1:]), weights=weights,
                     guidance=None if guidance is None else {"default": guidance})
-    import torch
-
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if isinstance(ck, dict) and "policy" in ck:
-        from ddpm_export.export.policy_export import export_policy
-
-        sec = export_policy(ck, out, fp16=fp16, batch_range=(min_batch, opt_batch, max_batch))
+    sec = m.get("policy")  # a policy checkpoint: export_onnx also wrote its observation encoder
+    if sec:
         ep = sec["encoder"]["parity"]
         click.echo(f"wrote {Path(out).with_name(sec['encoder']['file'])} (observation encoder, float32); parity "
                    f"vs PyTorch: max abs diff {ep['max_abs_diff']:.2e} (limit {ep['atol']:g})")

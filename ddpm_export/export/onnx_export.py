@@ -132,9 +132,15 @@ def export_onnx(
     if command is None:
         command = (f"ddpm_export.export.onnx_export.export_onnx({str(checkpoint_path)!r}, {str(out)!r}, "
                    f"fp16={fp16}, opset={opset}, batch_range={tuple(batch.to_dict().values())})")
-    return _export_model(model, schedule, out, fp16=fp16, opset=opset, batch=batch, check=check,
-                         atol=atol, source=source, command=command, what=str(checkpoint_path),
-                         sampling=ckpt.get("sampling"), guidance=guidance)
+    manifest = _export_model(model, schedule, out, fp16=fp16, opset=opset, batch=batch, check=check,
+                             atol=atol, source=source, command=command, what=str(checkpoint_path),
+                             sampling=ckpt.get("sampling"), guidance=guidance)
+    if "policy" in ckpt:  # a LeRobot policy: its observation encoder too, tied by the manifest's policy section
+        from ddpm_export.export.policy_export import export_policy
+
+        manifest = dict(manifest, policy=export_policy(ckpt, out, fp16=fp16,
+                                                       batch_range=tuple(batch.to_dict().values())))
+    return manifest
 
 
 def export_module(
