@@ -9,6 +9,7 @@ Imports with neither torch nor tensorrt installed::
 
 from runtime.api import Engine, load
 from runtime.loop import METHODS, NonFiniteError, SampleResult
+from runtime.policy import Policy, load_policy
 
 __version__ = "0.1.0"
-__all__ = ["Engine", "load", "METHODS", "NonFiniteError", "SampleResult"]
+__all__ = ["Engine", "load", "load_policy", "Policy", "METHODS", "NonFiniteError", "SampleResult"]
