@@ -113,6 +113,31 @@ file's ``metadata_props`` under ``MANIFEST_KEY`` and written as a sidecar
                       defaults. ``plan_options(plan, given)`` merges the options. An
                       older runtime refuses a non-binding section (no allowed_steps)
                       rather than sampling with another method.
+    policy            optional, absent = not a policy (the manifest means what it always
+                      meant). A denoiser exported from a LeRobot DiffusionPolicy (sample_kind
+                      "array", sample_shape [horizon, action_dim], one "vector" condition
+                      "global_cond" of shape [D]); runtime.policy.load_policy reads it
+                      (policy_of returns it validated as a PolicySpec):
+                      {"format": "lerobot.DiffusionPolicy", "n_obs_steps": n, "horizon":
+                       sample_shape[0], "n_action_steps": k <= horizon - n + 1,
+                       "action_start": n - 1 (the first action of a chunk that is kept),
+                       "encoder": {"file": NAME-encoder.onnx | .plan beside this file,
+                         "sha256": hex of the encoder .onnx, "inputs": [{"name", "dtype":
+                         "float32", "shape": ["batch", n, *per-sample shape]}, ...] (one per
+                         observation, images stacked as "observation.images" [batch, n,
+                         n_cameras, C, H, W]), "outputs": [{"name": "global_cond", "dtype":
+                         "float32", "shape": ["batch", D]}], "batch_range", optional "parity",
+                         "fp32_islands"},
+                       "observations": [{"name", "type" (STATE | VISUAL | ENV), "shape",
+                         "normalization", "camera_index" (VISUAL only)}, ...],
+                       "image_features": [camera names in stacking order],
+                       "image_preprocess": {"resize", "crop"} | null,
+                       "action": {"name": "action", "shape": [action_dim], "normalization"},
+                       "source": {...}}
+                      normalization: {"mode": "identity"} or {"mode", stats..., "eps"} with
+                      mode "mean_std" (mean, std), "min_max" (min, max), "quantiles" (q01,
+                      q99), "quantile10" (q10, q90); stats nested lists broadcastable to the
+                      feature's per-sample shape.
 Keys not listed (e.g. an ``engine`` section added by an engine build) are kept
 and ignored, so later tools can extend the manifest without a version bump.
 """
@@ -465,6 +490,8 @@ def validate_manifest(d: Any) -> Dict[str, Any]:
         _fail("command", d["command"], "a string")
     if SAMPLING_KEY in d:
         _check_sampling(d[SAMPLING_KEY], int(sched["num_timesteps"]))
+    if POLICY_KEY in d:
+        _check_policy(d, conds)
     return dict(d)
 
 
@@ -798,3 +825,174 @@ def compute_precision(manifest: Mapping[str, Any], artifact: PathLike) -> str:
 
 
 _PLAN_SUFFIXES = (".plan", ".engine", ".trt")  # runtime.api.TRT_SUFFIXES (not imported: api imports this module)
+
+
+POLICY_KEY = "policy"
+POLICY_FORMAT = "lerobot.DiffusionPolicy"
+POLICY_COND = "global_cond"
+NORM_STATS = {"identity": (), "mean_std": ("mean", "std"), "min_max": ("min", "max"),
+              "quantiles": ("q01", "q99"), "quantile10": ("q10", "q90")}
+OBS_TYPES = ("STATE", "VISUAL", "ENV")
+IMAGES_INPUT = "observation.images"  # the encoder input holding every camera, stacked
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One observation or the action of a policy: name, LeRobot type, per-sample shape, its
+    normalization ({"mode", stats as nested lists, "eps"}) and camera_index (VISUAL only)."""
+
+    name: str
+    type: str
+    shape: Tuple[int, ...]
+    normalization: Mapping[str, Any]
+    camera_index: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """The validated ``policy`` section of a manifest (see the module docstring)."""
+
+    n_obs_steps: int
+    horizon: int
+    n_action_steps: int
+    action_start: int
+    action_dim: int
+    cond_dim: int
+    encoder: Mapping[str, Any]
+    observations: Tuple[Feature, ...]
+    image_features: Tuple[str, ...]
+    action: Feature
+    raw: Mapping[str, Any]
+
+
+def _pfail(field: str, received: Any, expected: str) -> None:
+    _fail(f"policy.{field}", received, expected,
+          "re-export the policy with 'ddpm-export export --checkpoint POLICY.pt'")
+
+
+def _check_norm(where: str, norm: Any, shape: Sequence[int]) -> None:
+    import numpy as np
+
+    if not isinstance(norm, Mapping) or norm.get("mode") not in NORM_STATS:
+        _pfail(where, norm, f"an object with mode one of {sorted(NORM_STATS)}")
+    mode = norm["mode"]
+    keys = NORM_STATS[mode]
+    if mode != "identity" and not _is_real(norm.get("eps")):
+        _pfail(f"{where}.eps", norm.get("eps", "<missing>"), "a number (LeRobot's eps, 1e-8)")
+    for k in keys:
+        if k not in norm:
+            _pfail(f"{where}.{k}", "<missing>", f"the {k} stats of mode {mode}")
+        try:
+            a = np.asarray(norm[k], dtype=np.float64)
+            ok = np.isfinite(a).all() and np.broadcast_shapes(a.shape, tuple(shape)) == tuple(shape)
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            _pfail(f"{where}.{k}", f"an array of shape {getattr(np.asarray(norm[k], dtype=object), 'shape', '?')}",
+                   f"finite numbers broadcastable to the feature shape {list(shape)}")
+
+
+def _feature(where: str, f: Any, types: Sequence[str]) -> Feature:
+    if not isinstance(f, Mapping):
+        _pfail(where, f, "an object {name, type, shape, normalization}")
+    missing = [k for k in ("name", "shape", "normalization") if k not in f]
+    if missing:
+        _pfail(where, sorted(f), f"keys name, type, shape, normalization; missing {missing}")
+    shape = f["shape"]
+    if not (isinstance(shape, list) and all(_is_int(s) and s > 0 for s in shape)):
+        _pfail(f"{where}.shape", shape, "a list of positive ints")
+    typ = f.get("type")
+    if types and typ not in types:
+        _pfail(f"{where}.type", typ, f"one of {list(types)}")
+    if not isinstance(f["name"], str) or not f["name"]:
+        _pfail(f"{where}.name", f["name"], "a non-empty string")
+    _check_norm(f"{where}.normalization", f["normalization"], shape)
+    cam = f.get("camera_index")
+    if typ == "VISUAL" and not (_is_int(cam) and cam >= 0):
+        _pfail(f"{where}.camera_index", cam, "an int >= 0 (the camera's place in image_features)")
+    return Feature(f["name"], typ if typ is not None else "ACTION", tuple(shape), dict(f["normalization"]),
+                   cam if typ == "VISUAL" else None)
+
+
+def _check_policy(d: Mapping[str, Any], conds: Sequence[Condition]) -> PolicySpec:
+    sec = d[POLICY_KEY]
+    if not isinstance(sec, Mapping):
+        _pfail("(section)", sec, "an object (see runtime/contract.py, 'policy')")
+    if sec.get("format") != POLICY_FORMAT:
+        _pfail("format", sec.get("format", "<missing>"), repr(POLICY_FORMAT))
+    for k in ("n_obs_steps", "horizon", "n_action_steps", "action_start", "encoder", "observations",
+              "image_features", "action"):
+        if k not in sec:
+            _pfail(k, "<missing>", "present")
+    for k in ("n_obs_steps", "horizon", "n_action_steps"):
+        if not (_is_int(sec[k]) and sec[k] >= 1):
+            _pfail(k, sec[k], "an int >= 1")
+    n, h, k = sec["n_obs_steps"], sec["horizon"], sec["n_action_steps"]
+    shape = list(sample_shape_of(d))
+    if d.get("sample_kind") != "array" or len(shape) != 2:
+        _pfail("(section)", f"sample_kind {d.get('sample_kind')!r}, sample_shape {shape}",
+               "a policy denoiser: sample_kind 'array', sample_shape [horizon, action_dim]")
+    if h != shape[0]:
+        _pfail("horizon", h, f"sample_shape[0] = {shape[0]}")
+    if sec["action_start"] != n - 1:
+        _pfail("action_start", sec["action_start"], f"n_obs_steps - 1 = {n - 1}")
+    if k > h - n + 1:
+        _pfail("n_action_steps", k, f"<= horizon - n_obs_steps + 1 = {h - n + 1}")
+    if len(conds) != 1 or conds[0].name != POLICY_COND or conds[0].kind != "vector" or len(conds[0].shape) != 1:
+        _pfail("(section)", [c.to_dict() for c in conds],
+               f"a denoiser with one vector condition {POLICY_COND!r} of shape [D]")
+    D = conds[0].shape[0]
+    action = _feature("action", sec["action"], ())
+    if list(action.shape) != [shape[1]]:
+        _pfail("action.shape", list(action.shape), f"[action_dim] = [{shape[1]}] (sample_shape[1])")
+    obs_raw = sec["observations"]
+    if not (isinstance(obs_raw, list) and obs_raw):
+        _pfail("observations", obs_raw, "a non-empty list of observation features")
+    obs = tuple(_feature(f"observations[{i}]", f, OBS_TYPES) for i, f in enumerate(obs_raw))
+    names = [o.name for o in obs]
+    if len(set(names)) != len(names):
+        _pfail("observations", names, "distinct names")
+    cams = sec["image_features"]
+    visual = [o for o in obs if o.type == "VISUAL"]
+    if not (isinstance(cams, list) and sorted(cams) == sorted(o.name for o in visual)):
+        _pfail("image_features", cams, f"the VISUAL observations' names in camera order {[o.name for o in visual]}")
+    for o in visual:
+        if cams.index(o.name) != o.camera_index:
+            _pfail(f"observations[{names.index(o.name)}].camera_index", o.camera_index,
+                   f"{cams.index(o.name)} (its place in image_features)")
+        if o.shape != visual[0].shape or len(o.shape) != 3:
+            _pfail(f"observations[{names.index(o.name)}].shape", list(o.shape),
+                   f"[C, H, W], the same for every camera ({list(visual[0].shape)})")
+    enc = sec["encoder"]
+    if not isinstance(enc, Mapping):
+        _pfail("encoder", enc, "an object {file, sha256, inputs, outputs, batch_range}")
+    f = enc.get("file")
+    if not (isinstance(f, str) and f and "/" not in f and "\\" not in f and f.endswith((".onnx",) + _PLAN_SUFFIXES)):
+        _pfail("encoder.file", f, "a file name beside the denoiser ending .onnx or .plan")
+    if not _is_sha256(enc.get("sha256")):
+        _pfail("encoder.sha256", enc.get("sha256", "<missing>"), "the 64-hex-digit sha256 of the encoder .onnx")
+    want_in = [{"name": o.name, "dtype": "float32", "shape": [BATCH_AXIS, n] + list(o.shape)}
+               for o in obs if o.type != "VISUAL"]
+    if visual:
+        want_in.insert(1 if any(o.type == "STATE" for o in obs) else 0,
+                       {"name": IMAGES_INPUT, "dtype": "float32",
+                        "shape": [BATCH_AXIS, n, len(visual)] + list(visual[0].shape)})
+    got_in = enc.get("inputs")
+    key = lambda e: e.get("name") if isinstance(e, Mapping) else ""
+    if not isinstance(got_in, list) or sorted(got_in, key=key) != sorted(want_in, key=key):
+        _pfail("encoder.inputs", got_in, f"{want_in} (in any order)")
+    want_out = [{"name": POLICY_COND, "dtype": "float32", "shape": [BATCH_AXIS, D]}]
+    if enc.get("outputs") != want_out:
+        _pfail("encoder.outputs", enc.get("outputs"), f"{want_out} (D = the global_cond condition's size)")
+    try:
+        BatchRange.coerce(enc.get("batch_range"))
+    except ManifestError as e:
+        _pfail("encoder.batch_range", enc.get("batch_range"), str(e))
+    return PolicySpec(n, h, k, n - 1, shape[1], D, dict(enc), obs, tuple(cams), action, dict(sec))
+
+
+def policy_of(manifest: Mapping[str, Any]) -> Optional[PolicySpec]:
+    """The validated ``policy`` section of a manifest as a PolicySpec; None when it has none."""
+    if POLICY_KEY not in manifest:
+        return None
+    return _check_policy(manifest, _check_sample_and_conditions(manifest))
