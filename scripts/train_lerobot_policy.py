@@ -16,7 +16,10 @@ a linear warmup + cosine decay (LeRobot's preset). ``OUT/train_state.pt`` is wri
 ``--checkpoint-every`` seconds and at the end (weights, optimizer, lr schedule, RNG states,
 step): a rerun of the same command resumes exactly. ``OUT/pretrained_model/`` is written at each
 checkpoint too. ``--eval N`` rolls out LeRobot's own select_action (with its processors, DDIM-10)
-on N episodes at the end and writes ``OUT/eval.json``.
+on N episodes at the end and writes ``OUT/eval.json``; on any saved folder:
+
+    PYTHONPATH=/work/wt-task OMP_NUM_THREADS=1 /work/main/.venv-lerobot/bin/python \
+      scripts/train_lerobot_policy.py --out /tmp/x --eval-only /work/runs/obstacle-policy/pretrained_model --eval 200
 """
 from __future__ import annotations
 
@@ -149,8 +152,16 @@ def main(argv=None):
     p.add_argument("--stop-after", type=int, default=None, help="stop (as if killed) after this step")
     p.add_argument("--eval", type=int, default=50, help="closed-loop episodes at the end (0: none)")
     p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--eval-only", metavar="DIR", default=None,
+                   help="only run the closed-loop check on a pretrained_model DIR (--eval episodes, --eval-seed)")
+    p.add_argument("--eval-seed", type=int, default=1000)
+    p.add_argument("--eval-steps", type=int, default=10, help="DDIM steps of the closed-loop check")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.eval_only:
+        res = closed_loop(args.eval_only, args.eval, seed=args.eval_seed, steps=args.eval_steps)
+        print(json.dumps(res), flush=True)
+        return res
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
 
     os.makedirs(args.out, exist_ok=True)
@@ -220,7 +231,8 @@ def main(argv=None):
     checkpoint()
     print("saved", os.path.join(args.out, "pretrained_model"), flush=True)
     if args.eval:
-        res = closed_loop(os.path.join(args.out, "pretrained_model"), args.eval, seed=1000)
+        res = closed_loop(os.path.join(args.out, "pretrained_model"), args.eval, seed=args.eval_seed,
+                          steps=args.eval_steps)
         with open(os.path.join(args.out, "eval.json"), "w") as f:
             json.dump(res, f, indent=1)
         print("closed loop:", json.dumps(res), flush=True)
