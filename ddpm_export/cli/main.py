@@ -552,5 +552,9 @@ def _register_optional_commands() -> None:
 
 _register_optional_commands()
 
+from ddpm_export.cli.rollout import rollout_command  # noqa: E402
+
+main.add_command(rollout_command)
+
 if __name__ == "__main__":
     main()
