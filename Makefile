@@ -51,7 +51,7 @@ LEROBOT_PY   := $(LEROBOT_VENV)/bin/python
 LEROBOT_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 LEROBOT_DEPS = draccus==0.10.0 mergedeep pyyaml-include==1.4.1 toml typing-inspect mypy-extensions \
 	jsonlines termcolor deepdiff orderly-set datasets pyarrow pandas dill xxhash multiprocess fsspec \
-	pytz tzdata python-dateutil imageio pyserial future iso8601 cachebox av diffusers safetensors \
+	pytz tzdata python-dateutil imageio pyserial future iso8601 cachebox av diffusers==0.42.1 safetensors \
 	huggingface_hub einops accelerate
 
 setup-lerobot: $(LEROBOT_VENV)/.installed
