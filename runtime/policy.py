@@ -70,9 +70,13 @@ def normalize(x: np.ndarray, norm: Mapping[str, Any]) -> np.ndarray:
         return x
     if mode == "mean_std":
         return (x - a) / (b + np.float32(eps))
-    d = b - a
-    d = np.where(d == 0, np.float32(eps), d).astype(np.float32)
-    return np.float32(2) * (x - a) / d - np.float32(1)
+    return np.float32(2) * (x - a) / _span(a, b, eps) - np.float32(1)
+
+
+def _span(lo: np.ndarray, hi: np.ndarray, eps: float) -> np.ndarray:
+    """hi - lo, with eps where the two are equal (LeRobot's guard against a constant feature)."""
+    d = hi - lo
+    return np.where(d == 0, np.float32(eps), d).astype(np.float32)
 
 
 def unnormalize(x: np.ndarray, norm: Mapping[str, Any]) -> np.ndarray:
@@ -83,9 +87,7 @@ def unnormalize(x: np.ndarray, norm: Mapping[str, Any]) -> np.ndarray:
         return x
     if mode == "mean_std":
         return x * b + a  # LeRobot's inverse has no eps
-    d = b - a
-    d = np.where(d == 0, np.float32(eps), d).astype(np.float32)
-    return (x + np.float32(1)) / np.float32(2) * d + a
+    return (x + np.float32(1)) / np.float32(2) * _span(a, b, eps) + a
 
 
 class _OnnxEncoder:

@@ -7,3 +7,18 @@ allow_host_code_option = click.option(
     "--allow-host-code", is_flag=True,
     help="TensorRT only: load a version-compatible plan, which embeds host code that runs in "
     "this process; only for a plan you trust (else such a plan is refused).")
+
+
+def int_list(ctx, param, value):
+    """click callback: "0,1,2" -> [0, 1, 2]; None stays None. Seeds (an option named seeds)
+    may be 0, counts (steps, calls) must be >= 1."""
+    if value is None:
+        return None
+    try:
+        out = [int(v) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 10,20,50, got {value!r}")
+    least = 0 if param.name == "seeds" else 1
+    if not out or min(out) < least:
+        raise click.BadParameter(f"expected integers >= {least}, got {value!r}")
+    return out

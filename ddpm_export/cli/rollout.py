@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ddpm_export.cli.options import int_list
+
 
 class _ExpertPolicy:
     """The scripted expert behind the policy interface (it needs the task it acts in)."""
@@ -28,18 +30,6 @@ class _ExpertPolicy:
         return self.expert.select_action(obs)
 
 
-def _seeds(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 0,1,2, got {value!r}")
-    if not out or min(out) < 0:
-        raise click.BadParameter(f"expected integers >= 0, got {value!r}")
-    return out
-
-
 @click.command("rollout")
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False), default=None,
               help="A policy engine (engines/NAME.onnx or .plan), loaded with runtime.load_policy.")
@@ -49,7 +39,7 @@ def _seeds(ctx, param, value):
 @click.option("--episodes", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Sets the initial states and the policy's noise.")
-@click.option("--seeds", callback=_seeds, default=None, help="Several seeds, e.g. 0,1,2 (overrides --seed).")
+@click.option("--seeds", callback=int_list, default=None, help="Several seeds, e.g. 0,1,2 (overrides --seed).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=80, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the result here.")
 @click.option("--no-progress", is_flag=True)

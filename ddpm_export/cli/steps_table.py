@@ -7,20 +7,10 @@ from typing import List
 
 import click
 
-from ddpm_export.cli.options import allow_host_code_option
+from ddpm_export.cli.options import allow_host_code_option, int_list
 from ddpm_export.evaluation.steps_table import DEFAULT_STEPS, format_steps_table, steps_table
 from runtime.io import write_json
 from runtime.schedulers import METHODS
-
-
-def _int_list(ctx, param, value: str) -> List[int]:
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 10,20,50, got {value!r}")
-    if not out or min(out) < (0 if param.name == "seeds" else 1):
-        raise click.BadParameter(f"expected integers >= {0 if param.name == 'seeds' else 1}, got {value!r}")
-    return out
 
 
 def _methods(ctx, param, value: str) -> List[str]:
@@ -39,11 +29,11 @@ def _methods(ctx, param, value: str) -> List[str]:
               help="A digits engine (.onnx or .plan).")
 @click.option("--samples", "num", type=click.IntRange(min=10), default=450, show_default=True,
               help="Samples per run (450 = the held-out real set; fewer make the distance noisier).")
-@click.option("--steps", default=",".join(map(str, DEFAULT_STEPS)), show_default=True, callback=_int_list,
+@click.option("--steps", default=",".join(map(str, DEFAULT_STEPS)), show_default=True, callback=int_list,
               help="Comma-separated step counts (= engine calls: one call per step for every method).")
 @click.option("--methods", default="all", show_default=True, callback=_methods,
               help=f"'all' or a comma-separated subset of: {', '.join(METHODS)}.")
-@click.option("--seeds", default="0", show_default=True, callback=_int_list,
+@click.option("--seeds", default="0", show_default=True, callback=int_list,
               help="Comma-separated seeds; rows report the mean and spread over them (use >= 3).")
 @click.option("--full-ddpm/--no-full-ddpm", default=False, show_default=True,
               help="Also run DDPM over all T steps (the paper's chain; T engine calls per image).")
