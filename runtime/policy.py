@@ -34,17 +34,15 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from runtime.contract import plan_options, plan_steps, read_manifest, sampling_plan
+from runtime.contract import (IMAGES_INPUT, NORM_STATS, POLICY_COND as COND, plan_options, plan_steps,
+                              read_manifest, sampling_plan)
 from runtime.io import sha256_file
 from runtime.loop import sample
 from runtime.schedulers import make_scheduler
 
 __all__ = ["Policy", "PolicyError", "load_policy", "normalize", "unnormalize"]
 
-IMAGES_INPUT = "observation.images"  # the encoder input that holds every camera, stacked
-COND = "global_cond"
-_STATS = {"mean_std": ("mean", "std"), "min_max": ("min", "max"), "quantiles": ("q01", "q99"),
-          "quantile10": ("q10", "q90")}
+_STATS = {k: v for k, v in NORM_STATS.items() if v}  # mode -> its two stats
 
 
 class PolicyError(ValueError):

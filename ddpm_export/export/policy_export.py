@@ -9,13 +9,15 @@ NAME.json (the encoder file embeds the same section in its metadata).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
 import torch
+
+from runtime.contract import write_manifest
+from runtime.io import sha256_file
 
 from ddpm_export.model.lerobot_diffusion import (OBS_ENV, OBS_IMAGES, OBS_STATE, build_lerobot_encoder,
                                                  image_features)
@@ -73,7 +75,7 @@ def export_policy(ckpt: Dict[str, Any], onnx_path, fp16: bool = False, batch_ran
         enc_path.unlink()
         raise ValueError(f"{enc_path.name}: encoder ONNX vs PyTorch max abs diff {worst:.3g}, expected <= "
                          f"{atol:g}; nothing deployed (report it with the checkpoint)")
-    sha = hashlib.sha256(enc_path.read_bytes()).hexdigest()
+    sha = sha256_file(enc_path)
     lo, opt, hi = batch_range
     section = {
         "format": pol["format"], "n_obs_steps": int(cfg["n_obs_steps"]), "horizon": int(cfg["horizon"]),
@@ -94,9 +96,8 @@ def export_policy(ckpt: Dict[str, Any], onnx_path, fp16: bool = False, batch_ran
     model = onnx.load(str(enc_path))
     model.metadata_props.add(key="policy", value=json.dumps(section))
     onnx.save(model, str(enc_path))
-    section["encoder"]["sha256"] = hashlib.sha256(enc_path.read_bytes()).hexdigest()
-    man_path = onnx_path.with_suffix(".json")
-    man = json.loads(man_path.read_text())
+    section["encoder"]["sha256"] = sha256_file(enc_path)
+    man = json.loads(onnx_path.with_suffix(".json").read_text())
     man["policy"] = section
-    man_path.write_text(json.dumps(man, indent=2))
+    write_manifest(onnx_path, man)  # validated (the contract checks the policy section) and atomic
     return section
