@@ -88,6 +88,20 @@ def unnormalize(x: np.ndarray, norm: Mapping[str, Any]) -> np.ndarray:
     return (x + np.float32(1)) / np.float32(2) * _span(a, b, eps) + a
 
 
+def encoder_feeds(spec: Mapping[str, Any], history: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The encoder's inputs for a raw observation history {name: [B, n_obs_steps, *shape]}:
+    each feature normalized as the policy section says, the cameras stacked (in
+    image_features order) into one ``observation.images`` [B, n_obs_steps, cams, C, H, W],
+    float32, in the encoder's input order. ``spec``: a manifest's (or checkpoint's) policy
+    section with ``observations``, ``image_features`` and ``encoder.inputs``."""
+    images = list(spec.get("image_features") or [])
+    norms = {f["name"]: f["normalization"] for f in spec["observations"]}
+    feeds = {k: normalize(history[k], n) for k, n in norms.items() if k not in images}
+    if images:
+        feeds[IMAGES_INPUT] = np.stack([normalize(history[k], norms[k]) for k in images], axis=2)
+    return {i["name"]: np.ascontiguousarray(feeds[i["name"]], dtype=np.float32) for i in spec["encoder"]["inputs"]}
+
+
 class _OnnxEncoder:
     def __init__(self, path: Path, spec: Mapping[str, Any], providers, threads):
         import onnxruntime as ort
@@ -193,15 +207,7 @@ class Policy:
 
     def _chunk(self, history: Dict[str, np.ndarray], seed: int) -> np.ndarray:
         t0 = time.perf_counter()
-        feeds: Dict[str, np.ndarray] = {}
-        for f in self.features:
-            if f["name"] not in self.image_features:
-                feeds[f["name"]] = normalize(history[f["name"]], f["normalization"])
-        if self.image_features:
-            norms = {f["name"]: f["normalization"] for f in self.features}
-            feeds[IMAGES_INPUT] = np.stack([normalize(history[k], norms[k]) for k in self.image_features], axis=2)
-        order = [i["name"] for i in self.spec["encoder"]["inputs"]]
-        cond = self.encoder({k: np.ascontiguousarray(feeds[k], dtype=np.float32) for k in order})
+        cond = self.encoder(encoder_feeds(self.spec, history))
         t1 = time.perf_counter()
         b = cond.shape[0]
         res = sample(self.engine.runner, self.engine.sample_shape, self.engine.manifest["schedule"], b, seed=seed,

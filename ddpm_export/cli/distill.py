@@ -52,12 +52,17 @@ def _counts(ctx, param, value) -> Tuple[int, ...]:
               help="Class-conditional teachers: share of trajectories solved and trained with the null label, "
               "so the student learns the unconditional branch and can be sampled with guidance. "
               "Default: 0.1; 0: none.")
+@click.option("--observations", type=click.Path(dir_okay=False), default=None,
+              help="Policy teachers (import --format lerobot): an .npz of raw observation histories "
+              "{feature: [N, n_obs_steps, *shape]}, the conditions the teacher's trajectories are solved at "
+              "(trajectory i at history i mod N); 'ddpm-export rollout --policy ENGINE --record-observations "
+              "FILE.npz' records one from the teacher's own rollouts.")
 @library_option("--device", default_from=DC + "device", help="cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt (same options).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def distill_command(teacher, out, teacher_steps, student_steps, default_steps, trajectories, data_seed, steps,
-                    batch_size, lr, warmup, ema_decay, seed, sample_every, ckpt_every, label_dropout, device,
-                    resume, no_progress):
+                    batch_size, lr, warmup, ema_decay, seed, sample_every, ckpt_every, label_dropout, observations,
+                    device, resume, no_progress):
     """Distil a DDPM teacher into a student sampled in 1-8 engine calls.
 
     \b
@@ -78,6 +83,15 @@ def distill_command(teacher, out, teacher_steps, student_steps, default_steps, t
     at the null label, and the student learns both; it is sampled with
     classifier-free guidance like any conditional engine (--label, --guidance).
 
+    \b
+    A policy teacher (a LeRobot DiffusionPolicy) gives a few-call policy: its
+    trajectories are solved at recorded observation histories, and the student
+    exports as a policy (denoiser + the teacher's encoder):
+      ddpm-export rollout --policy engines/obstacle-policy.onnx --method ddim --steps 10 \\
+          --seeds 100,101 --record-observations obs.npz
+      ddpm-export distill --teacher engines/obstacle-policy.pt --observations obs.npz \\
+          --teacher-steps 16 --student-steps 1,2,4 --out runs/policy-student
+
     A killed run continues exactly with --resume.
     """
     from ddpm_export.training.distill import DistillConfig, distill
@@ -86,7 +100,8 @@ def distill_command(teacher, out, teacher_steps, student_steps, default_steps, t
                         default_steps=default_steps, trajectories=trajectories, data_seed=data_seed,
                         steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_decay=ema_decay,
                         seed=seed, sample_every=sample_every, ckpt_every=ckpt_every, device=device,
-                        resume=resume, label_dropout=label_dropout)
+                        resume=resume, label_dropout=label_dropout,
+                        observations=observations)
     s = distill(cfg, progress=not no_progress, log=lambda m: click.echo(m, err=True))
     click.echo(f"distilled {s['step']} steps in {s['train_seconds'] / 60:.1f} min (+ {s['data_seconds'] / 60:.1f} "
                f"min of teacher trajectories); checkpoint {s['checkpoint']}, student {s['model']} "

@@ -7,7 +7,8 @@ same seed sets the task's initial states here.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from collections import deque
+from typing import Callable, Deque, Dict, List, Optional
 
 import numpy as np
 
@@ -25,18 +26,34 @@ def summarize(task: ObstacleTask) -> dict:
 
 
 def rollout(policy, episodes: int = 200, seed: int = 0, max_steps: int = DEFAULT_MAX_STEPS,
-            task: Optional[ObstacleTask] = None, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+            task: Optional[ObstacleTask] = None, progress: Optional[Callable[[int, int], None]] = None,
+            record: Optional[Dict[str, List[np.ndarray]]] = None) -> dict:
     """Roll ``policy`` out on ``episodes`` episodes at once; finished episodes are fed their own
     position (held still) until every episode ends. Returns success_rate, collision_rate,
     mode_balance (share of the less used mode among successes, 0.5 = balanced), episodes,
-    engine_calls_per_chunk, mean_steps, chunks, wall_s and wall_s_per_chunk."""
+    engine_calls_per_chunk, mean_steps, chunks, wall_s and wall_s_per_chunk.
+
+    record: a dict to fill with the observation histories the policy predicted its chunks from
+    (name -> list of [b, n_obs_steps, *shape] raw arrays, the episodes still running at each
+    chunk tick; the history kept as the policy keeps it: the first observation fills it), what
+    ``ddpm-export distill --observations`` takes."""
     task = task or ObstacleTask(episodes, seed=seed, max_steps=max_steps)
     obs = task.reset()
     policy.reset()
     n_act = getattr(policy, "n_action_steps", 1) or 1
+    n_obs = int(getattr(policy, "n_obs_steps", 1) or 1)
+    history: Dict[str, Deque[np.ndarray]] = {}
     t0 = time.perf_counter()
     ticks = 0
     while not task.done.all():
+        if record is not None:
+            for k, v in obs.items():
+                q = history.setdefault(k, deque(maxlen=n_obs))
+                q.extend([np.array(v, dtype=np.float32)] * (n_obs if not q else 1))
+            if ticks % n_act == 0:
+                live = ~task.done
+                for k, q in history.items():
+                    record.setdefault(k, []).append(np.stack(list(q), axis=1)[live])
         a = np.asarray(policy.select_action(obs), dtype=np.float64)
         if a.shape != (task.B, 2):
             raise ValueError(f"the policy returned actions of shape {a.shape}, expected ({task.B}, 2)")

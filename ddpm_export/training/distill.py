@@ -29,6 +29,16 @@ is trained on each trajectory with that trajectory's label: it learns both branc
 runtime samples it with classifier-free guidance like any conditional engine (the mix is
 taken on its v output, which at a fixed x_t is the same as mixing its x0 jumps). Guidance is
 not distilled into the student: a guided sample costs two student evaluations per call.
+
+Policy teachers (a LeRobot DiffusionPolicy from ``import --format lerobot``: action chunks
+[horizon, action_dim] conditioned on ``global_cond``, the observation encoder's output) take
+``observations``: an .npz of raw observation histories {feature: [N, n_obs_steps, *shape]}
+(``ddpm-export rollout --record-observations`` writes one from the teacher's own rollouts). The
+teacher's PyTorch encoder turns each history into its global_cond (normalized as the runtime
+does it); trajectory i is solved at history i mod N, and the student (a copy of the teacher's
+1-D U-Net, its encoder kept as it is) is trained on that condition. The student's checkpoint
+keeps the teacher's ``policy`` section, so ``export`` writes both engines and the policy runtime
+samples the student at the manifest's call count.
 """
 from __future__ import annotations
 
@@ -90,6 +100,9 @@ class DistillConfig:
     # class-conditional teachers: share of trajectories solved and trained with the null label, so
     # the student learns the unconditional branch guidance needs (None: LABEL_DROPOUT; 0: none)
     label_dropout: Optional[float] = None
+    # policy teachers: .npz of raw observation histories {feature: [N, n_obs_steps, *shape]}, the
+    # conditions the trajectories are solved at (trajectory i: history i mod N)
+    observations: Optional[str] = None
 
     def check(self) -> "DistillConfig":
         c = copy.copy(self)
@@ -159,12 +172,13 @@ def student_x0(schedule: Schedule, v: torch.Tensor, x_t: torch.Tensor, t: torch.
 def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: Optional[int] = None, seed: int = 0,
                    first_image: int = 0, clip: Optional[bool] = None, device: str = "cpu",
                    timesteps: Optional[Sequence[int]] = None, class_labels: Optional[Sequence[int]] = None,
-                   guidance: float = 1.0) -> np.ndarray:
+                   guidance: float = 1.0, cond: Optional[np.ndarray] = None) -> np.ndarray:
     """The PyTorch student's own sampler (float64 step math, float32 network), on the runtime's
     per-image noise streams: images first_image, ... of ``seed`` [num, C, H, W] float32.
     ``steps`` calls at consistency_timesteps(steps, T), or exactly ``timesteps`` (a manifest's list).
     A class-conditional student takes ``class_labels`` ([num] ints) and classifier-free
-    ``guidance`` w: v = v(null) + w (v(label) - v(null)), as runtime.guidance mixes it."""
+    ``guidance`` w: v = v(null) + w (v(label) - v(null)), as runtime.guidance mixes it. A student
+    with one vector condition (a policy's global_cond) takes ``cond`` [num, *shape] float32."""
     s = Schedule(schedule)
     clip = schedule.clip_denoised if clip is None else clip
     if clip and schedule.thresholding:
@@ -172,6 +186,12 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
                          "is not supported here: sample through the runtime instead")
     r = float(schedule.clip_sample_range)
     conds = model_conditions(model)
+    if conds and conds[0].kind == "vector":
+        return _sample_student_vector(model, s, schedule, conds[0], num, steps, seed, first_image, clip, device,
+                                      timesteps, cond, class_labels, guidance)
+    if cond is not None:
+        raise ValueError("sample_student: cond is for a student with a vector condition; this one takes "
+                         f"{[c.name for c in conds] or 'none'}: drop it")
     if conds and class_labels is None:
         raise ValueError(f"sample_student: the student is class-conditional ({conds[0].name}); pass class_labels "
                          f"({num} ints)")
@@ -181,11 +201,7 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
     if conds and guidance != 1.0 and conds[0].null is None:
         raise ValueError(f"sample_student: guidance {guidance} needs the student's null label, and it has none; "
                          f"sample with guidance 1")
-    if (steps is None) == (timesteps is None):
-        raise ValueError(f"sample_student: pass steps or timesteps, not both or neither (steps={steps!r}, "
-                         f"timesteps={timesteps!r})")
-    ts = ([int(t) for t in consistency_timesteps(steps, s.num_timesteps)] if timesteps is None
-          else [int(t) for t in check_timesteps(timesteps, s.num_timesteps)])
+    ts = _student_ts(s, steps, timesteps)
     shape = (num, *image_shape_of(model))
     streams = ImageStreams(seed, first_image, num)
     x = torch.from_numpy(streams.standard_normal(shape, dtype=np.float32)).to(torch.float64)
@@ -207,6 +223,22 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
         u = model(x32, tt, null).to("cpu", torch.float64)
         return u + float(np.float32(guidance)) * (c - u)
 
+    return _consistency_loop(model, net, s, ts, x, streams, clip, r, device)
+
+
+def _student_ts(s: Schedule, steps: Optional[int], timesteps: Optional[Sequence[int]]) -> List[int]:
+    if (steps is None) == (timesteps is None):
+        raise ValueError(f"sample_student: pass steps or timesteps, not both or neither (steps={steps!r}, "
+                         f"timesteps={timesteps!r})")
+    return ([int(t) for t in consistency_timesteps(steps, s.num_timesteps)] if timesteps is None
+            else [int(t) for t in check_timesteps(timesteps, s.num_timesteps)])
+
+
+def _consistency_loop(model: nn.Module, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], s: Schedule,
+                      ts: Sequence[int], x: torch.Tensor, streams: ImageStreams, clip: bool, r: float,
+                      device: str) -> np.ndarray:
+    """Multistep consistency sampling from x (float64) as runtime.schedulers.consistency does it."""
+    num, shape = x.shape[0], tuple(x.shape)
     was_training = model.training
     model.eval()
     try:
@@ -227,6 +259,29 @@ def sample_student(model: nn.Module, schedule: ScheduleConfig, num: int, steps: 
     return x.to(torch.float32).numpy()
 
 
+def _sample_student_vector(model, s, schedule, c, num, steps, seed, first_image, clip, device, timesteps, cond,
+                           class_labels, guidance) -> np.ndarray:
+    if class_labels is not None or guidance != 1.0:
+        raise ValueError(f"sample_student: the student takes a vector condition ({c.name}), not class labels or "
+                         f"guidance; received class_labels={class_labels!r}, guidance={guidance!r}")
+    want = (num, *c.shape)
+    arr = None if cond is None else np.asarray(cond)
+    if arr is None or arr.shape != want or not np.isfinite(arr).all():
+        got = "none" if arr is None else f"shape {list(arr.shape)}"
+        raise ValueError(f"sample_student: the student takes {c.name} {list(want)} (finite float32); received "
+                         f"{got}")
+    ts = _student_ts(s, steps, timesteps)
+    streams = ImageStreams(seed, first_image, num)
+    x = torch.from_numpy(streams.standard_normal((num, *image_shape_of(model)), dtype=np.float32)).to(torch.float64)
+    g = torch.from_numpy(arr.astype(np.float32)).to(device)
+
+    def net(x32: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        return model(x32, tt, g).to("cpu", torch.float64)
+
+    return _consistency_loop(model, net, s, ts, x, streams, schedule.clip_denoised if clip is None else clip,
+                             float(schedule.clip_sample_range), device)
+
+
 def trajectory_labels(num: int, num_classes: int, null: int, label_dropout: float, seed: int) -> np.ndarray:
     """The label of every trajectory, int64 [num]: the classes in turn (0, 1, .., K-1, 0, ..),
     each replaced by ``null`` with probability ``label_dropout``, drawn from ``seed``."""
@@ -237,11 +292,13 @@ def trajectory_labels(num: int, num_classes: int, null: int, label_dropout: floa
 
 def teacher_chunk(model: nn.Module, schedule: ScheduleConfig, first: int, n: int, seed: int,
                   teacher_steps: int, record: Sequence[int], device: str = "cpu",
-                  labels: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+                  labels: Optional[np.ndarray] = None, cond: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
     """Trajectories first..first+n-1 of ``seed``: the UniPC state entering each call at the
     ``record`` timesteps [len(record), n, C, H, W] and the ODE's end x0 [n, C, H, W].
     A class-conditional teacher solves each trajectory's ODE at its label (``labels``, [n];
-    the null label: the unconditional ODE), unguided; they are stored as ``labels``."""
+    the null label: the unconditional ODE), unguided; they are stored as ``labels``. A teacher
+    with one vector condition (a policy's global_cond) solves trajectory j at ``cond[j]``
+    ([n, *shape] float32), stored as ``cond``."""
     from runtime.loop import sample
 
     states: Dict[int, np.ndarray] = {}
@@ -256,20 +313,79 @@ def teacher_chunk(model: nn.Module, schedule: ScheduleConfig, first: int, n: int
         return out.to("cpu").numpy()
 
     conditions = model_conditions(model)
-    if bool(conditions) != (labels is not None):
+    given = (labels is not None) + (cond is not None)
+    if len(conditions) != given or given > 1:
         raise ValueError(f"teacher_chunk: the teacher takes conditions {[c.name for c in conditions]}; received "
-                         f"labels={'none' if labels is None else 'an array'}: pass labels exactly for a "
-                         f"class-conditional teacher")
-    cond = None if labels is None else {conditions[0].name: np.asarray(labels, dtype=np.int64)}
+                         f"labels={'none' if labels is None else 'an array'}, cond="
+                         f"{'none' if cond is None else 'an array'}: pass labels for a class-conditional "
+                         f"teacher, cond for one with a vector condition, neither for an unconditional one")
+    values = (None if not conditions else
+              {conditions[0].name: np.asarray(labels, dtype=np.int64) if labels is not None
+               else np.ascontiguousarray(cond, dtype=np.float32)})
     model.eval()
     res = sample(runner, image_shape_of(model), schedule.to_dict(), n, seed=seed,
                  steps=teacher_steps, method=TEACHER_METHOD, batch=n, first_image=first,
-                 conditions=conditions, cond=cond, guidance=1.0)
+                 conditions=conditions, cond=values, guidance=1.0)
     out = {"states": np.stack([states[t] for t in record]), "x0": res.images.astype(np.float32),
            "timesteps": np.asarray(record, dtype=np.int64)}
     if labels is not None:
         out["labels"] = np.asarray(labels, dtype=np.int64)
+    if cond is not None:
+        out["cond"] = np.asarray(cond, dtype=np.float32)
     return out
+
+
+def policy_conditions(teacher_ckpt: Dict[str, Any], observations: Optional[str], teacher: str,
+                      trajectories: int) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """(global_cond of every trajectory [trajectories, D] float32, a description for the run's
+    meta) from the observation histories in ``observations`` (.npz {feature: [N, n_obs_steps,
+    *shape]}, raw units), encoded by the teacher's PyTorch encoder; trajectory i: history i mod N.
+    Raises DistillError for a missing, mis-shaped or non-finite file."""
+    from runtime.io import NpzError
+    from runtime.policy import encoder_feeds
+
+    from ddpm_export.model.lerobot_diffusion import build_lerobot_encoder, image_features
+
+    pol = teacher_ckpt["policy"]
+    cfg = pol["lerobot_config"]
+    n_obs = int(cfg["n_obs_steps"])
+    if not observations:
+        raise DistillError(f"{teacher} is a policy (its action chunks are conditioned on observations); pass "
+                           f"--observations FILE.npz, raw observation histories {{feature: [N, {n_obs}, *shape]}} "
+                           f"such as 'ddpm-export rollout --policy ENGINE --record-observations FILE.npz' records")
+    try:
+        d = load_npz(observations, "observation histories")
+    except (NpzError, OSError, ValueError) as e:
+        raise DistillError(f"--observations {observations}: {e}") from None
+    shapes = {f["name"]: tuple(int(v) for v in f["shape"]) for f in pol["observations"]}
+    missing, unknown = sorted(set(shapes) - set(d)), sorted(set(d) - set(shapes))
+    if missing:
+        raise DistillError(f"--observations {observations}: missing {missing} (has {sorted(d)}, unknown {unknown}); "
+                           f"the policy observes {sorted(shapes)}")
+    bad, n = [], None
+    for k, shape in shapes.items():
+        v = d[k]
+        if v.ndim != 2 + len(shape) or v.shape[1] != n_obs or tuple(v.shape[2:]) != shape:
+            bad.append(f"{k} has shape {list(v.shape)}, expected [N, {n_obs}, {', '.join(map(str, shape))}]")
+        elif not np.isfinite(v).all():
+            bad.append(f"{k} has {int((~np.isfinite(v)).sum())} non-finite values")
+        elif n is not None and len(v) != n:
+            bad.append(f"{k} holds {len(v)} histories, the others {n}")
+        n = len(v) if n is None else n
+    if bad or not n:
+        raise DistillError(f"--observations {observations}: {'; '.join(bad) or 'no histories'}; expected raw "
+                           f"observation histories of the policy's features, the same N for each")
+    enc = build_lerobot_encoder(teacher_ckpt)
+    spec = {"observations": pol["observations"], "image_features": image_features(cfg),
+            "encoder": {"inputs": [{"name": k} for k in enc.input_names]}}
+    idx = np.arange(int(trajectories)) % n
+    conds = []
+    with torch.no_grad():
+        for a in range(0, len(idx), 256):
+            feeds = encoder_feeds(spec, {k: np.asarray(d[k][idx[a:a + 256]], dtype=np.float32) for k in shapes})
+            conds.append(enc(*[torch.from_numpy(feeds[k]) for k in enc.input_names]).numpy())
+    meta = {"file_sha256": sha256_file(observations), "histories": int(n), "n_obs_steps": n_obs}
+    return np.concatenate(conds).astype(np.float32), meta
 
 
 def distill(cfg: DistillConfig, progress: bool = True, log: Callable[[str], None] = _stderr) -> Dict[str, Any]:
@@ -340,7 +456,19 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
                            f"(thresholding=true); the student's PyTorch sampler only clips to "
                            f"clip_sample_range, so it would not sample as the teacher does: distill a "
                            f"teacher without thresholding")
-    label_cond, label_dropout = teacher_label_condition(model_conditions(teacher), cfg.label_dropout, cfg.teacher)
+    policy = teacher_ckpt.get("policy")
+    cond_all, obs_meta = None, None
+    if policy is not None:
+        if cfg.label_dropout:
+            raise DistillError(f"--label-dropout {cfg.label_dropout} is for class-conditional teachers; {cfg.teacher} "
+                               f"is a policy (no null condition): drop the option")
+        label_cond, label_dropout = None, 0.0
+        cond_all, obs_meta = policy_conditions(teacher_ckpt, cfg.observations, cfg.teacher, cfg.trajectories)
+    else:
+        if cfg.observations:
+            raise DistillError(f"--observations is for policy teachers; {cfg.teacher} is not a policy (no 'policy' "
+                               f"section): drop the option")
+        label_cond, label_dropout = teacher_label_condition(model_conditions(teacher), cfg.label_dropout, cfg.teacher)
     cfg = copy.copy(cfg)
     cfg.label_dropout = label_dropout  # resolved: recorded, and compared on --resume
     labels_all = (None if label_cond is None else
@@ -376,6 +504,8 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
     if label_cond is not None:  # (absent for an unconditional teacher: older run folders still match)
         meta["labels"] = {"name": label_cond.name, "num_classes": label_cond.num_classes, "null": label_cond.null,
                           "label_dropout": label_dropout}
+    if obs_meta is not None:
+        meta["observations"] = obs_meta
     meta_path = data_dir / "meta.json"
     if meta_path.exists():
         old_meta = json.loads(meta_path.read_text())
@@ -392,6 +522,7 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
         path = data_dir / f"chunk{k:05d}.npz"
         n = min(cfg.chunk, cfg.trajectories - k * cfg.chunk)
         chunk_labels = None if labels_all is None else labels_all[k * cfg.chunk:k * cfg.chunk + n]
+        chunk_cond = None if cond_all is None else cond_all[k * cfg.chunk:k * cfg.chunk + n]
         if path.exists():
             d = load_npz(path, "teacher trajectories")
             for key in ("states", "x0", "timesteps"):
@@ -404,10 +535,13 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
             if chunk_labels is not None and ("labels" not in d or not np.array_equal(d["labels"], chunk_labels)):
                 raise DistillError(f"{path}: its trajectories' labels are not this run's (or it has none); "
                                    f"use another --out")
+            if chunk_cond is not None and ("cond" not in d or not np.array_equal(d["cond"], chunk_cond)):
+                raise DistillError(f"{path}: its trajectories' conditions are not this run's (or it has none); "
+                                   f"use another --out")
         else:
             t0 = time.time()
             d = teacher_chunk(teacher, t_sched, k * cfg.chunk, n, cfg.data_seed, cfg.teacher_steps, record,
-                              str(device), labels=chunk_labels)
+                              str(device), labels=chunk_labels, cond=chunk_cond)
             d["seconds"] = np.float64(time.time() - t0)
             save_npz(path, **d)
             data_seconds += float(d["seconds"])
@@ -415,13 +549,15 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
         x0_l.append(d["x0"])
         if chunk_labels is not None:
             labels_l.append(chunk_labels)
+        if chunk_cond is not None:
+            labels_l.append(chunk_cond)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     states = torch.from_numpy(np.concatenate(states_l, axis=1))  # [R, N, C, H, W]
     targets = torch.from_numpy(np.concatenate(x0_l))
-    traj_labels = torch.from_numpy(np.concatenate(labels_l)) if labels_l else None
+    traj_labels = torch.from_numpy(np.concatenate(labels_l)) if labels_l else None  # labels or global_cond
     del states_l, x0_l, labels_l
     t_of = torch.tensor(record, dtype=torch.int64)
 
@@ -463,7 +599,10 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
                          f"class labels ({label_cond.name}, {label_cond.num_classes} classes, null label "
                          f"{label_cond.null}): each trajectory's own label, {label_dropout} of them the null label "
                          f"(the teacher's unconditional ODE); guidance is applied when the student is sampled, "
-                         f"not distilled"),
+                         f"not distilled") if policy is None else
+                        (f"policy observations: {obs_meta['histories']} histories from {cfg.observations} "
+                         f"(sha256 {obs_meta['file_sha256'][:12]}...), encoded to global_cond by the teacher's "
+                         f"encoder (kept unchanged); trajectory i at history i mod {obs_meta['histories']}"),
         "seed": cfg.seed,
         "torch": str(torch.__version__),
     }
@@ -487,12 +626,15 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
             "provenance": dict(provenance, steps=step, wall_seconds=train_seconds + data_seconds),
             "sampling": sampling,
         }
+        if policy is not None:
+            c["policy"] = policy  # the encoder and the normalization: export writes both engines from it
         save_checkpoint(c, last)
         if final:
-            save_checkpoint(dict(slim(c), sampling=sampling), out / "model.pt")
+            save_checkpoint(dict(slim(c), sampling=sampling, **({"policy": policy} if policy is not None else {})),
+                            out / "model.pt")
 
     def sample_grid() -> None:
-        if cfg.num_samples <= 0:
+        if cfg.num_samples <= 0 or policy is not None:  # action chunks are not pictures
             return
         grid_labels = None if label_cond is None else np.arange(cfg.num_samples) % label_cond.num_classes
         rows = [sample_student(ema, s_sched, cfg.num_samples, seed=cfg.seed, device=str(device),
