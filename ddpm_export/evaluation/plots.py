@@ -211,3 +211,34 @@ def plot_frontier(result: Dict[str, Any], path: Path) -> None:
     _finish_log_plot(plt, fig, ax, path, "engine calls per image",
                      "digits Frechet distance to real (lower is better)",
                      f"{result['num']} samples per run, mean +- std over {len(seeds)} seeds")
+
+
+def plot_success_vs_calls(rows: List[Dict[str, Any]], path: Path) -> None:
+    """The closed-loop table's plot: success rate (and mode balance) vs engine calls per chunk
+    (log x), one line per method, error bars = the seed-to-seed std; the expert as a line."""
+    plt = require_matplotlib()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    by_line: Dict[str, List[Dict[str, Any]]] = {}
+    for row in rows:
+        if row["engine"] is None:
+            for ax, k in zip(axes, ("success_rate", "mode_balance")):
+                ax.axhline(row[k], color="gray", ls="--", lw=1, label=row["label"])
+            continue
+        by_line.setdefault(row["line"], []).append(row)
+    for line, rs in by_line.items():
+        rs = sorted(rs, key=lambda r: r["engine_calls_per_chunk"])
+        for ax, k in zip(axes, ("success_rate", "mode_balance")):
+            ax.errorbar([r["engine_calls_per_chunk"] for r in rs], [r[k] for r in rs],
+                        yerr=[r[k + "_std"] for r in rs], marker="o", ms=4, capsize=3, label=line)
+    for ax, yl in zip(axes, ("success rate (closed loop)", "mode balance (0.5 = both sides alike)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("engine calls per action chunk")
+        ax.set_ylabel(yl)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    seeds = rows[0].get("seeds") or []
+    fig.suptitle(f"obstacle task: {rows[0]['episodes'] // max(len(seeds), 1)} episodes per seed, mean +- std over "
+                 f"{len(seeds)} seeds", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
