@@ -29,6 +29,8 @@ ROWS: Tuple[Tuple[str, str, Optional[str], Optional[str], Optional[int], str], .
     ("ddpm-100", "DDPM-100 (teacher, as trained)", TEACHER, "ddpm", 100, "DDPM"),
     ("ddim-10", "DDIM-10", TEACHER, "ddim", 10, "DDIM"),
     ("ddim-4", "DDIM-4", TEACHER, "ddim", 4, "DDIM"),
+    ("ddim-2", "DDIM-2", TEACHER, "ddim", 2, "DDIM"),
+    ("ddim-1", "DDIM-1", TEACHER, "ddim", 1, "DDIM"),
     ("unipc-10", "UniPC-10", TEACHER, "unipc", 10, "UniPC"),
     ("unipc-4", "UniPC-4", TEACHER, "unipc", 4, "UniPC"),
     ("dpmsolver++-10", "DPM-Solver++-10", TEACHER, "dpmsolver++", 10, "DPM-Solver++"),
@@ -114,6 +116,8 @@ def build_table(out: Path, rounds: int = 10) -> Dict[str, Any]:
                       "steps": steps, "seeds": d["seeds"], "episodes": d["episodes"],
                       "engine_calls_per_chunk": d["engine_calls_per_chunk"],
                       **{k: d[k] for k in d if k.startswith(("success_rate", "collision_rate", "mode_balance"))},
+                      "per_seed": [{k: r[k] for k in ("seed", "success_rate", "collision_rate", "mode_balance")}
+                                   for r in d.get("per_seed", [])],
                       "latency_batch1": lt})
     result = {"rows": table, "latency": {"rounds": rounds, "batch": 1, "threads": 1, "wall_s": time.time() - t0,
                                          "loadavg_before": load0, "loadavg_after": load1, "cpus": os.cpu_count()},
