@@ -157,3 +157,25 @@ def test_builder_flag_islands_of_the_float32_image_encoder_are_the_fp16_exports(
     tensors = {o for v in outs.values() for o in v} | {i.name for i in graph.input} | {i.name for i in graph.initializer}
     pinned, located = B.pin_fp32_islands(parsed_network(path), trt, islands, list(ops), outs, tensors)
     assert pinned and B.unpinned_island_nodes(ops, islands, pinned, located) == []
+
+
+def test_an_fp16_image_policy_runs_as_plans_on_the_stand_in_tensorrt(exported, tmp_path, monkeypatch):
+    """The camera input [B, n_obs, n_cam, C, H, W] through the encoder plan's runner: its two fake
+    plans (computing the FP16 ONNX graphs, tests/trt_fakes.py) act as the ONNX export does.
+    Control and data flow only: no evidence that TensorRT runs these plans."""
+    pytest.importorskip("polygraphy", reason="polygraphy not installed")
+    import runtime
+    from trt_fakes import fake_policy_plans, fake_tensorrt, install_fake_gpu
+
+    install_fake_gpu(monkeypatch, fake_tensorrt("10.3.0.30"))
+    plan = fake_policy_plans(tmp_path, exported[True], profile=(1, 2, 2))
+    rng = np.random.default_rng(5)
+    hist = {"observation.state": rng.uniform(-1, 1, (3, 2, 3)).astype(np.float32),
+            "observation.image": rng.uniform(0, 1, (3, 2, 3, 32, 32)).astype(np.float32)}
+    kw = dict(method="ddim", steps=2, threads=1)
+    trt_policy, onnx_policy = runtime.load_policy(plan, **kw), runtime.load_policy(exported[True], **kw)
+    try:
+        np.testing.assert_allclose(trt_policy.predict_chunk(hist, seed=2), onnx_policy.predict_chunk(hist, seed=2),
+                                   rtol=0, atol=1e-5)
+    finally:
+        trt_policy.close()
