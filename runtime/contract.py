@@ -971,6 +971,8 @@ def _check_policy(d: Mapping[str, Any], conds: Sequence[Condition]) -> PolicySpe
         _pfail("encoder.file", f, "a file name beside the denoiser ending .onnx or .plan")
     if not _is_sha256(enc.get("sha256")):
         _pfail("encoder.sha256", enc.get("sha256", "<missing>"), "the 64-hex-digit sha256 of the encoder .onnx")
+    if enc.get("plan") is not None:
+        _check_encoder_plan(enc["plan"])
     want_in = [{"name": o.name, "dtype": "float32", "shape": [BATCH_AXIS, n] + list(o.shape)}
                for o in obs if o.type != "VISUAL"]
     if visual:
@@ -989,6 +991,26 @@ def _check_policy(d: Mapping[str, Any], conds: Sequence[Condition]) -> PolicySpe
     except ManifestError as e:
         _pfail("encoder.batch_range", enc.get("batch_range"), str(e))
     return PolicySpec(n, h, k, n - 1, shape[1], D, dict(enc), obs, tuple(cams), action, dict(sec))
+
+
+def _check_encoder_plan(plan: Any) -> None:
+    """``policy.encoder.plan``, written by ``ddpm-export build`` into a policy plan's manifest:
+    the encoder's TensorRT plan beside the denoiser's (file), its sha256, and its engine section
+    (checked in full by the TensorRT runner: runtime.backends.tensorrt.compat.engine_section)."""
+    fix = "rebuild the policy's plans with 'ddpm-export build --onnx NAME.onnx'"
+    if not isinstance(plan, Mapping):
+        _fail("policy.encoder.plan", plan, "an object {file, sha256, engine}", fix)
+    f = plan.get("file")
+    if not (isinstance(f, str) and f and "/" not in f and "\\" not in f and f.endswith(_PLAN_SUFFIXES)):
+        _fail("policy.encoder.plan.file", f, f"a file name beside the denoiser's plan ending {_PLAN_SUFFIXES}", fix)
+    if not _is_sha256(plan.get("sha256")):
+        _fail("policy.encoder.plan.sha256", plan.get("sha256", "<missing>"),
+              "the 64-hex-digit sha256 of the encoder plan", fix)
+    eng = plan.get("engine")
+    if not isinstance(eng, Mapping) or eng.get("plan") != f or eng.get("plan_sha256") != plan["sha256"]:
+        got = {k: eng.get(k) for k in ("plan", "plan_sha256")} if isinstance(eng, Mapping) else eng
+        _fail("policy.encoder.plan.engine", got,
+              f"the encoder plan's engine section, with plan {f!r} and plan_sha256 equal to sha256", fix)
 
 
 def policy_of(manifest: Mapping[str, Any]) -> Optional[PolicySpec]:

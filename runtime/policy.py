@@ -2,6 +2,7 @@
 
     import runtime
     policy = runtime.load_policy("engines/NAME.onnx", seed=0)      # + NAME-encoder.onnx beside it
+    policy = runtime.load_policy("engines/NAME.plan", seed=0)      # TensorRT: + NAME-encoder.plan
     policy.observation_shapes      # {"observation.state": (2,), ...}: per-sample shapes
     policy.reset()                 # at every episode start
     action = policy.select_action({"observation.state": s, ...})  # [B, *shape] -> [B, action_dim]
@@ -220,18 +221,27 @@ class Policy:
                             "engine_calls": float(res.network_calls)}
         return actions
 
+    @property
+    def chunks(self) -> int:
+        """Chunks predicted since load or reset() (the next one uses seed + chunks)."""
+        return self._chunks
+
     def close(self) -> None:
         self.engine.runner.close()
+        _close_encoder(self.encoder)
 
 
 def load_policy(path, seed: int = 0, method: Optional[str] = None, steps: Optional[int] = None,
                 backend: Optional[str] = None, providers: Optional[Sequence[str]] = None,
-                threads: Optional[int] = None, **options: Any) -> Policy:
-    """Open the denoiser NAME.onnx of an exported policy and its encoder NAME-encoder.onnx.
+                threads: Optional[int] = None, allow_host_code: bool = False, **options: Any) -> Policy:
+    """Open the denoiser of an exported policy and its observation encoder: NAME.onnx with
+    NAME-encoder.onnx (ONNX Runtime), or NAME.plan with NAME-encoder.plan (TensorRT, both built
+    by 'ddpm-export build'; the manifest's policy.encoder.plan ties them).
 
     seed: chunk k after load/reset() uses seed + k. method/steps/options: any sampler of the
     runtime (runtime.METHODS); None = the manifest's sampling section, else DDPM over all T
-    (LeRobot's default). Load policies only from sources you trust (an engine is a program)."""
+    (LeRobot's default). allow_host_code: as runtime.load, for version-compatible plans. Load
+    policies only from sources you trust (an engine is a program)."""
     from runtime.api import load
 
     p = Path(path)
@@ -240,18 +250,47 @@ def load_policy(path, seed: int = 0, method: Optional[str] = None, steps: Option
         raise PolicyError(f"{path}: a sampling engine without a 'policy' section; expected a policy exported "
                           f"by 'ddpm-export export --checkpoint policy.pt' (from 'ddpm-export import --format "
                           f"lerobot'); sample image models with runtime.load")
-    engine = load(p, backend=backend, providers=providers, threads=threads)
+    engine = load(p, backend=backend, providers=providers, threads=threads, allow_host_code=allow_host_code)
     spec = engine.manifest["policy"]
-    enc = spec["encoder"]
+    try:
+        encoder = _open_encoder(p, engine, spec["encoder"], providers, threads, allow_host_code)
+    except BaseException:
+        engine.runner.close()
+        raise
+    try:
+        return Policy(engine, encoder, spec, seed=seed, method=method, steps=steps, **options)
+    except BaseException:
+        _close_encoder(encoder)
+        raise
+
+
+def _open_encoder(p: Path, engine, enc: Mapping[str, Any], providers, threads, allow_host_code: bool):
+    """The observation encoder on the denoiser's backend: its TensorRT plan beside a plan
+    (active), else its ONNX export through ONNX Runtime."""
+    if engine.runner.backend == "tensorrt":
+        plan = enc.get("plan")
+        if plan is None:
+            raise PolicyError(f"{p}: its NAME.json ties no encoder plan (policy.encoder.plan): this plan was "
+                              f"not built as a policy; build both plans with 'ddpm-export build --onnx "
+                              f"{p.with_suffix('.onnx').name}'")
+        enc_path = p.with_name(plan["file"])
+        if not enc_path.is_file():
+            raise PolicyError(f"{enc_path}: the policy's encoder plan is missing; 'ddpm-export build' writes "
+                              f"it beside {p.name}: copy both plans")
+        from runtime.backends.tensorrt import TensorRTEncoder  # checks the plan's sha256 when it loads
+
+        return TensorRTEncoder(str(enc_path), enc, plan, allow_host_code=allow_host_code).__enter__()
     enc_path = p.with_name(enc["file"])
-    if p.suffix != ".onnx":
-        raise PolicyError(f"{path}: a policy runs on ONNX Runtime here (NAME.onnx); its TensorRT path "
-                          f"(NAME-encoder.plan) is not written yet")
     if not enc_path.is_file():
         raise PolicyError(f"{enc_path}: the policy's observation encoder is missing; it is written beside "
                           f"{p.name} by 'ddpm-export export'")
     if enc.get("sha256") and sha256_file(enc_path) != enc["sha256"]:
         raise PolicyError(f"{enc_path}: sha256 differs from the manifest's encoder.sha256; the two files are "
                           f"not from one export: re-export both")
-    return Policy(engine, _OnnxEncoder(enc_path, enc, providers, threads), spec, seed=seed, method=method,
-                  steps=steps, **options)
+    return _OnnxEncoder(enc_path, enc, providers, threads)
+
+
+def _close_encoder(encoder) -> None:
+    close = getattr(encoder, "close", None)  # a TensorRT encoder holds GPU memory; ONNX Runtime's is freed by GC
+    if close is not None:
+        close()

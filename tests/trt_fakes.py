@@ -103,6 +103,17 @@ def fake_plan_bytes(version="10.3.0.30", plugins=False, version_compatible=False
     return FAKE_PLAN_MAGIC + json.dumps(head).encode()
 
 
+def fake_onnx_plan_bytes(onnx_path, io, version="10.3.0.30", profile=(1, 8, 64)):
+    """A fake plan that computes what the ONNX graph at onnx_path computes (through ONNX Runtime
+    on the host), so a policy's two fake plans give exactly what its ONNX engines give and a
+    wrong input, order, padding or copy shows. io: every I/O tensor of the plan, inputs first,
+    as (name, "INPUT"/"OUTPUT", TensorRT DataType name, per-sample shape). Still a stand-in:
+    TensorRT never sees the graph."""
+    head = {"version": version, "plugins": False, "vc": False, "profile": list(profile),
+            "onnx": str(onnx_path), "io": [[n, m, d, list(s)] for n, m, d, s in io]}
+    return FAKE_PLAN_MAGIC + json.dumps(head).encode()
+
+
 def fake_cond_eps(x, t, cond, kinds):
     """What the fake plan computes: 0.5 * x_t + t, plus for every condition input its label
     (class_label) or the mean of its per-sample values (vector, image_channels)."""
@@ -249,30 +260,41 @@ def fake_tensorrt(version="10.3.0.30", kind="full"):
             inputs = [n for n, v in self.engine.tensors.items() if v[0] == TensorIOMode.INPUT]
             if any(n not in self.shapes for n in inputs) or set(self.addresses) != set(self.engine.tensors):
                 return False
-            b = self.shapes["x_t"][0]
+            b = self.shapes[inputs[0]][0]
             if any(self.shapes[n][0] != b for n in inputs):
                 return False  # the graph's inputs must agree on the batch
-            chw = tuple(self.engine.head["image_shape"])
             addr = dict(self.addresses)
             conds = self.engine.head.get("conditions", [])
 
-            def read(name, shape):
+            def view(name, shape):
                 k = int(np.prod(shape))
                 ct = ctypes_of[self.engine.tensors[name][1]]
-                return np.ctypeslib.as_array((ct * k).from_address(addr[name])).reshape(shape).copy()
+                return np.ctypeslib.as_array((ct * k).from_address(addr[name])).reshape(shape)
+
+            def read(name, shape):
+                return view(name, shape).copy()
+
+            def run_onnx():
+                per = {n: tuple(v[2][1:]) for n, v in self.engine.tensors.items()}
+                feeds = {n: read(n, (b,) + per[n]) for n in inputs}
+                names = [n for n in self.engine.tensors if n not in inputs]
+                for name, value in zip(names, self.engine.session().run(names, feeds)):
+                    view(name, (b,) + per[name])[...] = value
 
             def run():
+                chw = tuple(self.engine.head["image_shape"])
                 x = read("x_t", (b,) + chw)
                 t = read("t", (b,))
                 cond = {c["name"]: read(c["name"], (b,) + tuple(c["shape"])) for c in conds}
                 n = b * int(np.prod(chw))
                 out = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["eps"]))
                 out[:] = fake_cond_eps(x, t, cond, {c["name"]: c["kind"] for c in conds}).ravel()
+            work = run_onnx if "onnx" in self.engine.head else run
             mem = _fake_cuda_in_use()
             if mem is None:
-                run()
+                work()
             else:
-                mem.enqueue(int(stream), run)
+                mem.enqueue(int(stream), work)
             self.runs.append((b, stream))
             return True
 
@@ -280,6 +302,13 @@ def fake_tensorrt(version="10.3.0.30", kind="full"):
         def __init__(self, head):
             self.head = head
             mn, opt, mx = head["profile"]
+            if "onnx" in head:  # fake_onnx_plan_bytes: the graph's I/O, computed by ONNX Runtime
+                tensors = {n: (getattr(TensorIOMode, m), getattr(DataType, d), (-1,) + tuple(shp))
+                           for n, m, d, shp in head["io"]}
+                first = tuple(head["io"][0][3])
+                super().__init__(tensors, tuple((b,) + first for b in (mn, opt, mx)))
+                self._session = None
+                return
             shape = tuple(head["image_shape"])
             tensors = {"x_t": (TensorIOMode.INPUT, DataType.FLOAT, (-1,) + shape),
                        "t": (TensorIOMode.INPUT, DataType.INT32, (-1,))}
@@ -291,6 +320,15 @@ def fake_tensorrt(version="10.3.0.30", kind="full"):
 
         def create_execution_context(self):
             return Context(self)
+
+        def session(self):
+            if self._session is None:
+                import onnxruntime as ort
+
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = 1
+                self._session = ort.InferenceSession(self.head["onnx"], opts, providers=["CPUExecutionProvider"])
+            return self._session
 
     class Runtime:
         def __init__(self, logger):
@@ -433,3 +471,57 @@ def parsed_network(onnx_path, layer_class=FakeLayer):
             add(ltype, ins, name=n.name, out=out)
         tensors[name] = out
     return FakeNetwork(layers)
+
+
+# --- a policy's two plans (issue 26 item 5) on the stand-ins ---------------------------------
+def install_fake_gpu(monkeypatch, trt, device=None):
+    """The runner on a fake TensorRT module (fake_tensorrt) and fake CUDA memory (FakeCudaMemory
+    behind polygraphy.cuda): our control and data flow only. Returns the memory."""
+    import polygraphy.cuda.cuda as pc
+
+    from runtime.backends import tensorrt as rt
+
+    mem = FakeCudaMemory()
+    monkeypatch.setattr(pc, "wrapper", lambda: mem)
+    monkeypatch.setattr(rt.runner, "probe_cuda_device", lambda: device or rt.DeviceInfo(0, "Orin", (8, 7)))
+    monkeypatch.setattr(rt.runner, "import_tensorrt", lambda allow_lean=False: (trt, rt.FULL))
+    monkeypatch.setattr(rt.runner, "_LOGGERS", {})
+    return mem
+
+
+def fake_policy_plans(folder, policy_onnx, version="10.3.0.30", profile=(1, 4, 8)):
+    """folder/NAME.onnx, NAME-encoder.onnx and NAME.plan, NAME-encoder.plan (fake_onnx_plan_bytes
+    of the two graphs) with the NAME.json 'ddpm-export build' writes for them (engine section,
+    policy.encoder.plan). Returns the plan's path."""
+    import hashlib
+    import shutil
+
+    from runtime import contract
+
+    src = Path(policy_onnx)
+    m = contract.read_manifest(src)
+    enc = m["policy"]["encoder"]
+    for f in (src, src.with_name(enc["file"])):
+        shutil.copy(f, Path(folder) / f.name)
+    plan = Path(folder) / (src.stem + ".plan")
+    enc_plan = plan.with_name(src.stem + "-encoder.plan")
+    sample = list(m["sample_shape"])
+    den_io = ([("x_t", "INPUT", "FLOAT", sample), ("t", "INPUT", "INT32", [])]
+              + [(c["name"], "INPUT", "FLOAT", c["shape"]) for c in m["conditions"]]
+              + [("eps", "OUTPUT", "FLOAT", sample)])
+    enc_io = ([(i["name"], "INPUT", "FLOAT", i["shape"][1:]) for i in enc["inputs"]]
+              + [(o["name"], "OUTPUT", "FLOAT", o["shape"][1:]) for o in enc["outputs"]])
+
+    def section(path, data, onnx_name):
+        path.write_bytes(data)
+        return {"section_version": 1, "format": "tensorrt-plan", "plan": path.name,
+                "plan_sha256": hashlib.sha256(data).hexdigest(), "tensorrt_version": version,
+                "device_name": "Orin", "compute_capability": "8.7", "precision": "fp32",
+                "precision_mode": "fp32", "version_compatible": False, "hardware_compatibility": "none",
+                "profiles": [dict(zip(("min", "opt", "max"), profile))], "onnx": onnx_name,
+                "native_instancenorm": True}
+    m["engine"] = section(plan, fake_onnx_plan_bytes(Path(folder) / src.name, den_io, version, profile), src.name)
+    e = section(enc_plan, fake_onnx_plan_bytes(Path(folder) / enc["file"], enc_io, version, profile), enc["file"])
+    enc["plan"] = {"file": enc_plan.name, "sha256": e["plan_sha256"], "engine": e}
+    contract.write_manifest(plan, m)
+    return plan

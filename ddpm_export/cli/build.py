@@ -22,7 +22,8 @@ def _user_errors() -> tuple:
 
 @click.command("build", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--onnx", default=None, type=click.Path(dir_okay=False),
-              help="The export to build (NAME.onnx with its NAME.json). Without it, --checkpoint "
+              help="The export to build (NAME.onnx with its NAME.json; a policy's also "
+              "NAME-encoder.onnx, built to NAME-encoder.plan). Without it, --checkpoint "
               "is exported first (FP16 graph for TensorRT >= 10 with --fp16, else float32); "
               "with neither, the default export: engines/cifar10(-fp16).onnx (or "
               "engines/cifar10.pt) when present, else the shipped engines/digits.onnx.")
@@ -60,8 +61,10 @@ def _user_errors() -> tuple:
               help="Builder workspace limit in MB. Default: TensorRT's (the GPU's memory); "
               "on an 8 GB Orin Nano try 1024.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out.")
-def build_command(**kw):
-    """Build a TensorRT engine (NAME.plan + NAME.json) from an ONNX export.
+@click.argument("export", required=False, type=click.Path(dir_okay=False))
+def build_command(export=None, **kw):
+    """Build a TensorRT engine (NAME.plan + NAME.json) from an ONNX export
+    (EXPORT or --onnx: NAME.onnx with its NAME.json).
 
     \b
     'ddpm-export build --fp16' alone builds the default export: the cifar10
@@ -77,10 +80,17 @@ def build_command(**kw):
       TensorRT comes with JetPack (python3-libnvinfer); pip install polygraphy
       ddpm-export build --fp16 --checkpoint engines/cifar10.pt --workspace 1024
     \b
+    A policy export (ddpm-export export of a LeRobot policy) builds both of
+    its engines: NAME.plan and NAME-encoder.plan, tied by NAME.json.
+    \b
     Build on the machine that runs the plan: a plan runs only on the TensorRT
     version and GPU architecture that built it (unless --version-compatible),
     and NAME.json records both; the runtime checks them before loading.
     """
+    if export is not None:  # 'ddpm-export build --fp16 engines/NAME.onnx': the same as --onnx
+        if kw["onnx"] not in (None, export):
+            raise click.UsageError(f"the export {export} and --onnx {kw['onnx']} differ: give one of them")
+        kw["onnx"] = export
     cfg = BuildConfig(**kw)
     try:
         m = build_engine(cfg, command=" ".join(["ddpm-export"] + sys.argv[1:]),
@@ -88,7 +98,10 @@ def build_command(**kw):
     except _user_errors() as e:
         raise click.ClickException(str(e)) from None
     e = m["engine"]
-    click.echo(f"wrote {e['plan']} + its NAME.json: TensorRT {e['tensorrt_version']}, "
+    enc = (m.get("policy") or {}).get("encoder", {}).get("plan")
+    also = (f" and the policy's encoder {enc['file']} ({enc['engine']['precision_mode']}, "
+            f"{enc['engine']['build_seconds']} s)" if enc else "")
+    click.echo(f"wrote {e['plan']} + its NAME.json{also}: TensorRT {e['tensorrt_version']}, "
                f"{e['precision_mode']}, batch {e['profiles'][0]}, {e['device_name']} "
                f"(compute capability {e['compute_capability']}), {e['build_seconds']} s")
 

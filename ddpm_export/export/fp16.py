@@ -176,15 +176,8 @@ def make_fp16_external(model: ExternalDenoiser) -> ExternalDenoiser:
     if not isinstance(model, ExternalDenoiser):
         raise TypeError(f"expected an ExternalDenoiser, received {type(model).__name__}")
     half = copy.deepcopy(model).eval()
-    islands = set()
+    islands = _fp32_norms(half.net, model.net, skip=model.fp32_modules)
     originals = dict(model.net.named_modules())
-    for name in list(dict(half.net.named_modules())):
-        mod = originals[name]
-        if name and isinstance(mod, _NORMS) and not any(
-                name == f or name.startswith(f + ".") for f in model.fp32_modules):
-            wrapper = Fp32Norm(mod)
-            _set_submodule(half.net, name, wrapper)
-            islands.add(id(wrapper))
     if model.config.family == FAMILY_DIFFUSERS:
         island = _DiffusersTimeIsland(model.net.time_proj, model.net.time_embedding)
         half.net.time_embedding = island
@@ -198,6 +191,54 @@ def make_fp16_external(model: ExternalDenoiser) -> ExternalDenoiser:
     _half_outside(half, islands)
     half.eval()
     return half
+
+
+def _fp32_norms(half: nn.Module, original: nn.Module, skip: Sequence[str] = ()) -> set:
+    """Replace every normalization module of ``half`` (a copy of ``original``) by a float32 copy
+    of the original's (Fp32Norm), except under the names in skip; returns the wrappers' ids."""
+    islands = set()
+    originals = dict(original.named_modules())
+    for name in list(dict(half.named_modules())):
+        mod = originals[name]
+        if name and isinstance(mod, _NORMS) and not any(name == f or name.startswith(f + ".") for f in skip):
+            wrapper = Fp32Norm(mod)
+            _set_submodule(half, name, wrapper)
+            islands.add(id(wrapper))
+    return islands
+
+
+class HalfWithNormIslands(nn.Module):
+    """A half-precision copy of a module with every normalization module float32 (Fp32Norm),
+    float32 in and out: the image encoder of a policy's FP16 observation encoder."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.half_module = copy.deepcopy(module).eval()
+        _half_outside(self.half_module, _fp32_norms(self.half_module, module))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.half_module(x.to(torch.float16)).to(torch.float32)
+
+
+class Fp16PolicyEncoder(nn.Module):
+    """A LeRobot policy's observation encoder with its image encoders in FP16 and FP32 islands.
+
+    The image encoders (ResNet backbone, spatial softmax keypoints, Linear + ReLU) run in FP16,
+    with every GroupNorm float32 and, through :class:`Fp32Attention` around the call, the
+    spatial softmax float32: the same islands the FP16 builder-flag build pins. The state and
+    environment inputs, their concatenation with the image features and the output stay
+    float32 (a concatenation gains nothing from FP16). model is untouched."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = copy.deepcopy(encoder).eval()
+        rgb = encoder.rgb_encoder
+        self.encoder.rgb_encoder = (nn.ModuleList([HalfWithNormIslands(m) for m in rgb])
+                                    if isinstance(rgb, nn.ModuleList) else HalfWithNormIslands(rgb))
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        with Fp32Attention():
+            return self.encoder(*inputs)
 
 
 def make_fp16_unet(model: UNet) -> UNet:

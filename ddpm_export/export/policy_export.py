@@ -5,13 +5,16 @@
 it writes NAME-encoder.onnx (inputs the normalized observation history named as LeRobot
 names them, output global_cond, the same dynamic batch axis), checks it against PyTorch
 through ONNX Runtime (refusing on a failed check), and adds the ``policy`` section to
-NAME.json (the encoder file embeds the same section in its metadata).
+NAME.json (the encoder file embeds the same section in its metadata). With fp16 an image
+encoder is FP16 with FP32 islands (GroupNorm, the spatial softmax; Fp16PolicyEncoder) and is
+checked against float32 PyTorch at the FP16 limit; a state-only encoder stays float32
+(``encoder.fp16_note`` says why).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -19,10 +22,17 @@ import torch
 from runtime.contract import write_manifest
 from runtime.io import sha256_file
 
+from ddpm_export.export.fp16 import Fp16PolicyEncoder
+from ddpm_export.export.onnx_export import FP16_ATOL
 from ddpm_export.model.lerobot_diffusion import (OBS_ENV, OBS_IMAGES, OBS_STATE, build_lerobot_encoder,
                                                  image_features)
 
 ENCODER_ATOL = 1e-4
+# FP16 encoder vs float32 PyTorch, max abs on global_cond: the denoiser's FP16 limit (its output
+# is of the same scale, ~1: keypoints in [-1, 1] through Linear + ReLU, normalized state)
+ENCODER_FP16_ATOL = FP16_ATOL
+ENCODER_FP32_ISLANDS = ("GroupNorm", "spatial softmax",
+                        "state/environment inputs, the concatenation and global_cond")
 
 
 def _input_shapes(cfg: Dict[str, Any], enc) -> Dict[str, List[int]]:
@@ -35,6 +45,20 @@ def _input_shapes(cfg: Dict[str, Any], enc) -> Dict[str, List[int]]:
     if enc.env:
         out[OBS_ENV] = [n, *feats[enc.env]["shape"]]
     return {k: out[k] for k in enc.input_names}
+
+
+def encoder_precision(enc, fp16: bool) -> Tuple[str, List[str], Optional[str]]:
+    """(precision, FP32 islands, note) of the encoder's export. With --fp16 an image encoder is
+    FP16 with FP32 islands (Fp16PolicyEncoder); a state-only encoder is a concatenation and
+    flatten of float32 inputs, with no arithmetic FP16 could speed up, so it stays float32 and
+    the note says so. None: no --fp16."""
+    if not fp16:
+        return "fp32", [], None
+    if not enc.cams:
+        return "fp32", [], ("state-only encoder (a concatenation and flatten): kept float32, FP16 would "
+                            "gain nothing")
+    return "fp16", list(ENCODER_FP32_ISLANDS), ("image encoders FP16 with FP32 islands; state and environment "
+                                                "inputs, the concatenation and global_cond float32")
 
 
 def export_policy(ckpt: Dict[str, Any], onnx_path, fp16: bool = False, batch_range=(1, 1, 64)) -> Dict[str, Any]:
@@ -53,10 +77,9 @@ def export_policy(ckpt: Dict[str, Any], onnx_path, fp16: bool = False, batch_ran
         return {k: rng.standard_normal((b, *s)).astype(np.float32) for k, s in shapes.items()}
 
     example = tuple(torch.from_numpy(v) for v in feed(2).values())
-    # The encoder runs once per chunk: an --fp16 export keeps it float32 for now (an FP16
-    # encoder with FP32 islands is not written yet); "precision" says so.
-    islands: List[str] = []
-    torch.onnx.export(enc, example, str(enc_path),
+    precision, islands, note = encoder_precision(enc, fp16)
+    graph = Fp16PolicyEncoder(enc) if precision == "fp16" else enc
+    torch.onnx.export(graph, example, str(enc_path),
                       input_names=list(shapes), output_names=["global_cond"], opset_version=17,
                       dynamic_axes={**{k: {0: "batch"} for k in shapes}, "global_cond": {0: "batch"}},
                       dynamo=False)
@@ -70,11 +93,12 @@ def export_policy(ckpt: Dict[str, Any], onnx_path, fp16: bool = False, batch_ran
         with torch.no_grad():
             ref = enc(*[torch.from_numpy(v) for v in f.values()]).numpy()
         worst = max(worst, float(np.abs(got.astype(np.float32) - ref).max()))
-    atol = ENCODER_ATOL
-    if not worst <= atol:
+    atol = ENCODER_FP16_ATOL if precision == "fp16" else ENCODER_ATOL
+    if not worst <= atol:  # NaN fails too
         enc_path.unlink()
-        raise ValueError(f"{enc_path.name}: encoder ONNX vs PyTorch max abs diff {worst:.3g}, expected <= "
-                         f"{atol:g}; nothing deployed (report it with the checkpoint)")
+        raise ValueError(f"{enc_path.name}: {precision} encoder ONNX vs float32 PyTorch max abs diff "
+                         f"{worst:.3g}, expected <= {atol:g}; nothing deployed (report it with the checkpoint"
+                         + ("; export without --fp16 for a float32 encoder" if precision == "fp16" else "") + ")")
     sha = sha256_file(enc_path)
     lo, opt, hi = batch_range
     section = {
@@ -86,8 +110,9 @@ def export_policy(ckpt: Dict[str, Any], onnx_path, fp16: bool = False, batch_ran
                     "outputs": [{"name": "global_cond", "dtype": "float32",
                                  "shape": ["batch", enc.global_cond_dim]}],
                     "batch_range": {"min": lo, "opt": opt, "max": hi},
-                    "parity": {"max_abs_diff": worst, "atol": atol}, "fp32_islands": islands,
-                    "precision": "fp32"},
+                    "parity": {"max_abs_diff": worst, "atol": atol, "reference": "PyTorch float32",
+                               "backend": "onnxruntime CPU", "batches": [1, 3]},
+                    "fp32_islands": islands, "precision": precision, "fp16_note": note},
         "observations": pol["observations"], "image_features": image_features(cfg),
         "image_preprocess": ({"resize": None, "crop": list(cfg["crop_shape"]) if cfg.get("crop_shape") else None}
                              if image_features(cfg) else None),

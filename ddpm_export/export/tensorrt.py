@@ -78,6 +78,7 @@ from runtime.backends.tensorrt import (ENGINE_SECTION_VERSION, BackendMissing, D
                                        EngineMismatch, PlanNotLoadable, check_engine_io,
                                        parse_version,
                                        probe_cuda_device)
+from runtime.backends.tensorrt.compat import check_encoder_io, encoder_io
 
 MIN_TRT = (8, 5)  # JetPack 5; the name-based I/O API (set_input_shape, execute_async_v3)
 FEATURE_MIN = {"builder_opt_level": (8, 6), "version_compatible": (8, 6)}
@@ -308,9 +309,10 @@ def default_source(trt_version: str, fp16: bool, engines: Path = ENGINES
 # --- FP32 islands of the float32 graph (FP16 builder-flag builds) -----------------
 ISLAND_NORM_OPS = ("InstanceNormalization", "GroupNormalization")  # GroupNorm as exported
 ISLAND_OPS = ("Softmax",)  # attention softmax
-# the U-Net's timestep embedding module (sinusoid + MLP), and a class-conditional U-Net's class
-# embedding, whose output is added to it
-ISLAND_SCOPES = ("temb", "class_embedding")
+# the U-Net's timestep embedding module (sinusoid + MLP), a class-conditional U-Net's class
+# embedding, whose output is added to it, and a LeRobot policy U-Net's step embedding (the FP16
+# export's island: build_lerobot_denoiser's fp32_modules)
+ISLAND_SCOPES = ("temb", "class_embedding", "diffusion_step_encoder")
 NO_COMPUTE_OPS = ("Constant", "Shape", "Identity")
 # island nodes that must be pinned: the numerically sensitive operations themselves
 ISLAND_MUST_PIN_OPS = ISLAND_NORM_OPS + ISLAND_OPS + ("Gemm", "MatMul")
@@ -328,9 +330,10 @@ def fp32_island_nodes(graph: Any) -> List[str]:
     (torch.onnx scopes, e.g. ``/model/block.0/norm1/InstanceNormalization``):
       - GroupNorm: every node in the scope of an InstanceNormalization or GroupNormalization
         node (the reshapes, the normalization and the affine Mul/Add);
-      - the timestep embedding: every node under a ``temb`` scope (sinusoid and its MLP), and
-        a class-conditional model's class embedding (its Gather, under ``class_embedding``);
-      - attention softmax: every Softmax node.
+      - the timestep embedding: every node under a ``temb`` scope (sinusoid and its MLP), or
+        ``diffusion_step_encoder`` (a LeRobot policy's U-Net), and a class-conditional model's
+        class embedding (its Gather, under ``class_embedding``);
+      - softmax: every Softmax node (attention; a policy encoder's spatial softmax).
     Nodes that compute nothing (Constant, Shape, Identity) are left out.
     """
     graph = getattr(graph, "graph", graph)
@@ -542,7 +545,12 @@ def _close_build_log(logger: Any, colors: Any) -> None:
 
 
 def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, Any]:
-    """Build cfg.out from cfg.onnx, cfg.checkpoint or the default export; returns the manifest."""
+    """Build cfg.out from cfg.onnx, cfg.checkpoint or the default export; returns the manifest.
+
+    A policy export (a ``policy`` section: a denoiser and its observation encoder,
+    docs/policies.md) builds both: NAME.plan and NAME-encoder.plan beside it, with the same
+    batch profile, and ties the encoder plan to the manifest (``policy.encoder.plan``: file,
+    sha256, engine section). Both are built before either is written."""
     check_config(cfg)
     pg = load_backend()
     device = probe_cuda_device()
@@ -568,22 +576,110 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
                               cfg.max_batch, cfg.static_batch)
     out = Path(cfg.out) if cfg.out else onnx.with_suffix(".plan")
     check_out_path(out, onnx, cfg.force)
+    encoder = policy_encoder_job(manifest, onnx, out, cfg, pg.version) if "policy" in manifest else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    log_path = out.with_suffix(".build.log")
     log(f"building {out} from {onnx}: TensorRT {pg.version}, {mode}, batch "
         f"{profile.min}/{profile.opt}/{profile.max}, on {device.name} ({device.cc})")
 
     trt = pg.trt
     sample_shape, conditions = sample_shape_of(manifest), conditions_of(manifest)
+    plans = [(out, onnx, mode) + plan_bytes(
+        pg, cfg, onnx, mode, profile, profile_inputs(sample_shape, conditions),
+        lambda engine: check_engine_io(engine, trt, sample_shape, conditions), out.with_suffix(".build.log"))]
+    if encoder is not None:
+        log(f"building the policy's observation encoder {encoder.out} from {encoder.onnx}: "
+            f"{encoder.mode} ({encoder.why})")
+        plans.append((encoder.out, encoder.onnx, encoder.mode) + plan_bytes(
+            pg, cfg, encoder.onnx, encoder.mode, profile, encoder.inputs,
+            lambda engine: check_encoder_io(engine, trt, encoder.spec),
+            encoder.out.with_suffix(".build.log")))
+    for path, _, _, data, _, _ in plans:
+        try:
+            atomic_write(path, lambda tmp: pg.SaveBytes(data, str(tmp))())
+        except Exception as e:  # noqa: BLE001 - one message, as for the build
+            raise BuildError(f"writing {path} failed: {type(e).__name__}: {e}") from e
+    sections = []
+    for path, src, m, _, pinned, seconds in plans:
+        sections.append(engine_section_dict(
+            trt_version=pg.version, device=device, mode=m, profile=profile, cfg=cfg, onnx=src,
+            onnx_sha256=sha256_file(src), plan=path, plan_sha256=sha256_file(path),
+            build_seconds=seconds, polygraphy_version=pg.polygraphy,
+            native_instancenorm=native_instancenorm_used(pg.version, cfg.version_compatible),
+            command=command))
+        if m == "fp16_builder_flag":
+            sections[-1]["fp32_pinned_layers"] = len(pinned)
+    manifest["engine"] = sections[0]
+    if encoder is not None:
+        e = sections[1]
+        manifest["policy"]["encoder"]["plan"] = {"file": e["plan"], "sha256": e["plan_sha256"], "engine": e,
+                                                 "fp16_note": encoder.why}
+    write_manifest(out, manifest)
+    return manifest
+
+
+@dataclass
+class EncoderJob:
+    """What building a policy's observation encoder takes (``policy_encoder_job``)."""
+
+    onnx: Path  # NAME-encoder.onnx, the manifest's policy.encoder.file beside the denoiser
+    out: Path  # the plan: <out's stem>-encoder.plan beside out
+    mode: str  # precision_mode of the encoder's own graph
+    why: str  # why that precision (a state-only encoder builds in float32)
+    inputs: List[Tuple[str, Tuple[int, ...]]]  # the profile's inputs (per-sample shapes)
+    spec: Mapping[str, Any]  # policy.encoder
+
+
+def policy_encoder_job(manifest: Mapping[str, Any], onnx: Path, out: Path, cfg: BuildConfig,
+                       trt_version: str) -> EncoderJob:
+    """Check, before anything is built, that a policy's encoder can be built with the
+    denoiser: its ONNX is there and is the manifest's (sha256), its plan's path is free, and
+    its precision. An image encoder follows --fp16 (its own graph's precision, as the
+    denoiser's: FP16 graph strongly typed, else the builder flag with GroupNorm and the
+    spatial softmax pinned to FP32); a state-only encoder (a concatenation) builds in float32,
+    as FP16 would gain nothing."""
+    spec = manifest["policy"]["encoder"]
+    src = onnx.with_name(spec["file"])
+    if not src.is_file():
+        raise BuildError(f"{onnx} is a policy: its observation encoder {src} is missing; it is written "
+                         f"beside {onnx.name} by 'ddpm-export export': copy both files")
+    if sha256_file(src) != spec["sha256"]:
+        raise BuildError(f"{src}: sha256 differs from {onnx.with_suffix('.json').name}'s policy.encoder."
+                         f"sha256: the encoder and the denoiser come from different exports; re-export both")
+    enc_out = out.with_name(out.stem + "-encoder" + out.suffix)
+    if enc_out.exists() and not cfg.force:
+        raise BuildError(f"{enc_out} exists (the policy's encoder plan); pass --force to overwrite it or "
+                         f"choose another --out")
+    precision = spec.get("precision", "fp32")
+    if manifest["policy"].get("image_features"):
+        fp16, why = cfg.fp16, ("an image encoder, FP16 with FP32 islands" if cfg.fp16 else "float32 build")
+    else:
+        fp16, why = False, ("state-only encoder (a concatenation): float32, FP16 would gain nothing"
+                            if cfg.fp16 else "float32 build")
+    try:
+        mode = precision_mode(trt_version, fp16, precision)
+    except BuildError as e:
+        raise BuildError(f"the policy's encoder {src} ({precision} graph): {e}") from None
+    inputs = [(n, s) for n, s, is_input in encoder_io(spec) if is_input]
+    return EncoderJob(src, enc_out, mode, why, inputs, spec)
+
+
+def plan_bytes(pg: SimpleNamespace, cfg: BuildConfig, onnx: Path, mode: str, profile: BatchRange,
+               inputs: Sequence[Tuple[str, Tuple[int, ...]]], check_io, log_path: Path
+               ) -> Tuple[bytes, List[str], float]:
+    """Build one ONNX graph into plan bytes: (bytes, the layers pinned to FP32, seconds).
+
+    inputs: (name, per-sample shape) of every input, all with the profile's batches;
+    check_io(engine) -> its profile, raising on I/O that is not the manifest's. Nothing is
+    written but Polygraphy's log at log_path."""
+    trt = pg.trt
     net_kw: Dict[str, Any] = {}
-    native_instancenorm = native_instancenorm_used(pg.version, cfg.version_compatible)
     if cfg.version_compatible:  # required there; elsewhere the parser's default (may be faster)
         net_kw["flags"] = [trt.OnnxParserFlag.NATIVE_INSTANCENORM]
     if mode == "strongly_typed":
         net_kw["strongly_typed"] = True
     prof = pg.Profile()
-    for name, shape in profile_inputs(sample_shape, conditions):
-        prof.add(name, **{k: (b,) + shape for k, b in
+    for name, shape in inputs:
+        prof.add(name, **{k: (b,) + tuple(shape) for k, b in
                           (("min", profile.min), ("opt", profile.opt), ("max", profile.max))})
     cfg_kw: Dict[str, Any] = {"profiles": [prof]}
     network = pg.NetworkFromOnnxPath(str(onnx), **net_kw)
@@ -591,35 +687,8 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
     if mode == "fp16_builder_flag":
         cfg_kw["fp16"] = True
         cfg_kw["precision_constraints"] = "obey"  # the FP32 islands stay FP32
-        try:
-            import onnx as onnx_lib
-        except ImportError as e:
-            raise BackendMissing(
-                f"an FP16 build from the float32 export ({onnx}, TensorRT {pg.version}: the FP16 "
-                f"builder flag) reads the ONNX graph to keep GroupNorm, softmax and the timestep "
-                f"embedding in FP32, and needs the onnx package ({e}): pip install onnx (it is in "
-                f"'ddpm-export[trt]'); on TensorRT >= 10 the FP16 export builds without it") from None
-
-        graph = onnx_lib.load(str(onnx), load_external_data=False).graph
-        islands, names = fp32_island_nodes(graph), [n.name for n in graph.node]
-        op_types = {n.name: n.op_type for n in graph.node}
-        node_outputs = {n.name: [o for o in n.output if o] for n in graph.node}
-        graph_tensors = ({o for outs in node_outputs.values() for o in outs}
-                         | {i.name for i in graph.input} | {i.name for i in graph.initializer})
-
-        def pin(network):
-            got, located = pin_fp32_islands(network, trt, islands, names, node_outputs, graph_tensors)
-            pinned[:] = got
-            missed = unpinned_island_nodes(op_types, islands, pinned, located)
-            if missed:
-                raise BuildError(
-                    f"{len(missed)} FP32-island nodes of {onnx} were not found in TensorRT's "
-                    f"network, by layer name and by their output tensors (e.g. "
-                    f"{', '.join(missed[:3])}), so this FP16 builder-flag build could run them, "
-                    f"or layers of them, in FP16; build the FP16 export strongly typed "
-                    f"(TensorRT >= 10: ddpm-export export --fp16) or build without --fp16")
-            return network
-        network = pg.PostprocessNetwork(network, func=pin, name="pin FP32 islands")
+        network = pg.PostprocessNetwork(network, func=_island_pinner(onnx, pg.version, trt, pinned),
+                                        name="pin FP32 islands")
     if cfg.timing_cache:
         cfg_kw["load_timing_cache"] = cfg.timing_cache
     if cfg.builder_opt_level is not None:
@@ -633,17 +702,15 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
     t0 = time.time()
     try:
         config = pg.CreateConfig(**cfg_kw)
-        plan_bytes = pg.EngineBytesFromNetwork(network, config,
-                                               save_timing_cache=cfg.timing_cache)()
+        data = pg.EngineBytesFromNetwork(network, config, save_timing_cache=cfg.timing_cache)()
         # the bytes are what we write; deserialize once only to check the I/O, then drop it.
         # (Polygraphy allows host code here: this is the plan we have just built ourselves.)
-        engine = pg.EngineFromBytes(plan_bytes)()
-        got = check_engine_io(engine, trt, sample_shape, conditions)
+        engine = pg.EngineFromBytes(data)()
+        got = check_io(engine)
         del engine
         if got != profile:
             raise BuildError(f"the built engine's profile {got.to_dict()} is not the requested "
                              f"{profile.to_dict()}")
-        atomic_write(out, lambda tmp: pg.SaveBytes(plan_bytes, str(tmp))())
     except pg.PolygraphyException:
         if own_log:
             _close_build_log(pg.G_LOGGER, colors)
@@ -658,16 +725,41 @@ def build_engine(cfg: BuildConfig, command: str = "", log=print) -> Dict[str, An
     finally:
         if own_log:
             _close_build_log(pg.G_LOGGER, colors)
-    seconds = time.time() - t0
-    manifest["engine"] = engine_section_dict(
-        trt_version=pg.version, device=device, mode=mode, profile=profile, cfg=cfg, onnx=onnx,
-        onnx_sha256=manifest.get("onnx_sha256"), plan=out, plan_sha256=sha256_file(out),
-        build_seconds=seconds, polygraphy_version=pg.polygraphy,
-        native_instancenorm=native_instancenorm, command=command)
-    if mode == "fp16_builder_flag":
-        manifest["engine"]["fp32_pinned_layers"] = len(pinned)
-    write_manifest(out, manifest)
-    return manifest
+    return data, pinned, time.time() - t0
+
+
+def _island_pinner(onnx: Path, trt_version: str, trt: Any, pinned: List[str]):
+    """The PostprocessNetwork function of an FP16 builder-flag build of onnx: pins its FP32
+    islands (fp32_island_nodes) and stops the build when one was not found; fills pinned."""
+    try:
+        import onnx as onnx_lib
+    except ImportError as e:
+        raise BackendMissing(
+            f"an FP16 build from the float32 export ({onnx}, TensorRT {trt_version}: the FP16 "
+            f"builder flag) reads the ONNX graph to keep GroupNorm, softmax and the timestep "
+            f"embedding in FP32, and needs the onnx package ({e}): pip install onnx (it is in "
+            f"'ddpm-export[trt]'); on TensorRT >= 10 the FP16 export builds without it") from None
+
+    graph = onnx_lib.load(str(onnx), load_external_data=False).graph
+    islands, names = fp32_island_nodes(graph), [n.name for n in graph.node]
+    op_types = {n.name: n.op_type for n in graph.node}
+    node_outputs = {n.name: [o for o in n.output if o] for n in graph.node}
+    graph_tensors = ({o for outs in node_outputs.values() for o in outs}
+                     | {i.name for i in graph.input} | {i.name for i in graph.initializer})
+
+    def pin(network):
+        got, located = pin_fp32_islands(network, trt, islands, names, node_outputs, graph_tensors)
+        pinned[:] = got
+        missed = unpinned_island_nodes(op_types, islands, pinned, located)
+        if missed:
+            raise BuildError(
+                f"{len(missed)} FP32-island nodes of {onnx} were not found in TensorRT's "
+                f"network, by layer name and by their output tensors (e.g. "
+                f"{', '.join(missed[:3])}), so this FP16 builder-flag build could run them, "
+                f"or layers of them, in FP16; build the FP16 export strongly typed "
+                f"(TensorRT >= 10: ddpm-export export --fp16) or build without --fp16")
+        return network
+    return pin
 
 
 def profile_inputs(sample_shape: Sequence[int],

@@ -32,7 +32,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 try:
     import runtime
@@ -57,6 +57,27 @@ from runtime.loop import METHODS
 PLAN_UNAVAILABLE = (TrtMissing, NoCudaDevice, EngineMismatch)
 
 
+def open_with_fallback(path: Path, onnx_fallback: Path, load: Callable[[Path], Any],
+                       log: Callable[[str], None]) -> Tuple[Any, Optional[str]]:
+    """(load(path), None); for a TensorRT plan that cannot run on this machine
+    (PLAN_UNAVAILABLE) (load(onnx_fallback), why), saying so through log. A plan TensorRT
+    refuses although it fits this machine (PlanNotLoadable) is raised, never a fallback. The
+    sampler (SamplerApp) and the policy control loop (control_loop.py) both open this way."""
+    if path.suffix not in TRT_SUFFIXES:
+        return load(path), None
+    try:
+        return load(path), None
+    except PLAN_UNAVAILABLE as e:
+        reason = f"{type(e).__name__}: {e}"
+    if not onnx_fallback.is_file():
+        raise RuntimeError(
+            f"cannot run the TensorRT plan {path} ({reason}), and there is no ONNX export to fall back "
+            f"to at {onnx_fallback}: copy NAME.onnx next to the plan or pass --onnx")
+    log(f"warning: the TensorRT plan {path} cannot run here ({reason}); falling back to ONNX Runtime "
+        f"on {onnx_fallback} (same manifest; slower, and CPU-only unless onnxruntime-gpu is installed)")
+    return load(onnx_fallback), reason
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -79,23 +100,13 @@ class SamplerApp:
 
     def open(self) -> "SamplerApp":
         t0 = time.perf_counter()
-        if self.engine_path.suffix in TRT_SUFFIXES:
-            try:
-                self.engine = runtime.load(self.engine_path,
-                                           allow_host_code=self.allow_host_code).__enter__()
-            except PLAN_UNAVAILABLE as e:
-                self.fallback_reason = f"{type(e).__name__}: {e}"
-                if not self.onnx_fallback.is_file():
-                    raise RuntimeError(
-                        f"cannot run the TensorRT plan {self.engine_path} ({self.fallback_reason}), "
-                        f"and there is no ONNX export to fall back to at {self.onnx_fallback}: copy "
-                        f"NAME.onnx next to the plan or pass --onnx") from None
-                self.log(f"warning: the TensorRT plan {self.engine_path} cannot run here "
-                         f"({self.fallback_reason}); falling back to ONNX Runtime on {self.onnx_fallback} "
-                         f"(same manifest; slower, and CPU-only unless onnxruntime-gpu is installed)")
-        if self.engine is None:
-            path = self.onnx_fallback if self.fallback_reason else self.engine_path
-            self.engine = runtime.load(path, threads=self.threads).__enter__()
+
+        def load(path: Path):
+            if path.suffix in TRT_SUFFIXES:
+                return runtime.load(path, allow_host_code=self.allow_host_code).__enter__()
+            return runtime.load(path, threads=self.threads).__enter__()
+        self.engine, self.fallback_reason = open_with_fallback(self.engine_path, self.onnx_fallback, load,
+                                                               self.log)
         self.backend = str(getattr(self.engine.runner, "backend", "?"))
         self.load_seconds = time.perf_counter() - t0
         return self

@@ -21,7 +21,35 @@ class InputError(ConditionError):
     condition input is one too)."""
 
 
-class Runner:
+class Activatable:
+    """The lifecycle every engine holder shares: entering loads (``_activate``), leaving frees
+    (``_deactivate``); a denoiser's Runner and a policy's encoder runner are both one."""
+
+    is_active = False
+
+    # --- lifecycle -------------------------------------------------------
+    def __enter__(self) -> "Activatable":
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def _activate(self) -> None:
+        raise NotImplementedError
+
+    def _deactivate(self) -> None:
+        pass
+
+
+class Runner(Activatable):
     """Base class: subclasses implement ``_activate``, ``_infer`` and ``_deactivate``."""
 
     backend = "base"
@@ -36,21 +64,6 @@ class Runner:
         self.min_batch, self.max_batch = int(br["min"]), int(br["max"])
         self.num_timesteps = int(manifest["schedule"]["num_timesteps"])
         self.is_active = False
-
-    # --- lifecycle -------------------------------------------------------
-    def __enter__(self) -> "Runner":
-        if not self.is_active:
-            self._activate()
-            self.is_active = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.is_active:
-            self._deactivate()
-            self.is_active = False
 
     # --- inference -------------------------------------------------------
     def __call__(self, x_t: np.ndarray, t: np.ndarray, **cond: Any) -> np.ndarray:
@@ -100,13 +113,7 @@ class Runner:
             raise InputError(f"timesteps must lie in [0, {T - 1}], got min {t.min()} max {t.max()}")
         return np.ascontiguousarray(x_t), t.astype(np.int32, copy=False)
 
-    # --- backend hooks ---------------------------------------------------
-    def _activate(self) -> None:
-        raise NotImplementedError
-
+    # --- backend hooks (and _activate, _deactivate) ----------------------
     def _infer(self, x_t: np.ndarray, t: np.ndarray, cond: Dict[str, np.ndarray]) -> np.ndarray:
         """cond: the checked condition inputs by name ({} for an unconditional model)."""
         raise NotImplementedError
-
-    def _deactivate(self) -> None:
-        pass

@@ -85,12 +85,13 @@ def test_a_plan_that_cannot_run_here_falls_back_to_its_onnx(tmp_path):
     assert "pass --onnx" in proc.stderr
 
 
-def test_the_app_runs_on_jetpack_5_python_3_8():
+@pytest.mark.parametrize("script", [APP, APP.with_name("control_loop.py")], ids=["app", "control_loop"])
+def test_the_app_runs_on_jetpack_5_python_3_8(script):
     vermin = shutil.which("vermin") or str(Path(sys.executable).parent / "vermin")
     if not Path(vermin).exists():
         pytest.skip("vermin not installed (pip install -e '.[test]')")
     r = subprocess.run([vermin, "--no-tips", "--violations", "-t=3.8-", "--eval-annotations", "--backport",
-                        "typing", "--no-parse-comments", str(APP)], capture_output=True, text=True)
+                        "typing", "--no-parse-comments", str(script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

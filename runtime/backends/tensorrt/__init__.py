@@ -14,13 +14,13 @@ from runtime.backends.tensorrt.cuda import (CUDART_API, CUDART_PROPS, BackendMis
                                             NoCudaDevice, _cudart, find_cudart,
                                             import_polygraphy_cuda,
                                             probe_cuda_device)
-from runtime.backends.tensorrt.runner import TRT_API, TRT_API_FULL_ONLY, TensorRTRunner
+from runtime.backends.tensorrt.runner import TRT_API, TRT_API_FULL_ONLY, TensorRTEncoder, TensorRTRunner
 
 __all__ = [
     "BackendMissing", "CUDART_API", "CUDART_PROPS", "DISPATCH", "DeviceInfo",
     "ENGINE_SECTION_VERSION", "EngineMismatch", "FULL", "HostCodeNotAllowed", "LEAN",
     "LEAN_MODULES", "PlanManifestMismatch", "PlanNotLoadable", "RUNTIME_MODULES", "VERSION_COMPAT_NEWEST_MAJOR",
-    "find_cudart", "NoCudaDevice", "TRT_API", "TRT_API_FULL_ONLY", "TensorRTRunner", "_cudart",
+    "find_cudart", "NoCudaDevice", "TRT_API", "TRT_API_FULL_ONLY", "TensorRTEncoder", "TensorRTRunner", "_cudart",
     "check_engine_compat", "check_engine_io", "engine_section", "import_polygraphy_cuda",
     "import_tensorrt", "parse_version", "probe_cuda_device",
 ]

@@ -253,8 +253,18 @@ def check_engine_io(engine: Any, trt: Any, sample_shape: Sequence[int],
     """The deserialized engine's I/O must be the contract's for this manifest (x_t, t, eps and
     one input per condition, their modes, dtypes, shapes and batch profiles); returns its batch
     profile. Any difference is PlanManifestMismatch."""
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     want = _want_io(trt, conditions)
+    shapes = {INPUT_X: tuple(sample_shape), OUTPUT: tuple(sample_shape), INPUT_T: ()}
+    shapes.update({c.name: tuple(c.shape) for c in conditions})
+    return check_io(engine, {n: (mode, dtypes, shapes[n]) for n, (mode, dtypes) in want.items()}, INPUT_X)
+
+
+def check_io(engine: Any, want: Mapping[str, Tuple[Any, Mapping[Any, str], Tuple[int, ...]]],
+             first: str) -> BatchRange:
+    """Any plan's I/O against what its manifest says: want maps every I/O tensor's name to
+    (TensorRT mode, {accepted TensorRT dtype: numpy name}, per-sample shape); every input has
+    the batch profile of input ``first``, which is returned. Any difference is PlanManifestMismatch."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     fix = "the plan and its NAME.json do not belong together: rebuild with 'ddpm-export build'"
     if sorted(names) != sorted(want):
         missing, extra = sorted(set(want) - set(names)), sorted(set(names) - set(want))
@@ -262,27 +272,42 @@ def check_engine_io(engine: Any, trt: Any, sample_shape: Sequence[int],
             f"engine I/O tensors {names}, expected {sorted(want)} (from its manifest"
             + (f"; missing {missing}" if missing else "") + (f"; not in the manifest {extra}" if extra else "")
             + f"); {fix}")
-    for name, (mode, dtypes) in want.items():
+    for name, (mode, dtypes, _) in want.items():
         got_mode, got_dtype = engine.get_tensor_mode(name), engine.get_tensor_dtype(name)
         if got_mode != mode or got_dtype not in dtypes:
             raise PlanManifestMismatch(f"engine tensor {name!r} is {got_mode} {got_dtype}, expected "
                                        f"{mode} {' or '.join(dtypes.values())}; {fix}")
-    shapes = {INPUT_X: tuple(sample_shape), OUTPUT: tuple(sample_shape), INPUT_T: ()}
-    shapes.update({c.name: tuple(c.shape) for c in conditions})
-    for name, per_sample in shapes.items():
+    for name, (_, _, per_sample) in want.items():
         dims = tuple(engine.get_tensor_shape(name))
-        if len(dims) != len(per_sample) + 1 or tuple(dims[1:]) != per_sample:
+        if len(dims) != len(per_sample) + 1 or tuple(dims[1:]) != tuple(per_sample):
             raise PlanManifestMismatch(f"engine tensor {name!r} has shape {dims}, expected "
                                        f"(batch{''.join(', ' + str(d) for d in per_sample)}); {fix}")
-    mn, opt, mx = (tuple(s) for s in engine.get_tensor_profile_shape(INPUT_X, 0))
+    inputs = [n for n, (mode, _, _) in want.items() if mode == want[first][0]]
+    mn, opt, mx = (tuple(s) for s in engine.get_tensor_profile_shape(first, 0))
     profile = BatchRange(mn[0], opt[0], mx[0])
-    for name in [INPUT_T] + [c.name for c in conditions]:
+    for name in inputs:
         got = [tuple(s) for s in engine.get_tensor_profile_shape(name, 0)]
-        expect = [(b,) + shapes[name] for b in (profile.min, profile.opt, profile.max)]
+        expect = [(b,) + tuple(want[name][2]) for b in (profile.min, profile.opt, profile.max)]
         if got != expect:
             raise PlanManifestMismatch(f"engine input {name!r} has the profile (min, opt, max) "
-                                       f"{got}, expected {expect} (x_t's batches); {fix}")
+                                       f"{got}, expected {expect} ({first}'s batches); {fix}")
     return profile
+
+
+def encoder_io(spec: Mapping[str, Any]) -> List[Tuple[str, Tuple[int, ...], bool]]:
+    """(name, per-sample shape, is_input) of a policy encoder's I/O, inputs first, from the
+    manifest's ``policy.encoder`` (every tensor float32 with a leading batch axis)."""
+    return ([(i["name"], tuple(int(d) for d in i["shape"][1:]), True) for i in spec["inputs"]]
+            + [(o["name"], tuple(int(d) for d in o["shape"][1:]), False) for o in spec["outputs"]])
+
+
+def check_encoder_io(engine: Any, trt: Any, spec: Mapping[str, Any]) -> BatchRange:
+    """A policy encoder plan's I/O against the manifest's ``policy.encoder``: the named float32
+    inputs and global_cond, their shapes and one batch profile (returned)."""
+    M, D = trt.TensorIOMode, trt.DataType
+    io = encoder_io(spec)
+    want = {n: (M.INPUT if is_input else M.OUTPUT, {D.FLOAT: "float32"}, s) for n, s, is_input in io}
+    return check_io(engine, want, io[0][0])
 
 
 def input_dtypes(engine: Any, trt: Any, conditions: Sequence[Condition]) -> Dict[str, Any]:

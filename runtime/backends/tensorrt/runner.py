@@ -37,6 +37,11 @@ in a TensorRT 8.x plan (8.x has no INT64 I/O; its ONNX parser turns the int64
 input into INT32), INT64 from the parsers that have it; the cast is exact for
 labels, which the base runner has checked to lie in [0, num_classes].
 
+The plan's lifecycle and data path above are ``PlanExecution``, whatever the plan's I/O:
+``TensorRTRunner`` is a denoiser's (a ``Runner``: x_t, t and the conditions -> eps),
+``TensorRTEncoder`` a policy's observation encoder (NAME-encoder.plan: the named observation
+history -> global_cond; runtime.load_policy opens it beside the denoiser's plan).
+
 Trust: a version-compatible plan carries TensorRT's lean runtime, host code
 that TensorRT runs in this process when ``Runtime.engine_host_code_allowed`` is
 set. The manifest that says "version-compatible" is as untrusted as the plan,
@@ -56,15 +61,16 @@ from __future__ import annotations
 import hashlib
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from runtime.backends.base import Runner
+from runtime.backends.base import Activatable, InputError, Runner
 from runtime.backends.tensorrt.compat import (FULL, EngineMismatch, HostCodeNotAllowed,
                                               PlanManifestMismatch, PlanNotLoadable,
-                                              check_engine_compat, check_engine_io,
-                                              engine_section, import_tensorrt, input_dtypes)
+                                              check_encoder_io, check_engine_compat, check_engine_io,
+                                              encoder_io, engine_section, import_tensorrt,
+                                              input_dtypes)
 from runtime.backends.tensorrt.cuda import DeviceInfo, import_polygraphy_cuda, probe_cuda_device
 from runtime.contract import INPUT_T, INPUT_X, OUTPUT, BatchRange, ManifestError
 
@@ -146,21 +152,25 @@ def deserialize(trt: Any, kind: str, data: bytes, allow_host_code: bool, path: s
     return runtime, engine
 
 
-# --- the runner ----------------------------------------------------------------
-class TensorRTRunner(Runner):
+# --- the runners ---------------------------------------------------------------
+class PlanExecution(Activatable):
+    """One TensorRT plan on the GPU, whatever its I/O: the checks before TensorRT (module
+    docstring, 1-6), deserializing, device buffers for the profile's max batch, one call
+    (pad, copy in, set shapes, execute, copy out) and freeing. A subclass names its I/O
+    (``_io``) and checks the deserialized engine's (``_check_plan_io``): TensorRTRunner for a
+    denoiser (x_t, t, conditions -> eps), TensorRTEncoder for a policy's observation encoder."""
+
     backend = "tensorrt"
 
-    def __init__(self, path: str, manifest: Dict[str, Any], verify_sha256: bool = True,
-                 allow_host_code: bool = False):
-        super().__init__(path, manifest)
-        self.engine_info = engine_section(manifest)
+    def _init_plan(self, path: str, engine_info: Dict[str, Any], allow_host_code: bool,
+                   verify_sha256: bool) -> None:
+        self.path = str(path)
+        self.engine_info = engine_info
         self.allow_host_code = bool(allow_host_code)
         if self.engine_info["version_compatible"] and not self.allow_host_code:
             raise HostCodeNotAllowed(host_code_refusal(self.path))
         self.profile = BatchRange.coerce(self.engine_info["profiles"][0])
         self.static = self.profile.min == self.profile.max
-        # Batches below the profile's min are padded, so every size up to max is accepted.
-        self.min_batch, self.max_batch = 1, self.profile.max
         self.batch_range = {"min": 1, "opt": self.profile.opt, "max": self.profile.max}
         self.verify_sha256 = verify_sha256
         self.device: Optional[DeviceInfo] = None
@@ -168,10 +178,22 @@ class TensorRTRunner(Runner):
         self.runtime_kind: Optional[str] = None
         self._reset()
 
+    # --- what a subclass says ------------------------------------------------
+    def _io(self) -> List[Tuple[str, Tuple[int, ...], bool]]:
+        """(name, per-sample shape, is_input) of every I/O tensor, inputs first."""
+        raise NotImplementedError
+
+    def _check_plan_io(self, engine: Any, trt: Any) -> BatchRange:
+        """Check the engine's I/O against the manifest, set ``self._io_dtypes`` (name -> numpy
+        dtype of every I/O tensor as the plan takes it) and return the engine's profile."""
+        raise NotImplementedError
+
+    # --- shared ------------------------------------------------------------
     def _reset(self) -> None:
         self._runtime = self._engine = self._context = self._stream = None
         self._dev: Dict[str, Any] = {}
-        self._dtypes: Dict[str, Any] = {}  # condition input -> the numpy dtype the plan takes
+        self._io_dtypes: Dict[str, Any] = {}  # I/O tensor -> the numpy dtype the plan takes
+        self._dtypes: Dict[str, Any] = {}  # a denoiser's condition inputs only (the same dtypes)
         self._batch = -1
 
     def _activate(self) -> None:
@@ -196,8 +218,7 @@ class TensorRTRunner(Runner):
     def _load(self, trt, kind: str, data: bytes, cuda) -> None:
         self._runtime, self._engine = deserialize(trt, kind, data, self.allow_host_code,
                                                   self.path, self.engine_info)
-        got = check_engine_io(self._engine, trt, self.sample_shape, self.conditions)
-        self._dtypes = input_dtypes(self._engine, trt, self.conditions)
+        got = self._check_plan_io(self._engine, trt)
         if got != self.profile:
             raise PlanManifestMismatch(f"{self.path}: engine profile {got.to_dict()} differs from "
                                        f"its manifest's {self.profile.to_dict()}; rebuild with "
@@ -208,11 +229,9 @@ class TensorRTRunner(Runner):
                                  f"(out of GPU memory?); close other GPU programs or rebuild with "
                                  f"a smaller --max-batch")
         self._stream = cuda.Stream()
-        n, chw = self.profile.max, tuple(self.sample_shape)
-        buffers = [(INPUT_X, (n,) + chw, np.float32), (INPUT_T, (n,), np.int32)]
-        buffers += [(c.name, (n,) + tuple(c.shape), self._dtypes[c.name]) for c in self.conditions]
-        for name, shape, dtype in buffers + [(OUTPUT, (n,) + chw, np.float32)]:
-            self._dev[name] = cuda.DeviceArray(shape=shape, dtype=dtype)
+        n = self.profile.max
+        for name, shape, _ in self._io():
+            self._dev[name] = cuda.DeviceArray(shape=(n,) + tuple(shape), dtype=self._io_dtypes[name])
             if not self._context.set_tensor_address(name, self._dev[name].ptr):
                 raise PlanManifestMismatch(
                     f"{self.path}: set_tensor_address({name!r}) failed: the plan has no such I/O "
@@ -220,36 +239,34 @@ class TensorRTRunner(Runner):
 
     def _set_batch(self, b: int) -> None:
         if b != self._batch:
-            shapes = [(INPUT_X, (b,) + tuple(self.sample_shape)), (INPUT_T, (b,))]
-            shapes += [(c.name, (b,) + tuple(c.shape)) for c in self.conditions]
-            for name, shape in shapes:
-                if not self._context.set_input_shape(name, shape):
-                    raise EngineMismatch(f"set_input_shape({name!r}, {shape}) failed (batch {b}); "
-                                         f"profile {self.profile.to_dict()}")
+            for name, shape, is_input in self._io():
+                if is_input and not self._context.set_input_shape(name, (b,) + tuple(shape)):
+                    raise EngineMismatch(f"set_input_shape({name!r}, {(b,) + tuple(shape)}) failed "
+                                         f"(batch {b}); profile {self.profile.to_dict()}")
             self._batch = b
 
-    def _infer(self, x_t: np.ndarray, t: np.ndarray, cond=None) -> np.ndarray:
-        cond = cond or {}
-        b = x_t.shape[0]
-        run_b = max(b, self.profile.min)  # pad up to the profile's min
-        x = np.zeros((run_b,) + x_t.shape[1:], np.float32)
-        tt = np.zeros((run_b,), np.int32)
-        x[:b], tt[:b] = x_t, t
-        self._dev[INPUT_X].copy_from(x, self._stream)
-        self._dev[INPUT_T].copy_from(tt, self._stream)
-        for c in self.conditions:  # checked by Runner.__call__: present, [b, *shape], in range
-            # labels in the plan's dtype: int32 in a TensorRT 8.x plan (exact: a label is a small
-            # int, checked in [0, num_classes] before this), else int64; padding rows are 0
-            host = np.zeros((run_b,) + tuple(c.shape), self._dtypes[c.name])
-            host[:b] = cond[c.name]
-            self._dev[c.name].copy_from(host, self._stream)
+    def _execute(self, feeds: Mapping[str, np.ndarray], b: int) -> Dict[str, np.ndarray]:
+        """One call at batch b (<= the profile's max; the caller checked every input): inputs
+        are zero-padded up to the profile's min and copied in the plan's dtype (a class label:
+        int32 in a TensorRT 8.x plan, exact for a label checked to lie in [0, num_classes]);
+        returns every output's first b rows."""
+        run_b = max(b, self.profile.min)  # pad up to the profile's min; padded rows are dropped
+        io = self._io()
+        for name, shape, is_input in io:
+            if is_input:
+                host = np.zeros((run_b,) + tuple(shape), self._io_dtypes[name])
+                host[:b] = feeds[name]
+                self._dev[name].copy_from(host, self._stream)
         self._set_batch(run_b)
         if not self._context.execute_async_v3(self._stream.ptr):
             raise RuntimeError("TensorRT execute_async_v3 failed (see its log above)")
-        out = np.empty_like(x)
-        self._dev[OUTPUT].view(shape=out.shape).copy_to(out, self._stream)
+        outs = {}
+        for name, shape, is_input in io:
+            if not is_input:
+                outs[name] = np.empty((run_b,) + tuple(shape), self._io_dtypes[name])
+                self._dev[name].view(shape=outs[name].shape).copy_to(outs[name], self._stream)
         self._stream.synchronize()
-        return out[:b]
+        return {k: v[:b] for k, v in outs.items()}
 
     def _free(self) -> None:
         """Release everything, each step on its own: one failing call (e.g. after a sticky CUDA
@@ -280,3 +297,77 @@ class TensorRTRunner(Runner):
 
     def _deactivate(self) -> None:
         self._free()
+
+
+class TensorRTRunner(PlanExecution, Runner):
+    """A denoiser's plan: eps = runner(x_t, t, **cond), as every Runner."""
+
+    backend = "tensorrt"
+
+    def __init__(self, path: str, manifest: Dict[str, Any], verify_sha256: bool = True,
+                 allow_host_code: bool = False):
+        Runner.__init__(self, path, manifest)
+        self._init_plan(path, engine_section(manifest), allow_host_code, verify_sha256)
+        # Batches below the profile's min are padded, so every size up to max is accepted.
+        self.min_batch, self.max_batch = 1, self.profile.max
+
+    def _io(self) -> List[Tuple[str, Tuple[int, ...], bool]]:
+        chw = tuple(self.sample_shape)
+        return ([(INPUT_X, chw, True), (INPUT_T, (), True)]
+                + [(c.name, tuple(c.shape), True) for c in self.conditions] + [(OUTPUT, chw, False)])
+
+    def _check_plan_io(self, engine: Any, trt: Any) -> BatchRange:
+        got = check_engine_io(engine, trt, self.sample_shape, self.conditions)
+        self._dtypes = input_dtypes(engine, trt, self.conditions)
+        self._io_dtypes = {INPUT_X: np.dtype(np.float32), INPUT_T: np.dtype(np.int32),
+                           OUTPUT: np.dtype(np.float32), **self._dtypes}
+        return got
+
+    def _infer(self, x_t: np.ndarray, t: np.ndarray, cond=None) -> np.ndarray:
+        # checked by Runner.__call__: x_t, t and every condition present, [b, *shape], in range
+        return self._execute({INPUT_X: x_t, INPUT_T: t, **(cond or {})}, x_t.shape[0])[OUTPUT]
+
+
+class TensorRTEncoder(PlanExecution):
+    """A policy's observation encoder plan (NAME-encoder.plan, built by ``ddpm-export build``
+    beside the denoiser's): the normalized observation history by name -> global_cond
+    [B, D], as the ONNX encoder. spec: the manifest's ``policy.encoder`` (its I/O), plan: its
+    ``policy.encoder.plan`` (the file, its sha256 and its engine section). Batches above the
+    plan's max run in pieces; below its min they are padded."""
+
+    def __init__(self, path: str, spec: Mapping[str, Any], plan: Mapping[str, Any],
+                 verify_sha256: bool = True, allow_host_code: bool = False):
+        self.spec = spec
+        io = encoder_io(spec)
+        self.inputs = [(n, s) for n, s, is_input in io if is_input]
+        self.outputs = [(n, s) for n, s, is_input in io if not is_input]
+        self._init_plan(path, engine_section({"engine": plan.get("engine")}), allow_host_code,
+                        verify_sha256)
+
+    def _io(self) -> List[Tuple[str, Tuple[int, ...], bool]]:
+        return encoder_io(self.spec)
+
+    def _check_plan_io(self, engine: Any, trt: Any) -> BatchRange:
+        got = check_encoder_io(engine, trt, self.spec)
+        self._io_dtypes = {n: np.dtype(np.float32) for n, _, _ in self._io()}
+        return got
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        if not self.is_active:
+            raise RuntimeError(f"encoder plan {self.path} is not active; call encoder.__enter__() first")
+        want = dict(self.inputs)
+        if sorted(feeds) != sorted(want):
+            raise InputError(f"{self.path}: encoder inputs {sorted(feeds)}, expected {sorted(want)}")
+        b = None
+        for name, shape in want.items():
+            v = feeds[name]
+            if v.dtype != np.float32 or v.ndim != len(shape) + 1 or tuple(v.shape[1:]) != shape or (
+                    b is not None and v.shape[0] != b):
+                raise InputError(f"{self.path}: encoder input {name!r} is {v.dtype} {list(v.shape)}, "
+                                 f"expected float32 [{b or 'B'}, {', '.join(map(str, shape))}]")
+            b = v.shape[0]
+        out = self.outputs[0][0]
+        n = self.profile.max
+        parts = [self._execute({k: v[i:i + n] for k, v in feeds.items()}, min(n, b - i))[out]
+                 for i in range(0, b, n)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 click_testing = pytest.importorskip("click.testing", reason="click not installed ('ddpm-export[train]')")
@@ -211,8 +212,10 @@ def _fake_backend(trt_version, calls, fail_parse=False, layers=(), raise_in_buil
 
     def network(path, **kw):
         calls["network"] = (path, kw)
+        calls.setdefault("networks", []).append((path, kw))
 
         def load():
+            calls["building"] = path
             calls["log_file_during_build"] = logger.log_file
             calls["log_handle"] = getattr(logger, "_log_file", None)
             calls["colors_during_build"] = logger.colors
@@ -234,6 +237,7 @@ def _fake_backend(trt_version, calls, fail_parse=False, layers=(), raise_in_buil
 
     def config(**kw):
         calls["config"] = kw
+        calls.setdefault("configs", []).append(kw)
         return "config"
 
 
@@ -244,11 +248,20 @@ def _fake_backend(trt_version, calls, fail_parse=False, layers=(), raise_in_buil
             net_loader()
             if raise_in_build:
                 raise raise_in_build
-            return b"PLAN BYTES"
+            if calls.get("fail_build_of") == calls["building"]:
+                logger.error(f"[E] building {calls['building']}: out of memory")
+                raise _PolyError("Invalid Engine")
+            # the policy's two plans differ (the encoder's name is in its bytes)
+            return b"PLAN BYTES" + (b" " + Path(calls["building"]).name.encode() if "policy" in calls else b"")
         return build
 
     def from_bytes(data, runtime=None):
         calls["deserialized"] = data
+        if "x_t" not in prof:  # a policy's observation encoder: its inputs, and global_cond of size D
+            io = {n: ("in", "FLOAT", (-1,) + tuple(mn[1:])) for n, (mn, _, _) in prof.items()}
+            io["global_cond"] = ("out", "FLOAT", (-1, calls["policy"]["cond_dim"]))
+            first = next(iter(prof))
+            return lambda: FakeEngine(io, prof[first])
         chw = tuple(prof["x_t"][0][1:])  # the image shape and profile the build set
         io = {"x_t": ("in", "FLOAT", (-1,) + chw), "t": ("in", "i32", (-1,))}
         # every other input the profile names is a condition input of the built network: its
@@ -261,6 +274,7 @@ def _fake_backend(trt_version, calls, fail_parse=False, layers=(), raise_in_buil
 
     def save(obj, path):
         calls["save"] = (obj, path)
+        calls.setdefault("saves", []).append(obj)
         return lambda: Path(path).write_bytes(obj)
 
     def make_profile(dct=None):
@@ -271,6 +285,7 @@ def _fake_backend(trt_version, calls, fail_parse=False, layers=(), raise_in_buil
         def add(name, min, opt, max):
             check_call(real.Profile.add, (p, name), dict(min=min, opt=opt, max=max))
             prof[name] = (min, opt, max)
+            calls.setdefault("all_profiles", {})[name] = (min, opt, max)
             return orig(name, min=min, opt=opt, max=max)
         p.add = add
         return p
@@ -836,3 +851,137 @@ def test_fp32_island_rule_takes_the_class_embedding_of_the_shipped_conditional_e
     top = {n.name for n in graph.node if n.op_type == "Cast" and B._scope(n.name) == "/model"}
     assert top == {"/model/Cast", "/model/Cast_1"}
     assert scopes == _fp16_cast_scopes(fp16) - {"/model"}
+
+
+# --- policies (issue 26 item 5): the denoiser and its observation encoder, one manifest ---------
+# Control flow on the recording fakes above: what we ask Polygraphy for and what we write. No
+# evidence that TensorRT builds or runs either plan (nothing here has run TensorRT).
+POLICY = ROOT / "engines" / "obstacle-policy.onnx"
+
+
+def _policy_copy(tmp_path):
+    """The shipped obstacle policy (denoiser, encoder, NAME.json) in tmp_path."""
+    for src in (POLICY, POLICY.with_name("obstacle-policy-encoder.onnx"), POLICY.with_suffix(".json")):
+        shutil.copy(src, tmp_path / src.name)
+    return tmp_path / POLICY.name
+
+
+def test_build_of_a_policy_builds_both_plans_and_ties_them_in_the_manifest(tmp_path, fake):
+    """TensorRT 8.6 --fp16 from the float32 export: the denoiser with the builder flag (its step
+    embedding pinned to FP32, as the FP16 export keeps it), the state-only encoder in float32
+    (a concatenation: FP16 would gain nothing), both with the one batch profile."""
+    onnx_path = _policy_copy(tmp_path)
+    calls = fake("8.6.1.6", layers=_layers_of(POLICY))
+    calls["policy"] = {"cond_dim": 14}
+    m = B.build_engine(B.BuildConfig(onnx=str(onnx_path), fp16=True, max_batch=16, opt_batch=4),
+                       command="ddpm-export build --fp16", log=lambda s: None)
+    plan, enc_plan = tmp_path / "obstacle-policy.plan", tmp_path / "obstacle-policy-encoder.plan"
+    assert [p for p, _ in calls["networks"]] == [str(onnx_path), str(tmp_path / "obstacle-policy-encoder.onnx")]
+    assert calls["configs"][0]["fp16"] is True and "fp16" not in calls["configs"][1]
+    # both built before either is written
+    assert calls["called"][-4:] == ["EngineBytesFromNetwork", "EngineFromBytes", "SaveBytes", "SaveBytes"]
+    assert calls["saves"] == [plan.read_bytes(), enc_plan.read_bytes()] and plan.read_bytes() != enc_plan.read_bytes()
+    prof = calls["all_profiles"]
+    assert prof["x_t"] == ((1, 16, 2), (4, 16, 2), (16, 16, 2)) and prof["global_cond"][2] == (16, 14)
+    assert prof["observation.state"] == ((1, 2, 2), (4, 2, 2), (16, 2, 2))
+    assert prof["observation.environment_state"] == ((1, 2, 5), (4, 2, 5), (16, 2, 5))
+    # the step embedding (sinusoid, its MLP's Gemms) is pinned like the U-Net's GroupNorms
+    pinned = {ly.name for ly in calls["layers"] if ly.precision == "FLOAT"}
+    step = {n for n in pinned if "/diffusion_step_encoder/" in n}
+    assert any(n.endswith("/Sin") for n in step) and sum(n.endswith("/Gemm") for n in step) == 2
+
+    man = contract.read_manifest(plan)  # the validated plan manifest (shared with the ONNX)
+    assert contract.policy_of(man) is not None
+    tie = man["policy"]["encoder"]["plan"]
+    assert tie["file"] == enc_plan.name and tie["sha256"] == hashlib.sha256(enc_plan.read_bytes()).hexdigest()
+    e = rt.engine_section({"engine": tie["engine"]})  # what the encoder's runner checks
+    assert (e["precision"], e["precision_mode"], e["profiles"]) == ("fp32", "fp32", [{"min": 1, "opt": 4, "max": 16}])
+    assert e["onnx"] == "obstacle-policy-encoder.onnx" and "state-only" in tie["fp16_note"]
+    assert man["engine"]["precision"] == "fp16" and man["engine"]["plan_sha256"] == hashlib.sha256(
+        plan.read_bytes()).hexdigest()
+    assert man["policy"]["encoder"]["file"] == "obstacle-policy-encoder.onnx"  # the ONNX fallback's
+
+
+def test_the_onnx_policy_still_loads_after_its_plans_were_built(tmp_path, fake):
+    """The plan shares NAME.json with the ONNX export: the ONNX policy (the Jetson app's
+    fallback) still loads from it and gives the shipped policy's chunk."""
+    import runtime
+
+    onnx_path = _policy_copy(tmp_path)
+    fake("10.3.0.30")["policy"] = {"cond_dim": 14}
+    B.build_engine(B.BuildConfig(onnx=str(onnx_path)), log=lambda s: None)
+    hist = {"observation.state": np.full((1, 2, 2), 0.1, np.float32),
+            "observation.environment_state": np.full((1, 2, 5), 0.3, np.float32)}
+    want = runtime.load_policy(POLICY, method="ddim", steps=2, threads=1).predict_chunk(hist, seed=1)
+    got = runtime.load_policy(onnx_path, method="ddim", steps=2, threads=1).predict_chunk(hist, seed=1)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_policy_build_refusals_write_nothing(tmp_path, fake):
+    onnx_path = _policy_copy(tmp_path)
+    calls = fake("10.3.0.30")
+    calls["policy"] = {"cond_dim": 14}
+    enc = tmp_path / "obstacle-policy-encoder.onnx"
+    before = contract.sidecar_path(onnx_path).read_text()
+
+    def nothing_written():
+        assert not list(tmp_path.glob("*.plan")) and contract.sidecar_path(onnx_path).read_text() == before
+
+    data = enc.read_bytes()
+    enc.write_bytes(data + b"\0")
+    with pytest.raises(B.BuildError, match="different exports; re-export both"):
+        B.build_engine(B.BuildConfig(onnx=str(onnx_path)), log=lambda s: None)
+    enc.unlink()
+    with pytest.raises(B.BuildError, match="observation encoder .* is missing"):
+        B.build_engine(B.BuildConfig(onnx=str(onnx_path)), log=lambda s: None)
+    assert "networks" not in calls  # refused before anything was built
+    nothing_written()
+    enc.write_bytes(data)
+    calls["fail_build_of"] = str(enc)  # the encoder's build fails after the denoiser's was built
+    with pytest.raises(B.BuildError, match="out of memory"):
+        B.build_engine(B.BuildConfig(onnx=str(onnx_path)), log=lambda s: None)
+    nothing_written()
+    del calls["fail_build_of"]
+    (tmp_path / "obstacle-policy-encoder.plan").write_bytes(b"an older plan")
+    with pytest.raises(B.BuildError, match=r"obstacle-policy-encoder.plan exists .*--force"):
+        B.build_engine(B.BuildConfig(onnx=str(onnx_path)), log=lambda s: None)
+    B.build_engine(B.BuildConfig(onnx=str(onnx_path), force=True), log=lambda s: None)
+    assert (tmp_path / "obstacle-policy-encoder.plan").read_bytes() != b"an older plan"
+
+
+def test_policy_build_on_tensorrt_11_refuses_the_float32_denoiser_with_fp16(tmp_path, fake):
+    """TensorRT 11 has no FP16 flag: the float32 denoiser is refused as any float32 export is;
+    the state-only encoder builds in float32 there too (a strongly typed float32 graph)."""
+    onnx_path = _policy_copy(tmp_path)
+    fake("11.1.0.1")["policy"] = {"cond_dim": 14}
+    with pytest.raises(B.BuildError, match="no FP16 builder flag"):
+        B.build_engine(B.BuildConfig(onnx=str(onnx_path), fp16=True), log=lambda s: None)
+    m = B.build_engine(B.BuildConfig(onnx=str(onnx_path)), log=lambda s: None)
+    assert m["policy"]["encoder"]["plan"]["engine"]["precision_mode"] == "fp32"
+
+
+def test_contract_checks_the_encoder_plan_tie(tmp_path, fake):
+    onnx_path = _policy_copy(tmp_path)
+    fake("10.3.0.30")["policy"] = {"cond_dim": 14}
+    m = B.build_engine(B.BuildConfig(onnx=str(onnx_path)), log=lambda s: None)
+    import copy
+
+    for edit, field in ((lambda t: t.update(file="../x.plan"), "policy.encoder.plan.file"),
+                        (lambda t: t.update(sha256="0" * 64), "policy.encoder.plan.engine"),
+                        (lambda t: t.update(sha256="x"), "policy.encoder.plan.sha256")):
+        bad = copy.deepcopy(m)
+        edit(bad["policy"]["encoder"]["plan"])
+        with pytest.raises(contract.ManifestError, match=field.replace(".", r"\.") + ".*ddpm-export build"):
+            contract.validate_manifest(bad)
+
+
+def test_cli_builds_a_policy_given_as_an_argument(tmp_path, fake):
+    """'ddpm-export build --fp16 engines/NAME.onnx' (the export as an argument, like --onnx)."""
+    onnx_path = _policy_copy(tmp_path)
+    fake("10.3.0.30", layers=_layers_of(POLICY))["policy"] = {"cond_dim": 14}
+    r = _invoke("--fp16", str(onnx_path))
+    assert r.exit_code == 0, r.output
+    assert "wrote obstacle-policy.plan + its NAME.json and the policy's encoder obstacle-policy-encoder.plan" in r.output
+    assert (tmp_path / "obstacle-policy-encoder.plan").is_file()
+    r = _invoke("--onnx", str(tmp_path / "other.onnx"), str(onnx_path))
+    assert r.exit_code == 2 and "differ: give one of them" in r.output

@@ -1123,9 +1123,9 @@ def test_the_fake_plan_sees_a_wrong_label_dtype_or_a_missing_condition_copy(tmp_
     want = fake_cond_eps(x, t, cond, kinds)
     with rt.TensorRTRunner(str(plan), m) as r:
         np.testing.assert_allclose(r(x, t, **cond), want, rtol=1e-6, atol=1e-6)
-        monkeypatch.setitem(r._dtypes, "class_labels", np.dtype(np.int64))  # ignores the plan's dtype
+        monkeypatch.setitem(r._io_dtypes, "class_labels", np.dtype(np.int64))  # ignores the plan's dtype
         assert not np.allclose(r(x, t, **cond), want, atol=1e-3)
-        monkeypatch.setitem(r._dtypes, "class_labels", np.dtype(np.int32))
+        monkeypatch.setitem(r._io_dtypes, "class_labels", np.dtype(np.int32))
         arr = r._dev["global_cond"]
         monkeypatch.setattr(arr, "copy_from", lambda host, stream=None: arr)  # the copy forgotten
         fresh = dict(cond, global_cond=cond["global_cond"] + 1.0)
