@@ -381,8 +381,49 @@ def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weight
 @click.option("--schedulers", "schedulers_only", is_flag=True,
               help="Only the scheduler-cost table: each method's step (history included) vs one "
               "--digits-engine call at each --batch (e.g. --batch 1 --batch 64).")
-def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_only):
-    """Benchmark image-steps/s: diffusers eager vs ONNX Runtime vs our runtime loop."""
+@click.option("--policy", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A policy engine NAME.onnx: seconds per action chunk at batch 1, LeRobot's eager "
+              "select_action (same weights, in the LeRobot venv) vs the runtime on ONNX Runtime float32 "
+              "and FP16, at each --samplers entry; encoder and denoiser apart.")
+@click.option("--samplers", default="ddpm:100,ddim:10", show_default=True,
+              help="--policy: METHOD:STEPS,... (ddpm or ddim).")
+@click.option("--chunks", type=click.IntRange(min=1), default=5, show_default=True,
+              help="--policy: timed chunks per cell (median), after one warmup chunk.")
+@click.option("--fp16-engine", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="--policy: the FP16 export. Default: NAME-fp16.onnx beside the engine, else exported "
+              "from the checkpoint into a temporary folder.")
+@click.option("--checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="--policy: the policy's .pt (default: the manifest's source checkpoint beside the engine).")
+@click.option("--lerobot-folder", default=None, type=click.Path(exists=True, file_okay=False),
+              help="--policy: LeRobot's pretrained_model folder of the same policy. Default: rebuilt from "
+              "the checkpoint by LeRobot itself (strict weight load).")
+@click.option("--lerobot-python", default=None,
+              help="--policy: the LeRobot venv's python (default $DDPM_LEROBOT_PYTHON, else "
+              ".venv-lerobot/bin/python; 'none' skips the LeRobot column).")
+def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_only, policy, samplers, chunks,
+          fp16_engine, checkpoint, lerobot_folder, lerobot_python):
+    """Benchmark image-steps/s: diffusers eager vs ONNX Runtime vs our runtime loop.
+
+    With --policy: seconds per action chunk of a policy (LeRobot eager vs the runtime).
+    """
+    if policy:
+        from ddpm_export.evaluation.bench_policy import format_policy_bench, run_policy_bench
+
+        pairs = []
+        for part in samplers.split(","):
+            name, _, n = part.strip().partition(":")
+            if not n.strip().isdigit() or int(n) < 1:
+                raise click.BadParameter(f"{part!r}: expected METHOD:STEPS like ddim:10", param_hint="--samplers")
+            pairs.append((name.strip(), int(n)))
+        res = run_policy_bench(policy, checkpoint=checkpoint, fp16_engine=fp16_engine,
+                               lerobot_folder=lerobot_folder, lerobot_py=lerobot_python, samplers=pairs,
+                               chunks=chunks, threads=threads, log=lambda s: click.echo(s, err=True))
+        if json_out:
+            from runtime.io import write_json
+
+            write_json(json_out, res)
+        click.echo(format_policy_bench(res))
+        return
     if schedulers_only:
         from ddpm_export.evaluation.bench import format_scheduler_costs, scheduler_costs
 
