@@ -175,7 +175,7 @@ def run_policy_bench(engine, checkpoint: Optional[str] = None, fp16_engine: Opti
 
 def format_policy_bench(res: Dict[str, Any]) -> str:
     lr = res["lerobot"]
-    head = (f"{Path(res['engine']).name}: seconds per action chunk at batch 1 (median of {res['chunks']} chunks "
+    head = (f"{Path(res['engine']).name}: milliseconds per action chunk at batch 1 (median of {res['chunks']} chunks "
             f"after a warmup; chunk = encoder + denoiser + normalization), {res['threads']} thread(s); "
             f"onnxruntime {res['onnxruntime']}")
     if lr.get("skipped"):
@@ -189,7 +189,8 @@ def format_policy_bench(res: Dict[str, Any]) -> str:
              "|---|---|---|---|---|---|"]
 
     def cell(c):
-        return "-" if c is None else f"{c['chunk_s']:.4f} ({c['encoder_s']:.4f} + {c['denoiser_s']:.4f})"
+        return "-" if c is None else (f"{1e3 * c['chunk_s']:.1f} ({1e3 * c['encoder_s']:.2f} + "
+                                      f"{1e3 * c['denoiser_s']:.1f})")
 
     for r in res["rows"]:
         a = r.get("lerobot")

@@ -110,7 +110,7 @@ def _chunk_level(policy, ref, spec, batch: int, seeds: Sequence[int], method, st
     for seed in seeds:
         hist = raw_history(spec, batch, rng)
         got = policy.predict_chunk(hist, seed=seed)
-        want = ref.predict_chunk(hist, seed=seed, method=method, steps=steps, **policy.options)
+        want = ref.predict_chunk(hist, seed=seed, method=method, steps=steps)  # its own plan: the checkpoint's
         if got.shape != want["actions"].shape:
             raise ValueError(f"the runtime's chunk {list(got.shape)} is not the reference's "
                              f"{list(want['actions'].shape)}; re-export the policy from this checkpoint")
