@@ -59,12 +59,21 @@ pytestmark = pytest.mark.triton
 
 
 @pytest.fixture(scope="module")
-def server(policy, tmp_path_factory):
+def image_policy(tmp_path_factory):
+    return tiny_policy(tmp_path_factory.mktemp("triton_image_policy"), "image")
+
+
+@pytest.fixture(scope="module")
+def server(policy, image_policy, tmp_path_factory):
+    from triton_helpers import merge_repos
+
     tmp = tmp_path_factory.mktemp("triton_policy_server")
-    write_repository(RepositoryConfig(engine=str(policy), out=str(tmp / "repo"), mode="inprocess",
+    write_repository(RepositoryConfig(engine=str(policy), out=str(tmp / "a"), mode="inprocess",
                                       max_batch=MAX_BATCH))
+    write_repository(RepositoryConfig(engine=str(image_policy), out=str(tmp / "b"), mode="inprocess", name="cam"))
     try:
-        s = LocalTritonServer(tmp / "repo", startup_timeout=180, exit_timeout=5, log_path=tmp / "server.log").start()
+        s = LocalTritonServer(merge_repos(tmp / "repo", tmp / "a", tmp / "b"), startup_timeout=180, exit_timeout=5,
+                              log_path=tmp / "server.log").start()
     except ServerUnavailable as e:
         pytest.skip(f"the tritonserver binary cannot start on this platform: {e}")
     yield s
@@ -120,6 +129,21 @@ def test_the_action_chunk_is_predict_chunks_over_http_and_grpc(server, policy):
     finally:
         for c, _ in clients.values():
             c.close()
+
+
+def test_an_image_policy_takes_its_camera_history(server, image_policy):
+    rng = np.random.default_rng(4)
+    hist = {STATE: rng.uniform(-2, 2, (2, 2, 3)).astype(np.float32),
+            "observation.image": rng.uniform(0, 1, (2, 2, 3, 32, 32)).astype(np.float32)}
+    p = runtime.load_policy(image_policy, method="ddim", steps=3)
+    want = p.predict_chunk(hist, seed=5)
+    p.close()
+    for c, mod in _clients(server).values():
+        try:
+            got = c.infer("cam_policy", _inputs(mod, hist, 5, "ddim", 3)).as_numpy("actions")
+        finally:
+            c.close()
+        np.testing.assert_array_equal(got, want)
 
 
 def _nan():
