@@ -39,6 +39,8 @@ def lerobot_python(explicit: Optional[str] = None) -> Tuple[Optional[str], Optio
     """(python, None) of the LeRobot venv, or (None, why not): explicit, $DDPM_LEROBOT_PYTHON,
     else <repo>/.venv-lerobot/bin/python (make setup-lerobot)."""
     cand = explicit or os.environ.get("DDPM_LEROBOT_PYTHON") or str(REPO / ".venv-lerobot" / "bin" / "python")
+    if not LEROBOT_SCRIPT.is_file():
+        return None, f"{LEROBOT_SCRIPT} is missing (it ships with the repository, not the installed package)"
     if Path(cand).is_file():
         return cand, None
     return None, (f"no LeRobot python at {cand}: run 'make setup-lerobot' or set DDPM_LEROBOT_PYTHON "
