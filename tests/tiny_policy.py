@@ -58,10 +58,10 @@ def write_tiny_lerobot_folder(out, kind: str = "state", seed: int = 0, scheduler
         stats.update({f"{name}.min": lo, f"{name}.max": lo + rng.uniform(0.5, 3, shape).astype(np.float32),
                       f"{name}.mean": rng.uniform(-1, 1, shape).astype(np.float32),
                       f"{name}.std": rng.uniform(0.2, 1.5, shape).astype(np.float32)})
-    for fname, registry, keep in (("policy_preprocessor", "normalizer_processor", lambda k: not k.startswith("action.")),
-                                  ("policy_postprocessor", "unnormalizer_processor", lambda k: k.startswith("action."))):
+    for fname, registry, action in (("policy_preprocessor", "normalizer_processor", False),
+                                    ("policy_postprocessor", "unnormalizer_processor", True)):
         state = f"{fname}_{registry}.safetensors"
-        save_np({k: v for k, v in stats.items() if keep(k)}, str(out / state))
+        save_np({k: v for k, v in stats.items() if k.startswith("action.") == action}, str(out / state))
         (out / f"{fname}.json").write_text(json.dumps({"steps": [{
             "registry_name": registry, "state_file": state,
             "config": {"eps": 1e-8, "norm_map": cfg["normalization_mapping"]}}]}))

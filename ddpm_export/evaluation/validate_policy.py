@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from runtime.contract import (POLICY_COND, conditions_of, policy_of, read_manifest, sample_shape_of,
+from runtime.contract import (conditions_of, policy_of, read_manifest, sample_shape_of,
                               sha256_file)
 from runtime.policy import normalize, unnormalize
 

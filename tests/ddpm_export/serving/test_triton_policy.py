@@ -9,7 +9,8 @@ import pytest
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] (Triton's config schema) is not installed")
 
 import runtime  # noqa: E402
-from ddpm_export.serving.triton_repo import RepositoryConfig, RepositoryError, parse_config, write_repository  # noqa: E402
+from ddpm_export.serving.triton_repo import (RepositoryConfig, RepositoryError, parse_config,  # noqa: E402
+                                             write_repository)
 from tiny_policy import tiny_policy  # noqa: E402
 
 MODEL = "p_policy"
@@ -160,8 +161,8 @@ BAD = [  # (history, other inputs, the message's text); every one INVALID_ARG
     (_history(1), {"seed": (np.array([-1], np.int64), "INT64")}, "input 'seed': -1 is negative"),
     (_history(1), {"method": (np.array([b"euler"], dtype=object), "BYTES")}, "input 'method': 'euler' is unknown"),
     (_history(1), {"steps": (np.array([0], np.int32), "INT32")}, "input 'steps': 0 is out of range"),
-    (_history(1), {"method": (np.array([b"unipc"], dtype=object), "BYTES"), "steps": (np.array([1], np.int32), "INT32")},
-     "inputs method/steps: 1 steps are too few for unipc"),
+    (_history(1), {"method": (np.array([b"unipc"], dtype=object), "BYTES"),
+                   "steps": (np.array([1], np.int32), "INT32")}, "inputs method/steps: 1 steps are too few for unipc"),
     # Triton's own checks against config.pbtxt: an unknown input, a dtype, a shape
     (_history(1), {"observation.velocity": (np.zeros((1, 2, 3), np.float32), "FP32")}, "observation.velocity"),
     ({STATE: _history(1)[STATE].astype(np.float64), ENV: _history(1)[ENV]}, {}, "FP64"),
