@@ -1,7 +1,7 @@
 """LeRobot 0.4.4's own DiffusionPolicy as the reference (run ONLY with the LeRobot venv's python;
 imports nothing from ddpm_export or runtime).
 
-  make  --kind state|image --seed S --out DIR [--scheduler DDPM|DDIM --steps N] [--cameras 1|2]
+  make  --kind state|image --seed S --out DIR [--scheduler DDPM|DDIM --steps N] [--cameras 1|2] [--size pusht]
         a tiny random-init policy (down_dims (16, 32), horizon 8, n_obs_steps 2,
         n_action_steps 4; image kind: 3x32x32 cameras, crop (28, 28), resnet18 with group norm)
         with made-up normalization stats, saved with save_pretrained + its pre/post processors.
@@ -10,6 +10,13 @@ imports nothing from ddpm_export or runtime).
         (observation.state [B, n_obs, S], observation.images [B, n_obs, n_cam, C, H, W],
         observation.environment_state [B, n_obs, E] as the policy has them), x_t [B, horizon, A],
         t int [B]; OUT.npz gets global_cond [B, D] and eps [B, horizon, A] (unet(x_t, t, global_cond)).
+  folder --src IN --out DIR
+        a LeRobot folder rebuilt from a ddpm-export checkpoint's parts (IN: config.json,
+        model.safetensors in LeRobot's names, stats.npz "feature.stat"): LeRobot's own policy,
+        strict weight load, processors from the stats (ddpm_export.evaluation.bench_policy).
+  bench --policy DIR --obs OBS.npz --out OUT.json [--chunks N --scheduler DDPM|DDIM --steps S --threads K]
+        seconds per chunk of select_action (pre/post processors included) at one raw observation
+        OBS.npz (feature name -> [B, *shape]); encoder and denoiser time apart.
   run   --policy DIR --obs EPISODE.npz --noise NOISE.npz --out ACTIONS.npz
         LeRobot's select_action with its pre/post processors over an episode.
         EPISODE.npz: one array per feature name, [T, B, *shape] (raw units; step i is obs[i]).
@@ -30,9 +37,18 @@ import numpy as np
 import torch
 
 
-def _config(kind: str, scheduler: str, steps, cameras: int):
+def _config(kind: str, scheduler: str, steps, cameras: int, size: str = "tiny"):
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+
+    if size == "pusht":  # the PushT shape of issue 26's measurement; LeRobot's defaults otherwise
+        return DiffusionConfig(
+            input_features={"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(2,)),
+                            "observation.image": PolicyFeature(type=FeatureType.VISUAL, shape=(3, 96, 96))},
+            output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(2,))},
+            crop_shape=(84, 84), crop_is_random=False, down_dims=(64, 128, 256), use_group_norm=True,
+            pretrained_backbone_weights=None, noise_scheduler_type=scheduler, num_inference_steps=steps,
+            device="cpu")
 
     inputs = {"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(3,))}
     if kind == "state":
@@ -69,7 +85,7 @@ def cmd_make(a):
     from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
 
     torch.manual_seed(a.seed)
-    cfg = _config(a.kind, a.scheduler, a.steps, a.cameras)
+    cfg = _config(a.kind, a.scheduler, a.steps, a.cameras, a.size)
     policy = DiffusionPolicy(cfg)
     # random init leaves GroupNorm affine at 1/0; perturb every parameter so the test sees them
     with torch.no_grad():
@@ -101,20 +117,26 @@ def cmd_chunk(a):
     np.savez(a.out, global_cond=gc.numpy(), eps=eps.numpy())
 
 
-def cmd_run(a):
-    import diffusers.schedulers.scheduling_ddpm as sd
-    # what lerobot.policies.factory.make_pre_post_processors(cfg, pretrained_path=DIR) does,
-    # without the factory module (it imports gymnasium through lerobot.envs)
+def _processors(d):
+    """(pre, post): what lerobot.policies.factory.make_pre_post_processors(cfg, pretrained_path=DIR)
+    does, without the factory module (it imports gymnasium through lerobot.envs)."""
     from lerobot.processor import PolicyProcessorPipeline
     from lerobot.processor.converters import (batch_to_transition, policy_action_to_transition,
                                               transition_to_batch, transition_to_policy_action)
 
-    p = _load(a.policy)
-    pre = PolicyProcessorPipeline.from_pretrained(a.policy, config_filename="policy_preprocessor.json",
+    pre = PolicyProcessorPipeline.from_pretrained(d, config_filename="policy_preprocessor.json",
                                                   to_transition=batch_to_transition, to_output=transition_to_batch)
-    post = PolicyProcessorPipeline.from_pretrained(a.policy, config_filename="policy_postprocessor.json",
+    post = PolicyProcessorPipeline.from_pretrained(d, config_filename="policy_postprocessor.json",
                                                    to_transition=policy_action_to_transition,
                                                    to_output=transition_to_policy_action)
+    return pre, post
+
+
+def cmd_run(a):
+    import diffusers.schedulers.scheduling_ddpm as sd
+
+    p = _load(a.policy)
+    pre, post = _processors(a.policy)
     obs = dict(np.load(a.obs))
     noise = dict(np.load(a.noise))
     state = {"k": -1, "i": 0}
@@ -152,6 +174,77 @@ def cmd_run(a):
     np.savez(a.out, actions=np.stack(acts), draws=np.array(draws, dtype=np.int64))
 
 
+def cmd_folder(a):
+    """IN (config.json, model.safetensors, stats.npz written from a ddpm-export checkpoint) -> a
+    LeRobot folder: LeRobot's DiffusionPolicy from that config.json, the weights loaded with
+    strict=True, its processors made from the statistics, all saved as training saves them."""
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
+
+    src = Path(a.src)
+    cfg = PreTrainedConfig.from_pretrained(src)
+    cfg.device = "cpu"
+    policy = DiffusionPolicy.from_pretrained(src, config=cfg, strict=True)
+    stats = {}
+    for key, v in np.load(src / "stats.npz").items():  # "feature.stat" -> {feature: {stat: array}}
+        feat, stat = key.rsplit(".", 1)
+        stats.setdefault(feat, {})[stat] = v
+    pre, post = make_diffusion_pre_post_processors(cfg, dataset_stats=stats)
+    out = Path(a.out)
+    policy.save_pretrained(out)
+    pre.save_pretrained(out)
+    post.save_pretrained(out)
+    print(out)
+
+
+def cmd_bench(a):
+    """Seconds per chunk of LeRobot's eager select_action (with its pre/post processors) at one
+    observation: reset() before every call, so every call predicts a chunk; the first is a warmup."""
+    import time
+
+    from lerobot.policies.diffusion.modeling_diffusion import _make_noise_scheduler
+
+    torch.set_num_threads(a.threads)
+    p = _load(a.policy)
+    pre, post = _processors(a.policy)
+    if a.scheduler:
+        c = p.config
+        p.diffusion.noise_scheduler = _make_noise_scheduler(
+            a.scheduler, num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
+            beta_schedule=c.beta_schedule, clip_sample=c.clip_sample, clip_sample_range=c.clip_sample_range,
+            prediction_type=c.prediction_type)
+        p.diffusion.num_inference_steps = a.steps or c.num_train_timesteps
+    spent = {"encoder": 0.0, "denoiser": 0.0}
+
+    def timed(name, fn):
+        def run(*args, **kw):
+            t0 = time.perf_counter()
+            out = fn(*args, **kw)
+            spent[name] += time.perf_counter() - t0
+            return out
+        return run
+
+    p.diffusion._prepare_global_conditioning = timed("encoder", p.diffusion._prepare_global_conditioning)
+    p.diffusion.conditional_sample = timed("denoiser", p.diffusion.conditional_sample)
+    obs = {k: torch.from_numpy(v) for k, v in np.load(a.obs).items()}
+    rows = []
+    with torch.no_grad():
+        for _ in range(a.chunks + 1):
+            p.reset()
+            spent.update(encoder=0.0, denoiser=0.0)
+            t0 = time.perf_counter()
+            post(p.select_action(pre(dict(obs))))
+            rows.append({"chunk_s": time.perf_counter() - t0, "encoder_s": spent["encoder"],
+                         "denoiser_s": spent["denoiser"]})
+    import lerobot
+
+    Path(a.out).write_text(json.dumps({
+        "rows": rows[1:], "warmup": rows[0], "scheduler": type(p.diffusion.noise_scheduler).__name__,
+        "steps": int(p.diffusion.num_inference_steps), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "lerobot": getattr(lerobot, "__version__", "?")}))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -162,6 +255,8 @@ def main(argv=None):
     m.add_argument("--scheduler", choices=("DDPM", "DDIM"), default="DDPM")
     m.add_argument("--steps", type=int, default=None)
     m.add_argument("--cameras", type=int, default=1)
+    m.add_argument("--size", choices=("tiny", "pusht"), default="tiny",
+                   help="pusht (image kind only): one 96x96 camera, crop 84, a 2-d state, down_dims (64, 128, 256)")
     c = sub.add_parser("chunk")
     c.add_argument("--policy", required=True)
     c.add_argument("--inputs", required=True)
@@ -171,8 +266,19 @@ def main(argv=None):
     r.add_argument("--obs", required=True)
     r.add_argument("--noise", required=True)
     r.add_argument("--out", required=True)
+    f = sub.add_parser("folder")
+    f.add_argument("--src", required=True)
+    f.add_argument("--out", required=True)
+    bn = sub.add_parser("bench")
+    bn.add_argument("--policy", required=True)
+    bn.add_argument("--obs", required=True)
+    bn.add_argument("--out", required=True)
+    bn.add_argument("--chunks", type=int, default=5)
+    bn.add_argument("--scheduler", choices=("DDPM", "DDIM"), default=None)
+    bn.add_argument("--steps", type=int, default=None)
+    bn.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
-    {"make": cmd_make, "chunk": cmd_chunk, "run": cmd_run}[a.cmd](a)
+    {"make": cmd_make, "chunk": cmd_chunk, "run": cmd_run, "folder": cmd_folder, "bench": cmd_bench}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from runtime.contract import DEFAULT_BATCH_RANGE
 
 TC = "ddpm_export.training.train:TrainConfig."  # where the train options' defaults live
 TH = "ddpm_export.evaluation.validate:Thresholds."  # and validate's thresholds
+PTH = "ddpm_export.evaluation.validate_policy:PolicyThresholds."  # and a policy's
 
 
 def _per_preset(field: str) -> str:
@@ -380,8 +381,49 @@ def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weight
 @click.option("--schedulers", "schedulers_only", is_flag=True,
               help="Only the scheduler-cost table: each method's step (history included) vs one "
               "--digits-engine call at each --batch (e.g. --batch 1 --batch 64).")
-def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_only):
-    """Benchmark image-steps/s: diffusers eager vs ONNX Runtime vs our runtime loop."""
+@click.option("--policy", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A policy engine NAME.onnx: seconds per action chunk at batch 1, LeRobot's eager "
+              "select_action (same weights, in the LeRobot venv) vs the runtime on ONNX Runtime float32 "
+              "and FP16, at each --samplers entry; encoder and denoiser apart.")
+@click.option("--samplers", default="ddpm:100,ddim:10", show_default=True,
+              help="--policy: METHOD:STEPS,... (ddpm or ddim).")
+@click.option("--chunks", type=click.IntRange(min=1), default=5, show_default=True,
+              help="--policy: timed chunks per cell (median), after one warmup chunk.")
+@click.option("--fp16-engine", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="--policy: the FP16 export. Default: NAME-fp16.onnx beside the engine, else exported "
+              "from the checkpoint into a temporary folder.")
+@click.option("--checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="--policy: the policy's .pt (default: the manifest's source checkpoint beside the engine).")
+@click.option("--lerobot-folder", default=None, type=click.Path(exists=True, file_okay=False),
+              help="--policy: LeRobot's pretrained_model folder of the same policy. Default: rebuilt from "
+              "the checkpoint by LeRobot itself (strict weight load).")
+@click.option("--lerobot-python", default=None,
+              help="--policy: the LeRobot venv's python (default $DDPM_LEROBOT_PYTHON, else "
+              ".venv-lerobot/bin/python; 'none' skips the LeRobot column).")
+def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_only, policy, samplers, chunks,
+          fp16_engine, checkpoint, lerobot_folder, lerobot_python):
+    """Benchmark image-steps/s: diffusers eager vs ONNX Runtime vs our runtime loop.
+
+    With --policy: seconds per action chunk of a policy (LeRobot eager vs the runtime).
+    """
+    if policy:
+        from ddpm_export.evaluation.bench_policy import format_policy_bench, run_policy_bench
+
+        pairs = []
+        for part in samplers.split(","):
+            name, _, n = part.strip().partition(":")
+            if not n.strip().isdigit() or int(n) < 1:
+                raise click.BadParameter(f"{part!r}: expected METHOD:STEPS like ddim:10", param_hint="--samplers")
+            pairs.append((name.strip(), int(n)))
+        res = run_policy_bench(policy, checkpoint=checkpoint, fp16_engine=fp16_engine,
+                               lerobot_folder=lerobot_folder, lerobot_py=lerobot_python, samplers=pairs,
+                               chunks=chunks, threads=threads, log=lambda s: click.echo(s, err=True))
+        if json_out:
+            from runtime.io import write_json
+
+            write_json(json_out, res)
+        click.echo(format_policy_bench(res))
+        return
     if schedulers_only:
         from ddpm_export.evaluation.bench import format_scheduler_costs, scheduler_costs
 
@@ -405,10 +447,12 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_
 
 
 @main.command()
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
-              help="The PyTorch reference: the checkpoint the engines were exported from.")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="The PyTorch reference: the checkpoint the engines were exported from. Required for "
+              "image engines; a policy engine's default is its manifest's source checkpoint (beside it).")
 @click.option("--engine", "engines", required=True, multiple=True, type=click.Path(dir_okay=False),
-              help="NAME.onnx or NAME.plan to check (repeatable).")
+              help="NAME.onnx or NAME.plan to check (repeatable); or a policy's NAME.onnx (its encoder "
+              "NAME-encoder.onnx beside it).")
 @click.option("--report", default=None, help="Folder for report.json, report.md and the plots "
               "(eps_error.png, drift.png, progressive.png, samples.png, likelihood.png).")
 @click.option("--t-stride", type=click.IntRange(min=1), default=50, show_default=True, help="One-step check every N timesteps (plus T-1).")
@@ -466,12 +510,19 @@ def bench(steps, repeats, threads, batches, digits_engine, json_out, schedulers_
               "Default: the checkpoint's sampling section (a distilled student's), else ddpm.")
 @click.option("--steps", "method_steps", type=click.IntRange(min=1), default=None,
               help="Steps of --method (default: the method's).")
+@library_option("--chunk-atol-fp32", type=float, default_from=PTH + "chunk_fp32",
+                help="A policy engine: max abs difference of the whole action chunk (normalized actions) "
+                "from the PyTorch policy, float32 denoiser.")
+@library_option("--chunk-atol-fp16", type=float, default_from=PTH + "chunk_fp16",
+                help="The same for an FP16 denoiser.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @allow_host_code_option
-def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, samples, reference_samples,
+@click.pass_context
+def validate(ctx, checkpoint, engines, report, t_stride, batches, trajectory_images, samples, reference_samples,
              inception_weights, onnx_reference, eps_atol_fp32, eps_atol_fp16, final_atol_fp32, fd_excess,
              confident_ratio, label_accuracy_ratio, labels, guidance, likelihood_images, likelihood_t_samples,
-             nll_atol, seed, force, method, method_steps, no_progress, allow_host_code):
+             nll_atol, seed, force, method, method_steps, chunk_atol_fp32, chunk_atol_fp16, no_progress,
+             allow_host_code):
     """Compare engines with the PyTorch reference on four levels.
 
     \b
@@ -491,8 +542,25 @@ def validate(checkpoint, engines, report, t_stride, batches, trajectory_images, 
     A conditional engine is checked at fixed conditions on both sides (--label,
     every label cycled by default; --guidance, the manifest's by default); a
     class-conditional digits engine also gets per-class label accuracy.
+
+    \b
+    A policy engine (NAME.onnx of an exported LeRobot policy) is checked on three
+    levels instead: its encoder vs the PyTorch encoder, its denoiser vs the PyTorch
+    U-Net, and the whole action chunk (runtime.load_policy(...).predict_chunk) vs the
+    PyTorch policy from the same observations and noise (--method/--steps: its sampler).
     """
     from pathlib import Path
+
+    from ddpm_export.evaluation.validate_policy import is_policy_engine
+
+    if any(is_policy_engine(e) for e in engines):
+        from ddpm_export.cli.validate_policy import run_policy_validate
+
+        run_policy_validate(ctx, checkpoint, engines, report, eps_atol_fp32, eps_atol_fp16, chunk_atol_fp32,
+                            chunk_atol_fp16)
+        return
+    if checkpoint is None:
+        raise click.UsageError("--checkpoint is required for image engines (the checkpoint they were exported from)")
 
     from ddpm_export.evaluation.validate import Thresholds, format_report, validate as run_validate
 

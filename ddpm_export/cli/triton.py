@@ -48,6 +48,11 @@ def triton_command(engine, out, name, max_batch, instances, sampler_instances, m
     ddpm | ddim | dpmsolver++ | sde-dpmsolver++ | unipc), steps (INT32), eta (FP32,
     ddim only); the response 'images' is uint8
     [num, H, W, C], the same images as runtime.load(engine).sample(num, seed, ...).
+    A policy engine (NAME.onnx of an exported LeRobot policy, --mode inprocess) gives
+    one model NAME_policy: a request sends the observation history (each observation
+    by its manifest name, FP32 [B, n_obs_steps, ...], raw units) and optionally seed,
+    method, steps; the response 'actions' FP32 [B, n_action_steps, action_dim] is
+    runtime.load_policy(engine).predict_chunk(history, seed).
     A conditional engine's sampler also takes each condition input by its name
     (class labels INT64 [num] or [1]; a vector FP32 [num, ...]) and guidance
     (FP32, default the manifest's); an array engine answers 'samples' FP32.
@@ -60,8 +65,14 @@ def triton_command(engine, out, name, max_batch, instances, sampler_instances, m
         sampler_instances=sampler_instances, mode=mode,
         unet_backend=unet_backend, max_memory_mb=max_memory_mb, force=force,
         allow_host_code=allow_host_code))
-    click.echo(f"wrote {summary['out']}: models {', '.join(summary['models'])} ({mode} mode); "
-               f"max batch {summary['max_batch']}, max num per request {summary['max_num']}")
+    pol = summary.get("policy")
+    click.echo(f"wrote {summary['out']}: models {', '.join(summary['models'])} ({summary['mode']} mode); "
+               f"max batch {summary['max_batch']}" + ("" if pol else f", max num per request {summary['max_num']}"))
+    if pol:
+        obs = ", ".join(f"{k} FP32 [B, {pol['n_obs_steps']}{''.join(', ' + str(d) for d in v)}]"
+                        for k, v in pol["observations"].items())
+        click.echo(f"policy: a request sends {obs} (raw units), optionally seed (INT64), method (BYTES), "
+                   f"steps (INT32); the response is actions FP32 [B, {', '.join(map(str, pol['actions']))}]")
     if summary["conditions"]:
         click.echo(f"conditional: requests to the sampler also send {', '.join(summary['conditions'])} "
                    f"(one row per image, or one for all) and optionally guidance (FP32)")

@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from runtime.contract import (INPUT_T, INPUT_X, OUTPUT, conditions_of, read_manifest, sample_kind_of,
-                              sample_shape_of)
+from runtime.contract import (INPUT_T, INPUT_X, OUTPUT, POLICY_KEY, conditions_of, policy_of, read_manifest,
+                              sample_kind_of, sample_shape_of)
 
 MODES = ("bls", "inprocess")
 UNET_BACKENDS = ("native", "python")
 SAMPLER_SUFFIX = "_sampler"
+POLICY_SUFFIX = "_policy"
 # what Triton's TensorRT backend needs to load a version-compatible plan (its README, "Command-line Options")
 TRITON_VERSION_COMPATIBLE = "--backend-config=tensorrt,version-compatible=true"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -278,6 +279,8 @@ def write_repository(cfg: RepositoryConfig) -> Dict[str, Any]:
     out = Path(cfg.out)
     if out.exists() and not cfg.force:
         raise RepositoryError(f"{out} exists; pass --force to replace it, or another --out")
+    if POLICY_KEY in manifest:
+        return _write_policy_repository(cfg, engine, manifest, name + POLICY_SUFFIX, max_batch, out)
     with built_dir(out, prefix=f".{out.name}.") as tmp:
         models: List[str] = []
         if cfg.mode == "bls":
@@ -316,4 +319,60 @@ def write_repository(cfg: RepositoryConfig) -> Dict[str, Any]:
             "server_args": server_args,
             "max_num": n_max, "image_shape": manifest["image_shape"],
             "sample_shape": list(sample_shape_of(manifest)), "conditions": [c.name for c in conditions_of(manifest)],
+            "num_timesteps": int(manifest["schedule"]["num_timesteps"])}
+
+
+def policy_config(name: str, manifest: Mapping[str, Any], max_batch: int, instances: int,
+                  engine_file: str) -> Dict[str, Any]:
+    """The policy model's config: every observation FP32 [-1, n_obs_steps, *shape] (optional to
+    Triton, so that the model names a missing one in its own message), seed INT64, method BYTES,
+    steps INT32 (optional); out actions FP32 [-1, n_action_steps, action_dim]."""
+    spec = policy_of(manifest)
+    one = [1]
+    return {
+        "name": name,
+        "backend": "python",
+        "maxBatchSize": 0,  # one request = one history [B, ...]; B is checked by the model
+        "input": [{"name": f.name, "dataType": "TYPE_FP32", "dims": [-1, spec.n_obs_steps, *f.shape],
+                   "optional": True} for f in spec.observations] + [
+            {"name": "seed", "dataType": "TYPE_INT64", "dims": one, "optional": True},
+            {"name": "method", "dataType": "TYPE_STRING", "dims": one, "optional": True},
+            {"name": "steps", "dataType": "TYPE_INT32", "dims": one, "optional": True}],
+        "output": [{"name": "actions", "dataType": "TYPE_FP32",
+                    "dims": [-1, spec.n_action_steps, *spec.action.shape]}],
+        "instanceGroup": [{"count": instances, "kind": "KIND_CPU"}],
+        "parameters": {"engine_file": {"stringValue": engine_file}, "max_batch": {"stringValue": str(max_batch)}},
+    }
+
+
+def _write_policy_repository(cfg: RepositoryConfig, engine: Path, manifest: Mapping[str, Any], name: str,
+                             max_batch: int, out: Path) -> Dict[str, Any]:
+    """REPO/NAME_policy: templates/policy_model.py running runtime.load_policy on the two engines
+    (NAME.onnx as model.onnx + model.json, the encoder under its manifest name) in the server."""
+    if engine.suffix != ".onnx":
+        raise RepositoryError(f"{engine}: a policy is served from its ONNX engines (NAME.onnx + "
+                              f"NAME-encoder.onnx); its TensorRT path is not written yet")
+    if cfg.mode != "inprocess":
+        raise RepositoryError(f"--mode {cfg.mode}: a policy is served in inprocess mode (its encoder and "
+                              f"sampling loop run in one Python model); pass --mode inprocess")
+    enc = engine.with_name(manifest[POLICY_KEY]["encoder"]["file"])
+    if not enc.is_file():
+        raise RepositoryError(f"{enc}: the policy's observation encoder is missing; it is written beside "
+                              f"{engine.name} by 'ddpm-export export'")
+    with built_dir(out, prefix=f".{out.name}.") as tmp:
+        d = tmp / name / "1"
+        d.mkdir(parents=True)
+        shutil.copyfile(TEMPLATES / "policy_model.py", d / "model.py")
+        shutil.copyfile(TEMPLATES / "sampler_model.py", d / "sampler_model.py")  # its request helpers
+        _copy_runtime(d)
+        engine_file = _copy_engine(engine, d)
+        shutil.copyfile(enc, d / enc.name)
+        (tmp / name / "config.pbtxt").write_text(config_text(policy_config(
+            name, manifest, max_batch, cfg.instances, engine_file)))
+    spec = policy_of(manifest)
+    return {"out": str(out), "models": [name], "mode": "inprocess", "max_batch": max_batch, "server_args": [],
+            "max_num": max_batch, "image_shape": manifest["image_shape"],
+            "sample_shape": list(sample_shape_of(manifest)), "conditions": [],
+            "policy": {"observations": {f.name: list(f.shape) for f in spec.observations},
+                       "n_obs_steps": spec.n_obs_steps, "actions": [spec.n_action_steps, *spec.action.shape]},
             "num_timesteps": int(manifest["schedule"]["num_timesteps"])}
