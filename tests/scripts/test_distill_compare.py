@@ -15,8 +15,8 @@ def test_distill_compare_prints_the_spread_check_and_plots_the_student(tmp_path)
                        timeout=120)
     assert r.returncode == 0, r.stderr
     # the README's claim about the shipped 4-call student, read from the stored rows
-    assert "consistency-4: Frechet 2.99 yes, confident 0.918 yes" in r.stdout
-    assert "consistency-1: Frechet 3.63 yes, confident 0.807 no" in r.stdout
+    assert "consistency-4: Frechet (mlp) 2.99 yes, confident 0.918 yes" in r.stdout
+    assert "consistency-1: Frechet (mlp) 3.63 yes, confident 0.807 no" in r.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
