@@ -108,6 +108,10 @@ def main() -> None:
     p.add_argument("--cache", default="runs/heldout-samples")
     p.add_argument("--json", default=None)
     p.add_argument("--sample-only", action="store_true", help="only draw (and cache) the sets, score nothing")
+    p.add_argument("--mse", action="append", default=[], metavar="A:B",
+                   help="also print the per-pixel mean squared difference of rows A and B, image by image "
+                   "(the same x_T) on each seed both have: e.g. a 1-call student against the teacher "
+                   "trajectory ends it regresses (at the distill --data-seed, 1000, its own training x_T)")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     runs = [parse_run(s) for s in a.run]
@@ -122,6 +126,13 @@ def main() -> None:
             sets[(r["name"], seed)] = images
         for s in ([] if "npz" in r else r["seeds"] or seeds):
             sets[(r["name"], s)] = sample_set(r, s, a.samples, Path(a.cache))
+    mse = {}
+    for pair in a.mse:
+        x, _, y = pair.partition(":")
+        mse[pair] = {str(sd): float(np.mean((sets[(x, sd)] - sets[(y, sd)]) ** 2))
+                     for (n, sd) in sets if n == x and (y, sd) in sets}
+        print(f"mean squared difference {x} vs {y}, per seed: "
+              + ", ".join(f"{k}: {v:.5f}" for k, v in mse[pair].items()))
     if a.sample_only:
         return
     spaces = {k: train() for k, train in FEATURE_SPACES.items()}
@@ -143,7 +154,7 @@ def main() -> None:
         rows.append(dict(name=name, steps=first["steps"], sets=[x["seed"] for x in got],
                          **{c: dict(_ms([x[c] for x in got]), per_seed=[x[c] for x in got]) for c in cols}))
     out = {"command": " ".join(["python"] + sys.argv), "seeds": seeds, "num": a.samples,
-           "feature_spaces": floors, "runs": scores, "rows": rows, "references": a.reference}
+           "feature_spaces": floors, "mse": mse, "runs": scores, "rows": rows, "references": a.reference}
     print(f"{a.samples} samples per set, seeds {seeds}; Frechet to held-out real digits, mean +- std over seeds; "
           + "; ".join(f"{k}: floor {v['floor']:.2f} at n={v['n']}, test accuracy {v['classifier_test_accuracy']:.3f}"
                       for k, v in floors.items()))
