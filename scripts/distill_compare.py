@@ -8,7 +8,9 @@ seeds: the student (engines/digits-distilled.onnx) and the teacher (engines/digi
 start image i of seed s from the same x_T (runtime.seeding), so their Frechet distances
 pair seed by seed. Prints the rows (student, UniPC-10, DPM-Solver++-10, DDPM-1000), the
 Frechet differences to DDPM-1000 at the same seed, and whether each student row lies
-within DDPM-1000's seed spread (mean + std for Frechet, mean - std for the confident share).
+within DDPM-1000's seed spread (mean + std for Frechet, mean - std for the confident share),
+in both digits feature spaces (mlp and conv; the conv columns only when both files have them:
+steps-table results written before the conv space have none).
 ``--plot``: steps-table's frontier plot of every teacher method with the student as one more line.
 """
 from __future__ import annotations
@@ -39,14 +41,21 @@ def main() -> None:
                   rows=s["rows"] + [r for r in t["rows"] if (r["method"], r["engine_calls"]) in TEACHER_ROWS])
     print(format_steps_table(merged))
     print()
-    print(format_paired(paired_differences(merged, ("ddpm", 1000)), ("ddpm", 1000)))
     ref = next(r for r in t["rows"] if (r["method"], r["engine_calls"]) == ("ddpm", 1000))
-    fd_top, conf_low = ref["frechet_mean"] + ref["frechet_std"], ref["confident_mean"] - ref["confident_std"]
-    print(f"\nwithin DDPM-1000's seed spread (Frechet <= {fd_top:.2f}, confident share >= {conf_low:.3f}):")
+    spaces = [("mlp", "frechet_to_real", "frechet")]
+    if ref.get("frechet_conv_mean") is not None and all(r.get("frechet_conv_mean") is not None for r in s["rows"]):
+        spaces.append(("conv", "frechet_conv", "frechet_conv"))
+    for space, key, _ in spaces:
+        print(format_paired(paired_differences(merged, ("ddpm", 1000), key=key), ("ddpm", 1000), space=space))
+    tops = {space: ref[f"{col}_mean"] + ref[f"{col}_std"] for space, _, col in spaces}
+    conf_low = ref["confident_mean"] - ref["confident_std"]
+    print("\nwithin DDPM-1000's seed spread (" + ", ".join(f"Frechet ({k}) <= {v:.2f}" for k, v in tops.items())
+          + f", confident share >= {conf_low:.3f}):")
     for r in s["rows"]:
-        fd_ok, c_ok = r["frechet_mean"] <= fd_top, r["confident_mean"] >= conf_low
-        print(f"  {r['method']}-{r['engine_calls']}: Frechet {r['frechet_mean']:.2f} {'yes' if fd_ok else 'no'}, "
-              f"confident {r['confident_mean']:.3f} {'yes' if c_ok else 'no'}")
+        cells = [f"Frechet ({space}) {r[f'{col}_mean']:.2f} {'yes' if r[f'{col}_mean'] <= tops[space] else 'no'}"
+                 for space, _, col in spaces]
+        print(f"  {r['method']}-{r['engine_calls']}: " + ", ".join(cells)
+              + f", confident {r['confident_mean']:.3f} {'yes' if r['confident_mean'] >= conf_low else 'no'}")
     if a.plot:
         from ddpm_export.evaluation.plots import plot_frontier
 

@@ -2,8 +2,9 @@
 
 For each method, engine-call count and seed the engine draws the same number of
 samples with the NumPy runtime; quality is the digits Frechet distance to held-out
-real digits (next to the real-vs-real floor at the same count) and the classifier's
-confident-label share. Rows aggregate the seeds: mean and sample standard deviation
+real digits (next to the real-vs-real floor at the same count) in two independent
+feature spaces (``frechet_to_real``: the MLP classifier's, ``frechet_conv``: the conv
+net's, see ddpm_export.evaluation.digits) and the MLP classifier's confident-label share. Rows aggregate the seeds: mean and sample standard deviation
 (the seed-to-seed spread). Every method here makes one engine call per step, so
 "steps" and "engine calls" are the same number. Digits engines only (the feature
 extractor is the digits classifier); other models: sample with ``sample-many`` and use ``fid``.
@@ -53,8 +54,7 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
     import runtime
     from runtime.schedulers import METHODS, make_scheduler, resolve_options
 
-    from ddpm_export.evaluation.digits import (DIGITS_SHAPE, FLOOR, digits_distribution,
-                                               train_digits_classifier)
+    from ddpm_export.evaluation.digits import DIGITS_SHAPE, train_digits_classifier
 
     methods = list(METHODS if methods is None else methods)
     options = dict(options or {})
@@ -86,17 +86,17 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
             plan.append(("ddpm", T))
             options.setdefault("ddpm", {})
         clf = train_digits_classifier()
+        score = _Scorer(clf)
         key = lambda r: (r["method"], r["steps"], r["seed"])  # noqa: E731
         runs: Dict[Tuple[str, int, int], Dict[str, Any]] = {key(r): dict(r) for r in done}
         batch = min(num, engine.runner.max_batch)
         if conditioning and conditioning["guidance"] not in (0.0, 1.0) and engine.runner.max_batch >= 2:
             batch = min(num, engine.runner.max_batch // 2)  # both branches in one call at 2 x batch
         backend = engine.runner.backend
-        floor = ref_n = None
 
         def result() -> Dict[str, Any]:
             return {"engine": str(engine_path), "backend": backend, "num": num, "seeds": seeds,
-                    "batch": batch, "real_floor": floor, "real_reference_n": ref_n,
+                    "batch": batch, **score.floors,
                     "options": options, **conditioning, "runs": list(runs.values()),
                     "rows": _rows(plan, seeds, runs)}
 
@@ -108,13 +108,9 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
                                  f"seeds = {num * len(seeds)} for disjoint slices; lower --samples")
             plan.append(("ddpm-reference", T))
             for j, seed in enumerate(seeds):
-                d = digits_distribution(clf, {"samples": ref[j * num:(j + 1) * num]})
-                row = d["sets"]["samples"]
                 runs[("ddpm-reference", T, seed)] = {
                     "method": "ddpm-reference", "steps": T, "seed": seed, "engine_calls": T,
-                    "seconds": None, "slice": [j * num, (j + 1) * num],
-                    "frechet_to_real": row["frechet_to_real"], "confident_share": row["confident_share"],
-                    "class_min_share": row["class_min_share"]}
+                    "seconds": None, "slice": [j * num, (j + 1) * num], **score(ref[j * num:(j + 1) * num])}
         for (m, n, _s) in list(runs):  # rows of earlier calls (resume) stay in the table
             if (m, n) not in plan:
                 plan.append((m, n))
@@ -128,13 +124,9 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
                 ckw = {} if not conditioning else {"cond": cond, "guidance": conditioning["guidance"], "batch": batch}
                 res = engine.sample_float(num, seed=seed, method=method, steps=n, progress=progress,
                                           **options.get(method, {}), **ckw)
-                d = digits_distribution(clf, {"samples": res.images})
-                row = d["sets"]["samples"]
-                floor, ref_n = d["sets"][FLOOR]["frechet_to_real"], d["real_reference_n"]
-                runs[(method, n, seed)] = {
+                row = runs[(method, n, seed)] = {
                     "method": method, "steps": n, "seed": seed, "engine_calls": n,
-                    "seconds": res.seconds, "frechet_to_real": row["frechet_to_real"],
-                    "confident_share": row["confident_share"], "class_min_share": row["class_min_share"]}
+                    "seconds": res.seconds, **score(res.images)}
                 if conditioning:
                     run = runs[(method, n, seed)]
                     run.update(conditioning)
@@ -144,14 +136,37 @@ def steps_table(engine_path: str, num: int = 450, steps: Sequence[int] = DEFAULT
 
                         run["label_accuracy"] = label_scores(clf, {"s": res.images}, cond[conditioning["condition"]]
                                                              )["sets"]["s"]["label_accuracy"]
-                log(f"  Frechet {row['frechet_to_real']:.2f} (floor {floor:.2f}), {res.seconds:.1f} s"
+                log(f"  Frechet {row['frechet_to_real']:.2f} (floor {score.floors['real_floor']:.2f}), conv "
+                    f"{row['frechet_conv']:.2f} (floor {score.floors['real_floor_conv']:.2f}), {res.seconds:.1f} s"
                     + (f", label accuracy {runs[(method, n, seed)]['label_accuracy']:.3f}"
                        if "label_accuracy" in runs[(method, n, seed)] else ""))
                 on_run(result())
-        if floor is None:  # everything reused: the floor at this count, without sampling
-            d = digits_distribution(clf, {"samples": clf.real_a[:num]})
-            floor, ref_n = d["sets"][FLOOR]["frechet_to_real"], d["real_reference_n"]
+        if not score.floors:  # everything reused: the floors at this count, without sampling
+            score(clf.real_a[:num])
         return result()
+
+
+class _Scorer:
+    """A sample set's scores in both digits feature spaces, as a run's fields; keeps the
+    real-vs-real floors at the set's count (``floors``: real_floor, real_floor_conv,
+    real_reference_n, real_reference_n_conv)."""
+
+    def __init__(self, clf):
+        from ddpm_export.evaluation.digits import train_digits_conv
+
+        self.clf, self.conv = clf, train_digits_conv()
+        self.floors: Dict[str, Any] = {}
+
+    def __call__(self, images: np.ndarray) -> Dict[str, Any]:
+        from ddpm_export.evaluation.digits import FLOOR, digits_distribution
+
+        d, dc = (digits_distribution(c, {"samples": images}) for c in (self.clf, self.conv))
+        row = d["sets"]["samples"]
+        self.floors = {"real_floor": d["sets"][FLOOR]["frechet_to_real"], "real_reference_n": d["real_reference_n"],
+                       "real_floor_conv": dc["sets"][FLOOR]["frechet_to_real"],
+                       "real_reference_n_conv": dc["real_reference_n"]}
+        return {"frechet_to_real": row["frechet_to_real"], "frechet_conv": dc["sets"]["samples"]["frechet_to_real"],
+                "confident_share": row["confident_share"], "class_min_share": row["class_min_share"]}
 
 
 def _conditioning(engine_path, engine, num: int, labels, guidance):
@@ -194,9 +209,13 @@ def _rows(plan, seeds, runs) -> List[Dict[str, Any]]:
         c_mean, c_std = _stats([r["confident_share"] for r in got])
         secs = [r["seconds"] for r in got if r["seconds"] is not None]
         s_mean = _stats(secs)[0] if secs else None
+        conv = [r["frechet_conv"] for r in got if "frechet_conv" in r]  # runs stored before it: none
+        cv_mean, cv_std = _stats(conv) if len(conv) == len(got) else (None, None)
         rows.append({"method": method, "steps": n, "engine_calls": n, "seeds": len(got),
                      "frechet_mean": f_mean, "frechet_std": f_std,
                      "frechet_per_seed": [r["frechet_to_real"] for r in got],
+                     "frechet_conv_mean": cv_mean, "frechet_conv_std": cv_std,
+                     "frechet_conv_per_seed": conv if cv_mean is not None else None,
                      "confident_mean": c_mean, "confident_std": c_std, "seconds_mean": s_mean})
         acc = [r["label_accuracy"] for r in got if "label_accuracy" in r]
         if acc:
@@ -204,31 +223,38 @@ def _rows(plan, seeds, runs) -> List[Dict[str, Any]]:
     return rows
 
 
+def _cell(mean: Optional[float], std: Optional[float]) -> str:
+    return "n/a" if mean is None else f"{mean:.2f} +- {std:.2f}"
+
+
 def format_steps_table(r: Dict[str, Any]) -> str:
-    floor = r["real_floor"]
+    floor, conv = r["real_floor"], r.get("real_floor_conv")
     lines = [f"{r['num']} samples per run, seeds {r['seeds']}, batch {r['batch']}, {r['backend']}; "
              f"Frechet distance to {r['real_reference_n']} held-out real digits, mean +- std over "
-             f"seeds (real-vs-real floor {floor:.2f})",
-             "| method | engine calls | Frechet to real | confident share | wall time (s) |",
-             "|---|---|---|---|---|"]
+             f"seeds, in two feature spaces: mlp (real-vs-real floor {floor:.2f}) and conv "
+             f"(floor {'n/a' if conv is None else format(conv, '.2f')}; its own held-out digits)",
+             "| method | engine calls | Frechet (mlp) | Frechet (conv) | confident share | wall time (s) |",
+             "|---|---|---|---|---|---|"]
     acc = any("label_accuracy_mean" in row for row in r["rows"])
     if "guidance" in r:
         lines[0] += (f"; {r['condition']} {r['labels']} cycled over the samples, guidance {r['guidance']:g} "
                      f"(steps = denoiser evaluations; with guidance each is two network branches)")
         if acc:
-            lines[1:] = ["| method | steps | Frechet to real | confident share | label accuracy | wall time (s) |",
-                         "|---|---|---|---|---|---|"]
+            lines[1:] = ["| method | steps | Frechet (mlp) | Frechet (conv) | confident share | label accuracy "
+                         "| wall time (s) |", "|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         a = (f"{row['label_accuracy_mean']:.3f} +- {row['label_accuracy_std']:.3f} | "
              if "label_accuracy_mean" in row else "")
-        lines.append(f"| {row['method']} | {row['engine_calls']} | {row['frechet_mean']:.2f} +- "
-                     f"{row['frechet_std']:.2f} | {row['confident_mean']:.3f} | {a}"
+        lines.append(f"| {row['method']} | {row['engine_calls']} | {_cell(row['frechet_mean'], row['frechet_std'])} | "
+                     f"{_cell(row.get('frechet_conv_mean'), row.get('frechet_conv_std'))} | {row['confident_mean']:.3f} | {a}"
                      f"{'n/a' if row['seconds_mean'] is None else format(row['seconds_mean'], '.1f')} |")
     return "\n".join(lines)
 
 
-def paired_differences(r: Dict[str, Any], against: Tuple[str, int]) -> List[Dict[str, Any]]:
-    """Per (method, calls): the Frechet difference to the ``against`` row seed by seed.
+def paired_differences(r: Dict[str, Any], against: Tuple[str, int],
+                       key: str = "frechet_to_real") -> List[Dict[str, Any]]:
+    """Per (method, calls): the Frechet difference to the ``against`` row seed by seed
+    (``key``: a run's field, "frechet_to_real" for the MLP space, "frechet_conv" for the conv one).
 
     Every method starts its chains from the same x_T for a given seed (and the noise-drawing
     methods draw their first noise from the same per-image streams), so much of the
@@ -236,18 +262,17 @@ def paired_differences(r: Dict[str, Any], against: Tuple[str, int]) -> List[Dict
     {method, engine_calls, seeds, diff_mean, diff_std, diff_per_seed}; only seeds present in
     both rows count. ``against`` = (method, engine calls), e.g. ("ddpm", 1000).
     """
-    base = {x["seed"]: x["frechet_to_real"] for x in r["runs"]
-            if (x["method"], x["steps"]) == tuple(against)}
+    base = {x["seed"]: x[key] for x in r["runs"] if (x["method"], x["steps"]) == tuple(against) and key in x}
     if not base:
         have = sorted({(x["method"], x["steps"]) for x in r["runs"]})
-        raise ValueError(f"no runs of {against[0]} at {against[1]} engine calls to pair with; "
+        raise ValueError(f"no runs of {against[0]} at {against[1]} engine calls with {key} to pair with; "
                          f"the table has {have}")
     out = []
     for row in r["rows"]:
         if (row["method"], row["engine_calls"]) == tuple(against):
             continue
-        d = [x["frechet_to_real"] - base[x["seed"]] for x in r["runs"]
-             if (x["method"], x["steps"]) == (row["method"], row["engine_calls"]) and x["seed"] in base]
+        d = [x[key] - base[x["seed"]] for x in r["runs"]
+             if (x["method"], x["steps"]) == (row["method"], row["engine_calls"]) and x["seed"] in base and key in x]
         if not d:
             continue
         m, s = _stats(d)
@@ -256,8 +281,8 @@ def paired_differences(r: Dict[str, Any], against: Tuple[str, int]) -> List[Dict
     return out
 
 
-def format_paired(rows: List[Dict[str, Any]], against: Tuple[str, int]) -> str:
-    lines = [f"Frechet minus {against[0]}-{against[1]}'s at the same seed: mean +- std over seeds, and per seed",
+def format_paired(rows: List[Dict[str, Any]], against: Tuple[str, int], space: str = "mlp") -> str:
+    lines = [f"Frechet ({space}) minus {against[0]}-{against[1]}'s at the same seed: mean +- std over seeds, and per seed",
              "| method | engine calls | difference | per seed |", "|---|---|---|---|"]
     for p in rows:
         lines.append(f"| {p['method']} | {p['engine_calls']} | {p['diff_mean']:+.2f} +- {p['diff_std']:.2f} | "

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -15,8 +17,8 @@ def test_distill_compare_prints_the_spread_check_and_plots_the_student(tmp_path)
                        timeout=120)
     assert r.returncode == 0, r.stderr
     # the README's claim about the shipped 4-call student, read from the stored rows
-    assert "consistency-4: Frechet 2.99 yes, confident 0.918 yes" in r.stdout
-    assert "consistency-1: Frechet 3.63 yes, confident 0.807 no" in r.stdout
+    assert "consistency-4: Frechet (mlp) 2.99 yes, confident 0.918 yes" in r.stdout
+    assert "consistency-1: Frechet (mlp) 3.63 yes, confident 0.807 no" in r.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -30,3 +32,21 @@ def test_distill_compare_refuses_results_that_do_not_pair(tmp_path):
                         "examples/frontier.json"], cwd=ROOT, capture_output=True, text=True,
                        env={"PYTHONPATH": str(ROOT)}, timeout=120)
     assert r.returncode != 0 and "seeds differs" in r.stderr
+
+
+def test_heldout_table_parses_its_run_specs():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("heldout", ROOT / "scripts" / "digits_heldout_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    r = mod.parse_run("ddpm-1000=engines/digits.onnx:ddpm:1000@7/8")
+    assert (r["engine"], r["method"], r["steps"], r["timesteps"], r["seeds"]) == (
+        "engines/digits.onnx", "ddpm", 1000, None, [7, 8])
+    r = mod.parse_run("s=engines/digits-distilled.onnx:consistency:999/749/500/250")
+    assert r["steps"] == 4 and r["timesteps"] == [999, 749, 500, 250] and r["seeds"] is None
+    assert mod.parse_run("d=npz:engines/digits_samples.npz")["npz"] == "engines/digits_samples.npz"
+    seed, x = mod.stored_set(mod.parse_run("d=npz:engines/digits_samples.npz"), 450)
+    assert seed == 0 and x.shape == (450, 1, 16, 16)
+    with pytest.raises(SystemExit, match="expected NAME=ENGINE:METHOD:STEPS"):
+        mod.parse_run("no-equals-sign")
