@@ -358,7 +358,8 @@ def export(checkpoint, out, fp16, opset, min_batch, opt_batch, max_batch, weight
     sec = m.get("policy")  # a policy checkpoint: export_onnx also wrote its observation encoder
     if sec:
         ep = sec["encoder"]["parity"]
-        click.echo(f"wrote {Path(out).with_name(sec['encoder']['file'])} (observation encoder, float32); parity "
+        click.echo(f"wrote {Path(out).with_name(sec['encoder']['file'])} (observation encoder, "
+                   f"{sec['encoder'].get('precision', 'fp32')}); parity "
                    f"vs PyTorch: max abs diff {ep['max_abs_diff']:.2e} (limit {ep['atol']:g})")
     par = m["checks"].get("parity") or {}
     line = f"wrote {out} + {Path(out).with_suffix('.json')} ({m['precision']}, opset {opset})"
@@ -589,13 +590,10 @@ def validate(ctx, checkpoint, engines, report, t_stride, batches, trajectory_ima
         allow_host_code=allow_host_code, labels=label_list, guidance=guidance)
     table = format_report(rep)
     if report:
+        from ddpm_export.cli.options import write_report
         from ddpm_export.evaluation.plots import write_plots
-        from runtime.io import write_json, write_text
 
-        out = Path(report)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "report.json", rep, allow_nan=True)
-        write_text(out / "report.md", table + "\n")
+        out = write_report(report, rep, table)
         for f in write_plots(rep, artifacts, out):
             click.echo(f"wrote {f}", err=True)
     click.echo(table)

@@ -22,3 +22,16 @@ def int_list(ctx, param, value):
     if not out or min(out) < least:
         raise click.BadParameter(f"expected integers >= {least}, got {value!r}")
     return out
+
+
+def write_report(report_dir, rep, table: str):
+    """validate's --report: DIR/report.json (the report) and DIR/report.md (the table); returns DIR."""
+    from pathlib import Path
+
+    from runtime.io import write_json, write_text
+
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", rep, allow_nan=True)
+    write_text(out / "report.md", table + "\n")
+    return out

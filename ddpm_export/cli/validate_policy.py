@@ -1,7 +1,6 @@
 """``ddpm-export validate`` on policy engines (ddpm_export.evaluation.validate_policy)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
@@ -37,12 +36,9 @@ def run_policy_validate(ctx: click.Context, checkpoint, engines, report, eps_fp3
                           log=lambda s: click.echo(s, err=True))
     table = format_policy_report(rep)
     if report:
-        from runtime.io import write_json, write_text
+        from ddpm_export.cli.options import write_report
 
-        out = Path(report)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "report.json", rep, allow_nan=True)
-        write_text(out / "report.md", table + "\n")
+        out = write_report(report, rep, table)
         click.echo(f"wrote {out / 'report.json'} and {out / 'report.md'}", err=True)
     click.echo(table)
     if not rep["passed"]:

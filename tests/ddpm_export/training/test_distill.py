@@ -15,7 +15,7 @@ from runtime.io import folder_lock
 from runtime.schedulers import make_scheduler
 from runtime.schedulers.schedule import Schedule, ScheduleConfig
 from runtime.seeding import ImageStreams
-from checkpoint_tensors import checkpoint_tensors  # noqa: E402  (beside this file)
+from checkpoint_tensors import checkpoint_tensors, crash_after_first_checkpoint  # noqa: E402  (beside this file)
 
 
 def _cfg(teacher, out, **kw):
@@ -96,16 +96,7 @@ def test_tiny_distill_runs_and_resume_after_a_crash_is_bit_equal(tmp_path, tiny_
 
     # the same run, crashed right after its step-3 checkpoint, one teacher file lost, then resumed
     b = tmp_path / "crashed"
-    real_save = distill_mod.save_checkpoint
-
-    def save_then_die(ckpt, path):
-        real_save(ckpt, path)
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(distill_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        distill(_cfg(teacher, b), progress=False)
-    monkeypatch.setattr(distill_mod, "save_checkpoint", real_save)
+    crash_after_first_checkpoint(monkeypatch, distill_mod, lambda: distill(_cfg(teacher, b), progress=False))
     assert load_checkpoint(b / "last.pt")["step"] == 3
     (b / "teacher" / "chunk00001.npz").unlink()
     distill(_cfg(teacher, b, resume=True), progress=False)

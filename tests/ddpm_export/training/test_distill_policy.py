@@ -18,7 +18,7 @@ from ddpm_export.cli.main import main
 from ddpm_export.model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from ddpm_export.model.external import build_external, weights_module
 from ddpm_export.training.distill import DistillConfig, DistillError, distill, sample_student
-from checkpoint_tensors import checkpoint_tensors  # noqa: E402  (beside this file)
+from checkpoint_tensors import assert_bit_equal, crash_after_first_checkpoint  # noqa: E402  (beside this file)
 
 REPO = Path(__file__).resolve().parents[3]
 N_OBS, HORIZON, N_ACT = 2, 8, 4
@@ -83,20 +83,9 @@ def test_policy_distill_trains_on_the_encoded_histories_and_resumes_bit_equal(te
     assert "policy observations: 12 histories" in model["provenance"]["conditioning"]
 
     b = tmp_path / "crashed"
-    real_save = distill_mod.save_checkpoint
-
-    def save_then_die(ckpt, p):
-        real_save(ckpt, p)
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(distill_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        distill(_cfg(path, obs_path, b), progress=False)
-    monkeypatch.setattr(distill_mod, "save_checkpoint", real_save)
+    crash_after_first_checkpoint(monkeypatch, distill_mod, lambda: distill(_cfg(path, obs_path, b), progress=False))
     distill(_cfg(path, obs_path, b, resume=True), progress=False)
-    ta, tb = checkpoint_tensors(load_checkpoint(a / "last.pt")), checkpoint_tensors(load_checkpoint(b / "last.pt"))
-    unequal = [k for k in ta if not torch.equal(ta[k], tb[k])]
-    assert ta.keys() == tb.keys() and not unequal, f"{len(unequal)} tensors differ after resume: {unequal[:3]}"
+    assert_bit_equal(load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt"))
 
     # other observations on --resume: refused (the teacher data would not be this run's)
     other = tmp_path / "other.npz"
