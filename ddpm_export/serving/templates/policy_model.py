@@ -35,7 +35,7 @@ sys.path.insert(0, _HERE)  # the runtime/ copied beside this file wins over any 
 from backend_env import check_numpy  # noqa: E402
 from runtime.policy import Policy, PolicyError, load_policy  # noqa: E402
 from runtime.schedulers import METHODS  # noqa: E402
-from sampler_model import RequestError, _bounded, _quote, _scalar  # noqa: E402
+from sampler_model import RequestError, _error_response, _quote, _scalar  # noqa: E402
 
 MAX_PLANS = 8  # (method, steps) policies kept; they share the two loaded engines
 
@@ -101,12 +101,8 @@ class TritonPythonModel:
                     raise RequestError(f"input {e}") from None
                 responses.append(pb_utils.InferenceResponse(
                     [pb_utils.Tensor("actions", np.ascontiguousarray(actions, dtype=np.float32))]))
-            except RequestError as e:  # the client's mistake: HTTP 400, gRPC INVALID_ARGUMENT
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(_bounded(e), pb_utils.TritonError.INVALID_ARG)))
-            except Exception as e:  # the server keeps serving; the client learns what failed
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    _bounded(f"policy failed: {type(e).__name__}: {e}"), pb_utils.TritonError.INTERNAL)))
+            except Exception as e:
+                responses.append(_error_response(e, "policy"))
         return responses
 
     def finalize(self):

@@ -68,6 +68,15 @@ def _bounded(message):
     return line if len(line) <= MESSAGE_CHARS else line[:MESSAGE_CHARS - 15] + "... (truncated)"
 
 
+def _error_response(e, what):
+    """The response for a request that raised: a RequestError (the client's mistake) is INVALID_ARG
+    (HTTP 400, gRPC INVALID_ARGUMENT); anything else is INTERNAL, named, and the server keeps serving."""
+    if isinstance(e, RequestError):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(_bounded(e), pb_utils.TritonError.INVALID_ARG))
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+        _bounded(f"{what} failed: {type(e).__name__}: {e}"), pb_utils.TritonError.INTERNAL))
+
+
 class RequestError(ValueError):
     """A request this sampler refuses (the client's mistake: INVALID_ARG); the message goes back."""
 
@@ -246,12 +255,8 @@ class TritonPythonModel:
                 pb_utils.Logger.log_info(f"{self.name}: {e}")
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.CANCELLED)))
-            except RequestError as e:  # the client's mistake: HTTP 400, gRPC INVALID_ARGUMENT
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(_bounded(e), pb_utils.TritonError.INVALID_ARG)))
-            except Exception as e:  # the server keeps serving; the client learns what failed
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    _bounded(f"sampling failed: {type(e).__name__}: {e}"), pb_utils.TritonError.INTERNAL)))
+            except Exception as e:
+                responses.append(_error_response(e, "sampling"))
         return responses
 
     def finalize(self):
