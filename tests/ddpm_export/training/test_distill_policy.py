@@ -162,3 +162,28 @@ def test_rollout_records_the_histories_the_policy_predicted_from(tmp_path):
     assert 3 <= n <= 9
     np.testing.assert_array_equal(d["observation.state"][:3, 0], d["observation.state"][:3, 1])
     assert not np.array_equal(d["observation.state"][3:, 0], d["observation.state"][3:, 1])
+
+
+def test_shipped_student_engine_equals_its_pytorch_student_at_every_call_count():
+    from ddpm_export.model.lerobot_diffusion import build_lerobot_encoder
+    from ddpm_export.tasks.obstacle import ObstacleTask
+    from runtime import load_policy
+    from runtime.policy import encoder_feeds, unnormalize
+
+    ck = load_checkpoint(REPO / "engines" / "obstacle-student.pt")
+    student, _, sched = build_model(ck, "engines/obstacle-student.pt")
+    enc = build_lerobot_encoder(ck)
+    obs = ObstacleTask(3, seed=5).reset()
+    for calls in (1, 2, 4):
+        pol = load_policy(REPO / "engines" / "obstacle-student.onnx", steps=calls, threads=1)
+        assert pol.plan["method"] == "consistency" and pol.engine_calls_per_chunk == calls
+        hist = {k: np.repeat(v[:, None], pol.n_obs_steps, axis=1) for k, v in obs.items()}
+        got = pol.predict_chunk(hist, seed=11)
+        feeds = encoder_feeds(pol.spec, hist)
+        with torch.no_grad():
+            g = enc(*[torch.from_numpy(feeds[k]) for k in enc.input_names]).numpy()
+        x = sample_student(student, sched, 3, seed=11, cond=g, timesteps=ck["sampling"]["timesteps"][str(calls)])
+        s = pol.action_start
+        want = unnormalize(x[:, s:s + pol.n_action_steps], pol.spec["action"]["normalization"])
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)  # as the tiny student's test: ORT vs torch
+        pol.close()
