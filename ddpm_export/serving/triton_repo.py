@@ -351,7 +351,8 @@ def _write_policy_repository(cfg: RepositoryConfig, engine: Path, manifest: Mapp
     (NAME.onnx as model.onnx + model.json, the encoder under its manifest name) in the server."""
     if engine.suffix != ".onnx":
         raise RepositoryError(f"{engine}: a policy is served from its ONNX engines (NAME.onnx + "
-                              f"NAME-encoder.onnx); its TensorRT path is not written yet")
+                              f"NAME-encoder.onnx); serving its plans through Triton is not written yet (runtime.load_policy "
+                              f"runs NAME.plan in an app): pass {engine.with_suffix('.onnx').name}")
     if cfg.mode != "inprocess":
         raise RepositoryError(f"--mode {cfg.mode}: a policy is served in inprocess mode (its encoder and "
                               f"sampling loop run in one Python model); pass --mode inprocess")
