@@ -278,8 +278,7 @@ def _sample_student_vector(model, s, schedule, c, num, steps, seed, first_image,
     def net(x32: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
         return model(x32, tt, g).to("cpu", torch.float64)
 
-    return _consistency_loop(model, net, s, ts, x, streams, schedule.clip_denoised if clip is None else clip,
-                             float(schedule.clip_sample_range), device)
+    return _consistency_loop(model, net, s, ts, x, streams, clip, float(schedule.clip_sample_range), device)
 
 
 def trajectory_labels(num: int, num_classes: int, null: int, label_dropout: float, seed: int) -> np.ndarray:
@@ -378,14 +377,13 @@ def policy_conditions(teacher_ckpt: Dict[str, Any], observations: Optional[str],
     enc = build_lerobot_encoder(teacher_ckpt)
     spec = {"observations": pol["observations"], "image_features": image_features(cfg),
             "encoder": {"inputs": [{"name": k} for k in enc.input_names]}}
-    idx = np.arange(int(trajectories)) % n
-    conds = []
+    conds = []  # each history encoded once, in batches
     with torch.no_grad():
-        for a in range(0, len(idx), 256):
-            feeds = encoder_feeds(spec, {k: np.asarray(d[k][idx[a:a + 256]], dtype=np.float32) for k in shapes})
+        for a in range(0, n, 256):
+            feeds = encoder_feeds(spec, {k: np.asarray(d[k][a:a + 256], dtype=np.float32) for k in shapes})
             conds.append(enc(*[torch.from_numpy(feeds[k]) for k in enc.input_names]).numpy())
     meta = {"file_sha256": sha256_file(observations), "histories": int(n), "n_obs_steps": n_obs}
-    return np.concatenate(conds).astype(np.float32), meta
+    return np.concatenate(conds).astype(np.float32)[np.arange(int(trajectories)) % n], meta
 
 
 def distill(cfg: DistillConfig, progress: bool = True, log: Callable[[str], None] = _stderr) -> Dict[str, Any]:
@@ -515,7 +513,7 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
     else:
         write_json(meta_path, meta)
     n_chunks = (cfg.trajectories + cfg.chunk - 1) // cfg.chunk
-    states_l, x0_l, labels_l = [], [], []
+    states_l, x0_l, extra_l = [], [], []  # extra: the trajectories' labels or global_cond
     data_seconds = 0.0  # the teacher's time, summed over the chunk files (whichever run made them)
     bar = _bar(progress, n_chunks, "teacher trajectories", "chunk")
     for k in range(n_chunks):
@@ -548,17 +546,17 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
         states_l.append(d["states"])
         x0_l.append(d["x0"])
         if chunk_labels is not None:
-            labels_l.append(chunk_labels)
+            extra_l.append(chunk_labels)
         if chunk_cond is not None:
-            labels_l.append(chunk_cond)
+            extra_l.append(chunk_cond)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     states = torch.from_numpy(np.concatenate(states_l, axis=1))  # [R, N, C, H, W]
     targets = torch.from_numpy(np.concatenate(x0_l))
-    traj_labels = torch.from_numpy(np.concatenate(labels_l)) if labels_l else None  # labels or global_cond
-    del states_l, x0_l, labels_l
+    traj_extra = torch.from_numpy(np.concatenate(extra_l)) if extra_l else None
+    del states_l, x0_l, extra_l
     t_of = torch.tensor(record, dtype=torch.int64)
 
     # 2. the student
@@ -652,7 +650,7 @@ def _distill(cfg: DistillConfig, progress: bool, log: Callable[[str], None]) -> 
             idx = torch.randint(n_traj, (B,), generator=gen)
             k = torch.randint(n_rec, (B,), generator=gen)
             x_t, t, target = states[k, idx].to(device), t_of[k].to(device), targets[idx].to(device)
-            extra = () if traj_labels is None else (traj_labels[idx].to(device),)
+            extra = () if traj_extra is None else (traj_extra[idx].to(device),)
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
             for g_ in opt.param_groups:
                 g_["lr"] = lr
