@@ -78,8 +78,11 @@ class _Recorder:
         np.savez(path, **arrays)
 
 
-@pytest.mark.parametrize("kind,scheduler,steps", [("state", "DDPM", None), ("state", "DDIM", 10),
-                                                  ("image", "DDPM", None), ("image", "DDIM", 10)])
+# make test keeps one case per policy kind and per scheduler (state with DDPM-100, image with
+# DDIM-10, about 25 s each); the other two pairings are in make test-slow.
+@pytest.mark.parametrize("kind,scheduler,steps", [
+    ("state", "DDPM", None), pytest.param("state", "DDIM", 10, marks=pytest.mark.slow),
+    pytest.param("image", "DDPM", None, marks=pytest.mark.slow), ("image", "DDIM", 10)])
 def test_select_action_equals_lerobots(kind, scheduler, steps, tmp_path, monkeypatch):
     import runtime
     from ddpm_export.export.onnx_export import export_onnx

@@ -24,6 +24,10 @@ def test_manifest_points_at_the_shipped_checkpoint(name):
     assert m["precision"] == ("fp16" if "fp16" in name else "fp32")
 
 
+# In make test-slow: make test covers the same comparison (the runtime's ONNX engine against
+# the PyTorch reference over all 1000 DDPM steps, final images within 1e-3) through validate's
+# trajectory level in tests/ddpm_export/evaluation/test_validate.py, which CI keeps as its artifact.
+@pytest.mark.slow
 def test_runtime_reproduces_the_reference_for_the_digits_model():
     pytest.importorskip("torch")
     from ddpm_export.model.checkpoint import load_model
